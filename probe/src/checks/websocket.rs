@@ -1,0 +1,187 @@
+//! The Websocket check (Coder §7.3): dial `<access_url>/api/v2/debug/ws` (ws/wss by scheme),
+//! send the text frames "0", "1", "2" and expect each echoed back; 5 s for the whole check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, connect_async_tls_with_config};
+use vantage_proto::codes;
+use vantage_proto::pb;
+
+use super::access_url::chain;
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The echo endpoint, relative to the access URL.
+pub const ECHO_PATH: &str = "/api/v2/debug/ws";
+
+fn failed(result: &mut pb::WebsocketResult, code: &str, message: String) {
+    result.failure = Some(pb::Message {
+        code: code.to_owned(),
+        message,
+    });
+}
+
+/// The echo URL for an access URL: `https` → `wss`, anything else → `ws`.
+pub fn echo_url(access_url: &str) -> Result<url::Url, url::ParseError> {
+    let mut u = url::Url::parse(access_url)?.join(ECHO_PATH)?;
+    let scheme = if u.scheme() == "https" { "wss" } else { "ws" };
+    // Changing between special schemes is always allowed.
+    let _ = u.set_scheme(scheme);
+    Ok(u)
+}
+
+pub async fn check(
+    tls: &Arc<rustls::ClientConfig>,
+    access_url: &str,
+    timeout: Duration,
+) -> pb::WebsocketResult {
+    let mut result = pb::WebsocketResult::default();
+    let url = match echo_url(access_url) {
+        Ok(u) => u,
+        Err(e) => {
+            // Coder reports this one without a code.
+            failed(&mut result, "", format!("parse access url: {e}"));
+            return result;
+        }
+    };
+    let run = echo(tls, url.as_str(), &mut result);
+    if tokio::time::timeout(timeout, run).await.is_err() && result.failure.is_none() {
+        let code = if result.code == 101 {
+            codes::EWS02
+        } else {
+            codes::EWS01
+        };
+        let what = if code == codes::EWS01 {
+            "websocket dial"
+        } else {
+            "read message"
+        };
+        failed(
+            &mut result,
+            code,
+            format!(
+                "{what}: timed out after {}",
+                vantage_proto::report::go_duration(timeout)
+            ),
+        );
+    }
+    result
+}
+
+async fn echo(tls: &Arc<rustls::ClientConfig>, url: &str, result: &mut pb::WebsocketResult) {
+    let connector = Connector::Rustls(tls.clone());
+    let (mut ws, response) =
+        match connect_async_tls_with_config(url, None, false, Some(connector)).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let tungstenite::Error::Http(response) = &e {
+                    result.code = i32::from(response.status().as_u16());
+                    if let Some(body) = response.body() {
+                        result.body = String::from_utf8_lossy(body).into_owned();
+                    }
+                }
+                failed(
+                    result,
+                    codes::EWS01,
+                    format!("websocket dial: {}", chain(&e)),
+                );
+                return;
+            }
+        };
+    result.code = i32::from(response.status().as_u16());
+    for i in 0..3u8 {
+        let want = i.to_string();
+        if let Err(e) = ws.send(Message::text(want.clone())).await {
+            failed(
+                result,
+                codes::EWS02,
+                format!("write message: {}", chain(&e)),
+            );
+            return;
+        }
+        let got = loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => break m,
+                Some(Err(e)) => {
+                    failed(result, codes::EWS02, format!("read message: {}", chain(&e)));
+                    return;
+                }
+                None => {
+                    failed(
+                        result,
+                        codes::EWS02,
+                        "read message: connection closed".to_owned(),
+                    );
+                    return;
+                }
+            }
+        };
+        match got {
+            Message::Text(text) if text.as_str() == want => {}
+            Message::Text(text) => {
+                failed(
+                    result,
+                    codes::EWS03,
+                    format!(
+                        "received incorrect message: wanted {want:?}, got {:?}",
+                        text.as_str()
+                    ),
+                );
+                return;
+            }
+            Message::Close(frame) => {
+                let why = frame
+                    .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                    .unwrap_or_else(|| "no status".into());
+                failed(
+                    result,
+                    codes::EWS02,
+                    format!("read message: connection closed: {why}"),
+                );
+                return;
+            }
+            other => {
+                let kind = match other {
+                    Message::Binary(_) => "binary",
+                    _ => "frame",
+                };
+                failed(
+                    result,
+                    codes::EWS03,
+                    format!("received incorrect message type: {kind}"),
+                );
+                return;
+            }
+        }
+    }
+    let _ = ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "goodbye".into(),
+        }))
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_url_follows_scheme() {
+        assert_eq!(
+            echo_url("https://x.example.com/base").unwrap().as_str(),
+            "wss://x.example.com/api/v2/debug/ws"
+        );
+        assert_eq!(
+            echo_url("http://127.0.0.1:8080").unwrap().as_str(),
+            "ws://127.0.0.1:8080/api/v2/debug/ws"
+        );
+        assert!(echo_url("not a url").is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! `vantage-probe`: runs the checks the server assigns, continuously, and streams the
+//! observations back over one bidirectional gRPC stream.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use vantage_probe::checks::CheckContext;
+use vantage_probe::session::{self, SessionConfig};
+
+/// Exit status for bad configuration (EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "vantage-probe", version, about = "vantage probe worker")]
+struct Args {
+    /// The server's base URL.
+    #[arg(long, env = "VANTAGE_SERVER", default_value = "http://127.0.0.1:7080")]
+    server: String,
+    /// This vantage's name (unique in the fleet).
+    #[arg(long, env = "VANTAGE_NAME")]
+    name: String,
+    /// The region this vantage runs in (DERP regions and proxies of this region are assigned to it).
+    #[arg(long, env = "VANTAGE_REGION", default_value = "")]
+    region: String,
+    /// Labels, `key=value`, repeatable.
+    #[arg(long = "label", env = "VANTAGE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Bearer token presented to the server.
+    #[arg(long, env = "VANTAGE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Extra CA certificates (PEM) trusted by the checks, beside the system roots.
+    #[arg(long, env = "VANTAGE_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Capacity of the replay buffer of unacknowledged observations.
+    #[arg(long, env = "VANTAGE_BUFFER", default_value_t = session::DEFAULT_BUFFER)]
+    buffer: usize,
+    /// Run the assignment once, print this vantage's report as JSON, exit 0/1/2 by severity.
+    #[arg(long, env = "VANTAGE_ONCE")]
+    once: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("invalid label {s:?}: expected key=value")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VANTAGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vantage-probe: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vantage-probe: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.name.trim().is_empty() {
+        eprintln!("vantage-probe: --name: must not be empty");
+        return Ok(ExitCode::from(EX_USAGE));
+    }
+    let extra = match &args.ca_file {
+        Some(p) => match vantage_probe::tls::load_pem_certs(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("vantage-probe: --ca-file: {e}");
+                return Ok(ExitCode::from(EX_USAGE));
+            }
+        },
+        None => Vec::new(),
+    };
+    let tls = vantage_probe::tls::client_config(&extra).context("TLS configuration")?;
+    let ctx = CheckContext::new(tls).context("HTTP client")?;
+    let cfg = SessionConfig {
+        server: args.server,
+        name: args.name,
+        region: args.region,
+        labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        token: args.token,
+        buffer: args.buffer,
+    };
+    if args.once {
+        let assignment = vantage_probe::once::fetch_assignment(&cfg).await?;
+        let view = vantage_probe::once::run(&ctx, &cfg, &assignment).await;
+        let json = serde_json::to_string_pretty(&view).context("encoding the report")?;
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{json}");
+        }
+        return Ok(ExitCode::from(
+            u8::try_from(view.severity.exit_code()).unwrap_or(2),
+        ));
+    }
+    tracing::info!(server = %cfg.server, name = %cfg.name, region = %cfg.region, "starting");
+    session::run(cfg, ctx, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,402 @@
+//! The probe's session with the server: attach, say hello, follow the assignment, stream
+//! observations, and survive the server going away. Observations carry per-instance sequence
+//! numbers; the server acknowledges them cumulatively; what it has not acknowledged stays in a
+//! bounded [`ReplayBuffer`] and is resent after a reconnect. What a full buffer drops is
+//! counted and reported in every hello and heartbeat.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use vantage_proto::pb;
+use vantage_proto::pb::probe_message::Msg as Up;
+use vantage_proto::pb::probe_service_client::ProbeServiceClient;
+use vantage_proto::pb::server_message::Msg as Down;
+
+use crate::checks::CheckContext;
+use crate::scheduler::{Output, Scheduler};
+
+/// Default capacity of the replay buffer (observations).
+pub const DEFAULT_BUFFER: usize = 10_000;
+/// Observations per message on the wire.
+const BATCH: usize = 64;
+/// How long the server has to answer the hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Unacknowledged observations, oldest first, with sequence numbers assigned on push.
+#[derive(Debug)]
+pub struct ReplayBuffer {
+    items: VecDeque<pb::Observation>,
+    capacity: usize,
+    next_seq: u64,
+    acked: u64,
+    dropped: u64,
+}
+
+impl ReplayBuffer {
+    pub fn new(capacity: usize) -> Self {
+        ReplayBuffer {
+            items: VecDeque::with_capacity(capacity.min(1024)),
+            capacity: capacity.max(1),
+            next_seq: 1,
+            acked: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Number the observation and keep it; when full, the oldest is dropped (and counted).
+    pub fn push(&mut self, mut obs: pb::Observation) -> u64 {
+        if self.items.len() == self.capacity {
+            self.items.pop_front();
+            self.dropped += 1;
+        }
+        obs.seq = self.next_seq;
+        self.next_seq += 1;
+        self.items.push_back(obs);
+        self.next_seq - 1
+    }
+
+    /// Everything up to `seq` is acknowledged.
+    pub fn ack(&mut self, seq: u64) {
+        if seq <= self.acked {
+            return;
+        }
+        self.acked = seq.min(self.last_seq());
+        while self.items.front().is_some_and(|o| o.seq <= self.acked) {
+            self.items.pop_front();
+        }
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The highest sequence assigned so far (0: none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Up to `max` buffered observations with a sequence above `after`, in order.
+    pub fn after(&self, after: u64, max: usize) -> Vec<pb::Observation> {
+        let start = self.items.partition_point(|o| o.seq <= after);
+        self.items.range(start..).take(max).cloned().collect()
+    }
+}
+
+/// Who this probe is and where it reports.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub server: String,
+    pub name: String,
+    pub region: String,
+    pub labels: BTreeMap<String, String>,
+    pub token: Option<String>,
+    pub buffer: usize,
+}
+
+/// Why a session attempt ended.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("attach: {0}")]
+    Attach(#[from] tonic::Status),
+    #[error("the server sent no welcome within {0:?}")]
+    NoWelcome(Duration),
+    #[error("the server closed the stream")]
+    Closed,
+    #[error("invalid server URL {0:?}")]
+    Url(String),
+}
+
+enum Ended {
+    Shutdown,
+    Lost(AttemptError),
+}
+
+/// The session's state across reconnects.
+struct Session {
+    cfg: SessionConfig,
+    ctx: CheckContext,
+    instance_id: String,
+    buffer: ReplayBuffer,
+    scheduler: Option<Scheduler>,
+    out_tx: mpsc::Sender<Output>,
+    out_rx: mpsc::Receiver<Output>,
+    /// Run-now completions waiting for the observations before them to be sent.
+    pending_complete: Vec<(u64, u64)>,
+}
+
+/// Run the session until `shutdown` resolves, reconnecting with backoff and jitter.
+pub async fn run(
+    cfg: SessionConfig,
+    ctx: CheckContext,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (out_tx, out_rx) = mpsc::channel(1024);
+    let mut session = Session {
+        buffer: ReplayBuffer::new(cfg.buffer),
+        cfg,
+        ctx,
+        instance_id: uuid::Uuid::new_v4().to_string(),
+        scheduler: None,
+        out_tx,
+        out_rx,
+        pending_complete: Vec::new(),
+    };
+    tokio::pin!(shutdown);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let attempt = session.attempt(&mut backoff, &mut shutdown);
+        match attempt.await {
+            Ended::Shutdown => return,
+            Ended::Lost(e) => {
+                tracing::warn!(error = %e, server = %session.cfg.server, buffered = session.buffer.len(), "session lost; reconnecting");
+            }
+        }
+        // Full jitter in [backoff/2, backoff].
+        let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = &mut sleep => break,
+                Some(out) = session.out_rx.recv() => session.take(out),
+            }
+        }
+    }
+}
+
+impl Session {
+    fn take(&mut self, out: Output) {
+        match out {
+            Output::Observation(o) => {
+                self.buffer.push(o);
+            }
+            Output::RunComplete(id) => self.pending_complete.push((self.buffer.last_seq(), id)),
+        }
+    }
+
+    fn hello(&self) -> pb::ProbeMessage {
+        pb::ProbeMessage {
+            msg: Some(Up::Hello(pb::Hello {
+                name: self.cfg.name.clone(),
+                region: self.cfg.region.clone(),
+                labels: self.cfg.labels.clone().into_iter().collect(),
+                version: crate::VERSION.to_owned(),
+                instance_id: self.instance_id.clone(),
+                last_acked_seq: self.buffer.acked(),
+                replay_dropped: self.buffer.dropped(),
+                once: false,
+            })),
+        }
+    }
+
+    fn apply_assignment(&mut self, a: pb::Assignment) {
+        if self
+            .scheduler
+            .as_ref()
+            .is_some_and(|s| s.generation() == a.generation)
+        {
+            return;
+        }
+        tracing::info!(
+            generation = a.generation,
+            checks = a.checks.len(),
+            "new assignment"
+        );
+        self.scheduler = Some(Scheduler::start(self.ctx.clone(), &a, self.out_tx.clone()));
+    }
+
+    async fn connect(&self) -> Result<ProbeServiceClient<Channel>, AttemptError> {
+        let endpoint = Endpoint::from_shared(self.cfg.server.clone())
+            .map_err(|_| AttemptError::Url(self.cfg.server.clone()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        Ok(ProbeServiceClient::new(endpoint.connect().await?))
+    }
+
+    async fn attempt(
+        &mut self,
+        backoff: &mut Duration,
+        shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Ended {
+        let (up, mut down) = {
+            let connect = self.connect_and_attach();
+            tokio::pin!(connect);
+            tokio::select! {
+                () = shutdown.as_mut() => return Ended::Shutdown,
+                r = &mut connect => match r {
+                    Ok(pair) => pair,
+                    Err(e) => return Ended::Lost(e),
+                },
+            }
+        };
+        // Wait for the welcome.
+        let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, down.message()).await {
+            Err(_) => return Ended::Lost(AttemptError::NoWelcome(WELCOME_TIMEOUT)),
+            Ok(Err(status)) => return Ended::Lost(AttemptError::Attach(status)),
+            Ok(Ok(None)) => return Ended::Lost(AttemptError::Closed),
+            Ok(Ok(Some(pb::ServerMessage {
+                msg: Some(Down::Welcome(w)),
+            }))) => w,
+            Ok(Ok(Some(_))) => return Ended::Lost(AttemptError::Closed),
+        };
+        *backoff = BACKOFF_MIN;
+        self.buffer.ack(welcome.applied_seq);
+        let mut sent = self.buffer.acked().max(welcome.applied_seq);
+        tracing::info!(
+            applied = welcome.applied_seq,
+            resend = self.buffer.len(),
+            "attached"
+        );
+        if let Some(a) = welcome.assignment {
+            self.apply_assignment(a);
+        }
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let unsent = self.buffer.last_seq() > sent;
+            tokio::select! {
+                () = shutdown.as_mut() => return Ended::Shutdown,
+                msg = down.message() => match msg {
+                    Ok(Some(m)) => match m.msg {
+                        Some(Down::Ack(a)) => self.buffer.ack(a.seq),
+                        Some(Down::Assignment(a)) => self.apply_assignment(a),
+                        Some(Down::RunNow(r)) => {
+                            if let Some(s) = self.scheduler.as_mut() {
+                                s.run_now(r.request_id);
+                            } else {
+                                self.pending_complete.push((self.buffer.last_seq(), r.request_id));
+                            }
+                        }
+                        Some(Down::Welcome(_) | Down::Heartbeat(_)) | None => {}
+                    },
+                    Ok(None) => return Ended::Lost(AttemptError::Closed),
+                    Err(status) => return Ended::Lost(AttemptError::Attach(status)),
+                },
+                Some(out) = self.out_rx.recv() => self.take(out),
+                permit = up.reserve(), if unsent => {
+                    let Ok(permit) = permit else { return Ended::Lost(AttemptError::Closed) };
+                    let batch = self.buffer.after(sent, BATCH);
+                    if let Some(last) = batch.last() {
+                        sent = last.seq;
+                    } else {
+                        // Dropped from a full buffer before it could be sent.
+                        sent = self.buffer.last_seq();
+                    }
+                    permit.send(pb::ProbeMessage { msg: Some(Up::Observations(pb::ObservationBatch { observations: batch })) });
+                }
+                _ = heartbeat.tick() => {
+                    let _ = up.try_send(pb::ProbeMessage { msg: Some(Up::Heartbeat(pb::Heartbeat {
+                        replay_dropped: self.buffer.dropped(),
+                        buffered: self.buffer.len() as u64,
+                    })) });
+                }
+            }
+            // Completions whose observations have all been sent.
+            while let Some(&(watermark, id)) = self.pending_complete.first() {
+                if watermark > sent {
+                    break;
+                }
+                let msg = pb::ProbeMessage {
+                    msg: Some(Up::RunComplete(pb::RunComplete { request_id: id })),
+                };
+                if up.try_send(msg).is_err() {
+                    break;
+                }
+                self.pending_complete.remove(0);
+            }
+        }
+    }
+
+    async fn connect_and_attach(
+        &self,
+    ) -> Result<
+        (
+            mpsc::Sender<pb::ProbeMessage>,
+            tonic::Streaming<pb::ServerMessage>,
+        ),
+        AttemptError,
+    > {
+        let mut client = self.connect().await?;
+        let (up, rx) = mpsc::channel(16);
+        up.try_send(self.hello())
+            .map_err(|_| AttemptError::Closed)?;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = &self.cfg.token {
+            if let Ok(v) = MetadataValue::try_from(format!("Bearer {token}")) {
+                request.metadata_mut().insert("authorization", v);
+            }
+        }
+        let down = client.attach(request).await?.into_inner();
+        Ok((up, down))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs() -> pb::Observation {
+        pb::Observation::default()
+    }
+
+    #[test]
+    fn buffer_numbers_acks_and_bounds() {
+        let mut b = ReplayBuffer::new(3);
+        for _ in 0..5 {
+            b.push(obs());
+        }
+        assert_eq!(b.last_seq(), 5);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.dropped(), 2);
+        assert_eq!(
+            b.after(0, 10).iter().map(|o| o.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        b.ack(4);
+        assert_eq!(
+            b.after(0, 10).iter().map(|o| o.seq).collect::<Vec<_>>(),
+            vec![5]
+        );
+        b.ack(2); // stale ack changes nothing
+        assert_eq!(b.acked(), 4);
+        b.ack(99); // never beyond what was assigned
+        assert_eq!(b.acked(), 5);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn after_respects_max() {
+        let mut b = ReplayBuffer::new(100);
+        for _ in 0..10 {
+            b.push(obs());
+        }
+        let got: Vec<_> = b.after(3, 4).iter().map(|o| o.seq).collect();
+        assert_eq!(got, vec![4, 5, 6, 7]);
+    }
+}

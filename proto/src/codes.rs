@@ -1,0 +1,219 @@
+//! The health-code catalogue: every code vantage emits, Coder's and its own, with the text that
+//! the server serves at `/health/codes#<lower-case code>`.
+
+/// One documented code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeDoc {
+    pub code: &'static str,
+    pub section: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
+}
+
+pub const EUNKNOWN: &str = "EUNKNOWN";
+pub const EACS01: &str = "EACS01";
+pub const EACS02: &str = "EACS02";
+pub const EACS03: &str = "EACS03";
+pub const EACS04: &str = "EACS04";
+pub const EDB01: &str = "EDB01";
+pub const EDB02: &str = "EDB02";
+pub const EDB03: &str = "EDB03";
+pub const EWS01: &str = "EWS01";
+pub const EWS02: &str = "EWS02";
+pub const EWS03: &str = "EWS03";
+pub const EDERP01: &str = "EDERP01";
+pub const EDERP02: &str = "EDERP02";
+pub const EDERP03: &str = "EDERP03";
+pub const ESTUN01: &str = "ESTUN01";
+pub const ESTUN02: &str = "ESTUN02";
+pub const EWP01: &str = "EWP01";
+pub const EWP02: &str = "EWP02";
+pub const EWP04: &str = "EWP04";
+pub const EPD01: &str = "EPD01";
+pub const EPD02: &str = "EPD02";
+pub const EPD03: &str = "EPD03";
+pub const EVNT01: &str = "EVNT01";
+pub const EVNT02: &str = "EVNT02";
+pub const EVNT03: &str = "EVNT03";
+
+/// Every code, in documentation order.
+pub const CATALOGUE: &[CodeDoc] = &[
+    CodeDoc {
+        code: EUNKNOWN,
+        section: "any",
+        title: "Unexpected failure",
+        description: "A check failed in a way it does not expect (for example a panic inside the check, an invalid provisioner version). vantage reports it at error severity, never as ok. Look at the message and at the logs of the vantage that reported it.",
+    },
+    CodeDoc {
+        code: EACS01,
+        section: "AccessURL",
+        title: "Access URL not set",
+        description: "No access URL is configured. Set --access-url (VANTAGE_ACCESS_URL) on vantaged; probes check the URL the server assigns.",
+    },
+    CodeDoc {
+        code: EACS02,
+        section: "AccessURL",
+        title: "Access URL invalid",
+        description: "The access URL cannot be resolved against /healthz. Check that it is an absolute http:// or https:// URL.",
+    },
+    CodeDoc {
+        code: EACS03,
+        section: "AccessURL",
+        title: "Failed to fetch /healthz",
+        description: "The GET of <access URL>/healthz failed before a response arrived (DNS, connection refused, TLS verification, or the 5 s timeout), or its body could not be read. Check that the access URL is reachable from the vantage that reports it; a self-signed certificate needs the CA given to the probe.",
+    },
+    CodeDoc {
+        code: EACS04,
+        section: "AccessURL",
+        title: "/healthz did not return 200 OK",
+        description: "The access URL answered, but not with 200. A reverse proxy or load balancer in front of the deployment is the usual cause. This is a warning, but it makes the report's `healthy` false, as in Coder.",
+    },
+    CodeDoc {
+        code: EDB01,
+        section: "Database",
+        title: "Database ping failed",
+        description: "One of the five pings of the database failed or the 5 s budget ran out. Check that PostgreSQL is up and reachable from vantaged.",
+    },
+    CodeDoc {
+        code: EDB02,
+        section: "Database",
+        title: "Database ping is slow",
+        description: "The median of five pings, in whole milliseconds, is at or above the threshold (--database-threshold, default 15 ms).",
+    },
+    CodeDoc {
+        code: EDB03,
+        section: "Database",
+        title: "No database configured",
+        description: "vantaged runs with its in-memory store: settings, vantages and event history are lost on restart, and replicas cannot share state. Give --database-url to keep them.",
+    },
+    CodeDoc {
+        code: EWS01,
+        section: "Websocket",
+        title: "Websocket dial failed",
+        description: "The WebSocket handshake with <access URL>/api/v2/debug/ws failed. A proxy that does not pass WebSocket upgrades is the usual cause; the section shows the HTTP status and body it got.",
+    },
+    CodeDoc {
+        code: EWS02,
+        section: "Websocket",
+        title: "Websocket echo failed",
+        description: "Writing or reading an echo message failed after the connection was established (the connection was closed or timed out).",
+    },
+    CodeDoc {
+        code: EWS03,
+        section: "Websocket",
+        title: "Websocket echo was wrong",
+        description: "The echo endpoint answered with a different message or message type than was sent.",
+    },
+    CodeDoc {
+        code: EDERP01,
+        section: "DERP",
+        title: "DERP node uses WebSockets",
+        description: "The relay refused `Upgrade: DERP` and the client fell back to WebSockets. Traffic still flows, but slower; configure the load balancer to pass the DERP upgrade.",
+    },
+    CodeDoc {
+        code: EDERP02,
+        section: "DERP",
+        title: "One node of a region is unhealthy",
+        description: "A region with several nodes has exactly one unhealthy node: the region still works, but with less capacity.",
+    },
+    CodeDoc {
+        code: EDERP03,
+        section: "DERP",
+        title: "No DERP nodes",
+        description: "The effective DERP map has no DERP-capable node: clients have no relay to fall back to. Enable the embedded relay or give a DERP map.",
+    },
+    CodeDoc {
+        code: ESTUN01,
+        section: "DERP",
+        title: "No STUN server answered",
+        description: "STUN is configured on at least one node, but no STUN server answered: direct connections cannot be established.",
+    },
+    CodeDoc {
+        code: ESTUN02,
+        section: "DERP",
+        title: "STUN mapped addresses vary",
+        description: "STUN servers saw different public addresses for the same vantage: it is probably behind a hard NAT, so direct connections are unlikely.",
+    },
+    CodeDoc {
+        code: EWP01,
+        section: "WorkspaceProxy",
+        title: "Proxy health update failed",
+        description: "Refreshing the workspace proxies' health failed.",
+    },
+    CodeDoc {
+        code: EWP02,
+        section: "WorkspaceProxy",
+        title: "Proxy fetch failed",
+        description: "The list of workspace proxies could not be read from the store.",
+    },
+    CodeDoc {
+        code: EWP04,
+        section: "WorkspaceProxy",
+        title: "A workspace proxy is unhealthy",
+        description: "A workspace proxy reported errors or warnings at its /healthz-report, or could not be reached.",
+    },
+    CodeDoc {
+        code: EPD01,
+        section: "ProvisionerDaemons",
+        title: "No active provisioner daemons",
+        description: "The deployment requires provisioner daemons, and none has sent a heartbeat in the last 90 s.",
+    },
+    CodeDoc {
+        code: EPD02,
+        section: "ProvisionerDaemons",
+        title: "Provisioner version mismatch",
+        description: "A provisioner daemon's vMAJOR.MINOR differs from the server's version. Upgrade the daemon.",
+    },
+    CodeDoc {
+        code: EPD03,
+        section: "ProvisionerDaemons",
+        title: "Provisioner API version deprecated",
+        description: "A provisioner daemon speaks a different major API version than the server.",
+    },
+    CodeDoc {
+        code: EVNT01,
+        section: "vantages",
+        title: "A vantage is stale",
+        description: "A probe has not reported within stale_after (default 3 × its interval). Its results left the aggregate. Check the probe process and its connection to vantaged; `vantage vantages forget NAME` removes a decommissioned probe.",
+    },
+    CodeDoc {
+        code: EVNT02,
+        section: "any",
+        title: "A target has no fresh vantage",
+        description: "No fresh vantage covers this target, so nothing currently checks it. Deploy or restart a probe of the target's region.",
+    },
+    CodeDoc {
+        code: EVNT03,
+        section: "any",
+        title: "Failure below quorum",
+        description: "Fewer than `quorum` vantages see this failure, so it does not set the section's severity; the message names the vantages that see it.",
+    },
+];
+
+/// The documentation of `code`, if it is in the catalogue.
+pub fn lookup(code: &str) -> Option<&'static CodeDoc> {
+    CATALOGUE.iter().find(|d| d.code.eq_ignore_ascii_case(code))
+}
+
+/// Where a code is documented, relative to the server's base URL.
+pub fn docs_path(code: &str) -> String {
+    let code = if code.is_empty() { EUNKNOWN } else { code };
+    format!("/health/codes#{}", code.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_is_unique_and_complete() {
+        let mut seen = std::collections::HashSet::new();
+        for d in CATALOGUE {
+            assert!(seen.insert(d.code), "duplicate {}", d.code);
+            assert!(!d.description.is_empty());
+        }
+        assert!(lookup("eacs04").is_some());
+        assert_eq!(docs_path("EACS04"), "/health/codes#eacs04");
+        assert_eq!(docs_path(""), "/health/codes#eunknown");
+    }
+}

@@ -1,0 +1,24 @@
+//! vantage wire contracts: the gRPC messages of `vantage.v1` (re-exported as [`pb`]), the
+//! health-code catalogue ([`codes`]), severities and sections ([`Severity`], [`Section`]), and
+//! the Coder-compatible JSON shape of the report ([`report`]). No I/O lives here.
+
+mod generated {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("vantage.v1");
+
+    /// The encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("vantage_descriptor");
+}
+
+/// Generated protobuf and gRPC code for `vantage.v1`.
+pub mod pb {
+    pub use super::generated::*;
+}
+
+pub mod codes;
+pub mod convert;
+pub mod report;
+mod section;
+
+pub use section::{Section, Severity, UnknownSection};

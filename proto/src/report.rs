@@ -1,0 +1,432 @@
+//! The report in the JSON shape of Coder's `GET /api/v2/debug/health`: every key and type Coder
+//! has, plus vantage's additive fields (`vantages`, `revision`, and `vantage_reports` inside each
+//! section). A script written for Coder's endpoint reads this unchanged.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Section, Severity};
+
+/// `{"code": "...", "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Message {
+    pub code: String,
+    pub message: String,
+}
+
+impl Message {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Message {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Message {
+    /// Coder's string form, `"<CODE>: <text>"` (just the text when there is no code).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.code.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.code, self.message)
+        }
+    }
+}
+
+/// The fields every section has (Coder's `BaseReport`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Base {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub severity: Severity,
+    #[serde(default)]
+    pub warnings: Vec<Message>,
+    #[serde(default)]
+    pub dismissed: bool,
+}
+
+impl Base {
+    /// Raise the severity (it never falls).
+    pub fn raise(&mut self, to: Severity) {
+        self.severity = self.severity.max(to);
+    }
+
+    /// Record an error `message` at error severity.
+    pub fn fail(&mut self, message: &Message) {
+        self.error = Some(message.to_string());
+        self.raise(Severity::Error);
+    }
+}
+
+/// Access to the common fields of a section, for code that treats sections alike.
+pub trait SectionBody: Clone + Default + Serialize {
+    fn base(&self) -> &Base;
+    fn base_mut(&mut self) -> &mut Base;
+    /// Set the deprecated `healthy` flag from the base, where the section has one.
+    fn set_healthy(&mut self, healthy: bool);
+}
+
+macro_rules! section_body {
+    ($t:ty, healthy) => {
+        impl SectionBody for $t {
+            fn base(&self) -> &Base {
+                &self.base
+            }
+            fn base_mut(&mut self) -> &mut Base {
+                &mut self.base
+            }
+            fn set_healthy(&mut self, healthy: bool) {
+                self.healthy = healthy;
+            }
+        }
+    };
+    ($t:ty) => {
+        impl SectionBody for $t {
+            fn base(&self) -> &Base {
+                &self.base
+            }
+            fn base_mut(&mut self) -> &mut Base {
+                &mut self.base
+            }
+            fn set_healthy(&mut self, _healthy: bool) {}
+        }
+    };
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccessUrlReport {
+    pub healthy: bool,
+    #[serde(flatten)]
+    pub base: Base,
+    pub access_url: String,
+    pub reachable: bool,
+    pub status_code: i64,
+    pub healthz_response: String,
+}
+section_body!(AccessUrlReport, healthy);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseReport {
+    pub healthy: bool,
+    #[serde(flatten)]
+    pub base: Base,
+    pub reachable: bool,
+    /// A Go duration string, e.g. `"1.234567ms"`.
+    pub latency: String,
+    pub latency_ms: i64,
+    pub threshold_ms: i64,
+}
+section_body!(DatabaseReport, healthy);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebsocketReport {
+    pub healthy: bool,
+    #[serde(flatten)]
+    pub base: Base,
+    pub body: String,
+    pub code: i64,
+}
+section_body!(WebsocketReport, healthy);
+
+/// The DERP section. Regions are Tailscale-shaped objects (PascalCase inside), kept as JSON
+/// values here because their types live with the DERP code (`vantage-derp`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DerpReport {
+    pub healthy: bool,
+    #[serde(flatten)]
+    pub base: Base,
+    pub regions: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netcheck: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netcheck_err: Option<String>,
+    pub netcheck_logs: Option<Vec<String>>,
+}
+section_body!(DerpReport, healthy);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceProxyReport {
+    pub healthy: bool,
+    #[serde(flatten)]
+    pub base: Base,
+    pub workspace_proxies: WorkspaceProxies,
+}
+section_body!(WorkspaceProxyReport, healthy);
+
+/// `{"regions": [...]}`: always a list, never `null` (SPEC §1, difference 3).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceProxies {
+    pub regions: Vec<WorkspaceProxy>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceProxy {
+    pub id: String,
+    pub name: String,
+    pub display_name: String,
+    pub icon_url: String,
+    pub healthy: bool,
+    pub path_app_url: String,
+    pub wildcard_hostname: String,
+    pub derp_enabled: bool,
+    pub derp_only: bool,
+    pub status: WorkspaceProxyStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted: bool,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceProxyStatus {
+    /// `ok`, `unreachable`, `unhealthy`, `unregistered` or `unknown`.
+    pub status: String,
+    pub report: ProxyHealthReport,
+    pub checked_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProxyHealthReport {
+    #[serde(default)]
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionerDaemonsReport {
+    #[serde(flatten)]
+    pub base: Base,
+    pub items: Vec<ProvisionerDaemonItem>,
+}
+section_body!(ProvisionerDaemonsReport);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionerDaemonItem {
+    pub provisioner_daemon: ProvisionerDaemon,
+    pub warnings: Vec<Message>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionerDaemon {
+    pub id: String,
+    pub organization_id: String,
+    pub key_id: String,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub name: String,
+    pub version: String,
+    pub api_version: String,
+    pub provisioners: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+    pub key_name: Option<String>,
+    pub status: Option<String>,
+    pub current_job: Option<serde_json::Value>,
+    pub previous_job: Option<serde_json::Value>,
+}
+
+/// A section as served: the aggregated body, plus (additive) each fresh vantage's own report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aggregated<T> {
+    #[serde(flatten)]
+    pub report: T,
+    #[serde(default = "BTreeMap::new")]
+    pub vantage_reports: BTreeMap<String, T>,
+}
+
+/// One vantage as the report lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VantageInfo {
+    pub name: String,
+    pub region: String,
+    pub version: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub connected: bool,
+    /// `fresh` or `stale`.
+    pub state: String,
+    pub last_seen: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_since: Option<DateTime<Utc>>,
+}
+
+/// The `vantages` block: counts toward the report's severity like a section (EVNT01).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VantagesReport {
+    pub severity: Severity,
+    pub warnings: Vec<Message>,
+    pub items: Vec<VantageInfo>,
+}
+
+/// The whole report (`HealthcheckReport`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub time: DateTime<Utc>,
+    pub healthy: bool,
+    pub severity: Severity,
+    pub derp: Aggregated<DerpReport>,
+    pub access_url: Aggregated<AccessUrlReport>,
+    pub websocket: Aggregated<WebsocketReport>,
+    pub database: Aggregated<DatabaseReport>,
+    pub workspace_proxy: Aggregated<WorkspaceProxyReport>,
+    pub provisioner_daemons: Aggregated<ProvisionerDaemonsReport>,
+    pub coder_version: String,
+    /// Additive: the vantages and their freshness.
+    pub vantages: VantagesReport,
+    /// Additive: the aggregator revision this report reflects.
+    pub revision: u64,
+}
+
+impl HealthReport {
+    /// The common fields of one section.
+    pub fn base(&self, section: Section) -> &Base {
+        match section {
+            Section::AccessUrl => &self.access_url.report.base,
+            Section::Database => &self.database.report.base,
+            Section::Derp => &self.derp.report.base,
+            Section::Websocket => &self.websocket.report.base,
+            Section::WorkspaceProxy => &self.workspace_proxy.report.base,
+            Section::ProvisionerDaemons => &self.provisioner_daemons.report.base,
+        }
+    }
+
+    pub fn base_mut(&mut self, section: Section) -> &mut Base {
+        match section {
+            Section::AccessUrl => &mut self.access_url.report.base,
+            Section::Database => &mut self.database.report.base,
+            Section::Derp => &mut self.derp.report.base,
+            Section::Websocket => &mut self.websocket.report.base,
+            Section::WorkspaceProxy => &mut self.workspace_proxy.report.base,
+            Section::ProvisionerDaemons => &mut self.provisioner_daemons.report.base,
+        }
+    }
+
+    /// The per-vantage bases of one section, by vantage name.
+    pub fn vantage_bases(&self, section: Section) -> Vec<(&str, &Base)> {
+        fn collect<T: SectionBody>(a: &Aggregated<T>) -> Vec<(&str, &Base)> {
+            a.vantage_reports
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.base()))
+                .collect()
+        }
+        match section {
+            Section::AccessUrl => collect(&self.access_url),
+            Section::Database => collect(&self.database),
+            Section::Derp => collect(&self.derp),
+            Section::Websocket => collect(&self.websocket),
+            Section::WorkspaceProxy => collect(&self.workspace_proxy),
+            Section::ProvisionerDaemons => collect(&self.provisioner_daemons),
+        }
+    }
+
+    /// Set `dismissed` on every section named in `dismissed` (all six, ProvisionerDaemons
+    /// included: SPEC §1, difference 2). Presentational only: severities are untouched.
+    pub fn apply_dismissed(&mut self, dismissed: &[Section]) {
+        for s in Section::ALL {
+            self.base_mut(s).dismissed = dismissed.contains(&s);
+        }
+    }
+
+    /// Coder's `?format=text` rendering.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "time: {}", self.time.to_rfc3339());
+        let _ = writeln!(out, "healthy: {}", self.healthy);
+        let _ = writeln!(out, "derp: {}", self.derp.report.healthy);
+        let _ = writeln!(out, "access_url: {}", self.access_url.report.healthy);
+        let _ = writeln!(out, "websocket: {}", self.websocket.report.healthy);
+        let _ = writeln!(out, "database: {}", self.database.report.healthy);
+        out
+    }
+}
+
+/// Go's `time.Duration.String()`, which Coder's JSON uses for `latency` and `round_trip_ping`:
+/// `0s`, `1.5µs`, `1.234567ms`, `2s`, `1m30s`, `1h0m0s`.
+pub fn go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    fn frac(value: u128, unit: u128) -> String {
+        let whole = value / unit;
+        let rest = value % unit;
+        if rest == 0 {
+            return whole.to_string();
+        }
+        let digits = unit.ilog10() as usize;
+        let s = format!("{rest:0digits$}");
+        format!("{whole}.{}", s.trim_end_matches('0'))
+    }
+    if nanos < 1_000 {
+        return format!("{nanos}ns");
+    }
+    if nanos < 1_000_000 {
+        return format!("{}µs", frac(nanos, 1_000));
+    }
+    if nanos < 1_000_000_000 {
+        return format!("{}ms", frac(nanos, 1_000_000));
+    }
+    let total_secs = nanos / 1_000_000_000;
+    let sub = nanos % 1_000_000_000;
+    let hours = total_secs / 3600;
+    let mins = (total_secs % 3600) / 60;
+    let secs_ns = (total_secs % 60) * 1_000_000_000 + sub;
+    let secs = format!("{}s", frac(secs_ns, 1_000_000_000));
+    if hours > 0 {
+        format!("{hours}h{mins}m{secs}")
+    } else if mins > 0 {
+        format!("{mins}m{secs}")
+    } else {
+        secs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_duration_matches_go() {
+        let cases: &[(Duration, &str)] = &[
+            (Duration::ZERO, "0s"),
+            (Duration::from_nanos(999), "999ns"),
+            (Duration::from_nanos(1_500), "1.5µs"),
+            (Duration::from_millis(1), "1ms"),
+            (Duration::from_nanos(1_234_567), "1.234567ms"),
+            (Duration::from_secs(2), "2s"),
+            (Duration::from_millis(2_500), "2.5s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(3600), "1h0m0s"),
+            (Duration::from_nanos(3_723_000_000_001), "1h2m3.000000001s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(go_duration(*d), *want, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn message_string_form() {
+        assert_eq!(
+            Message::new("EACS03", "get healthz endpoint: boom").to_string(),
+            "EACS03: get healthz endpoint: boom"
+        );
+        assert_eq!(
+            Message::new("", "parse access url: x").to_string(),
+            "parse access url: x"
+        );
+    }
+
+    #[test]
+    fn base_omits_absent_error() {
+        let json = serde_json::to_value(Base::default()).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({"severity": "ok", "warnings": [], "dismissed": false})
+        );
+    }
+}

@@ -1,0 +1,953 @@
+//! The aggregator: the one task that owns health state. Probe sessions, the server's own
+//! vantage, HTTP and gRPC handlers send it [`Command`]s over a bounded channel; it applies
+//! observations (exactly once, by per-instance sequence number), keeps each vantage's section
+//! reports, aggregates them, detects staleness, records events in a bounded history and fans
+//! them out on a bounded broadcast channel that never waits for a subscriber.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tonic::Status;
+use vantage_probe::rules::{self, SectionReport};
+use vantage_proto::pb;
+use vantage_proto::pb::server_message::Msg as Down;
+use vantage_proto::report::{Aggregated, HealthReport, Message, VantageInfo, VantagesReport};
+use vantage_proto::{Section, Severity, codes, convert};
+
+use crate::aggregate::aggregate;
+
+/// Capacity of the command channel (backpressure on ingest).
+pub const COMMAND_CAPACITY: usize = 4096;
+/// Capacity of the event broadcast; a subscriber further behind is told to resync.
+pub const EVENT_CAPACITY: usize = 4096;
+
+/// What the aggregator needs to know.
+#[derive(Debug, Clone)]
+pub struct AggregatorConfig {
+    pub quorum: usize,
+    pub stale_after: Duration,
+    pub forget_after: Duration,
+    pub raise_after: u32,
+    pub clear_after: u32,
+    pub history: usize,
+    pub version: String,
+    /// Sections that must be covered by some fresh vantage (EVNT02 otherwise).
+    pub expected: Vec<Section>,
+}
+
+/// A message to the server side of one session (a probe's stream, or the own vantage).
+pub type SessionTx = mpsc::Sender<Result<pb::ServerMessage, Status>>;
+
+/// What an attach is told.
+#[derive(Debug)]
+pub struct Attached {
+    pub session_id: u64,
+    pub applied_seq: u64,
+}
+
+/// A new subscription: the receiver is subscribed before the snapshot or backlog is taken,
+/// so nothing falls between them.
+pub struct Subscription {
+    pub events: broadcast::Receiver<Arc<pb::WatchEvent>>,
+    /// Set when the subscriber starts from scratch or its revision is out of the history.
+    pub snapshot: Option<(bool, Arc<pb::Report>)>,
+    pub backlog: Vec<Arc<pb::WatchEvent>>,
+}
+
+/// The outcome of a settings update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsUpdate {
+    pub changed: bool,
+    pub dismissed: Vec<Section>,
+}
+
+/// Commands to the aggregator.
+pub enum Command {
+    Attach {
+        hello: pb::Hello,
+        session: SessionTx,
+        reply: oneshot::Sender<Attached>,
+    },
+    Detach {
+        name: String,
+        session_id: u64,
+    },
+    Ingest {
+        name: String,
+        session_id: u64,
+        observations: Vec<pb::Observation>,
+    },
+    Heartbeat {
+        name: String,
+        session_id: u64,
+        replay_dropped: u64,
+    },
+    Assigned {
+        name: String,
+        check_ids: Vec<(String, Section)>,
+    },
+    RunComplete {
+        name: String,
+        request_id: u64,
+    },
+    Force {
+        reply: oneshot::Sender<watch::Receiver<BTreeSet<String>>>,
+    },
+    Report {
+        reply: oneshot::Sender<(Arc<HealthReport>, Arc<pb::Report>)>,
+    },
+    Subscribe {
+        since: u64,
+        reply: oneshot::Sender<Subscription>,
+    },
+    Settings {
+        update: Option<Vec<Section>>,
+        reply: oneshot::Sender<SettingsUpdate>,
+    },
+    Vantages {
+        reply: oneshot::Sender<Vec<pb::Vantage>>,
+    },
+    Forget {
+        name: String,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Replace what a server-computed section shows (provisioner daemons, proxies).
+    ServerSection {
+        report: SectionReport,
+    },
+}
+
+/// Figures the aggregator keeps about itself, for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub events: u64,
+    pub revision: u64,
+}
+
+/// A cheap, clonable handle to the aggregator task.
+#[derive(Clone)]
+pub struct Aggregator {
+    tx: mpsc::Sender<Command>,
+    stats: watch::Receiver<Stats>,
+}
+
+/// The aggregator has stopped (the server is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the aggregator has stopped")]
+pub struct Stopped;
+
+impl Aggregator {
+    /// Start the aggregator task; it runs until every handle is dropped.
+    pub fn spawn(config: AggregatorConfig, dismissed: Vec<Section>) -> Aggregator {
+        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (stats_tx, stats) = watch::channel(Stats::default());
+        let state = State {
+            history: VecDeque::with_capacity(config.history.min(4096)),
+            config,
+            vantages: BTreeMap::new(),
+            aggregates: HashMap::new(),
+            server_sections: HashMap::new(),
+            revision: 0,
+            changed_at: Utc::now(),
+            events,
+            dismissed,
+            cached: None,
+            next_session: 1,
+            next_request: 1,
+            force: None,
+            stats: Stats::default(),
+            stats_tx,
+        };
+        tokio::spawn(state.run(rx));
+        Aggregator { tx, stats }
+    }
+
+    /// Send a command, waiting for room (bounded backpressure).
+    pub async fn send(&self, cmd: Command) -> Result<(), Stopped> {
+        self.tx.send(cmd).await.map_err(|_| Stopped)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    pub async fn attach(&self, hello: pb::Hello, session: SessionTx) -> Result<Attached, Stopped> {
+        self.ask(|reply| Command::Attach {
+            hello,
+            session,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn report(&self) -> Result<(Arc<HealthReport>, Arc<pb::Report>), Stopped> {
+        self.ask(|reply| Command::Report { reply }).await
+    }
+
+    pub async fn subscribe(&self, since: u64) -> Result<Subscription, Stopped> {
+        self.ask(|reply| Command::Subscribe { since, reply }).await
+    }
+
+    pub async fn settings(&self, update: Option<Vec<Section>>) -> Result<SettingsUpdate, Stopped> {
+        self.ask(|reply| Command::Settings { update, reply }).await
+    }
+
+    pub async fn vantages(&self) -> Result<Vec<pb::Vantage>, Stopped> {
+        self.ask(|reply| Command::Vantages { reply }).await
+    }
+
+    pub async fn forget(&self, name: String) -> Result<bool, Stopped> {
+        self.ask(|reply| Command::Forget { name, reply }).await
+    }
+
+    /// Ask every connected vantage to run now; the receiver holds the names still running.
+    pub async fn force(&self) -> Result<watch::Receiver<BTreeSet<String>>, Stopped> {
+        self.ask(|reply| Command::Force { reply }).await
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.borrow().clone()
+    }
+}
+
+/// Per-sequence bookkeeping of one probe instance: `applied == last - first + 1` means nothing
+/// was lost in between and nothing was applied twice.
+#[derive(Debug, Default, Clone)]
+struct SeqStats {
+    first: u64,
+    last: u64,
+    applied: u64,
+    duplicates: u64,
+    gaps: u64,
+    replay_dropped: u64,
+    resumed_from: u64,
+}
+
+/// Hysteresis of one alert stream (a section of one vantage, or an aggregate).
+#[derive(Debug, Clone, Copy, Default)]
+struct Alert {
+    /// `None` until the first evaluation.
+    state: Option<Severity>,
+    candidate: Severity,
+    count: u32,
+}
+
+impl Alert {
+    /// Feed one evaluation; `Some((from, to))` when the alert changes.
+    fn evaluate(
+        &mut self,
+        raw: Severity,
+        raise_after: u32,
+        clear_after: u32,
+    ) -> Option<(Option<Severity>, Severity)> {
+        let Some(current) = self.state else {
+            self.state = Some(raw);
+            return Some((None, raw));
+        };
+        if raw == current {
+            self.count = 0;
+            return None;
+        }
+        if raw == self.candidate && self.count > 0 {
+            self.count += 1;
+        } else {
+            self.candidate = raw;
+            self.count = 1;
+        }
+        let needed = if raw > current {
+            raise_after
+        } else {
+            clear_after
+        };
+        if self.count >= needed.max(1) {
+            self.state = Some(raw);
+            self.count = 0;
+            return Some((Some(current), raw));
+        }
+        None
+    }
+}
+
+struct Vantage {
+    name: String,
+    region: String,
+    version: String,
+    labels: BTreeMap<String, String>,
+    instance_id: String,
+    session: Option<(u64, SessionTx)>,
+    last_seen: Instant,
+    last_seen_at: Option<DateTime<Utc>>,
+    stale_since: Option<DateTime<Utc>>,
+    /// Latest observation per assigned check.
+    observations: HashMap<String, pb::Observation>,
+    assigned: HashMap<String, Section>,
+    sections: HashMap<Section, SectionReport>,
+    alerts: HashMap<Section, Alert>,
+    seq: SeqStats,
+}
+
+impl Vantage {
+    fn is_fresh(&self) -> bool {
+        self.stale_since.is_none()
+    }
+}
+
+struct ForceRun {
+    pending: watch::Sender<BTreeSet<String>>,
+}
+
+struct State {
+    config: AggregatorConfig,
+    vantages: BTreeMap<String, Vantage>,
+    aggregates: HashMap<Section, (SectionReport, Alert)>,
+    server_sections: HashMap<Section, SectionReport>,
+    revision: u64,
+    changed_at: DateTime<Utc>,
+    events: broadcast::Sender<Arc<pb::WatchEvent>>,
+    history: VecDeque<Arc<pb::WatchEvent>>,
+    dismissed: Vec<Section>,
+    cached: Option<(Arc<HealthReport>, Arc<pb::Report>)>,
+    next_session: u64,
+    next_request: u64,
+    force: Option<ForceRun>,
+    stats: Stats,
+    stats_tx: watch::Sender<Stats>,
+}
+
+fn ack(seq: u64) -> Result<pb::ServerMessage, Status> {
+    Ok(pb::ServerMessage {
+        msg: Some(Down::Ack(pb::Ack { seq })),
+    })
+}
+
+impl State {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let tick_every =
+            (self.config.stale_after / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => return,
+                },
+                _ = tick.tick() => self.check_staleness(),
+            }
+            self.stats.revision = self.revision;
+            self.stats_tx.send_if_modified(|s| {
+                let changed = s.revision != self.stats.revision || s.applied != self.stats.applied;
+                if changed {
+                    *s = self.stats.clone();
+                }
+                changed
+            });
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Attach {
+                hello,
+                session,
+                reply,
+            } => {
+                let attached = self.attach(hello, session);
+                let _ = reply.send(attached);
+            }
+            Command::Detach { name, session_id } => self.detach(&name, session_id),
+            Command::Ingest {
+                name,
+                session_id,
+                observations,
+            } => self.ingest(&name, session_id, observations),
+            Command::Heartbeat {
+                name,
+                session_id,
+                replay_dropped,
+            } => {
+                if let Some(v) = self
+                    .vantages
+                    .get_mut(&name)
+                    .filter(|v| v.session.as_ref().is_some_and(|s| s.0 == session_id))
+                {
+                    v.seq.replay_dropped = replay_dropped;
+                    self.seen(&name);
+                }
+            }
+            Command::Assigned { name, check_ids } => {
+                if let Some(v) = self.vantages.get_mut(&name) {
+                    v.assigned = check_ids.into_iter().collect();
+                    let assigned = &v.assigned;
+                    v.observations.retain(|id, _| assigned.contains_key(id));
+                    let sections: Vec<Section> = Section::ALL.into_iter().collect();
+                    for s in sections {
+                        self.recompute(&name, s);
+                    }
+                    self.bump();
+                }
+            }
+            Command::RunComplete {
+                name,
+                request_id: _,
+            } => self.run_complete(&name),
+            Command::Force { reply } => {
+                let rx = self.force();
+                let _ = reply.send(rx);
+            }
+            Command::Report { reply } => {
+                let report = self.report();
+                let _ = reply.send(report);
+            }
+            Command::Subscribe { since, reply } => {
+                let sub = self.subscribe(since);
+                let _ = reply.send(sub);
+            }
+            Command::Settings { update, reply } => {
+                let mut changed = false;
+                if let Some(mut new) = update {
+                    new.sort();
+                    new.dedup();
+                    if new != self.dismissed {
+                        self.dismissed = new;
+                        changed = true;
+                        self.bump();
+                    }
+                }
+                let _ = reply.send(SettingsUpdate {
+                    changed,
+                    dismissed: self.dismissed.clone(),
+                });
+            }
+            Command::Vantages { reply } => {
+                let list = self.vantages.values().map(|v| self.vantage_pb(v)).collect();
+                let _ = reply.send(list);
+            }
+            Command::Forget { name, reply } => {
+                let found = self.vantages.remove(&name).is_some();
+                if found {
+                    self.vantage_event(&name, "forgotten");
+                    self.reaggregate_all();
+                }
+                let _ = reply.send(found);
+            }
+            Command::ServerSection { report } => {
+                let section = report.section();
+                if self.server_sections.get(&section) != Some(&report) {
+                    self.server_sections.insert(section, report);
+                    self.reaggregate(section);
+                    self.bump();
+                }
+            }
+        }
+    }
+
+    fn bump(&mut self) {
+        self.revision += 1;
+        self.changed_at = Utc::now();
+        self.cached = None;
+    }
+
+    fn attach(&mut self, hello: pb::Hello, session: SessionTx) -> Attached {
+        let session_id = self.next_session;
+        self.next_session += 1;
+        let now = Instant::now();
+        let name = hello.name.clone();
+        let v = self
+            .vantages
+            .entry(name.clone())
+            .or_insert_with(|| Vantage {
+                name: name.clone(),
+                region: String::new(),
+                version: String::new(),
+                labels: BTreeMap::new(),
+                instance_id: String::new(),
+                session: None,
+                last_seen: now,
+                last_seen_at: None,
+                stale_since: None,
+                observations: HashMap::new(),
+                assigned: HashMap::new(),
+                sections: HashMap::new(),
+                alerts: HashMap::new(),
+                seq: SeqStats::default(),
+            });
+        if v.instance_id != hello.instance_id {
+            // A new process: its sequence numbers start afresh.
+            v.instance_id = hello.instance_id.clone();
+            v.seq = SeqStats {
+                resumed_from: hello.last_acked_seq,
+                ..SeqStats::default()
+            };
+        } else {
+            v.seq.resumed_from = hello.last_acked_seq;
+        }
+        v.seq.replay_dropped = hello.replay_dropped;
+        v.region = hello.region;
+        v.version = hello.version;
+        v.labels = hello.labels.into_iter().collect();
+        if let Some((_, old)) = v.session.replace((session_id, session)) {
+            tracing::warn!(vantage = %name, "a new session replaces the previous one");
+            let _ = old.try_send(Err(Status::aborted(
+                "replaced by a newer session of the same vantage",
+            )));
+        }
+        if v.seq.applied == 0 {
+            // Nothing applied from this instance yet: continue after what it says was acked.
+            v.seq.last = v.seq.last.max(hello.last_acked_seq);
+        }
+        let applied_seq = v.seq.last;
+        self.vantage_event(&name, "attached");
+        self.seen(&name);
+        self.bump();
+        Attached {
+            session_id,
+            applied_seq,
+        }
+    }
+
+    fn detach(&mut self, name: &str, session_id: u64) {
+        let Some(v) = self.vantages.get_mut(name) else {
+            return;
+        };
+        if v.session.as_ref().is_none_or(|s| s.0 != session_id) {
+            return;
+        }
+        v.session = None;
+        self.run_complete(name);
+        self.vantage_event(name, "detached");
+        self.bump();
+    }
+
+    /// The vantage was heard from: fresh again if it was stale.
+    fn seen(&mut self, name: &str) {
+        let Some(v) = self.vantages.get_mut(name) else {
+            return;
+        };
+        v.last_seen = Instant::now();
+        v.last_seen_at = Some(Utc::now());
+        if v.stale_since.take().is_some() {
+            self.vantage_event(name, "fresh");
+            self.reaggregate_all();
+        }
+    }
+
+    fn ingest(&mut self, name: &str, session_id: u64, observations: Vec<pb::Observation>) {
+        let Some(v) = self.vantages.get_mut(name) else {
+            return;
+        };
+        let Some((sid, tx)) = v.session.as_ref() else {
+            return;
+        };
+        if *sid != session_id {
+            return;
+        }
+        let tx = tx.clone();
+        let mut dirty: u8 = 0;
+        for obs in observations {
+            if obs.seq <= v.seq.last {
+                v.seq.duplicates += 1;
+                self.stats.duplicates += 1;
+                continue;
+            }
+            if v.seq.applied > 0 && obs.seq > v.seq.last + 1 {
+                v.seq.gaps += obs.seq - v.seq.last - 1;
+            }
+            if v.seq.first == 0 {
+                v.seq.first = obs.seq;
+            }
+            v.seq.last = obs.seq;
+            v.seq.applied += 1;
+            self.stats.applied += 1;
+            match v.assigned.get(&obs.check_id) {
+                Some(section) if Section::from_pb(obs.section) == Some(*section) => {
+                    dirty |= 1 << (*section as u8);
+                    v.observations.insert(obs.check_id.clone(), obs);
+                }
+                _ => {
+                    // Not (or no longer) assigned: counted as applied, kept nowhere.
+                    self.stats.rejected += 1;
+                }
+            }
+        }
+        let acked = v.seq.last;
+        self.seen(name);
+        for s in Section::ALL {
+            if dirty & (1 << (s as u8)) != 0 {
+                self.recompute(name, s);
+            }
+        }
+        self.bump();
+        // Cumulative ack; if the session's queue is full a later ack covers this one.
+        let _ = tx.try_send(ack(acked));
+    }
+
+    /// Recompute one vantage's report of `section` from its observations, then the aggregate.
+    fn recompute(&mut self, name: &str, section: Section) {
+        let Some(v) = self.vantages.get_mut(name) else {
+            return;
+        };
+        let report = rules::section_report(
+            section,
+            v.observations
+                .values()
+                .filter(|o| Section::from_pb(o.section) == Some(section)),
+        );
+        let (raise, clear) = (self.config.raise_after, self.config.clear_after);
+        let change = match &report {
+            Some(r) => {
+                let sev = r.severity();
+                v.alerts
+                    .entry(section)
+                    .or_default()
+                    .evaluate(sev, raise, clear)
+                    .map(|c| (c, r.base().clone()))
+            }
+            None => None,
+        };
+        match report {
+            Some(r) => v.sections.insert(section, r),
+            None => v.sections.remove(&section),
+        };
+        let fresh = v.is_fresh();
+        if let Some(((from, to), base)) = change {
+            self.section_event(section, name, from, to, &base);
+        }
+        if fresh {
+            self.reaggregate(section);
+        }
+    }
+
+    fn reaggregate_all(&mut self) {
+        for s in Section::ALL {
+            self.reaggregate(s);
+        }
+    }
+
+    /// Recompute the aggregate of `section` over fresh vantages.
+    fn reaggregate(&mut self, section: Section) {
+        let report = if let Some(r) = self.server_sections.get(&section) {
+            r.clone()
+        } else {
+            let reports: Vec<(&str, &SectionReport)> = self
+                .vantages
+                .values()
+                .filter(|v| v.is_fresh())
+                .filter_map(|v| v.sections.get(&section).map(|r| (v.name.as_str(), r)))
+                .collect();
+            aggregate(
+                section,
+                &reports,
+                self.config.quorum,
+                self.config.expected.contains(&section),
+            )
+        };
+        let (raise, clear) = (self.config.raise_after, self.config.clear_after);
+        let entry = self
+            .aggregates
+            .entry(section)
+            .or_insert_with(|| (report.clone(), Alert::default()));
+        entry.0 = report;
+        let sev = entry.0.severity();
+        if let Some((from, to)) = entry.1.evaluate(sev, raise, clear) {
+            let base = entry.0.base().clone();
+            self.section_event(section, "", from, to, &base);
+        }
+    }
+
+    fn check_staleness(&mut self) {
+        let now = Instant::now();
+        let mut newly_stale = Vec::new();
+        let mut forget = Vec::new();
+        for v in self.vantages.values_mut() {
+            let silent = now.saturating_duration_since(v.last_seen);
+            if v.is_fresh() && silent > self.config.stale_after {
+                v.stale_since = Some(Utc::now());
+                newly_stale.push(v.name.clone());
+            } else if !v.is_fresh() && silent > self.config.forget_after {
+                forget.push(v.name.clone());
+            }
+        }
+        for name in &newly_stale {
+            tracing::warn!(vantage = %name, "vantage is stale");
+            self.vantage_event(name, "stale");
+        }
+        for name in &forget {
+            tracing::info!(vantage = %name, "forgetting a long-stale vantage");
+            self.vantages.remove(name);
+            self.vantage_event(name, "forgotten");
+        }
+        if !newly_stale.is_empty() || !forget.is_empty() {
+            self.reaggregate_all();
+            self.bump();
+        }
+    }
+
+    fn force(&mut self) -> watch::Receiver<BTreeSet<String>> {
+        if let Some(run) = &self.force {
+            if !run.pending.borrow().is_empty() {
+                // Join the run in flight (single flight).
+                return run.pending.subscribe();
+            }
+        }
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let mut pending = BTreeSet::new();
+        for v in self.vantages.values() {
+            if let Some((_, tx)) = &v.session {
+                let msg = pb::ServerMessage {
+                    msg: Some(Down::RunNow(pb::RunNow { request_id })),
+                };
+                if tx.try_send(Ok(msg)).is_ok() {
+                    pending.insert(v.name.clone());
+                }
+            }
+        }
+        let (tx, rx) = watch::channel(pending);
+        self.force = Some(ForceRun { pending: tx });
+        rx
+    }
+
+    fn run_complete(&mut self, name: &str) {
+        if let Some(run) = &self.force {
+            run.pending.send_if_modified(|p| p.remove(name));
+        }
+    }
+
+    fn subscribe(&mut self, since: u64) -> Subscription {
+        let events = self.events.subscribe();
+        let oldest = self.history.front().map(|e| e.revision);
+        let reaches_back = since > 0
+            && (since >= self.revision
+                || oldest.is_some_and(|o| o <= since + 1)
+                || (oldest.is_none() && since >= self.revision));
+        if reaches_back {
+            let backlog = self
+                .history
+                .iter()
+                .filter(|e| e.revision > since)
+                .cloned()
+                .collect();
+            Subscription {
+                events,
+                snapshot: None,
+                backlog,
+            }
+        } else {
+            let (_, pb_report) = self.report();
+            Subscription {
+                events,
+                snapshot: Some((since > 0, pb_report)),
+                backlog: Vec::new(),
+            }
+        }
+    }
+
+    fn push_event(&mut self, event: pb::watch_event::Event) {
+        self.revision += 1;
+        self.cached = None;
+        let ev = Arc::new(pb::WatchEvent {
+            revision: self.revision,
+            time: Some(convert::timestamp(Utc::now())),
+            event: Some(event),
+        });
+        if self.history.len() == self.config.history {
+            self.history.pop_front();
+        }
+        self.history.push_back(ev.clone());
+        self.stats.events += 1;
+        // Never waits: a lagging subscriber finds out on its next receive.
+        let _ = self.events.send(ev);
+    }
+
+    fn section_event(
+        &mut self,
+        section: Section,
+        vantage: &str,
+        from: Option<Severity>,
+        to: Severity,
+        base: &vantage_proto::report::Base,
+    ) {
+        let change = pb::SectionChange {
+            section: pb::Section::from(section) as i32,
+            vantage: vantage.to_owned(),
+            from: from.map_or(pb::Severity::Unspecified, pb::Severity::from) as i32,
+            to: pb::Severity::from(to) as i32,
+            error: base.error.clone().unwrap_or_default(),
+            warnings: base.warnings.iter().map(pb::Message::from).collect(),
+        };
+        self.push_event(pb::watch_event::Event::SectionChange(change));
+    }
+
+    fn vantage_event(&mut self, name: &str, change: &str) {
+        self.push_event(pb::watch_event::Event::VantageChange(pb::VantageChange {
+            vantage: name.to_owned(),
+            change: change.to_owned(),
+        }));
+    }
+
+    fn vantage_pb(&self, v: &Vantage) -> pb::Vantage {
+        pb::Vantage {
+            name: v.name.clone(),
+            region: v.region.clone(),
+            version: v.version.clone(),
+            labels: v.labels.clone().into_iter().collect(),
+            connected: v.session.is_some(),
+            stale: !v.is_fresh(),
+            last_seen: v.last_seen_at.map(convert::timestamp),
+            stale_since: v.stale_since.map(convert::timestamp),
+            instance_id: v.instance_id.clone(),
+            first_applied_seq: v.seq.first,
+            last_applied_seq: v.seq.last,
+            applied: v.seq.applied,
+            duplicates: v.seq.duplicates,
+            gaps: v.seq.gaps,
+            replay_dropped: v.seq.replay_dropped,
+            resumed_from_seq: v.seq.resumed_from,
+        }
+    }
+
+    /// The report, built only when something changed since the last one.
+    fn report(&mut self) -> (Arc<HealthReport>, Arc<pb::Report>) {
+        if let Some(c) = &self.cached {
+            return c.clone();
+        }
+        for s in Section::ALL {
+            if !self.aggregates.contains_key(&s) {
+                self.reaggregate(s);
+            }
+        }
+        let report = self.build_report();
+        let pb_report = crate::convert::report_pb(&report);
+        let pair = (Arc::new(report), Arc::new(pb_report));
+        self.cached = Some(pair.clone());
+        pair
+    }
+
+    fn build_report(&self) -> HealthReport {
+        let mut vantages = VantagesReport::default();
+        for v in self.vantages.values() {
+            vantages.items.push(VantageInfo {
+                name: v.name.clone(),
+                region: v.region.clone(),
+                version: v.version.clone(),
+                labels: v.labels.clone(),
+                connected: v.session.is_some(),
+                state: if v.is_fresh() { "fresh" } else { "stale" }.to_owned(),
+                last_seen: v.last_seen_at,
+                stale_since: v.stale_since,
+            });
+            if let Some(since) = v.stale_since {
+                vantages.warnings.push(Message::new(
+                    codes::EVNT01,
+                    format!(
+                        "vantage {} is stale since {} (last seen {}); its results left the aggregate",
+                        v.name,
+                        since.to_rfc3339(),
+                        v.last_seen_at.map_or_else(|| "never".to_owned(), |t| t.to_rfc3339())
+                    ),
+                ));
+                vantages.severity = Severity::Warning;
+            }
+        }
+        let fresh: Vec<&Vantage> = self.vantages.values().filter(|v| v.is_fresh()).collect();
+        macro_rules! section {
+            ($section:expr, $variant:ident) => {{
+                let report = match self.aggregates.get(&$section).map(|a| &a.0) {
+                    Some(SectionReport::$variant(r)) => r.clone(),
+                    _ => Default::default(),
+                };
+                let vantage_reports = fresh
+                    .iter()
+                    .filter_map(|v| match v.sections.get(&$section) {
+                        Some(SectionReport::$variant(r)) => Some((v.name.clone(), r.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                Aggregated {
+                    report,
+                    vantage_reports,
+                }
+            }};
+        }
+        let mut report = HealthReport {
+            time: self.changed_at,
+            healthy: true,
+            severity: Severity::Ok,
+            derp: section!(Section::Derp, Derp),
+            access_url: section!(Section::AccessUrl, AccessUrl),
+            websocket: section!(Section::Websocket, Websocket),
+            database: section!(Section::Database, Database),
+            workspace_proxy: section!(Section::WorkspaceProxy, WorkspaceProxy),
+            provisioner_daemons: section!(Section::ProvisionerDaemons, ProvisionerDaemons),
+            coder_version: self.config.version.clone(),
+            vantages,
+            revision: self.revision,
+        };
+        report.apply_dismissed(&self.dismissed);
+        let mut severity = report.vantages.severity;
+        let mut healthy = true;
+        for s in Section::ALL {
+            let sev = report.base(s).severity;
+            severity = severity.max(sev);
+            if s.is_failing(sev) {
+                healthy = false;
+            }
+        }
+        report.severity = severity;
+        report.healthy = healthy;
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hysteresis_raises_and_clears_after_consecutive_evaluations() {
+        let mut a = Alert::default();
+        assert_eq!(a.evaluate(Severity::Ok, 2, 3), Some((None, Severity::Ok)));
+        assert_eq!(a.evaluate(Severity::Error, 2, 3), None);
+        assert_eq!(
+            a.evaluate(Severity::Ok, 2, 3),
+            None,
+            "a blip resets the count"
+        );
+        assert_eq!(a.evaluate(Severity::Error, 2, 3), None);
+        assert_eq!(
+            a.evaluate(Severity::Error, 2, 3),
+            Some((Some(Severity::Ok), Severity::Error))
+        );
+        assert_eq!(a.evaluate(Severity::Ok, 2, 3), None);
+        assert_eq!(a.evaluate(Severity::Ok, 2, 3), None);
+        assert_eq!(
+            a.evaluate(Severity::Ok, 2, 3),
+            Some((Some(Severity::Error), Severity::Ok))
+        );
+    }
+
+    #[test]
+    fn default_hysteresis_is_immediate() {
+        let mut a = Alert::default();
+        a.evaluate(Severity::Ok, 1, 1);
+        assert_eq!(
+            a.evaluate(Severity::Warning, 1, 1),
+            Some((Some(Severity::Ok), Severity::Warning))
+        );
+        assert_eq!(
+            a.evaluate(Severity::Ok, 1, 1),
+            Some((Some(Severity::Warning), Severity::Ok))
+        );
+    }
+}

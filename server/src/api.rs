@@ -1,0 +1,346 @@
+//! `vantage.v1.HealthService`: reports, settings, vantages and the `Watch` stream, all served
+//! from the aggregator (no check runs on read).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+use vantage_proto::pb;
+use vantage_proto::{Section, Severity};
+
+use crate::aggregator::{Aggregator, Stopped, Subscription};
+use crate::store::Store;
+
+impl From<Stopped> for Status {
+    fn from(_: Stopped) -> Self {
+        Status::unavailable("the server is shutting down")
+    }
+}
+
+/// Shared by the gRPC and HTTP surfaces.
+#[derive(Clone)]
+pub struct App {
+    pub agg: Aggregator,
+    pub store: Arc<dyn Store>,
+    pub force_timeout: Duration,
+    pub watchers: Arc<AtomicUsize>,
+    /// Cancelled at shutdown: ends every watch stream.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// Why a forced report did not complete.
+#[derive(Debug)]
+pub enum ForceError {
+    Stopped,
+    /// The names of the vantages still running when the time ran out.
+    TimedOut(BTreeSet<String>),
+}
+
+impl App {
+    /// Ask every connected vantage to run now; wait (bounded) until all have reported.
+    pub async fn force(&self) -> Result<(), ForceError> {
+        let mut pending = self.agg.force().await.map_err(|_| ForceError::Stopped)?;
+        let done = tokio::time::timeout(self.force_timeout, async {
+            // An error means the run's sender is gone (the server stops): nothing to wait for.
+            let _ = pending.wait_for(BTreeSet::is_empty).await;
+        })
+        .await;
+        match done {
+            Ok(()) => Ok(()),
+            Err(_) => Err(ForceError::TimedOut(pending.borrow().clone())),
+        }
+    }
+
+    /// Validate settings names as Coder does; the error names the first bad one.
+    pub fn parse_sections(names: &[String]) -> Result<Vec<Section>, vantage_proto::UnknownSection> {
+        names.iter().map(|n| n.parse::<Section>()).collect()
+    }
+
+    /// Apply a settings change: persist (with an audit row) first, then take effect.
+    /// `Ok(None)` when nothing changed.
+    pub async fn update_settings(
+        &self,
+        dismissed: Vec<Section>,
+        actor: &str,
+    ) -> Result<Option<Vec<Section>>, Status> {
+        let mut wanted = dismissed;
+        wanted.sort();
+        wanted.dedup();
+        let current = self.agg.settings(None).await?;
+        if current.dismissed == wanted {
+            return Ok(None);
+        }
+        self.store
+            .save_dismissed(wanted.clone(), actor.to_owned())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "saving settings");
+                Status::unavailable("the settings could not be saved")
+            })?;
+        tracing::info!(actor, dismissed = ?wanted, "health settings changed");
+        let applied = self.agg.settings(Some(wanted)).await?;
+        Ok(Some(applied.dismissed))
+    }
+}
+
+fn settings_pb(dismissed: &[Section]) -> pb::Settings {
+    pb::Settings {
+        dismissed_healthchecks: dismissed
+            .iter()
+            .map(|s| s.settings_name().to_owned())
+            .collect(),
+    }
+}
+
+/// Which events a watcher wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub sections: Vec<Section>,
+    pub min_severity: Option<Severity>,
+    pub vantages: Vec<String>,
+}
+
+impl Filter {
+    pub fn from_request(r: &pb::WatchRequest) -> Result<Filter, Status> {
+        let mut sections = Vec::new();
+        for s in &r.sections {
+            sections.push(Section::from_pb(*s).ok_or_else(|| {
+                Status::invalid_argument(format!("sections: {s} is not a section (expected 1..6)"))
+            })?);
+        }
+        let min_severity = match r.min_severity {
+            0 => None,
+            n => Some(Severity::from_pb(n).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "min_severity: {n} is not a severity (expected 1..3)"
+                ))
+            })?),
+        };
+        Ok(Filter {
+            sections,
+            min_severity,
+            vantages: r.vantages.clone(),
+        })
+    }
+
+    pub fn passes(&self, ev: &pb::WatchEvent) -> bool {
+        match &ev.event {
+            Some(pb::watch_event::Event::SectionChange(c)) => {
+                let section_ok = self.sections.is_empty()
+                    || Section::from_pb(c.section).is_some_and(|s| self.sections.contains(&s));
+                let vantage_ok = self.vantages.is_empty() || self.vantages.contains(&c.vantage);
+                let sev = Severity::from_pb(c.from)
+                    .unwrap_or_default()
+                    .max(Severity::from_pb(c.to).unwrap_or_default());
+                let severity_ok = self.min_severity.is_none_or(|m| sev >= m);
+                section_ok && vantage_ok && severity_ok
+            }
+            Some(pb::watch_event::Event::VantageChange(c)) => {
+                let vantage_ok = self.vantages.is_empty() || self.vantages.contains(&c.vantage);
+                let sev = if c.change == "stale" {
+                    Severity::Warning
+                } else {
+                    Severity::Ok
+                };
+                vantage_ok && self.min_severity.is_none_or(|m| sev >= m)
+            }
+            Some(pb::watch_event::Event::Snapshot(_)) | None => true,
+        }
+    }
+}
+
+fn snapshot_event(resync: bool, report: Arc<pb::Report>) -> pb::WatchEvent {
+    pb::WatchEvent {
+        revision: report.revision,
+        time: report.time,
+        event: Some(pb::watch_event::Event::Snapshot(pb::Snapshot {
+            resync,
+            report: Some((*report).clone()),
+        })),
+    }
+}
+
+/// Decrements the watcher count when the stream is dropped.
+struct WatcherGuard(Arc<AtomicUsize>);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct WatchState {
+    agg: Aggregator,
+    sub: Subscription,
+    queue: VecDeque<pb::WatchEvent>,
+    last: u64,
+    filter: Filter,
+    cancel: tokio_util::sync::CancellationToken,
+    _guard: WatcherGuard,
+}
+
+/// The stream of one watcher: snapshot or backlog first, then live events; when it falls
+/// behind the broadcast it is sent a fresh snapshot marked `resync`.
+pub fn watch_stream(
+    app: &App,
+    sub: Subscription,
+    filter: Filter,
+    since: u64,
+) -> impl Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static {
+    app.watchers.fetch_add(1, Ordering::Relaxed);
+    let mut state = WatchState {
+        agg: app.agg.clone(),
+        queue: VecDeque::new(),
+        last: since,
+        filter,
+        cancel: app.cancel.clone(),
+        _guard: WatcherGuard(app.watchers.clone()),
+        sub: Subscription {
+            events: sub.events,
+            snapshot: None,
+            backlog: Vec::new(),
+        },
+    };
+    if let Some((resync, report)) = sub.snapshot {
+        state.last = report.revision;
+        state.queue.push_back(snapshot_event(resync, report));
+    }
+    for ev in sub.backlog {
+        if ev.revision > state.last {
+            state.last = ev.revision;
+            if state.filter.passes(&ev) {
+                state.queue.push_back((*ev).clone());
+            }
+        }
+    }
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(ev) = st.queue.pop_front() {
+                return Some((Ok(ev), st));
+            }
+            let received = tokio::select! {
+                () = st.cancel.cancelled() => return None,
+                r = st.sub.events.recv() => r,
+            };
+            match received {
+                Ok(ev) => {
+                    if ev.revision <= st.last {
+                        continue;
+                    }
+                    st.last = ev.revision;
+                    if st.filter.passes(&ev) {
+                        return Some((Ok((*ev).clone()), st));
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Fell behind: start over from a fresh snapshot.
+                    let Ok(sub) = st.agg.subscribe(0).await else {
+                        return None;
+                    };
+                    st.sub.events = sub.events;
+                    if let Some((_, report)) = sub.snapshot {
+                        st.last = report.revision;
+                        st.queue.push_back(snapshot_event(true, report));
+                    }
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+pub struct HealthApi {
+    pub app: App,
+}
+
+#[tonic::async_trait]
+impl pb::health_service_server::HealthService for HealthApi {
+    async fn get_report(
+        &self,
+        request: Request<pb::GetReportRequest>,
+    ) -> Result<Response<pb::Report>, Status> {
+        if request.get_ref().force {
+            match self.app.force().await {
+                Ok(()) => {}
+                Err(ForceError::Stopped) => {
+                    return Err(Status::unavailable("the server is shutting down"));
+                }
+                Err(ForceError::TimedOut(names)) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "Healthcheck timed out. Still running: {}",
+                        names.into_iter().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
+        let (_, report) = self.app.agg.report().await?;
+        Ok(Response::new((*report).clone()))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static>>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let filter = Filter::from_request(&req)?;
+        let sub = self.app.agg.subscribe(req.since_revision).await?;
+        Ok(Response::new(Box::pin(watch_stream(
+            &self.app,
+            sub,
+            filter,
+            req.since_revision,
+        ))))
+    }
+
+    async fn get_settings(
+        &self,
+        _: Request<pb::GetSettingsRequest>,
+    ) -> Result<Response<pb::Settings>, Status> {
+        let s = self.app.agg.settings(None).await?;
+        Ok(Response::new(settings_pb(&s.dismissed)))
+    }
+
+    async fn update_settings(
+        &self,
+        request: Request<pb::Settings>,
+    ) -> Result<Response<pb::Settings>, Status> {
+        let wanted = App::parse_sections(&request.get_ref().dismissed_healthchecks)
+            .map_err(|e| Status::invalid_argument(format!("dismissed_healthchecks: {e}")))?;
+        let actor = request
+            .remote_addr()
+            .map_or_else(|| "grpc".to_owned(), |a| format!("grpc {a}"));
+        let dismissed = match self.app.update_settings(wanted, &actor).await? {
+            Some(d) => d,
+            None => self.app.agg.settings(None).await?.dismissed,
+        };
+        Ok(Response::new(settings_pb(&dismissed)))
+    }
+
+    async fn list_vantages(
+        &self,
+        _: Request<pb::ListVantagesRequest>,
+    ) -> Result<Response<pb::ListVantagesResponse>, Status> {
+        Ok(Response::new(pb::ListVantagesResponse {
+            vantages: self.app.agg.vantages().await?,
+        }))
+    }
+
+    async fn forget_vantage(
+        &self,
+        request: Request<pb::ForgetVantageRequest>,
+    ) -> Result<Response<pb::ForgetVantageResponse>, Status> {
+        let name = request.into_inner().name;
+        if self.app.agg.forget(name.clone()).await? {
+            Ok(Response::new(pb::ForgetVantageResponse {}))
+        } else {
+            Err(Status::not_found(format!("no vantage named {name:?}")))
+        }
+    }
+}

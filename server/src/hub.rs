@@ -1,0 +1,261 @@
+//! The probe hub: `ProbeService.Attach`. Each stream says hello, gets its assignment, then
+//! streams observations that go to the aggregator (bounded, in order); the aggregator's
+//! cumulative acks and run-now requests come back on the same stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use vantage_proto::pb;
+use vantage_proto::pb::probe_message::Msg as Up;
+use vantage_proto::pb::server_message::Msg as Down;
+
+use crate::aggregator::{Aggregator, Command};
+use crate::config::SERVER_VANTAGE;
+use crate::inventory::{self, Inventory};
+
+/// How long a probe has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most observations accepted in one message.
+pub const MAX_BATCH: usize = 1024;
+/// Queue of messages to one probe.
+const SESSION_QUEUE: usize = 64;
+
+pub struct ProbeHub {
+    agg: Aggregator,
+    inventory: Arc<Inventory>,
+    /// A session silent for this long is closed (probes heartbeat every few seconds).
+    idle_timeout: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl ProbeHub {
+    pub fn new(
+        agg: Aggregator,
+        inventory: Arc<Inventory>,
+        idle_timeout: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        ProbeHub {
+            agg,
+            inventory,
+            idle_timeout,
+            cancel,
+        }
+    }
+}
+
+fn valid_name(field: &str, value: &str, allow_empty: bool) -> Result<(), Status> {
+    let ok_chars = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if (!allow_empty && value.is_empty()) || value.len() > 64 || !ok_chars {
+        return Err(Status::invalid_argument(format!(
+            "hello.{field}: {value:?} is invalid (expected 1 to 64 characters of A-Z a-z 0-9 . _ -)"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_hello(h: &pb::Hello) -> Result<(), Status> {
+    valid_name("name", &h.name, false)?;
+    valid_name("region", &h.region, true)?;
+    if h.name == SERVER_VANTAGE {
+        return Err(Status::invalid_argument(format!(
+            "hello.name: {SERVER_VANTAGE:?} is reserved for the server's own vantage"
+        )));
+    }
+    if h.labels.len() > 32 || h.labels.iter().any(|(k, v)| k.len() > 64 || v.len() > 256) {
+        return Err(Status::invalid_argument(
+            "hello.labels: at most 32 labels, keys up to 64 and values up to 256 bytes",
+        ));
+    }
+    if h.instance_id.is_empty() || h.instance_id.len() > 64 {
+        return Err(Status::invalid_argument(
+            "hello.instance_id: expected 1 to 64 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn welcome(applied_seq: u64, assignment: pb::Assignment) -> Result<pb::ServerMessage, Status> {
+    Ok(pb::ServerMessage {
+        msg: Some(Down::Welcome(pb::Welcome {
+            applied_seq,
+            server_version: vantage_probe::VERSION.to_owned(),
+            assignment: Some(assignment),
+        })),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::probe_service_server::ProbeService for ProbeHub {
+    type AttachStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<pb::ProbeMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(Some(pb::ProbeMessage {
+                msg: Some(Up::Hello(h)),
+            }))) => h,
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a hello",
+                ));
+            }
+        };
+        validate_hello(&hello)?;
+        let assignment = self.inventory.assignment_for(&hello.name, &hello.region);
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        if hello.once {
+            let _ = tx.try_send(welcome(0, assignment));
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
+        let name = hello.name.clone();
+        let attached = self
+            .agg
+            .attach(hello, tx.clone())
+            .await
+            .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        let check_ids = inventory::check_ids(&assignment);
+        self.agg
+            .send(Command::Assigned {
+                name: name.clone(),
+                check_ids,
+            })
+            .await
+            .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        tx.try_send(welcome(attached.applied_seq, assignment))
+            .map_err(|_| Status::internal("session queue full at welcome"))?;
+        tracing::info!(vantage = %name, session = attached.session_id, applied = attached.applied_seq, "probe attached");
+        let agg = self.agg.clone();
+        let idle = self.idle_timeout;
+        let session_id = attached.session_id;
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            let reason = tokio::select! {
+                r = session(&agg, &name, session_id, &mut inbound, &tx, idle) => r,
+                () = cancel.cancelled() => {
+                    let _ = tx.try_send(Err(Status::unavailable("the server is shutting down")));
+                    "the server is shutting down".to_owned()
+                }
+            };
+            tracing::info!(vantage = %name, session = session_id, %reason, "probe detached");
+            let _ = agg.send(Command::Detach { name, session_id }).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Forward one probe's messages to the aggregator until the stream ends; says why it ended.
+async fn session(
+    agg: &Aggregator,
+    name: &str,
+    session_id: u64,
+    inbound: &mut Streaming<pb::ProbeMessage>,
+    tx: &mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    idle: Duration,
+) -> String {
+    loop {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(idle, inbound.message()) => m,
+            () = tx.closed() => return "the response stream closed".into(),
+        };
+        let msg = match msg {
+            Err(_) => return format!("silent for {idle:?}"),
+            Ok(Err(status)) => return format!("stream error: {}", status.message()),
+            Ok(Ok(None)) => return "the probe closed the stream".into(),
+            Ok(Ok(Some(m))) => m,
+        };
+        let cmd = match msg.msg {
+            Some(Up::Observations(batch)) => {
+                if batch.observations.len() > MAX_BATCH {
+                    let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+                        "observations: {} in one message, at most {MAX_BATCH}",
+                        batch.observations.len()
+                    ))));
+                    return "oversized batch".into();
+                }
+                if let Some(bad) = batch
+                    .observations
+                    .iter()
+                    .find(|o| o.seq == 0 || o.result.is_none())
+                {
+                    let _ = tx.try_send(Err(Status::invalid_argument(format!(
+                        "observation {:?}: seq must be >= 1 and a result is required (seq {}, result {})",
+                        bad.check_id,
+                        bad.seq,
+                        if bad.result.is_some() { "present" } else { "missing" }
+                    ))));
+                    return "invalid observation".into();
+                }
+                Command::Ingest {
+                    name: name.to_owned(),
+                    session_id,
+                    observations: batch.observations,
+                }
+            }
+            Some(Up::Heartbeat(h)) => Command::Heartbeat {
+                name: name.to_owned(),
+                session_id,
+                replay_dropped: h.replay_dropped,
+            },
+            Some(Up::RunComplete(r)) => Command::RunComplete {
+                name: name.to_owned(),
+                request_id: r.request_id,
+            },
+            Some(Up::Hello(_)) | None => continue,
+        };
+        if agg.send(cmd).await.is_err() {
+            return "the server is shutting down".into();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(name: &str) -> pb::Hello {
+        pb::Hello {
+            name: name.into(),
+            instance_id: "i".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hello_validation_names_the_field() {
+        assert!(validate_hello(&hello("fra-1")).is_ok());
+        for (h, field) in [
+            (hello(""), "hello.name"),
+            (hello("has space"), "hello.name"),
+            (hello(SERVER_VANTAGE), "reserved"),
+            (
+                pb::Hello {
+                    region: "x/y".into(),
+                    ..hello("a")
+                },
+                "hello.region",
+            ),
+            (
+                pb::Hello {
+                    instance_id: String::new(),
+                    ..hello("a")
+                },
+                "hello.instance_id",
+            ),
+        ] {
+            let e = validate_hello(&h).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(field), "{}", e.message());
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! `vantaged`, the vantage server: probe hub, aggregator, report surfaces (gRPC, Coder JSON,
+//! HTML, Prometheus) and the server's own vantage, on one listener.
+//!
+//! Libraries take a bound listener and a shutdown future; only `main.rs` binds, reads the
+//! environment and installs logging.
+
+pub mod aggregate;
+pub mod aggregator;
+pub mod api;
+pub mod config;
+mod convert;
+pub mod http;
+pub mod hub;
+pub mod inventory;
+mod metrics;
+pub mod own;
+mod page;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use vantage_probe::checks::CheckContext;
+use vantage_proto::{Section, Severity, pb};
+
+use crate::aggregator::{Aggregator, AggregatorConfig};
+use crate::api::{App, HealthApi};
+use crate::config::{Config, ConfigError};
+use crate::inventory::Inventory;
+use crate::store::{MemoryStore, Store};
+
+/// Longest a probe message may be.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// How long shutdown waits for connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Start(String),
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The base URL clients use for a bound address.
+pub fn base_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// Serve on `listener` until `shutdown` resolves. `ready` is called with the base URL once
+/// the server accepts connections.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(&str),
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && !config.insecure_no_auth {
+        return Err(ConfigError {
+            field: "listen".into(),
+            message: format!(
+                "{addr} is not a loopback address and no tokens are configured: refusing to serve without authentication (pass --insecure-no-auth to do it anyway)"
+            ),
+        }
+        .into());
+    }
+    if config.database_url.is_some() {
+        return Err(ConfigError {
+            field: "database_url".into(),
+            message: "the PostgreSQL store is not available in this build (run without --database-url for the in-memory store)".into(),
+        }
+        .into());
+    }
+    let base = base_url(addr);
+    let access_url = config
+        .access_url
+        .as_ref()
+        .map_or_else(|| base.clone(), ToString::to_string);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let dismissed = store
+        .load_dismissed()
+        .await
+        .map_err(|e| ServeError::Start(e.to_string()))?;
+    let mut expected = vec![Section::AccessUrl, Section::Websocket];
+    if config.server_vantage {
+        expected.push(Section::Database);
+    }
+    let agg = Aggregator::spawn(
+        AggregatorConfig {
+            quorum: config.quorum,
+            stale_after: config.stale_after,
+            forget_after: config.forget_after,
+            raise_after: config.raise_after,
+            clear_after: config.clear_after,
+            history: config.history,
+            version: vantage_probe::VERSION.to_owned(),
+            expected,
+        },
+        dismissed,
+    );
+    let inventory = Arc::new(Inventory {
+        access_url,
+        interval: config.interval,
+        database_threshold: config.database_threshold,
+        heartbeat: Duration::from_secs(5),
+    });
+    let cancel = CancellationToken::new();
+    let app = App {
+        agg: agg.clone(),
+        store,
+        force_timeout: config.force_timeout,
+        watchers: Arc::new(AtomicUsize::new(0)),
+        cancel: cancel.clone(),
+    };
+
+    if config.server_vantage {
+        let tls =
+            vantage_probe::tls::client_config(&[]).map_err(|e| ServeError::Start(e.to_string()))?;
+        let ctx =
+            CheckContext::new(tls).map_err(|e| ServeError::Start(format!("HTTP client: {e}")))?;
+        tokio::spawn(own::run(
+            agg.clone(),
+            ctx,
+            inventory.clone(),
+            "server".to_owned(),
+        ));
+    }
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(track_grpc_health(
+        agg.clone(),
+        reporter.clone(),
+        cancel.clone(),
+    ));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vantage_proto::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Start(format!("reflection: {e}")))?;
+    let idle = (config.stale_after * 2).max(Duration::from_secs(30));
+    let hub = hub::ProbeHub::new(agg.clone(), inventory, idle, cancel.clone());
+    let grpc = tonic::service::Routes::new(
+        pb::probe_service_server::ProbeServiceServer::new(hub)
+            .max_decoding_message_size(MAX_MESSAGE),
+    )
+    .add_service(
+        pb::health_service_server::HealthServiceServer::new(HealthApi { app: app.clone() })
+            .max_decoding_message_size(MAX_MESSAGE),
+    )
+    .add_service(health_service)
+    .add_service(reflection)
+    .into_axum_router();
+    let router = http::router(app.clone()).merge(grpc);
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    })
+    .into_future();
+    tokio::pin!(server);
+    ready(&base);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = &mut server => return r.map_err(ServeError::Io),
+        () = &mut shutdown => {}
+    }
+    tracing::info!("shutting down");
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    for s in Section::ALL {
+        reporter
+            .set_service_status(
+                s.health_service_name(),
+                tonic_health::ServingStatus::NotServing,
+            )
+            .await;
+    }
+    cancel.cancel();
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(r) => r.map_err(ServeError::Io),
+        Err(_) => {
+            tracing::warn!("connections still open after the grace period; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Keep `grpc.health.v1` in step with the report: `""` and one service per section,
+/// SERVING unless at error. Updates are coalesced (at most one per 100 ms).
+async fn track_grpc_health(
+    agg: Aggregator,
+    reporter: tonic_health::server::HealthReporter,
+    cancel: CancellationToken,
+) {
+    let Ok(mut sub) = agg.subscribe(0).await else {
+        return;
+    };
+    loop {
+        if let Ok((report, _)) = agg.report().await {
+            let status = |sev: Severity| {
+                if sev == Severity::Error {
+                    tonic_health::ServingStatus::NotServing
+                } else {
+                    tonic_health::ServingStatus::Serving
+                }
+            };
+            reporter
+                .set_service_status("", status(report.severity))
+                .await;
+            for s in Section::ALL {
+                reporter
+                    .set_service_status(s.health_service_name(), status(report.base(s).severity))
+                    .await;
+            }
+        } else {
+            return;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = sub.events.recv() => match r {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Drain what came meanwhile: one update covers it.
+        while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) =
+            sub.events.try_recv()
+        {}
+    }
+}

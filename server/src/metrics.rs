@@ -1,0 +1,154 @@
+//! Prometheus text exposition of the report, the vantages and the server's own figures.
+
+use std::fmt::Write as _;
+
+use vantage_proto::pb;
+use vantage_proto::report::HealthReport;
+use vantage_proto::{Section, Severity};
+
+use crate::aggregator::Stats;
+
+fn sev(s: Severity) -> u8 {
+    match s {
+        Severity::Ok => 0,
+        Severity::Warning => 1,
+        Severity::Error => 2,
+    }
+}
+
+/// Escape a label value.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(
+    report: &HealthReport,
+    vantages: &[pb::Vantage],
+    stats: &Stats,
+    watchers: usize,
+) -> String {
+    let mut o = String::with_capacity(4096);
+    let _ = writeln!(
+        o,
+        "# HELP vantage_report_severity Severity of the whole report (0 ok, 1 warning, 2 error)."
+    );
+    let _ = writeln!(o, "# TYPE vantage_report_severity gauge");
+    let _ = writeln!(o, "vantage_report_severity {}", sev(report.severity));
+    let _ = writeln!(
+        o,
+        "# HELP vantage_report_healthy Coder's deprecated healthy flag (1 healthy)."
+    );
+    let _ = writeln!(o, "# TYPE vantage_report_healthy gauge");
+    let _ = writeln!(o, "vantage_report_healthy {}", u8::from(report.healthy));
+    let _ = writeln!(
+        o,
+        "# HELP vantage_section_severity Aggregated severity per section (0 ok, 1 warning, 2 error)."
+    );
+    let _ = writeln!(o, "# TYPE vantage_section_severity gauge");
+    for s in Section::ALL {
+        let b = report.base(s);
+        let _ = writeln!(
+            o,
+            "vantage_section_severity{{section=\"{}\",dismissed=\"{}\"}} {}",
+            s.settings_name(),
+            b.dismissed,
+            sev(b.severity)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vantage_vantage_section_severity Severity per section as one vantage sees it."
+    );
+    let _ = writeln!(o, "# TYPE vantage_vantage_section_severity gauge");
+    for s in Section::ALL {
+        for (name, b) in report.vantage_bases(s) {
+            let _ = writeln!(
+                o,
+                "vantage_vantage_section_severity{{section=\"{}\",vantage=\"{}\"}} {}",
+                s.settings_name(),
+                esc(name),
+                sev(b.severity)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vantage_vantage_up Whether a vantage is fresh (1) or stale (0)."
+    );
+    let _ = writeln!(o, "# TYPE vantage_vantage_up gauge");
+    let _ = writeln!(
+        o,
+        "# HELP vantage_vantage_connected Whether a vantage has a live session."
+    );
+    let _ = writeln!(o, "# TYPE vantage_vantage_connected gauge");
+    let _ = writeln!(
+        o,
+        "# HELP vantage_vantage_observations_applied_total Observations applied from the vantage's current instance."
+    );
+    let _ = writeln!(
+        o,
+        "# TYPE vantage_vantage_observations_applied_total counter"
+    );
+    let _ = writeln!(
+        o,
+        "# HELP vantage_vantage_replay_dropped_total Observations the probe's full replay buffer dropped."
+    );
+    let _ = writeln!(o, "# TYPE vantage_vantage_replay_dropped_total counter");
+    for v in vantages {
+        let l = format!("vantage=\"{}\",region=\"{}\"", esc(&v.name), esc(&v.region));
+        let _ = writeln!(o, "vantage_vantage_up{{{l}}} {}", u8::from(!v.stale));
+        let _ = writeln!(
+            o,
+            "vantage_vantage_connected{{{l}}} {}",
+            u8::from(v.connected)
+        );
+        let _ = writeln!(
+            o,
+            "vantage_vantage_observations_applied_total{{{l}}} {}",
+            v.applied
+        );
+        let _ = writeln!(
+            o,
+            "vantage_vantage_replay_dropped_total{{{l}}} {}",
+            v.replay_dropped
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vantage_connected_probes Vantages with a live session."
+    );
+    let _ = writeln!(o, "# TYPE vantage_connected_probes gauge");
+    let _ = writeln!(
+        o,
+        "vantage_connected_probes {}",
+        vantages.iter().filter(|v| v.connected).count()
+    );
+    let _ = writeln!(
+        o,
+        "# HELP vantage_observations_applied_total Observations applied by the aggregator."
+    );
+    let _ = writeln!(o, "# TYPE vantage_observations_applied_total counter");
+    let _ = writeln!(o, "vantage_observations_applied_total {}", stats.applied);
+    let _ = writeln!(
+        o,
+        "# HELP vantage_observations_duplicate_total Resent observations dropped as already applied."
+    );
+    let _ = writeln!(o, "# TYPE vantage_observations_duplicate_total counter");
+    let _ = writeln!(
+        o,
+        "vantage_observations_duplicate_total {}",
+        stats.duplicates
+    );
+    let _ = writeln!(o, "# HELP vantage_events_total Watch events emitted.");
+    let _ = writeln!(o, "# TYPE vantage_events_total counter");
+    let _ = writeln!(o, "vantage_events_total {}", stats.events);
+    let _ = writeln!(o, "# HELP vantage_watchers Open Watch subscriptions.");
+    let _ = writeln!(o, "# TYPE vantage_watchers gauge");
+    let _ = writeln!(o, "vantage_watchers {watchers}");
+    let _ = writeln!(o, "# HELP vantage_revision Current aggregator revision.");
+    let _ = writeln!(o, "# TYPE vantage_revision counter");
+    let _ = writeln!(o, "vantage_revision {}", stats.revision);
+    o
+}
