@@ -1,1 +1,199 @@
-//! placeholder
+//! The typed vantage client (gRPC, bearer token, reconnecting watch) behind the `vantage` CLI.
+
+pub mod table;
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use vantage_proto::pb;
+use vantage_proto::pb::health_service_client::HealthServiceClient;
+
+/// Why a call failed: could not connect (exit 3) or the server said no.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("could not reach the server at {url}: {source}")]
+    Unreachable {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("invalid server URL {0:?} (expected e.g. http://127.0.0.1:7080)")]
+    Url(String),
+    #[error("invalid token: not a valid header value")]
+    Token,
+    #[error("{}", .0.message())]
+    Status(#[from] Status),
+}
+
+impl ClientError {
+    /// Whether the server could not be reached at all (transport failure or unavailable).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Status(s) => s.code() == tonic::Code::Unavailable,
+            _ => false,
+        }
+    }
+}
+
+/// A connected client.
+#[derive(Clone)]
+pub struct Client {
+    health: HealthServiceClient<Channel>,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    url: String,
+}
+
+impl Client {
+    pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|_| ClientError::Url(url.to_owned()))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.to_owned(),
+                source,
+            })?;
+        let token = token
+            .map(|t| MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| ClientError::Token))
+            .transpose()?;
+        Ok(Client {
+            health: HealthServiceClient::new(channel),
+            token,
+            url: url.to_owned(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Some(t) = &self.token {
+            r.metadata_mut().insert("authorization", t.clone());
+        }
+        r
+    }
+
+    pub async fn report(&self, force: bool) -> Result<pb::Report, ClientError> {
+        let mut c = self.health.clone();
+        Ok(c.get_report(self.request(pb::GetReportRequest { force }))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn settings(&self) -> Result<pb::Settings, ClientError> {
+        let mut c = self.health.clone();
+        Ok(c.get_settings(self.request(pb::GetSettingsRequest {}))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn update_settings(
+        &self,
+        dismissed: Vec<String>,
+    ) -> Result<pb::Settings, ClientError> {
+        let mut c = self.health.clone();
+        let req = pb::Settings {
+            dismissed_healthchecks: dismissed,
+        };
+        Ok(c.update_settings(self.request(req)).await?.into_inner())
+    }
+
+    pub async fn vantages(&self) -> Result<Vec<pb::Vantage>, ClientError> {
+        let mut c = self.health.clone();
+        Ok(c.list_vantages(self.request(pb::ListVantagesRequest {}))
+            .await?
+            .into_inner()
+            .vantages)
+    }
+
+    pub async fn forget(&self, name: &str) -> Result<(), ClientError> {
+        let mut c = self.health.clone();
+        c.forget_vantage(self.request(pb::ForgetVantageRequest {
+            name: name.to_owned(),
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// One watch stream (no reconnect).
+    pub async fn watch(
+        &self,
+        req: pb::WatchRequest,
+    ) -> Result<impl Stream<Item = Result<pb::WatchEvent, Status>> + use<>, ClientError> {
+        let mut c = self.health.clone();
+        Ok(c.watch(self.request(req)).await?.into_inner())
+    }
+}
+
+/// What a resuming watch yields.
+#[derive(Debug)]
+pub enum WatchItem {
+    Event(pb::WatchEvent),
+    /// The stream broke; reconnecting after the given delay, resuming from `since`.
+    Reconnecting {
+        error: String,
+        since: u64,
+        delay: Duration,
+    },
+}
+
+/// A watch that reconnects with backoff and resumes from the last revision it saw.
+pub fn watch_resuming(
+    url: String,
+    token: Option<String>,
+    mut req: pb::WatchRequest,
+) -> impl Stream<Item = WatchItem> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let error = match Client::connect(&url, token.as_deref()).await {
+                Err(e) => e.to_string(),
+                Ok(client) => match client.watch(req.clone()).await {
+                    Err(e) => e.to_string(),
+                    Ok(stream) => {
+                        backoff = Duration::from_millis(200);
+                        let mut stream = std::pin::pin!(stream);
+                        let mut err = "the server ended the stream".to_owned();
+                        while let Some(item) = stream.next().await {
+                            match item {
+                                Ok(ev) => {
+                                    req.since_revision = req.since_revision.max(ev.revision);
+                                    if tx.send(WatchItem::Event(ev)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(s) => {
+                                    err = s.message().to_owned();
+                                    break;
+                                }
+                            }
+                        }
+                        err
+                    }
+                },
+            };
+            let delay = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+            let item = WatchItem::Reconnecting {
+                error,
+                since: req.since_revision,
+                delay,
+            };
+            if tx.send(item).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

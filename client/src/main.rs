@@ -1,1 +1,289 @@
-fn main() {}
+//! `vantage`: the command line for people and scripts. `report` exits 0 ok, 1 warning,
+//! 2 error, 3 when the server cannot be reached; errors go to stderr, data to stdout.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use vantage_client::{Client, ClientError, WatchItem, table, watch_resuming};
+use vantage_proto::report::{HealthReport, coder_json};
+use vantage_proto::{Section, Severity, pb};
+
+const EX_UNREACHABLE: u8 = 3;
+const EX_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vantage",
+    version,
+    about = "vantage: deployment health from many vantage points"
+)]
+struct Cli {
+    /// The server's base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "VANTAGE_SERVER",
+        default_value = "http://127.0.0.1:7080"
+    )]
+    server: String,
+    /// Bearer token.
+    #[arg(long, global = true, env = "VANTAGE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the report: a table, or Coder's JSON with --json. Exit 0/1/2 by severity.
+    Report {
+        /// Print exactly the JSON of /api/v2/debug/health.
+        #[arg(long, env = "VANTAGE_JSON")]
+        json: bool,
+        /// Make every vantage run now and wait for the fresh report (up to 30 s).
+        #[arg(long, env = "VANTAGE_FORCE")]
+        force: bool,
+    },
+    /// Print the current state, then one line per change; resumes after a reconnect.
+    Watch {
+        /// NDJSON output.
+        #[arg(long, env = "VANTAGE_JSON")]
+        json: bool,
+        /// Only these sections (repeatable): AccessURL, Database, DERP, Websocket, ...
+        #[arg(long = "section", env = "VANTAGE_SECTION", value_delimiter = ',')]
+        sections: Vec<String>,
+        /// Only changes to or from at least this severity.
+        #[arg(long, env = "VANTAGE_MIN_SEVERITY")]
+        min_severity: Option<String>,
+        /// Only these vantages' events (repeatable; "" is the aggregate).
+        #[arg(long = "vantage", env = "VANTAGE_VANTAGE", value_delimiter = ',')]
+        vantages: Vec<String>,
+        /// Resume after this revision.
+        #[arg(long, env = "VANTAGE_SINCE", default_value_t = 0)]
+        since: u64,
+    },
+    /// List vantages with region, version, last seen and state; `forget NAME` removes one.
+    Vantages {
+        #[command(subcommand)]
+        action: Option<VantagesAction>,
+    },
+    /// Show the dismissed sections, or dismiss / undismiss one.
+    Settings {
+        #[command(subcommand)]
+        action: Option<SettingsAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VantagesAction {
+    /// Forget a (decommissioned) vantage at once.
+    Forget { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SettingsAction {
+    Dismiss { section: String },
+    Undismiss { section: String },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vantage: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+#[allow(clippy::print_stdout)]
+fn out(s: &str) {
+    print!("{s}");
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("vantage: {e}");
+    if e.is_unreachable() {
+        ExitCode::from(EX_UNREACHABLE)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("vantage: {msg}");
+    ExitCode::from(EX_USAGE)
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    // Validate arguments before touching the network.
+    let watch_req = if let Command::Watch {
+        sections,
+        min_severity,
+        vantages,
+        since,
+        ..
+    } = &cli.command
+    {
+        let mut ids = Vec::new();
+        for s in sections {
+            match s.parse::<Section>() {
+                Ok(sec) => ids.push(pb::Section::from(sec) as i32),
+                Err(e) => return usage(&format!("--section: {e}")),
+            }
+        }
+        let min = match min_severity
+            .as_deref()
+            .map(str::parse::<Severity>)
+            .transpose()
+        {
+            Ok(m) => m.map_or(0, |m| pb::Severity::from(m) as i32),
+            Err(e) => return usage(&format!("--min-severity: {e}")),
+        };
+        Some(pb::WatchRequest {
+            sections: ids,
+            min_severity: min,
+            vantages: vantages.clone(),
+            since_revision: *since,
+        })
+    } else {
+        None
+    };
+    if let Command::Watch { json, .. } = &cli.command {
+        let req = watch_req.unwrap_or_default();
+        let stream = watch_resuming(cli.server.clone(), cli.token.clone(), req);
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                WatchItem::Event(ev) => {
+                    if *json {
+                        out(&format!("{}\n", table::event_json(&ev)));
+                    } else {
+                        out(&format!("{}\n", table::event(&ev)));
+                    }
+                }
+                WatchItem::Reconnecting {
+                    error,
+                    since,
+                    delay,
+                } => {
+                    eprintln!(
+                        "vantage: watch interrupted ({error}); reconnecting in {delay:?}, resuming after revision {since}"
+                    );
+                }
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let client = match Client::connect(&cli.server, cli.token.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match cli.command {
+        Command::Report { json, force } => match client.report(force).await {
+            Ok(r) => {
+                if json {
+                    match serde_json::from_str::<HealthReport>(&r.json) {
+                        Ok(typed) => out(&String::from_utf8_lossy(&coder_json(&typed))),
+                        Err(e) => {
+                            eprintln!(
+                                "vantage: the server sent a report this client cannot read: {e}"
+                            );
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                } else {
+                    out(&table::report(&r));
+                }
+                let sev = Severity::from_pb(r.severity).unwrap_or(Severity::Error);
+                ExitCode::from(u8::try_from(sev.exit_code()).unwrap_or(2))
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Vantages { action: None } => match client.vantages().await {
+            Ok(list) => {
+                out(&table::vantages(&list));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Vantages {
+            action: Some(VantagesAction::Forget { name }),
+        } => match client.forget(&name).await {
+            Ok(()) => {
+                out(&format!("forgot {name}\n"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Settings { action } => {
+            let current = match client.settings().await {
+                Ok(s) => s.dismissed_healthchecks,
+                Err(e) => return fail(&e),
+            };
+            let updated = match action {
+                None => current,
+                Some(
+                    SettingsAction::Dismiss { section }
+                    | SettingsAction::Undismiss {
+                        section: section @ _,
+                    },
+                ) if section.parse::<Section>().is_err() => {
+                    return usage(&format!(
+                        "{}",
+                        section
+                            .parse::<Section>()
+                            .err()
+                            .map(|e| e.to_string())
+                            .unwrap_or_default()
+                    ));
+                }
+                Some(SettingsAction::Dismiss { section }) => {
+                    let name = section
+                        .parse::<Section>()
+                        .map(|s| s.settings_name().to_owned())
+                        .unwrap_or(section);
+                    let mut list = current;
+                    if !list.contains(&name) {
+                        list.push(name);
+                    }
+                    match client.update_settings(list).await {
+                        Ok(s) => s.dismissed_healthchecks,
+                        Err(e) => return fail(&e),
+                    }
+                }
+                Some(SettingsAction::Undismiss { section }) => {
+                    let name = section
+                        .parse::<Section>()
+                        .map(|s| s.settings_name().to_owned())
+                        .unwrap_or(section);
+                    let list: Vec<String> = current.into_iter().filter(|s| *s != name).collect();
+                    match client.update_settings(list).await {
+                        Ok(s) => s.dismissed_healthchecks,
+                        Err(e) => return fail(&e),
+                    }
+                }
+            };
+            out(&format!(
+                "dismissed: {}\n",
+                if updated.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    updated.join(", ")
+                }
+            ));
+            ExitCode::SUCCESS
+        }
+        Command::Watch { .. } => ExitCode::SUCCESS,
+    }
+}

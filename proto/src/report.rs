@@ -345,6 +345,29 @@ impl HealthReport {
     }
 }
 
+/// Coder's encoding of API bodies: tab-indented JSON with `<`, `>` and `&` escaped as Go's
+/// encoder escapes them, and a final newline.
+pub fn coder_json<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    if value.serialize(&mut ser).is_err() {
+        return b"{}\n".to_vec();
+    }
+    out.push(b'\n');
+    // These bytes only occur inside strings, so replacing them keeps the document valid.
+    let mut escaped = Vec::with_capacity(out.len() + 64);
+    for b in out {
+        match b {
+            b'<' => escaped.extend_from_slice(b"\\u003c"),
+            b'>' => escaped.extend_from_slice(b"\\u003e"),
+            b'&' => escaped.extend_from_slice(b"\\u0026"),
+            _ => escaped.push(b),
+        }
+    }
+    escaped
+}
+
 /// Go's `time.Duration.String()`, which Coder's JSON uses for `latency` and `round_trip_ping`:
 /// `0s`, `1.5µs`, `1.234567ms`, `2s`, `1m30s`, `1h0m0s`.
 pub fn go_duration(d: Duration) -> String {
@@ -419,6 +442,14 @@ mod tests {
             Message::new("", "parse access url: x").to_string(),
             "parse access url: x"
         );
+    }
+
+    #[test]
+    fn coder_json_indents_with_tabs_and_escapes_html() {
+        let out = String::from_utf8(coder_json(&serde_json::json!({"a": "<b>&"}))).expect("utf8");
+        assert_eq!(out, "{\n\t\"a\": \"\\u003cb\\u003e\\u0026\"\n}\n");
+        let back: serde_json::Value = serde_json::from_str(&out).expect("valid json");
+        assert_eq!(back["a"], "<b>&");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
+
 use serde_json::json;
 
 use crate::api::{App, ForceError};
@@ -34,27 +35,7 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-/// Coder's encoding: tab-indented, with `<`, `>` and `&` escaped as Go's encoder does.
-pub fn coder_json<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4096);
-    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
-    if value.serialize(&mut ser).is_err() {
-        return b"{}".to_vec();
-    }
-    out.push(b'\n');
-    // These bytes only occur inside strings, so replacing them keeps the document valid.
-    let mut escaped = Vec::with_capacity(out.len());
-    for b in out {
-        match b {
-            b'<' => escaped.extend_from_slice(b"\\u003c"),
-            b'>' => escaped.extend_from_slice(b"\\u003e"),
-            b'&' => escaped.extend_from_slice(b"\\u0026"),
-            _ => escaped.push(b),
-        }
-    }
-    escaped
-}
+pub use vantage_proto::report::coder_json;
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut r = (status, body).into_response();
@@ -234,17 +215,4 @@ async fn metrics(State(app): State<App>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coder_json_indents_with_tabs_and_escapes_html() {
-        let out = String::from_utf8(coder_json(&json!({"a": "<b>&"}))).unwrap();
-        assert_eq!(out, "{\n\t\"a\": \"\\u003cb\\u003e\\u0026\"\n}\n");
-        let back: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(back["a"], "<b>&");
-    }
 }
