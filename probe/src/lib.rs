@@ -9,5 +9,9 @@ pub mod scheduler;
 pub mod session;
 pub mod tls;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod testutil;
+
 /// This build's version, as vantage reports it (`v<semver>`).
 pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));

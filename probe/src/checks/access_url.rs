@@ -114,3 +114,87 @@ pub async fn check(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    use super::*;
+    use crate::checks::CheckContext;
+    use crate::testutil;
+
+    fn ctx(extra: &[rustls::pki_types::CertificateDer<'static>]) -> CheckContext {
+        CheckContext::new(crate::tls::client_config(extra).unwrap()).unwrap()
+    }
+
+    fn code(r: &pb::AccessUrlResult) -> &str {
+        r.failure.as_ref().map_or("", |f| f.code.as_str())
+    }
+
+    #[tokio::test]
+    async fn answers_from_real_servers() {
+        let ok = testutil::http(Router::new().route("/healthz", get(|| async { "OK" }))).await;
+        let unavailable = testutil::http(
+            Router::new().route("/healthz", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") })),
+        )
+        .await;
+        let big = testutil::http(Router::new().route("/healthz", get(|| async { "x".repeat(MAX_BODY + 10) }))).await;
+        let c = ctx(&[]);
+
+        let r = check(&c.http, &format!("http://{ok}"), TIMEOUT).await;
+        assert_eq!((code(&r), r.reachable, r.status_code, r.healthz_response.as_str()), ("", true, 200, "OK"));
+
+        let r = check(&c.http, &format!("http://{unavailable}/"), TIMEOUT).await;
+        assert_eq!((code(&r), r.reachable, r.status_code), ("", true, 503));
+        let report = crate::rules::access_url(&r);
+        assert_eq!(report.base.error.as_deref(), Some("EACS04: /healthz did not return 200 OK"));
+
+        let r = check(&c.http, &format!("http://{big}"), TIMEOUT).await;
+        assert!(r.body_truncated);
+        assert_eq!(r.healthz_response.len(), MAX_BODY + TRUNCATED_NOTE.len());
+        assert!(r.healthz_response.ends_with(TRUNCATED_NOTE));
+    }
+
+    #[tokio::test]
+    async fn failures_carry_their_codes() {
+        let c = ctx(&[]);
+        let silent = testutil::silent().await;
+        let closed = testutil::closed_port().await;
+
+        let r = check(&c.http, "", TIMEOUT).await;
+        assert_eq!((code(&r), r.failure.as_ref().unwrap().message.as_str()), ("EACS01", "Access URL not set"));
+
+        let r = check(&c.http, "http://[::1", TIMEOUT).await;
+        assert_eq!(code(&r), "EACS02");
+        assert!(r.failure.unwrap().message.starts_with("parse healthz endpoint: "));
+
+        let r = check(&c.http, &format!("http://{closed}"), TIMEOUT).await;
+        assert_eq!(code(&r), "EACS03");
+        let msg = r.failure.unwrap().message;
+        assert!(msg.starts_with("get healthz endpoint: "), "{msg}");
+        assert!(msg.to_lowercase().contains("connect"), "{msg}");
+        assert!(!r.reachable);
+
+        let r = check(&c.http, &format!("http://{silent}"), Duration::from_millis(300)).await;
+        assert_eq!(code(&r), "EACS03");
+        assert!(r.failure.unwrap().message.contains("timed out after 300ms"));
+    }
+
+    #[tokio::test]
+    async fn self_signed_tls_needs_the_ca() {
+        let (cert, key) = testutil::self_signed();
+        let addr = testutil::https(Router::new().route("/healthz", get(|| async { "OK" })), cert.clone(), key).await;
+        let url = format!("https://localhost:{}", addr.port());
+
+        let r = check(&ctx(&[]).http, &url, TIMEOUT).await;
+        assert_eq!(code(&r), "EACS03");
+        assert!(r.failure.unwrap().message.to_lowercase().contains("certificate"));
+
+        let r = check(&ctx(&[cert]).http, &url, TIMEOUT).await;
+        assert_eq!((code(&r), r.status_code), ("", 200));
+    }
+}

@@ -185,3 +185,116 @@ mod tests {
         assert!(echo_url("not a url").is_err());
     }
 }
+
+#[cfg(test)]
+mod server_tests {
+    use axum::Router;
+    use axum::extract::ws::{Message as WsMsg, WebSocket, WebSocketUpgrade};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    use super::*;
+    use crate::testutil;
+
+    #[derive(Clone, Copy)]
+    enum Mode {
+        Echo,
+        Wrong,
+        Binary,
+        CloseAfterFirst,
+    }
+
+    async fn serve(mut ws: WebSocket, mode: Mode) {
+        let mut n = 0;
+        while let Some(Ok(m)) = ws.recv().await {
+            let WsMsg::Text(t) = m else { continue };
+            n += 1;
+            let reply = match mode {
+                Mode::Echo => WsMsg::Text(t),
+                Mode::Wrong => WsMsg::Text("nope".into()),
+                Mode::Binary => WsMsg::Binary(t.as_bytes().to_vec().into()),
+                Mode::CloseAfterFirst if n > 1 => return,
+                Mode::CloseAfterFirst => WsMsg::Text(t),
+            };
+            if ws.send(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn server(mode: Mode) -> String {
+        let router = Router::new().route(
+            ECHO_PATH,
+            get(move |ws: WebSocketUpgrade| async move { ws.on_upgrade(move |s| serve(s, mode)) }),
+        );
+        format!("http://{}", testutil::http(router).await)
+    }
+
+    fn tls() -> Arc<rustls::ClientConfig> {
+        crate::tls::client_config(&[]).unwrap()
+    }
+
+    fn code(r: &pb::WebsocketResult) -> (&str, &str) {
+        r.failure.as_ref().map_or(("", ""), |f| (f.code.as_str(), f.message.as_str()))
+    }
+
+    #[tokio::test]
+    async fn echo_table() {
+        let cases = [
+            (Mode::Echo, "", ""),
+            (Mode::Wrong, "EWS03", "received incorrect message: wanted \"0\", got \"nope\""),
+            (Mode::Binary, "EWS03", "received incorrect message type: binary"),
+            (Mode::CloseAfterFirst, "EWS02", "read message: "),
+        ];
+        for (mode, want_code, want_msg) in cases {
+            let url = server(mode).await;
+            let r = check(&tls(), &url, TIMEOUT).await;
+            let (c, m) = code(&r);
+            assert_eq!(c, want_code, "{m}");
+            assert!(m.starts_with(want_msg), "{m}");
+            assert_eq!(r.code, 101);
+        }
+    }
+
+    #[tokio::test]
+    async fn dial_failures_keep_status_and_body() {
+        let forbidden = testutil::http(Router::new().route(
+            ECHO_PATH,
+            get(|| async { (StatusCode::FORBIDDEN, "no websockets here").into_response() }),
+        ))
+        .await;
+        let r = check(&tls(), &format!("http://{forbidden}"), TIMEOUT).await;
+        assert_eq!(code(&r).0, "EWS01");
+        assert!(code(&r).1.starts_with("websocket dial: "));
+        assert_eq!((r.code, r.body.as_str()), (403, "no websockets here"));
+
+        let closed = testutil::closed_port().await;
+        let r = check(&tls(), &format!("http://{closed}"), TIMEOUT).await;
+        assert_eq!((code(&r).0, r.code), ("EWS01", 0));
+
+        let silent = testutil::silent().await;
+        let r = check(&tls(), &format!("http://{silent}"), Duration::from_millis(300)).await;
+        assert_eq!(code(&r), ("EWS01", "websocket dial: timed out after 300ms"));
+
+        let r = check(&tls(), "::not a url", TIMEOUT).await;
+        assert_eq!(code(&r).0, "", "parse errors carry no code, as in Coder");
+        assert!(code(&r).1.starts_with("parse access url: "));
+    }
+
+    #[tokio::test]
+    async fn wss_with_a_given_ca() {
+        let (cert, key) = testutil::self_signed();
+        let router = Router::new().route(
+            ECHO_PATH,
+            get(|ws: WebSocketUpgrade| async move { ws.on_upgrade(|s| serve(s, Mode::Echo)) }),
+        );
+        let addr = testutil::https(router, cert.clone(), key).await;
+        let url = format!("https://localhost:{}", addr.port());
+        let r = check(&tls(), &url, TIMEOUT).await;
+        assert_eq!(code(&r).0, "EWS01");
+        let trusted = crate::tls::client_config(&[cert]).unwrap();
+        let r = check(&trusted, &url, TIMEOUT).await;
+        assert_eq!(code(&r), ("", ""));
+    }
+}
