@@ -47,6 +47,17 @@ pub fn aggregate(
     let Some(mut out) = representative else {
         return SectionReport::empty(section);
     };
+    if out.severity() > agreed {
+        // No vantage sits exactly at the agreed level: what it saw is below quorum, so its
+        // failure is reported by EVNT03 below, not as the section's own error.
+        with_body(&mut out, |b| {
+            let base = b.base_mut();
+            base.severity = agreed;
+            base.error = None;
+            base.warnings.clear();
+            b.set_healthy(true);
+        });
+    }
     let below: Vec<String> = reports
         .iter()
         .filter(|(_, r)| r.severity() > agreed)

@@ -727,10 +727,11 @@ impl State {
     fn subscribe(&mut self, since: u64) -> Subscription {
         let events = self.events.subscribe();
         let oldest = self.history.front().map(|e| e.revision);
+        // Resume only from a revision this server has passed, whose successors are all still
+        // in the history; anything else (a revision from before a restart, or too old) resyncs.
         let reaches_back = since > 0
-            && (since >= self.revision
-                || oldest.is_some_and(|o| o <= since + 1)
-                || (oldest.is_none() && since >= self.revision));
+            && since <= self.revision
+            && (since == self.revision || oldest.is_some_and(|o| o <= since + 1));
         if reaches_back {
             let backlog = self
                 .history

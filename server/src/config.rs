@@ -81,6 +81,9 @@ pub struct Flags {
     /// Events kept for `Watch` resume.
     #[arg(long, env = "VANTAGE_HISTORY")]
     pub history: Option<usize>,
+    /// How long `?force=true` / `GetReport{force}` waits for every vantage.
+    #[arg(long, env = "VANTAGE_FORCE_TIMEOUT", value_parser = parse_duration)]
+    pub force_timeout: Option<Duration>,
     /// Do not run the server's own vantage (access URL and websocket from the server).
     #[arg(long, env = "VANTAGE_NO_SERVER_VANTAGE")]
     pub no_server_vantage: bool,
@@ -108,6 +111,7 @@ struct FileConfig {
     clear_after: Option<u32>,
     history: Option<usize>,
     server_vantage: Option<bool>,
+    force_timeout: Option<String>,
 }
 
 /// The resolved configuration.
@@ -201,7 +205,10 @@ impl Config {
                 .unwrap_or(d.clear_after),
             history: flags.history.or(file.history).unwrap_or(d.history),
             server_vantage: !flags.no_server_vantage && file.server_vantage.unwrap_or(true),
-            force_timeout: d.force_timeout,
+            force_timeout: flags
+                .force_timeout
+                .or(file_duration("force_timeout", file.force_timeout)?)
+                .unwrap_or(d.force_timeout),
         };
         config.validate()?;
         Ok(config)

@@ -3,6 +3,7 @@
 
 pub mod access_url;
 pub mod database;
+pub mod proxy;
 pub mod websocket;
 
 use std::sync::Arc;

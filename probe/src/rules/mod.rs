@@ -2,6 +2,9 @@
 //! rules (reference §7). One place, used by the server for every vantage and by
 //! `vantage-probe --once` for its own report. No I/O.
 
+pub mod provisioners;
+pub mod workspace_proxy;
+
 use vantage_proto::codes;
 use vantage_proto::pb;
 use vantage_proto::pb::observation::Result as ObsResult;

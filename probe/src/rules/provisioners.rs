@@ -58,7 +58,11 @@ impl DaemonInput {
 
 /// Whether a daemon last seen at `last_seen` is stale at `now`: never seen, or seen more than
 /// `stale_after` ago (exactly `stale_after` ago is still fresh, as in Coder).
-pub fn is_stale(last_seen: Option<DateTime<Utc>>, now: DateTime<Utc>, stale_after: Duration) -> bool {
+pub fn is_stale(
+    last_seen: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    stale_after: Duration,
+) -> bool {
     let Some(seen) = last_seen else {
         return true;
     };
@@ -211,10 +215,7 @@ fn parse(v: &str) -> Option<Parsed<'_>> {
     let rest = v.strip_prefix('v')?;
     let (major, rest) = parse_int(rest)?;
     if rest.is_empty() {
-        return Some(Parsed {
-            major,
-            minor: "0",
-        });
+        return Some(Parsed { major, minor: "0" });
     }
     let (minor, rest) = parse_int(rest.strip_prefix('.')?)?;
     if rest.is_empty() {
@@ -366,7 +367,8 @@ mod tests {
 
     #[test]
     fn api_version_parse_table() {
-        let cases: &[(&str, Result<(i64, i64), &str>)] = &[
+        type Want = Result<(i64, i64), &'static str>;
+        let cases: &[(&str, Want)] = &[
             ("1.9", Ok((1, 9))),
             ("2.0", Ok((2, 0))),
             ("+1.-2", Ok((1, -2))),
@@ -377,7 +379,10 @@ mod tests {
             ("", Err("invalid version string: ")),
             (".1", Err("invalid major version: .1")),
             ("1 .2", Err("invalid major version: 1 .2")),
-            ("99999999999999999999.1", Err("invalid major version: 99999999999999999999.1")),
+            (
+                "99999999999999999999.1",
+                Err("invalid major version: 99999999999999999999.1"),
+            ),
         ];
         for (v, want) in cases {
             assert_eq!(
@@ -547,7 +552,10 @@ mod tests {
                 warnings: vec![m("EUNKNOWN", INVALID_API)],
                 items: vec![(
                     "a",
-                    vec![m("EUNKNOWN", "Invalid API version: invalid major version: x.y")],
+                    vec![m(
+                        "EUNKNOWN",
+                        "Invalid API version: invalid major version: x.y",
+                    )],
                 )],
             },
             Case {
@@ -593,7 +601,10 @@ mod tests {
             },
             Case {
                 name: "seen exactly 90 s ago: included",
-                daemons: vec![stale_at(daemon("a", "v2.26.0", "1.9"), TimeDelta::seconds(90))],
+                daemons: vec![stale_at(
+                    daemon("a", "v2.26.0", "1.9"),
+                    TimeDelta::seconds(90),
+                )],
                 server: SERVER,
                 api_major: 1,
                 required: true,
@@ -646,7 +657,10 @@ mod tests {
             },
             Case {
                 name: "seen in the future (clock skew): fresh",
-                daemons: vec![stale_at(daemon("a", "v2.26.0", "1.9"), TimeDelta::seconds(-30))],
+                daemons: vec![stale_at(
+                    daemon("a", "v2.26.0", "1.9"),
+                    TimeDelta::seconds(-30),
+                )],
                 server: SERVER,
                 api_major: 1,
                 required: true,
@@ -703,17 +717,30 @@ mod tests {
     #[test]
     fn item_carries_the_daemon_and_json_shape() {
         let d = daemon("a", "v2.26.0", "1.9");
-        let r = section(&[d.clone()], now(), SERVER, 1, false, STALE_AFTER);
+        let r = section(
+            std::slice::from_ref(&d),
+            now(),
+            SERVER,
+            1,
+            false,
+            STALE_AFTER,
+        );
         let item = &r.items[0].provisioner_daemon;
         assert_eq!(item.id, d.id);
         assert_eq!(item.last_seen_at, d.last_seen_at);
         assert_eq!(item.tags, d.tags);
         let json = serde_json::to_value(&r).expect("serialises");
         assert_eq!(json["items"][0]["warnings"], serde_json::json!([]));
-        assert_eq!(json["items"][0]["provisioner_daemon"]["key_name"], serde_json::Value::Null);
+        assert_eq!(
+            json["items"][0]["provisioner_daemon"]["key_name"],
+            serde_json::Value::Null
+        );
         assert_eq!(json["warnings"], serde_json::json!([]));
         assert!(json.get("error").is_none());
-        assert!(json.get("healthy").is_none(), "ProvisionerDaemons has no healthy");
+        assert!(
+            json.get("healthy").is_none(),
+            "ProvisionerDaemons has no healthy"
+        );
         let empty = section(&[], now(), SERVER, 1, false, STALE_AFTER);
         assert_eq!(
             serde_json::to_value(&empty).expect("serialises")["items"],

@@ -1,0 +1,611 @@
+//! The workspace-proxy poll (Coder's `proxyhealth`, reference §7.5.2): `GET <proxy
+//! url>/healthz-report`, one attempt, bounded by a timeout (5 s by default), body capped at
+//! [`MAX_BODY`](super::MAX_BODY). Every outcome is a status with the proxy's or our own
+//! errors: `ok`, `unhealthy`, `unreachable` or `unregistered`.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use vantage_proto::pb;
+
+use super::MAX_BODY;
+use super::access_url::chain;
+use crate::rules::workspace_proxy::{
+    STATUS_OK, STATUS_UNHEALTHY, STATUS_UNREACHABLE, STATUS_UNREGISTERED,
+};
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The header a Coder build (primary or proxy) sets on every response.
+pub const BUILD_VERSION_HEADER: &str = "X-Coder-Build-Version";
+
+/// Why the body could not be read in full.
+enum BodyError {
+    TooLarge,
+    Read(String),
+    TimedOut,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge => write!(f, "body is larger than {MAX_BODY} bytes"),
+            BodyError::Read(e) => write!(f, "read body: {e}"),
+            BodyError::TimedOut => f.write_str("read body: timed out"),
+        }
+    }
+}
+
+/// Poll one proxy. Never fails: a failure is a status with errors.
+pub async fn check(
+    client: &reqwest::Client,
+    target: &pb::WorkspaceProxyTarget,
+    timeout: Duration,
+) -> pb::WorkspaceProxyResult {
+    let mut result = pb::WorkspaceProxyResult {
+        name: target.name.clone(),
+        ..Default::default()
+    };
+    let base = target.url.trim();
+    if base.is_empty() {
+        // Registered but not started: nothing to poll yet.
+        result.status = STATUS_UNREGISTERED.to_owned();
+        return result;
+    }
+    let req_url = format!("{}/healthz-report", base.strip_suffix('/').unwrap_or(base));
+    let endpoint = match url::Url::parse(&req_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        Ok(u) => {
+            return unhealthy(
+                result,
+                format!(
+                    "failed to parse proxy url: unsupported scheme {:?} (expected http or https)",
+                    u.scheme()
+                ),
+            );
+        }
+        Err(e) => return unhealthy(result, format!("failed to parse proxy url: {e}")),
+    };
+
+    let deadline = Instant::now() + timeout;
+    let sent = tokio::time::timeout_at(deadline, client.get(endpoint).send()).await;
+    let response = match sent {
+        Err(_) => {
+            result.status = STATUS_UNREACHABLE.to_owned();
+            result.errors.push(format!(
+                "request to proxy failed: Get {req_url:?}: timed out after {}",
+                vantage_proto::report::go_duration(timeout)
+            ));
+            return result;
+        }
+        Ok(Err(e)) => {
+            result.status = STATUS_UNREACHABLE.to_owned();
+            result
+                .errors
+                .push(format!("request to proxy failed: {}", chain(&e)));
+            return result;
+        }
+        Ok(Ok(r)) => r,
+    };
+
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let build_version = header(BUILD_VERSION_HEADER);
+    let content_type = header(reqwest::header::CONTENT_TYPE.as_str());
+    let body = read_body(response, deadline).await;
+
+    if status != 200 {
+        return unhealthy(result, status_error(status, &req_url, &body));
+    }
+    let decoded = match &body {
+        Ok(bytes) => decode_report(bytes),
+        Err(e) => Err(e.to_string()),
+    };
+    match decoded {
+        Ok((errors, warnings)) => {
+            result.status = if errors.is_empty() {
+                STATUS_OK
+            } else {
+                STATUS_UNHEALTHY
+            }
+            .to_owned();
+            result.errors = errors;
+            result.warnings = warnings;
+            result.version = build_version;
+            result
+        }
+        Err(decode_err) => {
+            let not_proxy = if build_version.is_empty() {
+                format!(
+                    "proxy url {req_url:?} is not a coder proxy instance, verify the url is correct"
+                )
+            } else {
+                format!(
+                    "proxy url {req_url:?} is a coder instance, but unable to decode the response payload. Could this be a primary coderd and not a proxy?"
+                )
+            };
+            let mime = mime_type(&content_type);
+            let detail = if mime == "application/json" {
+                format!(
+                    "received a status code 200, but failed to decode health report body: {decode_err}"
+                )
+            } else {
+                format!(
+                    "attempted to query health at {req_url:?} but got back the incorrect content type: unexpected non-JSON response {content_type:?}"
+                )
+            };
+            unhealthy(result, format!("{not_proxy}\n{detail}"))
+        }
+    }
+}
+
+fn unhealthy(mut result: pb::WorkspaceProxyResult, error: String) -> pb::WorkspaceProxyResult {
+    result.status = STATUS_UNHEALTHY.to_owned();
+    result.errors.push(error);
+    result
+}
+
+/// Read at most [`MAX_BODY`] bytes before `deadline`.
+async fn read_body(
+    mut response: reqwest::Response,
+    deadline: Instant,
+) -> Result<Vec<u8>, BodyError> {
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| BodyError::Read(chain(&e)))?
+        {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(BodyError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    tokio::time::timeout_at(deadline, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
+}
+
+/// The media type of a `Content-Type` value, lower-cased, without parameters.
+fn mime_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Decode a health report as Go's `json.Decoder` into `{errors, warnings}` does: the first JSON
+/// value only (trailing data is ignored), `null` anywhere is empty, unknown keys are ignored,
+/// keys match case-insensitively.
+fn decode_report(body: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
+    let value = serde_json::Deserializer::from_slice(body)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .unwrap_or_else(|| {
+            // An empty body: Go reports EOF.
+            Err(serde::de::Error::custom("EOF"))
+        })
+        .map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    match value {
+        serde_json::Value::Null => {}
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                let into = if key.eq_ignore_ascii_case("errors") {
+                    &mut errors
+                } else if key.eq_ignore_ascii_case("warnings") {
+                    &mut warnings
+                } else {
+                    continue;
+                };
+                *into = string_list(&key, v)?;
+            }
+        }
+        other => {
+            return Err(format!(
+                "cannot decode {} as a health report (expected an object with \"errors\" and \"warnings\")",
+                json_kind(&other)
+            ));
+        }
+    }
+    Ok((errors, warnings))
+}
+
+fn string_list(key: &str, v: serde_json::Value) -> Result<Vec<String>, String> {
+    match v {
+        serde_json::Value::Null => Ok(Vec::new()),
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::String(s) => Ok(s),
+                serde_json::Value::Null => Ok(String::new()),
+                other => Err(format!(
+                    "cannot decode {} in {key:?} as a string",
+                    json_kind(&other)
+                )),
+            })
+            .collect(),
+        other => Err(format!(
+            "cannot decode {} as {key:?} (expected a list of strings)",
+            json_kind(&other)
+        )),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Coder-style API error body.
+#[derive(serde::Deserialize)]
+struct ApiError {
+    message: String,
+    #[serde(default)]
+    detail: String,
+    #[serde(default)]
+    validations: Vec<Validation>,
+}
+
+#[derive(serde::Deserialize)]
+struct Validation {
+    #[serde(default)]
+    field: String,
+    #[serde(default)]
+    detail: String,
+}
+
+/// The multi-line error for a non-200 answer (shown where newlines are respected).
+fn status_error(status: u16, req_url: &str, body: &Result<Vec<u8>, BodyError>) -> String {
+    let mut out = format!(
+        "unexpected status code {status}. \nEncountered error, send a request to {req_url:?} from the host of the vantage that reported this, to debug this issue."
+    );
+    let bytes = match body {
+        Ok(b) => b.as_slice(),
+        Err(e) => {
+            out.push_str(&format!("\nError: {e}"));
+            return out;
+        }
+    };
+    match serde_json::from_slice::<ApiError>(bytes) {
+        Ok(api) => {
+            out.push_str(&format!(
+                "\nError Message: {}\nError Detail: {}",
+                api.message, api.detail
+            ));
+            for v in &api.validations {
+                out.push_str(&format!("\n\tValidation: {}={}", v.field, v.detail));
+            }
+            out.push_str(&format!(
+                "\nError: unexpected status code {status}: {}",
+                api.message
+            ));
+            if !api.detail.is_empty() {
+                out.push_str(&format!("\n\tError: {}", api.detail));
+            }
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes);
+            let text = text.trim();
+            if text.is_empty() {
+                out.push_str(&format!(
+                    "\nError: unexpected status code {status}: empty body"
+                ));
+            } else {
+                let snippet: String = text.chars().take(512).collect();
+                let cut = if snippet.len() < text.len() {
+                    "…"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "\nError: unexpected status code {status}: {snippet}{cut}"
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    use crate::testutil;
+
+    /// Serve `app` on 127.0.0.1:0 and return its base URL.
+    async fn serve(app: Router) -> String {
+        format!("http://{}", testutil::http(app).await)
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client")
+    }
+
+    fn target(url: &str) -> pb::WorkspaceProxyTarget {
+        pb::WorkspaceProxyTarget {
+            name: "eu".into(),
+            url: url.into(),
+        }
+    }
+
+    async fn poll(url: &str) -> pb::WorkspaceProxyResult {
+        check(&client(), &target(url), TIMEOUT).await
+    }
+
+    fn json(body: &'static str) -> impl IntoResponse {
+        ([(header::CONTENT_TYPE, "application/json")], body)
+    }
+
+    #[tokio::test]
+    async fn valid_report_is_ok_with_version() {
+        let app = Router::new().route(
+            "/healthz-report",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (
+                            header::HeaderName::from_static("x-coder-build-version"),
+                            "v2.26.0+abc",
+                        ),
+                    ],
+                    r#"{"errors":[],"warnings":["version mismatch: primary coderd (v2.26.0) != workspace proxy (v2.25.0)"]}"#,
+                )
+            }),
+        );
+        let base = serve(app).await;
+        // A trailing slash on the URL is dropped once.
+        let r = poll(&format!("{base}/")).await;
+        assert_eq!(r.name, "eu");
+        assert_eq!(r.status, "ok", "{r:?}");
+        assert!(r.errors.is_empty());
+        assert_eq!(r.warnings.len(), 1);
+        assert_eq!(r.version, "v2.26.0+abc");
+    }
+
+    #[tokio::test]
+    async fn report_with_errors_is_unhealthy_with_its_errors() {
+        let app = Router::new().route(
+            "/healthz-report",
+            get(|| async {
+                json(r#"{"errors":["failed to get build info: boom"],"warnings":null,"extra":1}"#)
+            }),
+        );
+        let r = poll(&serve(app).await).await;
+        assert_eq!(r.status, "unhealthy");
+        assert_eq!(r.errors, vec!["failed to get build info: boom".to_owned()]);
+        assert!(r.warnings.is_empty());
+    }
+
+    #[tokio::test]
+    async fn html_page_is_not_a_proxy_with_content_type_hint() {
+        let app = Router::new().route(
+            "/healthz-report",
+            get(|| async { axum::response::Html("<html><body>Welcome</body></html>") }),
+        );
+        let base = serve(app).await;
+        let r = poll(&base).await;
+        assert_eq!(r.status, "unhealthy");
+        assert_eq!(r.errors.len(), 1);
+        let e = &r.errors[0];
+        let url = format!("{base}/healthz-report");
+        assert!(
+            e.starts_with(&format!(
+                "proxy url {url:?} is not a coder proxy instance, verify the url is correct\n"
+            )),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "incorrect content type: unexpected non-JSON response \"text/html; charset=utf-8\""
+            ),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_json_is_a_decode_failure() {
+        let app = Router::new()
+            .route(
+                "/healthz-report",
+                get(|| async { json(r#"{"errors":"not a list"}"#) }),
+            )
+            .route("/array/healthz-report", get(|| async { json("[1,2,3]") }));
+        let base = serve(app).await;
+        for url in [base.clone(), format!("{base}/array")] {
+            let r = poll(&url).await;
+            assert_eq!(r.status, "unhealthy", "{url}");
+            let e = &r.errors[0];
+            assert!(e.contains("is not a coder proxy instance"), "{e}");
+            assert!(
+                e.contains("received a status code 200, but failed to decode health report body: "),
+                "{e}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn coderd_looking_answer_is_probably_a_primary() {
+        let app = Router::new().route(
+            "/healthz-report",
+            get(|| async {
+                let mut r =
+                    axum::response::Html("<!doctype html><title>Coder</title>").into_response();
+                r.headers_mut()
+                    .insert("x-coder-build-version", HeaderValue::from_static("v2.26.0"));
+                r
+            }),
+        );
+        let r = poll(&serve(app).await).await;
+        assert_eq!(r.status, "unhealthy");
+        let e = &r.errors[0];
+        assert!(
+            e.contains("is a coder instance, but unable to decode the response payload. Could this be a primary coderd and not a proxy?"),
+            "{e}"
+        );
+        assert!(e.contains("incorrect content type"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn status_503_with_api_error_is_unhealthy_multiline() {
+        let app = Router::new().route(
+            "/healthz-report",
+            get(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json(r#"{"message":"proxy is shutting down","detail":"draining"}"#),
+                )
+            }),
+        );
+        let base = serve(app).await;
+        let r = poll(&base).await;
+        assert_eq!(r.status, "unhealthy");
+        let e = &r.errors[0];
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines[0], "unexpected status code 503. ");
+        assert!(
+            lines[1].starts_with(&format!(
+                "Encountered error, send a request to \"{base}/healthz-report\""
+            )),
+            "{e}"
+        );
+        assert!(
+            lines.contains(&"Error Message: proxy is shutting down"),
+            "{e}"
+        );
+        assert!(lines.contains(&"Error Detail: draining"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn status_404_without_api_error_still_explains() {
+        let r = poll(&serve(Router::new()).await).await;
+        assert_eq!(r.status, "unhealthy");
+        let e = &r.errors[0];
+        assert!(e.starts_with("unexpected status code 404. \n"), "{e}");
+        assert!(!e.contains("Error Message:"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn oversized_body_is_cut_and_unhealthy() {
+        let app = Router::new().route(
+            "/healthz-report",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    format!(
+                        "{{\"errors\":[],\"warnings\":[\"{}\"]}}",
+                        "x".repeat(MAX_BODY)
+                    ),
+                )
+            }),
+        );
+        let r = poll(&serve(app).await).await;
+        assert_eq!(r.status, "unhealthy");
+        assert!(
+            r.errors[0].contains("larger than 65536 bytes"),
+            "{:?}",
+            r.errors
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_server_is_unreachable_after_the_timeout() {
+        let addr = testutil::silent().await;
+        let started = std::time::Instant::now();
+        let r = check(
+            &client(),
+            &target(&format!("http://{addr}")),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(r.status, "unreachable");
+        assert!(
+            r.errors[0].starts_with("request to proxy failed: ")
+                && r.errors[0].contains("timed out after 300ms"),
+            "{:?}",
+            r.errors
+        );
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_unreachable() {
+        let addr = testutil::closed_port().await;
+        let r = poll(&format!("http://{addr}")).await;
+        assert_eq!(r.status, "unreachable");
+        assert!(
+            r.errors[0].starts_with("request to proxy failed: "),
+            "{:?}",
+            r.errors
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_and_invalid_urls() {
+        let r = poll("").await;
+        assert_eq!(r.status, "unregistered");
+        assert!(r.errors.is_empty());
+        let r = poll("not a url").await;
+        assert_eq!(r.status, "unhealthy");
+        assert!(
+            r.errors[0].starts_with("failed to parse proxy url: "),
+            "{:?}",
+            r.errors
+        );
+        let r = poll("ftp://example.com").await;
+        assert_eq!(r.status, "unhealthy");
+        assert!(
+            r.errors[0].contains("unsupported scheme \"ftp\""),
+            "{:?}",
+            r.errors
+        );
+    }
+
+    #[test]
+    fn decode_report_mirrors_go_json() {
+        let ok = |b: &str| decode_report(b.as_bytes());
+        assert_eq!(ok(r#"{"errors":[],"warnings":[]}"#), Ok((vec![], vec![])));
+        assert_eq!(ok("{}"), Ok((vec![], vec![])));
+        assert_eq!(ok("null"), Ok((vec![], vec![])));
+        assert_eq!(
+            ok(r#"{"Errors":["e"],"WARNINGS":["w"]}"#),
+            Ok((vec!["e".into()], vec!["w".into()]))
+        );
+        assert_eq!(
+            ok(r#"{"errors":["e"]} trailing"#),
+            Ok((vec!["e".into()], vec![]))
+        );
+        assert!(ok("").is_err());
+        assert!(ok("<html>").is_err());
+        assert!(ok(r#""text""#).is_err());
+        assert!(ok(r#"{"warnings":[1]}"#).is_err());
+    }
+}
