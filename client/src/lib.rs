@@ -167,7 +167,12 @@ pub fn watch_resuming(
                         while let Some(item) = stream.next().await {
                             match item {
                                 Ok(ev) => {
-                                    req.since_revision = req.since_revision.max(ev.revision);
+                                    if ev.epoch != req.since_epoch
+                                        || ev.revision > req.since_revision
+                                    {
+                                        req.since_revision = ev.revision;
+                                        req.since_epoch = ev.epoch.clone();
+                                    }
                                     if tx.send(WatchItem::Event(ev)).await.is_err() {
                                         return;
                                     }

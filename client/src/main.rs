@@ -155,6 +155,7 @@ async fn run(cli: Cli) -> ExitCode {
             min_severity: min,
             vantages: vantages.clone(),
             since_revision: *since,
+            since_epoch: String::new(),
         })
     } else {
         None

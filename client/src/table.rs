@@ -292,6 +292,7 @@ Access URL @ fra-1: error: EACS04: /healthz did not return 200 OK\n";
     fn change_line_names_section_vantage_and_transition() {
         let ev = pb::WatchEvent {
             revision: 3,
+            epoch: String::new(),
             time: None,
             event: Some(pb::watch_event::Event::SectionChange(pb::SectionChange {
                 section: pb::Section::Websocket as i32,

@@ -55,8 +55,10 @@ impl Scheduler {
                 let interval = convert::from_duration(check.interval.as_ref())
                     .filter(|d| !d.is_zero())
                     .unwrap_or(DEFAULT_INTERVAL);
-                // The first run comes soon (within a tenth of the interval), then every interval.
-                let first = interval.mul_f64(rand::thread_rng().gen_range(0.0..0.1));
+                // The first run comes soon (within a tenth of the interval, at most 1 s), then
+                // every interval.
+                let spread = (interval / 10).min(Duration::from_secs(1));
+                let first = spread.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
                 tokio::time::sleep(first).await;
                 loop {
                     let obs = checks::run(&ctx, &check).await;

@@ -102,6 +102,7 @@ pub enum Command {
     },
     Subscribe {
         since: u64,
+        epoch: String,
         reply: oneshot::Sender<Subscription>,
     },
     Settings {
@@ -150,6 +151,7 @@ impl Aggregator {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (stats_tx, stats) = watch::channel(Stats::default());
         let state = State {
+            epoch: uuid::Uuid::new_v4().to_string(),
             history: VecDeque::with_capacity(config.history.min(4096)),
             config,
             vantages: BTreeMap::new(),
@@ -194,8 +196,15 @@ impl Aggregator {
         self.ask(|reply| Command::Report { reply }).await
     }
 
-    pub async fn subscribe(&self, since: u64) -> Result<Subscription, Stopped> {
-        self.ask(|reply| Command::Subscribe { since, reply }).await
+    /// Subscribe to events after `since` of `epoch` (empty: the current epoch).
+    pub async fn subscribe(&self, since: u64, epoch: &str) -> Result<Subscription, Stopped> {
+        let epoch = epoch.to_owned();
+        self.ask(|reply| Command::Subscribe {
+            since,
+            epoch,
+            reply,
+        })
+        .await
     }
 
     pub async fn settings(&self, update: Option<Vec<Section>>) -> Result<SettingsUpdate, Stopped> {
@@ -308,6 +317,8 @@ struct ForceRun {
 
 struct State {
     config: AggregatorConfig,
+    /// Random per aggregator start: revisions compare only within one epoch.
+    epoch: String,
     vantages: BTreeMap<String, Vantage>,
     aggregates: HashMap<Section, (SectionReport, Alert)>,
     server_sections: HashMap<Section, SectionReport>,
@@ -409,7 +420,16 @@ impl State {
                 let report = self.report();
                 let _ = reply.send(report);
             }
-            Command::Subscribe { since, reply } => {
+            Command::Subscribe {
+                since,
+                epoch,
+                reply,
+            } => {
+                let since = if epoch.is_empty() || epoch == self.epoch {
+                    since
+                } else {
+                    u64::MAX
+                };
                 let sub = self.subscribe(since);
                 let _ = reply.send(sub);
             }
@@ -759,6 +779,7 @@ impl State {
         self.cached = None;
         let ev = Arc::new(pb::WatchEvent {
             revision: self.revision,
+            epoch: self.epoch.clone(),
             time: Some(convert::timestamp(Utc::now())),
             event: Some(event),
         });
@@ -829,7 +850,8 @@ impl State {
             }
         }
         let report = self.build_report();
-        let pb_report = crate::convert::report_pb(&report);
+        let mut pb_report = crate::convert::report_pb(&report);
+        pb_report.epoch = self.epoch.clone();
         let pair = (Arc::new(report), Arc::new(pb_report));
         self.cached = Some(pair.clone());
         pair

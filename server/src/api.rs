@@ -157,6 +157,7 @@ impl Filter {
 fn snapshot_event(resync: bool, report: Arc<pb::Report>) -> pb::WatchEvent {
     pb::WatchEvent {
         revision: report.revision,
+        epoch: report.epoch.clone(),
         time: report.time,
         event: Some(pb::watch_event::Event::Snapshot(pb::Snapshot {
             resync,
@@ -239,7 +240,7 @@ pub fn watch_stream(
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Fell behind: start over from a fresh snapshot.
-                    let Ok(sub) = st.agg.subscribe(0).await else {
+                    let Ok(sub) = st.agg.subscribe(0, "").await else {
                         return None;
                     };
                     st.sub.events = sub.events;
@@ -290,7 +291,11 @@ impl pb::health_service_server::HealthService for HealthApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
         let filter = Filter::from_request(&req)?;
-        let sub = self.app.agg.subscribe(req.since_revision).await?;
+        let sub = self
+            .app
+            .agg
+            .subscribe(req.since_revision, &req.since_epoch)
+            .await?;
         Ok(Response::new(Box::pin(watch_stream(
             &self.app,
             sub,

@@ -60,5 +60,6 @@ pub fn report_pb(r: &HealthReport) -> pb::Report {
         vantages_severity: pb::Severity::from(r.vantages.severity) as i32,
         vantages_warnings: r.vantages.warnings.iter().map(pb::Message::from).collect(),
         json: serde_json::to_string(r).unwrap_or_default(),
+        epoch: String::new(),
     }
 }

@@ -15,6 +15,7 @@ pub mod inventory;
 mod metrics;
 pub mod own;
 mod page;
+pub mod registry;
 pub mod store;
 
 use std::future::Future;
@@ -208,7 +209,7 @@ async fn track_grpc_health(
     reporter: tonic_health::server::HealthReporter,
     cancel: CancellationToken,
 ) {
-    let Ok(mut sub) = agg.subscribe(0).await else {
+    let Ok(mut sub) = agg.subscribe(0, "").await else {
         return;
     };
     loop {

@@ -138,20 +138,35 @@ mod tests {
     #[tokio::test]
     async fn answers_from_real_servers() {
         let ok = testutil::http(Router::new().route("/healthz", get(|| async { "OK" }))).await;
-        let unavailable = testutil::http(
-            Router::new().route("/healthz", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") })),
+        let unavailable = testutil::http(Router::new().route(
+            "/healthz",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }),
+        ))
+        .await;
+        let big = testutil::http(
+            Router::new().route("/healthz", get(|| async { "x".repeat(MAX_BODY + 10) })),
         )
         .await;
-        let big = testutil::http(Router::new().route("/healthz", get(|| async { "x".repeat(MAX_BODY + 10) }))).await;
         let c = ctx(&[]);
 
         let r = check(&c.http, &format!("http://{ok}"), TIMEOUT).await;
-        assert_eq!((code(&r), r.reachable, r.status_code, r.healthz_response.as_str()), ("", true, 200, "OK"));
+        assert_eq!(
+            (
+                code(&r),
+                r.reachable,
+                r.status_code,
+                r.healthz_response.as_str()
+            ),
+            ("", true, 200, "OK")
+        );
 
         let r = check(&c.http, &format!("http://{unavailable}/"), TIMEOUT).await;
         assert_eq!((code(&r), r.reachable, r.status_code), ("", true, 503));
         let report = crate::rules::access_url(&r);
-        assert_eq!(report.base.error.as_deref(), Some("EACS04: /healthz did not return 200 OK"));
+        assert_eq!(
+            report.base.error.as_deref(),
+            Some("EACS04: /healthz did not return 200 OK")
+        );
 
         let r = check(&c.http, &format!("http://{big}"), TIMEOUT).await;
         assert!(r.body_truncated);
@@ -166,11 +181,19 @@ mod tests {
         let closed = testutil::closed_port().await;
 
         let r = check(&c.http, "", TIMEOUT).await;
-        assert_eq!((code(&r), r.failure.as_ref().unwrap().message.as_str()), ("EACS01", "Access URL not set"));
+        assert_eq!(
+            (code(&r), r.failure.as_ref().unwrap().message.as_str()),
+            ("EACS01", "Access URL not set")
+        );
 
         let r = check(&c.http, "http://[::1", TIMEOUT).await;
         assert_eq!(code(&r), "EACS02");
-        assert!(r.failure.unwrap().message.starts_with("parse healthz endpoint: "));
+        assert!(
+            r.failure
+                .unwrap()
+                .message
+                .starts_with("parse healthz endpoint: ")
+        );
 
         let r = check(&c.http, &format!("http://{closed}"), TIMEOUT).await;
         assert_eq!(code(&r), "EACS03");
@@ -179,7 +202,12 @@ mod tests {
         assert!(msg.to_lowercase().contains("connect"), "{msg}");
         assert!(!r.reachable);
 
-        let r = check(&c.http, &format!("http://{silent}"), Duration::from_millis(300)).await;
+        let r = check(
+            &c.http,
+            &format!("http://{silent}"),
+            Duration::from_millis(300),
+        )
+        .await;
         assert_eq!(code(&r), "EACS03");
         assert!(r.failure.unwrap().message.contains("timed out after 300ms"));
     }
@@ -187,12 +215,23 @@ mod tests {
     #[tokio::test]
     async fn self_signed_tls_needs_the_ca() {
         let (cert, key) = testutil::self_signed();
-        let addr = testutil::https(Router::new().route("/healthz", get(|| async { "OK" })), cert.clone(), key).await;
+        let addr = testutil::https(
+            Router::new().route("/healthz", get(|| async { "OK" })),
+            cert.clone(),
+            key,
+        )
+        .await;
         let url = format!("https://localhost:{}", addr.port());
 
         let r = check(&ctx(&[]).http, &url, TIMEOUT).await;
         assert_eq!(code(&r), "EACS03");
-        assert!(r.failure.unwrap().message.to_lowercase().contains("certificate"));
+        assert!(
+            r.failure
+                .unwrap()
+                .message
+                .to_lowercase()
+                .contains("certificate")
+        );
 
         let r = check(&ctx(&[cert]).http, &url, TIMEOUT).await;
         assert_eq!((code(&r), r.status_code), ("", 200));

@@ -236,15 +236,25 @@ mod server_tests {
     }
 
     fn code(r: &pb::WebsocketResult) -> (&str, &str) {
-        r.failure.as_ref().map_or(("", ""), |f| (f.code.as_str(), f.message.as_str()))
+        r.failure
+            .as_ref()
+            .map_or(("", ""), |f| (f.code.as_str(), f.message.as_str()))
     }
 
     #[tokio::test]
     async fn echo_table() {
         let cases = [
             (Mode::Echo, "", ""),
-            (Mode::Wrong, "EWS03", "received incorrect message: wanted \"0\", got \"nope\""),
-            (Mode::Binary, "EWS03", "received incorrect message type: binary"),
+            (
+                Mode::Wrong,
+                "EWS03",
+                "received incorrect message: wanted \"0\", got \"nope\"",
+            ),
+            (
+                Mode::Binary,
+                "EWS03",
+                "received incorrect message type: binary",
+            ),
             (Mode::CloseAfterFirst, "EWS02", "read message: "),
         ];
         for (mode, want_code, want_msg) in cases {
@@ -274,7 +284,12 @@ mod server_tests {
         assert_eq!((code(&r).0, r.code), ("EWS01", 0));
 
         let silent = testutil::silent().await;
-        let r = check(&tls(), &format!("http://{silent}"), Duration::from_millis(300)).await;
+        let r = check(
+            &tls(),
+            &format!("http://{silent}"),
+            Duration::from_millis(300),
+        )
+        .await;
         assert_eq!(code(&r), ("EWS01", "websocket dial: timed out after 300ms"));
 
         let r = check(&tls(), "::not a url", TIMEOUT).await;

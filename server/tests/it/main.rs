@@ -31,7 +31,13 @@ fn config() -> AggregatorConfig {
 }
 
 fn hello(name: &str, instance: &str, acked: u64) -> pb::Hello {
-    pb::Hello { name: name.into(), region: "fra".into(), instance_id: instance.into(), last_acked_seq: acked, ..Default::default() }
+    pb::Hello {
+        name: name.into(),
+        region: "fra".into(),
+        instance_id: instance.into(),
+        last_acked_seq: acked,
+        ..Default::default()
+    }
 }
 
 fn obs(seq: u64, status: i32) -> pb::Observation {
@@ -40,7 +46,11 @@ fn obs(seq: u64, status: i32) -> pb::Observation {
         check_id: "access_url".into(),
         section: pb::Section::AccessUrl as i32,
         target: "http://x".into(),
-        result: Some(ObsResult::AccessUrl(pb::AccessUrlResult { reachable: true, status_code: status, ..Default::default() })),
+        result: Some(ObsResult::AccessUrl(pb::AccessUrlResult {
+            reachable: true,
+            status_code: status,
+            ..Default::default()
+        })),
         ..Default::default()
     }
 }
@@ -55,16 +65,37 @@ struct Probe {
 async fn attach(agg: &Aggregator, name: &str, instance: &str, acked: u64) -> Probe {
     let (tx, rx): (SessionTx, _) = mpsc::channel(1024);
     let a = agg.attach(hello(name, instance, acked), tx).await.unwrap();
-    agg.send(Command::Assigned { name: name.into(), check_ids: vec![("access_url".into(), Section::AccessUrl)] }).await.unwrap();
-    Probe { name: name.into(), session_id: a.session_id, rx, applied_seq: a.applied_seq }
+    agg.send(Command::Assigned {
+        name: name.into(),
+        check_ids: vec![("access_url".into(), Section::AccessUrl)],
+    })
+    .await
+    .unwrap();
+    Probe {
+        name: name.into(),
+        session_id: a.session_id,
+        rx,
+        applied_seq: a.applied_seq,
+    }
 }
 
 async fn ingest(agg: &Aggregator, p: &Probe, observations: Vec<pb::Observation>) {
-    agg.send(Command::Ingest { name: p.name.clone(), session_id: p.session_id, observations }).await.unwrap();
+    agg.send(Command::Ingest {
+        name: p.name.clone(),
+        session_id: p.session_id,
+        observations,
+    })
+    .await
+    .unwrap();
 }
 
 async fn vantage(agg: &Aggregator, name: &str) -> pb::Vantage {
-    agg.vantages().await.unwrap().into_iter().find(|v| v.name == name).unwrap()
+    agg.vantages()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == name)
+        .unwrap()
 }
 
 /// The last ack the probe has been sent.
@@ -87,7 +118,16 @@ async fn observations_apply_exactly_once_by_sequence() {
     // A resend overlapping what was applied: 3..=5 are duplicates, 6..=7 are new.
     ingest(&agg, &p, (3..=7).map(|s| obs(s, 200)).collect()).await;
     let v = vantage(&agg, "fra-1").await;
-    assert_eq!((v.first_applied_seq, v.last_applied_seq, v.applied, v.duplicates, v.gaps), (1, 7, 7, 3, 0));
+    assert_eq!(
+        (
+            v.first_applied_seq,
+            v.last_applied_seq,
+            v.applied,
+            v.duplicates,
+            v.gaps
+        ),
+        (1, 7, 7, 3, 0)
+    );
     assert_eq!(last_ack(&mut p), 7);
 
     // The same instance reattaching is told what was applied.
@@ -99,7 +139,11 @@ async fn observations_apply_exactly_once_by_sequence() {
     assert_eq!(p3.applied_seq, 0);
     ingest(&agg, &p3, vec![obs(1, 200), obs(3, 200)]).await;
     let v = vantage(&agg, "fra-1").await;
-    assert_eq!((v.applied, v.gaps), (2, 1), "a gap in sequence numbers is counted");
+    assert_eq!(
+        (v.applied, v.gaps),
+        (2, 1),
+        "a gap in sequence numbers is counted"
+    );
 }
 
 #[tokio::test]
@@ -134,8 +178,17 @@ async fn silent_vantages_go_stale_leave_the_aggregate_and_come_back() {
     assert_eq!(iad.state, "stale");
     assert!(iad.stale_since.is_some());
     assert_eq!(r.vantages.severity, Severity::Warning);
-    assert!(r.vantages.warnings.iter().any(|w| w.code == "EVNT01" && w.message.contains("iad-1")));
-    assert_eq!(r.access_url.report.base.severity, Severity::Ok, "the stale vantage left the aggregate");
+    assert!(
+        r.vantages
+            .warnings
+            .iter()
+            .any(|w| w.code == "EVNT01" && w.message.contains("iad-1"))
+    );
+    assert_eq!(
+        r.access_url.report.base.severity,
+        Severity::Ok,
+        "the stale vantage left the aggregate"
+    );
     assert!(!r.access_url.vantage_reports.contains_key("iad-1"));
 
     // It reports again: fresh, and back in the aggregate.
@@ -157,7 +210,13 @@ async fn nothing_covering_a_section_is_evnt02() {
 
 #[tokio::test]
 async fn quorum_two_turns_a_lone_failure_into_a_named_warning() {
-    let agg = Aggregator::spawn(AggregatorConfig { quorum: 2, ..config() }, vec![]);
+    let agg = Aggregator::spawn(
+        AggregatorConfig {
+            quorum: 2,
+            ..config()
+        },
+        vec![],
+    );
     let a = attach(&agg, "fra-1", "a", 0).await;
     let b = attach(&agg, "iad-1", "b", 0).await;
     let c = attach(&agg, "syd-1", "c", 0).await;
@@ -165,7 +224,10 @@ async fn quorum_two_turns_a_lone_failure_into_a_named_warning() {
     ingest(&agg, &b, vec![obs(1, 200)]).await;
     let mut failing = obs(1, 200);
     failing.result = Some(ObsResult::AccessUrl(pb::AccessUrlResult {
-        failure: Some(pb::Message { code: "EACS03".into(), message: "get healthz endpoint: refused".into() }),
+        failure: Some(pb::Message {
+            code: "EACS03".into(),
+            message: "get healthz endpoint: refused".into(),
+        }),
         ..Default::default()
     }));
     ingest(&agg, &c, vec![failing]).await;
@@ -173,8 +235,15 @@ async fn quorum_two_turns_a_lone_failure_into_a_named_warning() {
     let base = &r.access_url.report.base;
     assert_eq!(base.severity, Severity::Warning);
     let w = base.warnings.iter().find(|w| w.code == "EVNT03").unwrap();
-    assert!(w.message.contains("syd-1") && w.message.contains("EACS03"), "{}", w.message);
-    assert!(r.healthy == false, "AccessURL at warning makes healthy false, as in Coder");
+    assert!(
+        w.message.contains("syd-1") && w.message.contains("EACS03"),
+        "{}",
+        w.message
+    );
+    assert!(
+        r.healthy == false,
+        "AccessURL at warning makes healthy false, as in Coder"
+    );
 }
 
 #[tokio::test]
@@ -182,15 +251,26 @@ async fn force_asks_every_session_and_waits_for_completion() {
     let agg = Aggregator::spawn(config(), vec![]);
     let mut a = attach(&agg, "fra-1", "a", 0).await;
     let mut pending = agg.force().await.unwrap();
-    assert_eq!(pending.borrow().iter().cloned().collect::<Vec<_>>(), vec!["fra-1".to_owned()]);
+    assert_eq!(
+        pending.borrow().iter().cloned().collect::<Vec<_>>(),
+        vec!["fra-1".to_owned()]
+    );
     let request_id = loop {
         match a.rx.recv().await.unwrap().unwrap().msg {
             Some(Down::RunNow(r)) => break r.request_id,
             _ => continue,
         }
     };
-    agg.send(Command::RunComplete { name: "fra-1".into(), request_id }).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), pending.wait_for(|p| p.is_empty())).await.unwrap().unwrap();
+    agg.send(Command::RunComplete {
+        name: "fra-1".into(),
+        request_id,
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), pending.wait_for(|p| p.is_empty()))
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 fn app(agg: &Aggregator) -> App {
@@ -215,18 +295,29 @@ async fn a_watcher_that_never_reads_does_not_slow_ingestion_and_is_resynced() {
     let agg = Aggregator::spawn(config(), vec![]);
     let app = app(&agg);
     let p = attach(&agg, "fra-1", "a", 0).await;
-    let sub = agg.subscribe(0).await.unwrap();
+    let sub = agg.subscribe(0, "").await.unwrap();
     let stuck = watch_stream(&app, sub, Filter::default(), 0);
     // Flip the section's severity 20 000 times (far more events than the broadcast holds)
     // while the watcher reads nothing.
     let n = 20_000u64;
     let started = std::time::Instant::now();
     for chunk in (1..=n).collect::<Vec<_>>().chunks(1) {
-        ingest(&agg, &p, chunk.iter().map(|s| obs(*s, if s % 2 == 0 { 200 } else { 503 })).collect()).await;
+        ingest(
+            &agg,
+            &p,
+            chunk
+                .iter()
+                .map(|s| obs(*s, if s % 2 == 0 { 200 } else { 503 }))
+                .collect(),
+        )
+        .await;
     }
     let v = vantage(&agg, "fra-1").await;
     assert_eq!(v.applied, n, "every observation was applied");
-    eprintln!("ingested {n} flipping observations in {:?} with a stuck watcher", started.elapsed());
+    eprintln!(
+        "ingested {n} flipping observations in {:?} with a stuck watcher",
+        started.elapsed()
+    );
     assert!(agg.stats().events >= n, "each flip is an event");
 
     // When the stuck watcher finally reads: its snapshot, then a resync snapshot.
@@ -234,12 +325,22 @@ async fn a_watcher_that_never_reads_does_not_slow_ingestion_and_is_resynced() {
     let first = stuck.next().await.unwrap().unwrap();
     assert_eq!(is_snapshot(&first), Some(false));
     let second = stuck.next().await.unwrap().unwrap();
-    assert_eq!(is_snapshot(&second), Some(true), "a lagging watcher is told to resync");
+    assert_eq!(
+        is_snapshot(&second),
+        Some(true),
+        "a lagging watcher is told to resync"
+    );
 }
 
 #[tokio::test]
 async fn watch_resumes_from_history_or_resyncs() {
-    let agg = Aggregator::spawn(AggregatorConfig { history: 16, ..config() }, vec![]);
+    let agg = Aggregator::spawn(
+        AggregatorConfig {
+            history: 16,
+            ..config()
+        },
+        vec![],
+    );
     let app = app(&agg);
     let p = attach(&agg, "fra-1", "a", 0).await;
     for s in 1..=4u64 {
@@ -251,19 +352,45 @@ async fn watch_resumes_from_history_or_resyncs() {
     for s in 5..=6u64 {
         ingest(&agg, &p, vec![obs(s, if s % 2 == 0 { 200 } else { 503 })]).await;
     }
-    let sub = agg.subscribe(now).await.unwrap();
+    let sub = agg.subscribe(now, "").await.unwrap();
     assert!(sub.snapshot.is_none());
     let backlog: Vec<u64> = sub.backlog.iter().map(|e| e.revision).collect();
-    assert!(!backlog.is_empty() && backlog.iter().all(|r| *r > now), "{backlog:?}");
-    let mut stream = std::pin::pin!(watch_stream(&app, sub, Filter { sections: vec![Section::AccessUrl], ..Default::default() }, now));
+    assert!(
+        !backlog.is_empty() && backlog.iter().all(|r| *r > now),
+        "{backlog:?}"
+    );
+    let mut stream = std::pin::pin!(watch_stream(
+        &app,
+        sub,
+        Filter {
+            sections: vec![Section::AccessUrl],
+            ..Default::default()
+        },
+        now
+    ));
     let ev = stream.next().await.unwrap().unwrap();
     assert!(ev.revision > now);
-    assert!(matches!(ev.event, Some(pb::watch_event::Event::SectionChange(_))));
+    assert!(matches!(
+        ev.event,
+        Some(pb::watch_event::Event::SectionChange(_))
+    ));
 
     // Too far back for a history of 16: a resync snapshot.
     for s in 7..=60u64 {
         ingest(&agg, &p, vec![obs(s, if s % 2 == 0 { 200 } else { 503 })]).await;
     }
-    let sub = agg.subscribe(1).await.unwrap();
+    let sub = agg.subscribe(1, "").await.unwrap();
     assert_eq!(sub.snapshot.as_ref().map(|s| s.0), Some(true));
+}
+
+#[tokio::test]
+async fn a_revision_from_another_epoch_resyncs() {
+    let agg = Aggregator::spawn(config(), vec![]);
+    let p = attach(&agg, "fra-1", "a", 0).await;
+    ingest(&agg, &p, vec![obs(1, 200)]).await;
+    let sub = agg.subscribe(1, "another-server-lifetime").await.unwrap();
+    assert_eq!(sub.snapshot.as_ref().map(|s| s.0), Some(true));
+    let (_, report) = agg.report().await.unwrap();
+    let sub = agg.subscribe(report.revision, &report.epoch).await.unwrap();
+    assert!(sub.snapshot.is_none() && sub.backlog.is_empty());
 }

@@ -1,0 +1,6 @@
+//! End-to-end: the real `vantaged`, `vantage-probe` and `vantage` binaries as processes.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod backbone;
+mod contract;
