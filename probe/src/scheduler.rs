@@ -19,7 +19,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// What the scheduler produces, in order.
 #[derive(Debug, Clone)]
 pub enum Output {
-    Observation(pb::Observation),
+    Observation(Box<pb::Observation>),
     /// Every check of run-now request `id` has produced its observation (sent before this).
     RunComplete(u64),
 }
@@ -62,7 +62,7 @@ impl Scheduler {
                 tokio::time::sleep(first).await;
                 loop {
                     let obs = checks::run(&ctx, &check).await;
-                    if out.send(Output::Observation(obs)).await.is_err() {
+                    if out.send(Output::Observation(Box::new(obs))).await.is_err() {
                         return;
                     }
                     tokio::time::sleep(jittered(interval)).await;
@@ -89,7 +89,7 @@ impl Scheduler {
         let out = self.out.clone();
         self.tasks.spawn(async move {
             for obs in run_all(&ctx, &checks).await {
-                if out.send(Output::Observation(obs)).await.is_err() {
+                if out.send(Output::Observation(Box::new(obs))).await.is_err() {
                     return;
                 }
             }

@@ -191,7 +191,7 @@ impl Session {
     fn take(&mut self, out: Output) {
         match out {
             Output::Observation(o) => {
-                self.buffer.push(o);
+                self.buffer.push(*o);
             }
             Output::RunComplete(id) => self.pending_complete.push((self.buffer.last_seq(), id)),
         }
@@ -347,10 +347,13 @@ impl Session {
         up.try_send(self.hello())
             .map_err(|_| AttemptError::Closed)?;
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(token) = &self.cfg.token {
-            if let Ok(v) = MetadataValue::try_from(format!("Bearer {token}")) {
-                request.metadata_mut().insert("authorization", v);
-            }
+        if let Some(v) = self
+            .cfg
+            .token
+            .as_ref()
+            .and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok())
+        {
+            request.metadata_mut().insert("authorization", v);
         }
         let down = client.attach(request).await?.into_inner();
         Ok((up, down))

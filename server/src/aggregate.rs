@@ -222,10 +222,14 @@ mod tests {
 
     #[test]
     fn server_vantage_is_the_preferred_representative() {
-        let mut a = AccessUrlReport::default();
-        a.access_url = "from-a".into();
-        let mut s = AccessUrlReport::default();
-        s.access_url = "from-server".into();
+        let a = AccessUrlReport {
+            access_url: "from-a".into(),
+            ..Default::default()
+        };
+        let s = AccessUrlReport {
+            access_url: "from-server".into(),
+            ..Default::default()
+        };
         let (a, s) = (SectionReport::AccessUrl(a), SectionReport::AccessUrl(s));
         let out = aggregate(Section::AccessUrl, &[("a", &a), ("server", &s)], 1, true);
         let SectionReport::AccessUrl(r) = out else {

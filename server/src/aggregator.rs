@@ -714,11 +714,13 @@ impl State {
     }
 
     fn force(&mut self) -> watch::Receiver<BTreeSet<String>> {
-        if let Some(run) = &self.force {
-            if !run.pending.borrow().is_empty() {
-                // Join the run in flight (single flight).
-                return run.pending.subscribe();
-            }
+        if let Some(run) = self
+            .force
+            .as_ref()
+            .filter(|r| !r.pending.borrow().is_empty())
+        {
+            // Join the run in flight (single flight).
+            return run.pending.subscribe();
         }
         let request_id = self.next_request;
         self.next_request += 1;

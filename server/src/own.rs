@@ -50,7 +50,7 @@ pub async fn run(agg: Aggregator, ctx: CheckContext, inventory: Arc<Inventory>, 
                 Some(Output::Observation(mut o)) => {
                     seq += 1;
                     o.seq = seq;
-                    Command::Ingest { name: name.clone(), session_id: attached.session_id, observations: vec![o] }
+                    Command::Ingest { name: name.clone(), session_id: attached.session_id, observations: vec![*o] }
                 }
                 Some(Output::RunComplete(request_id)) => Command::RunComplete { name: name.clone(), request_id },
                 None => return,

@@ -241,7 +241,7 @@ async fn quorum_two_turns_a_lone_failure_into_a_named_warning() {
         w.message
     );
     assert!(
-        r.healthy == false,
+        !r.healthy,
         "AccessURL at warning makes healthy false, as in Coder"
     );
 }
