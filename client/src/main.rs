@@ -234,41 +234,20 @@ async fn run(cli: Cli) -> ExitCode {
             };
             let updated = match action {
                 None => current,
-                Some(
-                    SettingsAction::Dismiss { section }
-                    | SettingsAction::Undismiss {
-                        section: section @ _,
-                    },
-                ) if section.parse::<Section>().is_err() => {
-                    return usage(&format!(
-                        "{}",
-                        section
-                            .parse::<Section>()
-                            .err()
-                            .map(|e| e.to_string())
-                            .unwrap_or_default()
-                    ));
-                }
-                Some(SettingsAction::Dismiss { section }) => {
-                    let name = section
-                        .parse::<Section>()
-                        .map(|s| s.settings_name().to_owned())
-                        .unwrap_or(section);
-                    let mut list = current;
-                    if !list.contains(&name) {
+                Some(action) => {
+                    let (section, dismiss) = match &action {
+                        SettingsAction::Dismiss { section } => (section, true),
+                        SettingsAction::Undismiss { section } => (section, false),
+                    };
+                    let name = match section.parse::<Section>() {
+                        Ok(s) => s.settings_name().to_owned(),
+                        Err(e) => return usage(&e.to_string()),
+                    };
+                    let mut list: Vec<String> =
+                        current.into_iter().filter(|s| *s != name).collect();
+                    if dismiss {
                         list.push(name);
                     }
-                    match client.update_settings(list).await {
-                        Ok(s) => s.dismissed_healthchecks,
-                        Err(e) => return fail(&e),
-                    }
-                }
-                Some(SettingsAction::Undismiss { section }) => {
-                    let name = section
-                        .parse::<Section>()
-                        .map(|s| s.settings_name().to_owned())
-                        .unwrap_or(section);
-                    let list: Vec<String> = current.into_iter().filter(|s| *s != name).collect();
                     match client.update_settings(list).await {
                         Ok(s) => s.dismissed_healthchecks,
                         Err(e) => return fail(&e),
