@@ -98,7 +98,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => Vec::new(),
     };
     let tls = vantage_probe::tls::client_config(&extra).context("TLS configuration")?;
-    let ctx = CheckContext::new(tls).context("HTTP client")?;
+    let mut ctx = CheckContext::new(tls).context("HTTP client")?;
+    if let Some(p) = &args.ca_file {
+        // The DERP clients build their own TLS configuration from the same PEM.
+        ctx.extra_ca_pem = Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--ca-file: reading {}", p.display()))?,
+        );
+    }
     let cfg = SessionConfig {
         server: args.server,
         name: args.name,

@@ -80,11 +80,33 @@ pub async fn run(
         severity: Severity::Ok,
         sections: BTreeMap::new(),
     };
+    // This vantage knows its proxies only by the assignment's targets.
+    let now = chrono::Utc::now();
+    let ctx = rules::RulesContext {
+        proxies: assignment
+            .checks
+            .iter()
+            .filter_map(|c| match &c.target {
+                Some(pb::check::Target::WorkspaceProxy(t)) => {
+                    Some(rules::workspace_proxy::ProxyInput {
+                        id: t.name.clone(),
+                        name: t.name.clone(),
+                        display_name: t.name.clone(),
+                        url: t.url.clone(),
+                        created_at: now,
+                        updated_at: now,
+                        ..Default::default()
+                    })
+                }
+                _ => None,
+            })
+            .collect(),
+    };
     for section in Section::ALL {
         let of_section = observations
             .iter()
             .filter(|o| Section::from_pb(o.section) == Some(section));
-        if let Some(report) = rules::section_report(section, of_section) {
+        if let Some(report) = rules::section_report(section, of_section, &ctx) {
             view.severity = view.severity.max(report.severity());
             view.sections.insert(section.json_key(), report.to_json());
         }

@@ -61,9 +61,10 @@ impl Scheduler {
                 let first = spread.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
                 tokio::time::sleep(first).await;
                 loop {
-                    let obs = checks::run(&ctx, &check).await;
-                    if out.send(Output::Observation(Box::new(obs))).await.is_err() {
-                        return;
+                    for obs in checks::run(&ctx, &check).await {
+                        if out.send(Output::Observation(Box::new(obs))).await.is_err() {
+                            return;
+                        }
                     }
                     tokio::time::sleep(jittered(interval)).await;
                 }
@@ -100,5 +101,9 @@ impl Scheduler {
 
 /// Run `checks` once, concurrently, and return their observations in check order.
 pub async fn run_all(ctx: &CheckContext, checks: &[pb::Check]) -> Vec<pb::Observation> {
-    futures::future::join_all(checks.iter().map(|c| checks::run(ctx, c))).await
+    futures::future::join_all(checks.iter().map(|c| checks::run(ctx, c)))
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }

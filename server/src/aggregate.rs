@@ -238,3 +238,229 @@ mod tests {
         assert_eq!(r.access_url, "from-server");
     }
 }
+
+/// The highest severity that at least `quorum` of `sevs` are at or above.
+fn agreed(sevs: &[Severity], quorum: usize) -> Severity {
+    Severity::ALL
+        .into_iter()
+        .rev()
+        .find(|s| sevs.iter().filter(|v| *v >= s).count() >= quorum.max(1))
+        .unwrap_or(Severity::Ok)
+}
+
+/// Prefer the server's own vantage, then the first by name.
+fn preference(name: &str) -> (bool, &str) {
+    (name != crate::config::SERVER_VANTAGE, name)
+}
+
+fn value_severity(v: &serde_json::Value) -> Severity {
+    v.get("severity")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or(Severity::Error)
+}
+
+/// The DERP section across vantages: each region from the vantages that checked it (quorum
+/// per region, the worst agreed region report shown), regions nobody fresh covers (EVNT02),
+/// the section-level findings of each vantage (ESTUN01/ESTUN02, naming the vantages), and
+/// EDERP03 when the effective map has no DERP-capable node.
+pub fn aggregate_derp(
+    reports: &[(&str, &vantage_proto::report::DerpReport)],
+    quorum: usize,
+    expected: &[(i64, String)],
+    has_derp_nodes: bool,
+) -> vantage_proto::report::DerpReport {
+    use std::collections::{BTreeMap, BTreeSet};
+    use vantage_proto::report::DerpReport;
+    let mut out = DerpReport {
+        healthy: true,
+        netcheck_logs: Some(Vec::new()),
+        ..Default::default()
+    };
+    let mut ids: BTreeSet<i64> = expected.iter().map(|(id, _)| *id).collect();
+    for (_, r) in reports {
+        ids.extend(r.regions.keys().filter_map(|k| k.parse::<i64>().ok()));
+    }
+    for id in ids {
+        let key = id.to_string();
+        let views: Vec<(&str, &serde_json::Value)> = reports
+            .iter()
+            .filter_map(|(n, r)| r.regions.get(&key).map(|v| (*n, v)))
+            .collect();
+        if views.is_empty() {
+            let name = expected
+                .iter()
+                .find(|(e, _)| *e == id)
+                .map_or("", |(_, n)| n.as_str());
+            out.base.warnings.push(Message::new(
+                codes::EVNT02,
+                format!("no fresh vantage covers DERP region {name} ({id})"),
+            ));
+            out.base.raise(Severity::Warning);
+            continue;
+        }
+        let sevs: Vec<Severity> = views.iter().map(|(_, v)| value_severity(v)).collect();
+        let level = agreed(&sevs, quorum);
+        let mut region = views
+            .iter()
+            .filter(|(_, v)| value_severity(v) == level)
+            .min_by_key(|(n, _)| preference(n))
+            .map(|(_, v)| (*v).clone())
+            .unwrap_or_else(|| {
+                // Nobody sits exactly at the agreed level: show the mildest, at that level.
+                let mut v = views
+                    .iter()
+                    .min_by_key(|(_, v)| value_severity(v))
+                    .map(|(_, v)| (*v).clone())
+                    .unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("severity".into(), serde_json::json!(level));
+                    o.insert("healthy".into(), serde_json::json!(true));
+                    o.remove("error");
+                    o.insert("warnings".into(), serde_json::json!([]));
+                }
+                v
+            });
+        let below: Vec<String> = views
+            .iter()
+            .filter(|(_, v)| value_severity(v) > level)
+            .map(|(n, v)| format!("{n} ({})", value_severity(v)))
+            .collect();
+        if let Some(ws) = region.get("warnings").and_then(|w| w.as_array()) {
+            for w in ws {
+                if let Ok(m) = serde_json::from_value::<Message>(w.clone()) {
+                    out.base.warnings.push(m);
+                }
+            }
+        }
+        if !below.is_empty() {
+            let name = region
+                .pointer("/region/RegionName")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+                .to_owned();
+            out.base.warnings.push(Message::new(
+                codes::EVNT03,
+                format!(
+                    "DERP region {name} ({id}): seen by {} of {} vantages, fewer than the quorum of {}: {}",
+                    below.len(),
+                    views.len(),
+                    quorum.max(1),
+                    below.join(", ")
+                ),
+            ));
+            out.base.raise(Severity::Warning);
+        }
+        if region.get("healthy") == Some(&serde_json::Value::Bool(false)) {
+            out.healthy = false;
+        }
+        out.base.raise(level);
+        if let Some(o) = region.as_object_mut() {
+            o.entry("severity").or_insert(serde_json::json!(level));
+        }
+        out.regions.insert(key, region);
+    }
+    // Section-level findings, per vantage.
+    let mut findings: BTreeMap<String, (Message, Vec<&str>)> = BTreeMap::new();
+    for (name, r) in reports {
+        for w in &r.base.warnings {
+            if [codes::ESTUN01, codes::ESTUN02].contains(&w.code.as_str()) {
+                findings
+                    .entry(w.code.clone())
+                    .or_insert_with(|| (w.clone(), Vec::new()))
+                    .1
+                    .push(name);
+            }
+        }
+    }
+    for (code, (m, names)) in findings {
+        out.base.warnings.push(Message::new(
+            &code,
+            format!("{} (seen from {})", m.message, names.join(", ")),
+        ));
+        if code == codes::ESTUN01 {
+            out.base.raise(Severity::Warning);
+        }
+    }
+    if !has_derp_nodes {
+        let m = Message::new(
+            codes::EDERP03,
+            "No DERP servers are available: the effective DERP map has no node that can relay traffic.",
+        );
+        out.base.fail(&m);
+        out.base.warnings.push(m);
+        out.healthy = false;
+    }
+    out
+}
+
+/// The WorkspaceProxy section across vantages: each proxy with the worst status that a quorum
+/// of the fresh vantages polling it agree on, then Coder's counting rules over all proxies;
+/// proxies nobody fresh polls are named (EVNT02).
+pub fn aggregate_proxies(
+    reports: &[(&str, &vantage_proto::report::WorkspaceProxyReport)],
+    proxies: &[vantage_probe::rules::workspace_proxy::ProxyInput],
+    quorum: usize,
+) -> vantage_proto::report::WorkspaceProxyReport {
+    use vantage_probe::rules::workspace_proxy;
+    use vantage_proto::pb;
+    fn rank(status: &str) -> Severity {
+        match status {
+            workspace_proxy::STATUS_OK => Severity::Ok,
+            workspace_proxy::STATUS_UNREGISTERED | workspace_proxy::STATUS_UNKNOWN => {
+                Severity::Warning
+            }
+            _ => Severity::Error,
+        }
+    }
+    let mut inputs = Vec::with_capacity(proxies.len());
+    let mut uncovered = Vec::new();
+    for p in proxies {
+        let views: Vec<(&str, &vantage_proto::report::WorkspaceProxy)> = reports
+            .iter()
+            .filter_map(|(n, r)| {
+                r.workspace_proxies
+                    .regions
+                    .iter()
+                    .find(|w| w.name == p.name)
+                    .map(|w| (*n, w))
+            })
+            .collect();
+        let Some(level) = (!views.is_empty()).then(|| {
+            let sevs: Vec<Severity> = views.iter().map(|(_, w)| rank(&w.status.status)).collect();
+            agreed(&sevs, quorum)
+        }) else {
+            if !p.url.is_empty() {
+                uncovered.push(p.name.clone());
+            }
+            inputs.push(p.clone());
+            continue;
+        };
+        let chosen = views
+            .iter()
+            .filter(|(_, w)| rank(&w.status.status) == level)
+            .min_by_key(|(n, _)| preference(n))
+            .or_else(|| views.iter().min_by_key(|(_, w)| rank(&w.status.status)))
+            .map(|(_, w)| *w);
+        let mut input = p.clone();
+        if let Some(w) = chosen {
+            input.result = Some(pb::WorkspaceProxyResult {
+                name: w.name.clone(),
+                status: w.status.status.clone(),
+                errors: w.status.report.errors.clone(),
+                warnings: w.status.report.warnings.clone(),
+                version: w.version.clone(),
+            });
+            input.checked_at = Some(w.status.checked_at);
+        }
+        inputs.push(input);
+    }
+    let mut out = workspace_proxy::section(&inputs);
+    for name in uncovered {
+        out.base.warnings.push(Message::new(
+            codes::EVNT02,
+            format!("no fresh vantage polls workspace proxy {name}"),
+        ));
+        out.base.raise(Severity::Warning);
+    }
+    out
+}

@@ -22,6 +22,8 @@ use crate::aggregate::aggregate;
 
 /// Capacity of the command channel (backpressure on ingest).
 pub const COMMAND_CAPACITY: usize = 4096;
+/// Most targets one check may report (the nodes of a DERP region).
+pub const MAX_TARGETS_PER_CHECK: usize = 256;
 /// Capacity of the event broadcast; a subscriber further behind is told to resync.
 pub const EVENT_CAPACITY: usize = 4096;
 
@@ -37,6 +39,10 @@ pub struct AggregatorConfig {
     pub version: String,
     /// Sections that must be covered by some fresh vantage (EVNT02 otherwise).
     pub expected: Vec<Section>,
+    /// The effective DERP map's regions (id, name): each must be covered (EVNT02 otherwise).
+    pub derp_regions: Vec<(i64, String)>,
+    /// Whether the effective DERP map has a DERP-capable node (EDERP03 otherwise).
+    pub derp_has_nodes: bool,
 }
 
 /// A message to the server side of one session (a probe's stream, or the own vantage).
@@ -116,9 +122,13 @@ pub enum Command {
         name: String,
         reply: oneshot::Sender<bool>,
     },
-    /// Replace what a server-computed section shows (provisioner daemons, proxies).
+    /// Replace what a server-computed section shows (provisioner daemons).
     ServerSection {
         report: SectionReport,
+    },
+    /// The registry's workspace proxies changed.
+    Proxies {
+        proxies: Vec<vantage_probe::rules::workspace_proxy::ProxyInput>,
     },
 }
 
@@ -151,6 +161,7 @@ impl Aggregator {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (stats_tx, stats) = watch::channel(Stats::default());
         let state = State {
+            rules: rules::RulesContext::default(),
             epoch: uuid::Uuid::new_v4().to_string(),
             history: VecDeque::with_capacity(config.history.min(4096)),
             config,
@@ -297,8 +308,8 @@ struct Vantage {
     last_seen: Instant,
     last_seen_at: Option<DateTime<Utc>>,
     stale_since: Option<DateTime<Utc>>,
-    /// Latest observation per assigned check.
-    observations: HashMap<String, pb::Observation>,
+    /// Latest observation per assigned check and target.
+    observations: HashMap<(String, String), pb::Observation>,
     assigned: HashMap<String, Section>,
     sections: HashMap<Section, SectionReport>,
     alerts: HashMap<Section, Alert>,
@@ -317,6 +328,7 @@ struct ForceRun {
 
 struct State {
     config: AggregatorConfig,
+    rules: rules::RulesContext,
     /// Random per aggregator start: revisions compare only within one epoch.
     epoch: String,
     vantages: BTreeMap<String, Vantage>,
@@ -400,7 +412,8 @@ impl State {
                 if let Some(v) = self.vantages.get_mut(&name) {
                     v.assigned = check_ids.into_iter().collect();
                     let assigned = &v.assigned;
-                    v.observations.retain(|id, _| assigned.contains_key(id));
+                    v.observations
+                        .retain(|(id, _), _| assigned.contains_key(id));
                     let sections: Vec<Section> = Section::ALL.into_iter().collect();
                     for s in sections {
                         self.recompute(&name, s);
@@ -460,6 +473,15 @@ impl State {
                     self.reaggregate_all();
                 }
                 let _ = reply.send(found);
+            }
+            Command::Proxies { proxies } => {
+                self.rules.proxies = proxies;
+                let names: Vec<String> = self.vantages.keys().cloned().collect();
+                for name in names {
+                    self.recompute(&name, Section::WorkspaceProxy);
+                }
+                self.reaggregate(Section::WorkspaceProxy);
+                self.bump();
             }
             Command::ServerSection { report } => {
                 let section = report.section();
@@ -592,7 +614,19 @@ impl State {
             match v.assigned.get(&obs.check_id) {
                 Some(section) if Section::from_pb(obs.section) == Some(*section) => {
                     dirty |= 1 << (*section as u8);
-                    v.observations.insert(obs.check_id.clone(), obs);
+                    let key = (obs.check_id.clone(), obs.target.clone());
+                    if !v.observations.contains_key(&key)
+                        && v.observations
+                            .keys()
+                            .filter(|(c, _)| *c == obs.check_id)
+                            .count()
+                            >= MAX_TARGETS_PER_CHECK
+                    {
+                        // A check has at most this many targets (DERP nodes of a region).
+                        self.stats.rejected += 1;
+                        continue;
+                    }
+                    v.observations.insert(key, obs);
                 }
                 _ => {
                     // Not (or no longer) assigned: counted as applied, kept nowhere.
@@ -622,6 +656,7 @@ impl State {
             v.observations
                 .values()
                 .filter(|o| Section::from_pb(o.section) == Some(section)),
+            &self.rules,
         );
         let (raise, clear) = (self.config.raise_after, self.config.clear_after);
         let change = match &report {
@@ -656,8 +691,34 @@ impl State {
 
     /// Recompute the aggregate of `section` over fresh vantages.
     fn reaggregate(&mut self, section: Section) {
+        let fresh = || self.vantages.values().filter(|v| v.is_fresh());
         let report = if let Some(r) = self.server_sections.get(&section) {
             r.clone()
+        } else if section == Section::Derp {
+            let reports: Vec<(&str, &vantage_proto::report::DerpReport)> = fresh()
+                .filter_map(|v| match v.sections.get(&section) {
+                    Some(SectionReport::Derp(r)) => Some((v.name.as_str(), r)),
+                    _ => None,
+                })
+                .collect();
+            SectionReport::Derp(crate::aggregate::aggregate_derp(
+                &reports,
+                self.config.quorum,
+                &self.config.derp_regions,
+                self.config.derp_has_nodes,
+            ))
+        } else if section == Section::WorkspaceProxy {
+            let reports: Vec<(&str, &vantage_proto::report::WorkspaceProxyReport)> = fresh()
+                .filter_map(|v| match v.sections.get(&section) {
+                    Some(SectionReport::WorkspaceProxy(r)) => Some((v.name.as_str(), r)),
+                    _ => None,
+                })
+                .collect();
+            SectionReport::WorkspaceProxy(crate::aggregate::aggregate_proxies(
+                &reports,
+                &self.rules.proxies,
+                self.config.quorum,
+            ))
         } else {
             let reports: Vec<(&str, &SectionReport)> = self
                 .vantages

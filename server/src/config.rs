@@ -14,6 +14,8 @@ pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_HISTORY: usize = 10_000;
 pub const DEFAULT_DATABASE_THRESHOLD: Duration = Duration::from_millis(15);
 pub const DEFAULT_FORCE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DERP_NODE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_PROVISIONER_STALE_AFTER: Duration = Duration::from_secs(90);
 /// The name of the server's own vantage.
 pub const SERVER_VANTAGE: &str = "server";
 
@@ -84,6 +86,40 @@ pub struct Flags {
     /// How long `?force=true` / `GetReport{force}` waits for every vantage.
     #[arg(long, env = "VANTAGE_FORCE_TIMEOUT", value_parser = parse_duration)]
     pub force_timeout: Option<Duration>,
+    /// DERP map in Tailscale's JSON format: a file path or an http(s) URL.
+    #[arg(long, env = "VANTAGE_DERP_MAP")]
+    pub derp_map: Option<String>,
+    /// Do not serve the embedded DERP relay (region 999) at /derp.
+    #[arg(long, env = "VANTAGE_NO_EMBEDDED_RELAY")]
+    pub no_embedded_relay: bool,
+    /// Answer STUN binding requests on this UDP address (e.g. 127.0.0.1:3478).
+    #[arg(long, env = "VANTAGE_STUN_LISTEN")]
+    pub stun_listen: Option<String>,
+    /// Extra STUN server `host:port` (repeatable): each becomes a STUN-only region.
+    #[arg(
+        long = "stun-server",
+        env = "VANTAGE_STUN_SERVERS",
+        value_delimiter = ','
+    )]
+    pub stun_servers: Vec<String>,
+    /// Deadline of each DERP node check.
+    #[arg(long, env = "VANTAGE_DERP_NODE_TIMEOUT", value_parser = parse_duration)]
+    pub derp_node_timeout: Option<Duration>,
+    /// Assign every DERP region to every probe (default: the probes of its RegionCode).
+    #[arg(long, env = "VANTAGE_DERP_ALL_VANTAGES")]
+    pub derp_all_vantages: bool,
+    /// The server's own vantage does not check DERP regions.
+    #[arg(long, env = "VANTAGE_NO_SERVER_DERP")]
+    pub no_server_derp: bool,
+    /// Assign every workspace proxy to every probe (default: the probes of its region).
+    #[arg(long, env = "VANTAGE_PROXIES_ALL_VANTAGES")]
+    pub proxies_all_vantages: bool,
+    /// The deployment requires provisioner daemons: none active is EPD01 (error).
+    #[arg(long, env = "VANTAGE_PROVISIONER_DAEMONS_REQUIRED")]
+    pub provisioner_daemons_required: bool,
+    /// A provisioner daemon without a heartbeat for this long is stale.
+    #[arg(long, env = "VANTAGE_PROVISIONER_STALE_AFTER", value_parser = parse_duration)]
+    pub provisioner_stale_after: Option<Duration>,
     /// Do not run the server's own vantage (access URL and websocket from the server).
     #[arg(long, env = "VANTAGE_NO_SERVER_VANTAGE")]
     pub no_server_vantage: bool,
@@ -112,6 +148,42 @@ struct FileConfig {
     history: Option<usize>,
     server_vantage: Option<bool>,
     force_timeout: Option<String>,
+    derp_map: Option<String>,
+    embedded_relay: Option<bool>,
+    stun_listen: Option<String>,
+    stun_servers: Option<Vec<String>>,
+    derp_node_timeout: Option<String>,
+    derp_all_vantages: Option<bool>,
+    server_checks_derp: Option<bool>,
+    proxies_all_vantages: Option<bool>,
+    provisioner_daemons: Option<ProvisionerFile>,
+    workspace_proxies: Option<Vec<ProxyFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvisionerFile {
+    required: Option<bool>,
+    stale_after: Option<String>,
+}
+
+/// A workspace proxy declared in the configuration file (`[[workspace_proxies]]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    pub name: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub icon_url: String,
+    #[serde(default)]
+    pub derp_enabled: bool,
+    #[serde(default)]
+    pub derp_only: bool,
 }
 
 /// The resolved configuration.
@@ -132,6 +204,17 @@ pub struct Config {
     pub history: usize,
     pub server_vantage: bool,
     pub force_timeout: Duration,
+    pub derp_map: Option<String>,
+    pub embedded_relay: bool,
+    pub stun_listen: Option<SocketAddr>,
+    pub stun_servers: Vec<String>,
+    pub derp_node_timeout: Duration,
+    pub derp_all_vantages: bool,
+    pub server_checks_derp: bool,
+    pub proxies_all_vantages: bool,
+    pub provisioner_daemons_required: bool,
+    pub provisioner_stale_after: Duration,
+    pub workspace_proxies: Vec<ProxyFile>,
 }
 
 impl Default for Config {
@@ -151,6 +234,17 @@ impl Default for Config {
             history: DEFAULT_HISTORY,
             server_vantage: true,
             force_timeout: DEFAULT_FORCE_TIMEOUT,
+            derp_map: None,
+            embedded_relay: true,
+            stun_listen: None,
+            stun_servers: Vec::new(),
+            derp_node_timeout: DEFAULT_DERP_NODE_TIMEOUT,
+            derp_all_vantages: false,
+            server_checks_derp: true,
+            proxies_all_vantages: false,
+            provisioner_daemons_required: false,
+            provisioner_stale_after: DEFAULT_PROVISIONER_STALE_AFTER,
+            workspace_proxies: Vec::new(),
         }
     }
 }
@@ -209,6 +303,49 @@ impl Config {
                 .force_timeout
                 .or(file_duration("force_timeout", file.force_timeout)?)
                 .unwrap_or(d.force_timeout),
+            derp_map: flags.derp_map.or(file.derp_map),
+            embedded_relay: !flags.no_embedded_relay && file.embedded_relay.unwrap_or(true),
+            stun_listen: flags
+                .stun_listen
+                .or(file.stun_listen)
+                .map(|s| {
+                    s.parse().map_err(|_| {
+                        ConfigError::new(
+                            "stun_listen",
+                            format!(
+                                "{s:?} is not an address (expected ip:port, e.g. 127.0.0.1:3478)"
+                            ),
+                        )
+                    })
+                })
+                .transpose()?,
+            stun_servers: if flags.stun_servers.is_empty() {
+                file.stun_servers.unwrap_or_default()
+            } else {
+                flags.stun_servers
+            },
+            derp_node_timeout: flags
+                .derp_node_timeout
+                .or(file_duration("derp_node_timeout", file.derp_node_timeout)?)
+                .unwrap_or(d.derp_node_timeout),
+            derp_all_vantages: flags.derp_all_vantages || file.derp_all_vantages.unwrap_or(false),
+            server_checks_derp: !flags.no_server_derp && file.server_checks_derp.unwrap_or(true),
+            proxies_all_vantages: flags.proxies_all_vantages
+                || file.proxies_all_vantages.unwrap_or(false),
+            provisioner_daemons_required: flags.provisioner_daemons_required
+                || file
+                    .provisioner_daemons
+                    .as_ref()
+                    .and_then(|p| p.required)
+                    .unwrap_or(false),
+            provisioner_stale_after: flags
+                .provisioner_stale_after
+                .or(file_duration(
+                    "provisioner_daemons.stale_after",
+                    file.provisioner_daemons.and_then(|p| p.stale_after),
+                )?)
+                .unwrap_or(d.provisioner_stale_after),
+            workspace_proxies: file.workspace_proxies.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -242,6 +379,15 @@ impl Config {
                     "0 is not allowed (expected at least 1)",
                 ));
             }
+        }
+        if self.derp_node_timeout.is_zero() || self.derp_node_timeout > Duration::from_secs(30) {
+            return Err(ConfigError::new(
+                "derp_node_timeout",
+                format!(
+                    "{:?} is out of range (expected more than 0 and at most the run's 30s)",
+                    self.derp_node_timeout
+                ),
+            ));
         }
         Ok(())
     }

@@ -119,6 +119,8 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
         let name = hello.name.clone();
+        let region = hello.region.clone();
+        let assignment_generation = assignment.generation;
         let attached = self
             .agg
             .attach(hello, tx.clone())
@@ -139,9 +141,15 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
         let idle = self.idle_timeout;
         let session_id = attached.session_id;
         let cancel = self.cancel.clone();
+        let follow = Follow {
+            inventory: self.inventory.clone(),
+            proxies: self.inventory.proxies.clone(),
+            region,
+            generation: assignment_generation,
+        };
         tokio::spawn(async move {
             let reason = tokio::select! {
-                r = session(&agg, &name, session_id, &mut inbound, &tx, idle) => r,
+                r = session(&agg, &name, session_id, &mut inbound, &tx, idle, follow) => r,
                 () = cancel.cancelled() => {
                     let _ = tx.try_send(Err(Status::unavailable("the server is shutting down")));
                     "the server is shutting down".to_owned()
@@ -154,7 +162,16 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
     }
 }
 
+/// What a session needs to follow configuration changes (new assignments).
+struct Follow {
+    inventory: Arc<Inventory>,
+    proxies: tokio::sync::watch::Receiver<Arc<Vec<inventory::ProxyTarget>>>,
+    region: String,
+    generation: u64,
+}
+
 /// Forward one probe's messages to the aggregator until the stream ends; says why it ended.
+/// A changed inventory re-sends the assignment.
 async fn session(
     agg: &Aggregator,
     name: &str,
@@ -162,11 +179,27 @@ async fn session(
     inbound: &mut Streaming<pb::ProbeMessage>,
     tx: &mpsc::Sender<Result<pb::ServerMessage, Status>>,
     idle: Duration,
+    mut follow: Follow,
 ) -> String {
     loop {
         let msg = tokio::select! {
             m = tokio::time::timeout(idle, inbound.message()) => m,
             () = tx.closed() => return "the response stream closed".into(),
+            Ok(()) = follow.proxies.changed() => {
+                let a = follow.inventory.assignment_for(name, &follow.region);
+                if a.generation != follow.generation {
+                    follow.generation = a.generation;
+                    let check_ids = inventory::check_ids(&a);
+                    if agg.send(Command::Assigned { name: name.to_owned(), check_ids }).await.is_err() {
+                        return "the server is shutting down".into();
+                    }
+                    let msg = pb::ServerMessage { msg: Some(Down::Assignment(a)) };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return "the response stream closed".into();
+                    }
+                }
+                continue;
+            }
         };
         let msg = match msg {
             Err(_) => return format!("silent for {idle:?}"),

@@ -1,13 +1,33 @@
-//! What there is to check, and who checks what: builds each vantage's assignment from the
-//! configuration (SPEC §2: access URL and websocket to every vantage; database to `server`).
+//! What there is to check, and who checks what: builds each vantage's assignment (SPEC §2):
+//! access URL and websocket to every vantage; each DERP region and each workspace proxy to the
+//! vantages of its region (or to all, by configuration); the database to `server`.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use vantage_proto::pb::check::Target;
 use vantage_proto::{Section, convert, pb};
 
 use crate::config::SERVER_VANTAGE;
+
+/// A workspace proxy as assignments need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyTarget {
+    pub name: String,
+    pub url: String,
+    pub region: String,
+}
+
+/// One region of the effective DERP map, ready to assign.
+#[derive(Debug, Clone)]
+pub struct DerpRegion {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub json: String,
+}
 
 /// The effective inventory.
 #[derive(Debug, Clone)]
@@ -16,16 +36,29 @@ pub struct Inventory {
     pub interval: Duration,
     pub database_threshold: Duration,
     pub heartbeat: Duration,
+    pub derp_regions: Vec<DerpRegion>,
+    pub derp_node_timeout: Duration,
+    /// Every DERP region to every vantage (default: a probe gets the regions whose
+    /// RegionCode equals its region).
+    pub derp_all_vantages: bool,
+    /// The server's own vantage checks every DERP region.
+    pub server_checks_derp: bool,
+    /// Every proxy to every vantage (default: the proxies of the probe's region).
+    pub proxies_all_vantages: bool,
+    /// The registry's proxies, kept current by the server.
+    pub proxies: watch::Receiver<Arc<Vec<ProxyTarget>>>,
 }
 
 pub const ACCESS_URL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WEBSOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DATABASE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DERP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Inventory {
-    fn check(&self, id: &str, section: Section, timeout: Duration, target: Target) -> pb::Check {
+    fn check(&self, id: String, section: Section, timeout: Duration, target: Target) -> pb::Check {
         pb::Check {
-            id: id.to_owned(),
+            id,
             section: pb::Section::from(section) as i32,
             interval: Some(convert::duration(self.interval)),
             timeout: Some(convert::duration(timeout)),
@@ -34,10 +67,11 @@ impl Inventory {
     }
 
     /// The assignment of the vantage `name` in `region`.
-    pub fn assignment_for(&self, name: &str, _region: &str) -> pb::Assignment {
+    pub fn assignment_for(&self, name: &str, region: &str) -> pb::Assignment {
+        let is_server = name == SERVER_VANTAGE;
         let mut checks = vec![
             self.check(
-                "access_url",
+                "access_url".into(),
                 Section::AccessUrl,
                 ACCESS_URL_TIMEOUT,
                 Target::AccessUrl(pb::AccessUrlTarget {
@@ -45,7 +79,7 @@ impl Inventory {
                 }),
             ),
             self.check(
-                "websocket",
+                "websocket".into(),
                 Section::Websocket,
                 WEBSOCKET_TIMEOUT,
                 Target::Websocket(pb::WebsocketTarget {
@@ -53,15 +87,47 @@ impl Inventory {
                 }),
             ),
         ];
-        if name == SERVER_VANTAGE {
+        if is_server {
             checks.push(self.check(
-                "database",
+                "database".into(),
                 Section::Database,
                 DATABASE_TIMEOUT,
                 Target::Database(pb::DatabaseTarget {
                     threshold: Some(convert::duration(self.database_threshold)),
                 }),
             ));
+        }
+        for r in &self.derp_regions {
+            let mine = if is_server {
+                self.server_checks_derp
+            } else {
+                self.derp_all_vantages || (!region.is_empty() && r.code == region)
+            };
+            if mine {
+                checks.push(self.check(
+                    format!("derp/{}", r.id),
+                    Section::Derp,
+                    DERP_TIMEOUT,
+                    Target::DerpRegion(pb::DerpRegionTarget {
+                        region_json: r.json.clone(),
+                        node_timeout: Some(convert::duration(self.derp_node_timeout)),
+                    }),
+                ));
+            }
+        }
+        for p in self.proxies.borrow().iter() {
+            let mine = self.proxies_all_vantages || (!region.is_empty() && p.region == region);
+            if mine && !p.url.is_empty() {
+                checks.push(self.check(
+                    format!("proxy/{}", p.name),
+                    Section::WorkspaceProxy,
+                    PROXY_TIMEOUT,
+                    Target::WorkspaceProxy(pb::WorkspaceProxyTarget {
+                        name: p.name.clone(),
+                        url: p.url.clone(),
+                    }),
+                ));
+            }
         }
         let mut hasher = DefaultHasher::new();
         for c in &checks {
@@ -89,24 +155,72 @@ pub fn check_ids(a: &pb::Assignment) -> Vec<(String, Section)> {
 mod tests {
     use super::*;
 
-    fn inv() -> Inventory {
-        Inventory {
-            access_url: "http://127.0.0.1:1".into(),
-            interval: Duration::from_secs(30),
-            database_threshold: Duration::from_millis(15),
-            heartbeat: Duration::from_secs(5),
-        }
+    fn inv(proxies: Vec<ProxyTarget>) -> (Inventory, watch::Sender<Arc<Vec<ProxyTarget>>>) {
+        let (tx, rx) = watch::channel(Arc::new(proxies));
+        let region = |id: i64, code: &str| DerpRegion {
+            id,
+            code: code.into(),
+            name: code.into(),
+            json: "{}".into(),
+        };
+        (
+            Inventory {
+                access_url: "http://127.0.0.1:1".into(),
+                interval: Duration::from_secs(30),
+                database_threshold: Duration::from_millis(15),
+                heartbeat: Duration::from_secs(5),
+                derp_regions: vec![region(1, "fra"), region(2, "iad"), region(999, "vantage")],
+                derp_node_timeout: Duration::from_secs(10),
+                derp_all_vantages: false,
+                server_checks_derp: true,
+                proxies_all_vantages: false,
+                proxies: rx,
+            },
+            tx,
+        )
+    }
+
+    fn ids(a: &pb::Assignment) -> Vec<String> {
+        check_ids(a).into_iter().map(|(id, _)| id).collect()
     }
 
     #[test]
-    fn probes_get_access_url_and_websocket_server_also_database() {
-        let probe = inv().assignment_for("fra-1", "fra");
-        assert_eq!(check_ids(&probe).len(), 2);
-        let server = inv().assignment_for(SERVER_VANTAGE, "");
-        assert!(check_ids(&server).contains(&("database".into(), Section::Database)));
+    fn assignments_follow_regions() {
+        let proxy = |n: &str, r: &str| ProxyTarget {
+            name: n.into(),
+            url: format!("http://{n}"),
+            region: r.into(),
+        };
+        let (inv, tx) = inv(vec![proxy("p-fra", "fra"), proxy("p-iad", "iad")]);
         assert_eq!(
-            probe.generation,
-            inv().assignment_for("iad-1", "iad").generation
+            ids(&inv.assignment_for("fra-1", "fra")),
+            vec!["access_url", "websocket", "derp/1", "proxy/p-fra"]
+        );
+        assert_eq!(
+            ids(&inv.assignment_for(SERVER_VANTAGE, "")),
+            vec![
+                "access_url",
+                "websocket",
+                "database",
+                "derp/1",
+                "derp/2",
+                "derp/999"
+            ]
+        );
+        assert_eq!(
+            ids(&inv.assignment_for("syd-1", "syd")),
+            vec!["access_url", "websocket"]
+        );
+        let before = inv.assignment_for("fra-1", "fra").generation;
+        tx.send_replace(Arc::new(vec![]));
+        let after = inv.assignment_for("fra-1", "fra");
+        assert_ne!(
+            before, after.generation,
+            "a registry change is a new assignment"
+        );
+        assert_eq!(
+            inv.assignment_for("iad-1", "iad").generation,
+            inv.assignment_for("iad-2", "iad").generation
         );
     }
 }

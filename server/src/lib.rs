@@ -9,6 +9,7 @@ pub mod aggregator;
 pub mod api;
 pub mod config;
 mod convert;
+pub mod derpmap;
 pub mod http;
 pub mod hub;
 pub mod inventory;
@@ -29,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use vantage_probe::checks::CheckContext;
 use vantage_proto::{Section, Severity, pb};
 
-use crate::aggregator::{Aggregator, AggregatorConfig};
+use crate::aggregator::{Aggregator, AggregatorConfig, Command};
 use crate::api::{App, HealthApi};
 use crate::config::{Config, ConfigError};
 use crate::inventory::Inventory;
@@ -87,11 +88,54 @@ pub async fn serve(
         .access_url
         .as_ref()
         .map_or_else(|| base.clone(), ToString::to_string);
+    let access = url::Url::parse(&access_url).map_err(|e| ConfigError {
+        field: "access_url".into(),
+        message: format!("{access_url:?}: {e}"),
+    })?;
+
+    // The effective DERP map and the embedded relay.
+    let map = derpmap::effective(
+        config.derp_map.as_deref(),
+        config.embedded_relay.then_some(&access),
+        &config.stun_servers,
+    )
+    .await?;
+    let derp_regions: Vec<inventory::DerpRegion> = map
+        .regions
+        .values()
+        .map(|r| inventory::DerpRegion {
+            id: r.region_id,
+            code: r.region_code.clone(),
+            name: r.region_name.clone(),
+            json: serde_json::to_string(r).unwrap_or_default(),
+        })
+        .collect();
+    let stun_socket = match config.stun_listen {
+        Some(a) => Some(
+            tokio::net::UdpSocket::bind(a)
+                .await
+                .map_err(|e| ConfigError {
+                    field: "stun_listen".into(),
+                    message: format!("binding UDP {a}: {e}"),
+                })?,
+        ),
+        None => None,
+    };
+
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
     let dismissed = store
         .load_dismissed()
         .await
         .map_err(|e| ServeError::Start(e.to_string()))?;
+    let registry = Arc::new(registry::Registry::in_memory());
+    registry
+        .configure_proxies(config.workspace_proxies.iter().map(proxy_spec).collect())
+        .await
+        .map_err(|e| ConfigError {
+            field: "workspace_proxies".into(),
+            message: e.to_string(),
+        })?;
+
     let mut expected = vec![Section::AccessUrl, Section::Websocket];
     if config.server_vantage {
         expected.push(Section::Database);
@@ -106,16 +150,38 @@ pub async fn serve(
             history: config.history,
             version: vantage_probe::VERSION.to_owned(),
             expected,
+            derp_regions: derp_regions
+                .iter()
+                .map(|r| (r.id, r.name.clone()))
+                .collect(),
+            derp_has_nodes: map.has_derp_nodes(),
         },
         dismissed,
     );
+    let (proxies_tx, proxies_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     let inventory = Arc::new(Inventory {
         access_url,
         interval: config.interval,
         database_threshold: config.database_threshold,
         heartbeat: Duration::from_secs(5),
+        derp_regions,
+        derp_node_timeout: config.derp_node_timeout,
+        derp_all_vantages: config.derp_all_vantages,
+        server_checks_derp: config.server_checks_derp,
+        proxies_all_vantages: config.proxies_all_vantages,
+        proxies: proxies_rx,
     });
     let cancel = CancellationToken::new();
+    tokio::spawn(follow_registry(
+        registry.clone(),
+        agg.clone(),
+        proxies_tx,
+        ProvisionerPolicy {
+            required: config.provisioner_daemons_required,
+            stale_after: config.provisioner_stale_after,
+        },
+        cancel.clone(),
+    ));
     let app = App {
         agg: agg.clone(),
         store,
@@ -135,6 +201,14 @@ pub async fn serve(
             inventory.clone(),
             "server".to_owned(),
         ));
+    }
+    if let Some(socket) = stun_socket {
+        let cancel = cancel.clone();
+        tracing::info!(addr = ?socket.local_addr().ok(), "answering STUN");
+        tokio::spawn(
+            vantage_derp::stun::StunResponder::new(socket)
+                .run(async move { cancel.cancelled().await }),
+        );
     }
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -158,10 +232,23 @@ pub async fn serve(
         pb::health_service_server::HealthServiceServer::new(HealthApi { app: app.clone() })
             .max_decoding_message_size(MAX_MESSAGE),
     )
+    .add_service(
+        pb::registry_service_server::RegistryServiceServer::new(registry::RegistryApi {
+            registry: registry.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE),
+    )
     .add_service(health_service)
     .add_service(reflection)
     .into_axum_router();
-    let router = http::router(app.clone()).merge(grpc);
+    let mut router = http::router(app.clone())
+        .merge(grpc)
+        .merge(http::derp_map_router(Arc::new(map.to_json())));
+    if config.embedded_relay {
+        router = router.merge(vantage_derp::relay::router(Arc::new(
+            vantage_derp::Relay::new(),
+        )));
+    }
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(
@@ -198,6 +285,90 @@ pub async fn serve(
         Err(_) => {
             tracing::warn!("connections still open after the grace period; stopping anyway");
             Ok(())
+        }
+    }
+}
+
+fn proxy_spec(p: &config::ProxyFile) -> registry::ProxySpec {
+    registry::ProxySpec {
+        name: p.name.clone(),
+        display_name: p.display_name.clone(),
+        url: p.url.clone(),
+        region: p.region.clone(),
+        icon_url: p.icon_url.clone(),
+        derp_enabled: p.derp_enabled,
+        derp_only: p.derp_only,
+        version: String::new(),
+    }
+}
+
+/// What the ProvisionerDaemons section requires.
+#[derive(Debug, Clone, Copy)]
+pub struct ProvisionerPolicy {
+    pub required: bool,
+    pub stale_after: Duration,
+}
+
+/// Keep assignments, the WorkspaceProxy rules' inputs and the ProvisionerDaemons section in
+/// step with the registry: on every change, and every few seconds (daemons go stale by time).
+async fn follow_registry(
+    registry: Arc<registry::Registry>,
+    agg: Aggregator,
+    proxies: tokio::sync::watch::Sender<Arc<Vec<inventory::ProxyTarget>>>,
+    policy: ProvisionerPolicy,
+    cancel: CancellationToken,
+) {
+    use vantage_probe::rules::{SectionReport, provisioners};
+    let mut changes = registry.subscribe();
+    let tick_every =
+        (policy.stale_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_targets: Option<Vec<inventory::ProxyTarget>> = None;
+    let mut last_inputs = None;
+    loop {
+        let records = registry.proxies(None).await;
+        let targets: Vec<inventory::ProxyTarget> = records
+            .iter()
+            .map(|p| inventory::ProxyTarget {
+                name: p.name.clone(),
+                url: p.url.clone(),
+                region: p.region.clone(),
+            })
+            .collect();
+        if last_targets.as_ref() != Some(&targets) {
+            proxies.send_replace(Arc::new(targets.clone()));
+            last_targets = Some(targets);
+        }
+        let inputs = registry.proxy_inputs().await;
+        if last_inputs.as_ref() != Some(&inputs) {
+            if agg
+                .send(Command::Proxies {
+                    proxies: inputs.clone(),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            last_inputs = Some(inputs);
+        }
+        let section = provisioners::section(
+            &registry.provisioner_inputs().await,
+            registry.now(),
+            vantage_probe::VERSION,
+            provisioners::CURRENT_API_MAJOR,
+            policy.required,
+            policy.stale_after,
+        );
+        let report = SectionReport::ProvisionerDaemons(section);
+        if agg.send(Command::ServerSection { report }).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
         }
     }
 }

@@ -41,7 +41,9 @@ pub async fn run(agg: Aggregator, ctx: CheckContext, inventory: Arc<Inventory>, 
         return;
     }
     let (out_tx, mut out_rx) = mpsc::channel(256);
-    let mut scheduler = Scheduler::start(ctx, &assignment, out_tx);
+    let mut scheduler = Scheduler::start(ctx.clone(), &assignment, out_tx.clone());
+    let mut generation = assignment.generation;
+    let mut proxies = inventory.proxies.clone();
     let mut seq = attached.applied_seq;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -63,6 +65,15 @@ pub async fn run(agg: Aggregator, ctx: CheckContext, inventory: Arc<Inventory>, 
                 Some(_) => continue,
                 None => return,
             },
+            Ok(()) = proxies.changed() => {
+                let a = inventory.assignment_for(SERVER_VANTAGE, &region);
+                if a.generation == generation {
+                    continue;
+                }
+                generation = a.generation;
+                scheduler = Scheduler::start(ctx.clone(), &a, out_tx.clone());
+                Command::Assigned { name: name.clone(), check_ids: inventory::check_ids(&a) }
+            }
             _ = heartbeat.tick() => Command::Heartbeat { name: name.clone(), session_id: attached.session_id, replay_dropped: 0 },
         };
         if agg.send(cmd).await.is_err() {

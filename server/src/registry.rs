@@ -492,6 +492,8 @@ pub struct Registry {
     state: RwLock<State>,
     clock: Clock,
     max_entries: usize,
+    /// Bumped on every change, so assignments and sections can follow.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Registry {
@@ -510,6 +512,7 @@ impl Registry {
             state: RwLock::new(state),
             clock: Arc::new(Utc::now),
             max_entries: MAX_ENTRIES,
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -520,7 +523,17 @@ impl Registry {
             state: RwLock::new(State::default()),
             clock: Arc::new(Utc::now),
             max_entries: MAX_ENTRIES,
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that changes whenever the registry does.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Replace the clock (tests).
@@ -567,6 +580,7 @@ impl Registry {
             state.daemons.insert(record.name.clone(), record.clone());
             (record, pruned)
         };
+        self.changed();
         if !pruned.is_empty() {
             tracing::info!(
                 count = pruned.len(),
@@ -584,6 +598,7 @@ impl Registry {
         let pruned = prune(&mut self.state.write().await.daemons, now, older_than);
         let n = pruned.len();
         if n > 0 {
+            self.changed();
             self.store.delete_daemons(pruned).await?;
         }
         Ok(n)
@@ -633,6 +648,7 @@ impl Registry {
             state.proxies.insert(record.name.clone(), record.clone());
             record
         };
+        self.changed();
         self.store.save_proxy(record.clone()).await?;
         Ok(record)
     }
@@ -652,6 +668,7 @@ impl Registry {
                 }
             }
         }
+        self.changed();
         self.store.delete_proxy(name.to_owned()).await?;
         Ok(())
     }
@@ -729,6 +746,9 @@ impl Registry {
             }
             (saves, removed)
         };
+        if !saves.is_empty() || !deletes.is_empty() {
+            self.changed();
+        }
         for name in deletes {
             self.store.delete_proxy(name).await?;
         }

@@ -3,6 +3,7 @@
 
 pub mod access_url;
 pub mod database;
+pub mod derp;
 pub mod proxy;
 pub mod websocket;
 
@@ -25,6 +26,8 @@ pub struct CheckContext {
     pub http: reqwest::Client,
     /// The database the Database check pings; only the server's own vantage has one.
     pub database: Option<Arc<dyn database::Pinger>>,
+    /// Extra CA certificates (PEM) for the DERP clients, beside the system roots.
+    pub extra_ca_pem: Option<String>,
 }
 
 impl CheckContext {
@@ -41,30 +44,32 @@ impl CheckContext {
             tls,
             http,
             database: None,
+            extra_ca_pem: None,
         })
     }
 }
 
-/// Run one assigned check to completion (bounded by its timeout) and describe it as an
-/// observation without a sequence number (the session numbers it).
-pub async fn run(ctx: &CheckContext, check: &pb::Check) -> pb::Observation {
+/// Run one assigned check to completion (bounded by its timeout) and describe it as
+/// observations without sequence numbers (the session numbers them): one per target (a DERP
+/// region check yields one per node).
+pub async fn run(ctx: &CheckContext, check: &pb::Check) -> Vec<pb::Observation> {
     let started = Instant::now();
     let observed_at = Utc::now();
     let timeout = convert::from_duration(check.timeout.as_ref());
-    let (target, result) = match &check.target {
-        Some(Target::AccessUrl(t)) => (
+    let results: Vec<(String, ObsResult)> = match &check.target {
+        Some(Target::AccessUrl(t)) => vec![(
             t.url.clone(),
             ObsResult::AccessUrl(
                 access_url::check(&ctx.http, &t.url, timeout.unwrap_or(access_url::TIMEOUT)).await,
             ),
-        ),
-        Some(Target::Websocket(t)) => (
+        )],
+        Some(Target::Websocket(t)) => vec![(
             t.url.clone(),
             ObsResult::Websocket(
                 websocket::check(&ctx.tls, &t.url, timeout.unwrap_or(websocket::TIMEOUT)).await,
             ),
-        ),
-        Some(Target::Database(t)) => (
+        )],
+        Some(Target::Database(t)) => vec![(
             "database".to_owned(),
             ObsResult::Database(
                 database::check(
@@ -75,20 +80,36 @@ pub async fn run(ctx: &CheckContext, check: &pb::Check) -> pb::Observation {
                 )
                 .await,
             ),
-        ),
-        Some(other) => (
-            check.id.clone(),
-            ObsResult::UnknownError(format!(
-                "this probe does not implement the {} check",
-                target_kind(other)
-            )),
-        ),
-        None => (
+        )],
+        Some(Target::WorkspaceProxy(t)) => vec![(
+            t.name.clone(),
+            ObsResult::WorkspaceProxy(
+                proxy::check(&ctx.http, t, timeout.unwrap_or(proxy::TIMEOUT)).await,
+            ),
+        )],
+        Some(Target::DerpRegion(t)) => {
+            let budget = timeout.unwrap_or(derp::TIMEOUT);
+            match tokio::time::timeout(budget, derp::check(ctx, t)).await {
+                Ok(results) => results,
+                Err(_) => vec![(
+                    check.id.clone(),
+                    ObsResult::UnknownError(format!(
+                        "the DERP region check did not finish within {}",
+                        vantage_proto::report::go_duration(budget)
+                    )),
+                )],
+            }
+        }
+        None => vec![(
             check.id.clone(),
             ObsResult::UnknownError("assignment carried a check without a target".into()),
-        ),
+        )],
     };
-    observation(check, target, observed_at, started.elapsed(), result)
+    let elapsed = started.elapsed();
+    results
+        .into_iter()
+        .map(|(target, result)| observation(check, target, observed_at, elapsed, result))
+        .collect()
 }
 
 /// Build an observation for `check` (seq 0: the session assigns it).
@@ -107,15 +128,5 @@ pub fn observation(
         observed_at: Some(convert::timestamp(observed_at)),
         elapsed: Some(convert::duration(elapsed)),
         result: Some(result),
-    }
-}
-
-fn target_kind(t: &Target) -> &'static str {
-    match t {
-        Target::AccessUrl(_) => "access URL",
-        Target::Websocket(_) => "websocket",
-        Target::DerpRegion(_) => "DERP",
-        Target::WorkspaceProxy(_) => "workspace proxy",
-        Target::Database(_) => "database",
     }
 }

@@ -2,6 +2,8 @@
 //! rules (reference §7). One place, used by the server for every vantage and by
 //! `vantage-probe --once` for its own report. No I/O.
 
+pub mod derp;
+
 pub mod provisioners;
 pub mod workspace_proxy;
 
@@ -194,17 +196,45 @@ pub fn unknown(section: Section, text: &str) -> SectionReport {
     report
 }
 
+/// What the rules need besides observations: the registry's workspace proxies (their
+/// names, display names and creation times come from there, their health from the polls).
+#[derive(Debug, Clone, Default)]
+pub struct RulesContext {
+    pub proxies: Vec<workspace_proxy::ProxyInput>,
+}
+
 /// A vantage's report of one section from the latest observation of each of its targets.
-/// Sections with one target per vantage (Access URL, Websocket, Database) take the worst
-/// target; `None` when there is nothing to report.
+/// Access URL, Websocket and Database take the worst target; DERP follows Coder's node →
+/// region → section rules; WorkspaceProxy counts the proxies this vantage polled. `None` when
+/// there is nothing to report.
 pub fn section_report<'a>(
     section: Section,
     observations: impl IntoIterator<Item = &'a pb::Observation>,
+    ctx: &RulesContext,
 ) -> Option<SectionReport> {
+    let observations: Vec<&pb::Observation> = observations.into_iter().collect();
+    if observations.is_empty() {
+        return None;
+    }
+    if let Some(text) = observations.iter().find_map(|o| match &o.result {
+        Some(ObsResult::UnknownError(t)) => Some(t),
+        _ => None,
+    }) {
+        return Some(unknown(section, text));
+    }
+    match section {
+        Section::Derp => return Some(derp::section(&observations)),
+        Section::WorkspaceProxy => {
+            let seen = workspace_proxy::observed(&ctx.proxies, observations.iter().copied());
+            return Some(SectionReport::WorkspaceProxy(workspace_proxy::section(
+                &seen,
+            )));
+        }
+        _ => {}
+    }
     let mut worst: Option<SectionReport> = None;
     for o in observations {
         let report = match o.result.as_ref()? {
-            ObsResult::UnknownError(text) => unknown(section, text),
             ObsResult::AccessUrl(r) if section == Section::AccessUrl => {
                 SectionReport::AccessUrl(access_url(r))
             }
@@ -430,9 +460,9 @@ mod tests {
             })),
             ..Default::default()
         };
-        let r = section_report(Section::AccessUrl, [&ok, &bad]).unwrap();
+        let r = section_report(Section::AccessUrl, [&ok, &bad], &RulesContext::default()).unwrap();
         assert_eq!(r.severity(), Severity::Warning);
-        let wrong = section_report(Section::Websocket, [&ok]).unwrap();
+        let wrong = section_report(Section::Websocket, [&ok], &RulesContext::default()).unwrap();
         assert_eq!(
             wrong
                 .base()
@@ -441,6 +471,6 @@ mod tests {
                 .map(|e| e.starts_with("EUNKNOWN")),
             Some(true)
         );
-        assert!(section_report(Section::AccessUrl, []).is_none());
+        assert!(section_report(Section::AccessUrl, [], &RulesContext::default()).is_none());
     }
 }

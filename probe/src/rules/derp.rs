@@ -1,0 +1,72 @@
+//! The DERP section of one vantage from its node observations: Coder's node → region →
+//! section rules (`vantage_derp::health`), in Coder's JSON shape.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use vantage_derp::health::{DerpNodeReport, region_report, section_report};
+use vantage_derp::map::Region;
+use vantage_proto::pb;
+use vantage_proto::pb::observation::Result as ObsResult;
+use vantage_proto::report::DerpReport;
+use vantage_proto::{Section, codes};
+
+use super::{SectionReport, unknown};
+
+/// One vantage's DERP section.
+pub fn section(observations: &[&pb::Observation]) -> SectionReport {
+    let mut regions: BTreeMap<i64, (Region, Vec<DerpNodeReport>)> = BTreeMap::new();
+    let mut mapped: Vec<SocketAddr> = Vec::new();
+    for o in observations {
+        let Some(ObsResult::DerpNode(n)) = &o.result else {
+            return unknown(
+                Section::Derp,
+                &format!("observation {:?} is not a DERP node result", o.target),
+            );
+        };
+        let region: Region = match serde_json::from_str(&n.region_json) {
+            Ok(r) => r,
+            Err(e) => {
+                return unknown(
+                    Section::Derp,
+                    &format!("DERP region of {:?}: {e}", o.target),
+                );
+            }
+        };
+        let node: DerpNodeReport = match serde_json::from_str(&n.report_json) {
+            Ok(r) => r,
+            Err(e) => {
+                return unknown(
+                    Section::Derp,
+                    &format!("DERP node report of {:?}: {e}", o.target),
+                );
+            }
+        };
+        if let Ok(a) = n.stun_mapped_address.parse() {
+            mapped.push(a);
+        }
+        let entry = regions
+            .entry(n.region_id)
+            .or_insert_with(|| (region, Vec::new()));
+        entry.1.push(node);
+    }
+    let regions = regions
+        .into_iter()
+        .map(|(id, (region, nodes))| (id, region_report(&region, nodes)))
+        .collect();
+    SectionReport::Derp(to_report(&section_report(regions, &mapped)))
+}
+
+/// `vantage_derp`'s report as the report model's section (same JSON).
+pub fn to_report(h: &vantage_derp::health::DerpHealthReport) -> DerpReport {
+    serde_json::to_value(h)
+        .and_then(serde_json::from_value)
+        .unwrap_or_else(|e| {
+            let mut r = DerpReport::default();
+            r.base.fail(&vantage_proto::report::Message::new(
+                codes::EUNKNOWN,
+                format!("DERP report: {e}"),
+            ));
+            r
+        })
+}

@@ -1,0 +1,1 @@
+//! Store tests against the memory store and a real PostgreSQL.
