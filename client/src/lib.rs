@@ -42,6 +42,7 @@ impl ClientError {
 #[derive(Clone)]
 pub struct Client {
     health: HealthServiceClient<Channel>,
+    registry: pb::registry_service_client::RegistryServiceClient<Channel>,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
     url: String,
 }
@@ -64,6 +65,7 @@ impl Client {
             .map(|t| MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| ClientError::Token))
             .transpose()?;
         Ok(Client {
+            registry: pb::registry_service_client::RegistryServiceClient::new(channel.clone()),
             health: HealthServiceClient::new(channel),
             token,
             url: url.to_owned(),
@@ -122,6 +124,16 @@ impl Client {
         }))
         .await?;
         Ok(())
+    }
+
+    pub async fn provisioner_heartbeat(
+        &self,
+        req: pb::ProvisionerHeartbeatRequest,
+    ) -> Result<pb::ProvisionerHeartbeatResponse, ClientError> {
+        let mut c = self.registry.clone();
+        Ok(c.provisioner_heartbeat(self.request(req))
+            .await?
+            .into_inner())
     }
 
     /// One watch stream (no reconnect).

@@ -73,6 +73,49 @@ enum Command {
         #[command(subcommand)]
         action: Option<SettingsAction>,
     },
+    /// Announce a provisioner daemon (from a script or a systemd timer).
+    Provisioner {
+        #[command(subcommand)]
+        action: ProvisionerAction,
+    },
+    /// Run the DERP and STUN checks from this machine and print the report as JSON.
+    Netcheck {
+        /// A DERP map (file or URL) instead of the server's effective map.
+        #[arg(long, env = "VANTAGE_DERP_MAP")]
+        derp_map: Option<String>,
+        /// Extra CA certificates (PEM) for the relays' TLS.
+        #[arg(long, env = "VANTAGE_CA_FILE")]
+        ca_file: Option<std::path::PathBuf>,
+        /// Per-node deadline.
+        #[arg(long, env = "VANTAGE_DERP_NODE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+        node_timeout: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProvisionerAction {
+    /// Send one heartbeat for a daemon.
+    Heartbeat {
+        /// The daemon's name.
+        #[arg(long, env = "VANTAGE_PROVISIONER_NAME")]
+        name: String,
+        /// Its build version, e.g. v2.26.0.
+        #[arg(long, env = "VANTAGE_PROVISIONER_VERSION")]
+        version: String,
+        /// Its provisioner API version, e.g. 1.9.
+        #[arg(long, env = "VANTAGE_PROVISIONER_API_VERSION")]
+        api_version: String,
+        /// Provisioner types (repeatable), e.g. terraform.
+        #[arg(
+            long = "provisioner",
+            env = "VANTAGE_PROVISIONERS",
+            value_delimiter = ','
+        )]
+        provisioners: Vec<String>,
+        /// Tags, key=value (repeatable).
+        #[arg(long = "tag", env = "VANTAGE_PROVISIONER_TAGS", value_delimiter = ',')]
+        tags: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +229,20 @@ async fn run(cli: Cli) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    if let Command::Netcheck {
+        derp_map,
+        ca_file,
+        node_timeout,
+    } = &cli.command
+    {
+        return netcheck(
+            &cli.server,
+            derp_map.as_deref(),
+            ca_file.as_deref(),
+            *node_timeout,
+        )
+        .await;
+    }
     let client = match Client::connect(&cli.server, cli.token.as_deref()).await {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -264,6 +321,115 @@ async fn run(cli: Cli) -> ExitCode {
             ));
             ExitCode::SUCCESS
         }
-        Command::Watch { .. } => ExitCode::SUCCESS,
+        Command::Provisioner {
+            action:
+                ProvisionerAction::Heartbeat {
+                    name,
+                    version,
+                    api_version,
+                    provisioners,
+                    tags,
+                },
+        } => {
+            let mut map = std::collections::HashMap::new();
+            for t in tags {
+                match t.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => {
+                        map.insert(k.to_owned(), v.to_owned());
+                    }
+                    _ => return usage(&format!("--tag: invalid tag {t:?}: expected key=value")),
+                }
+            }
+            let req = pb::ProvisionerHeartbeatRequest {
+                name,
+                version,
+                api_version,
+                provisioners,
+                tags: map,
+                organization_id: None,
+            };
+            match client.provisioner_heartbeat(req).await {
+                Ok(r) => {
+                    let d = r.daemon.unwrap_or_default();
+                    out(&format!("heartbeat recorded for {} ({})\n", d.name, d.id));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Watch { .. } | Command::Netcheck { .. } => ExitCode::SUCCESS,
     }
+}
+
+/// `vantage netcheck`: the DERP section computed on this machine, like `coder netcheck`.
+async fn netcheck(
+    server: &str,
+    derp_map: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+    node_timeout: std::time::Duration,
+) -> ExitCode {
+    use vantage_derp::health::{NodeCheckOptions, check_map};
+    let text = match derp_map {
+        Some(src) if src.starts_with("http://") || src.starts_with("https://") => fetch(src).await,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("--derp-map: reading {path}: {e}"))
+        }
+        None => {
+            fetch(&format!(
+                "{}/api/v2/debug/derp-map",
+                server.trim_end_matches('/')
+            ))
+            .await
+        }
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vantage: {e}");
+            return ExitCode::from(EX_UNREACHABLE);
+        }
+    };
+    let map = match vantage_derp::DerpMap::parse(&text) {
+        Ok(m) => m,
+        Err(e) => return usage(&format!("--derp-map: {e}")),
+    };
+    let mut opts = NodeCheckOptions {
+        deadline: node_timeout,
+        ..NodeCheckOptions::default()
+    };
+    if let Some(p) = ca_file {
+        match std::fs::read_to_string(p) {
+            Ok(pem) => opts.client.extra_ca_pem = Some(pem),
+            Err(e) => return usage(&format!("--ca-file: reading {}: {e}", p.display())),
+        }
+    }
+    eprintln!("Gathering a network report. This may take a few seconds...");
+    let report = check_map(&map, &opts).await;
+    let json = serde_json::json!({ "derp": report });
+    out(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(&json).unwrap_or_default()
+    ));
+    let sev = match report.severity {
+        vantage_derp::health::Severity::Ok => 0,
+        vantage_derp::health::Severity::Warning => 1,
+        vantage_derp::health::Severity::Error => 2,
+    };
+    ExitCode::from(sev)
+}
+
+async fn fetch(url: &str) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("fetching {url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("fetching {url}: HTTP {}", resp.status()));
+    }
+    resp.text().await.map_err(|e| format!("reading {url}: {e}"))
 }

@@ -16,6 +16,7 @@ pub mod inventory;
 mod metrics;
 pub mod own;
 mod page;
+pub mod pg;
 pub mod registry;
 pub mod store;
 

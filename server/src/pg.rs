@@ -27,7 +27,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use futures::future::BoxFuture;
 use prost::Message as _;
 use tokio::sync::broadcast;
@@ -38,8 +40,8 @@ use vantage_proto::{Section, pb};
 
 use crate::store::{
     AUDIT_PAGE, AuditEntry, CHANNEL_EVENTS, CHANNEL_OBSERVATIONS, CHANNEL_SETTINGS, MAX_PAGE,
-    NOTICE_CAPACITY, NewEvent, NewObservation, Notice, Store, StoreError, StoredObservation,
-    VantageRecord, applied_by_batch,
+    NOTICE_CAPACITY, NewEvent, NewObservation, Notice, Store, StoreError, StoredEvent,
+    StoredObservation, VantageRecord, applied_by_batch,
 };
 
 /// Default number of pooled connections.
@@ -227,7 +229,10 @@ fn sections_from(names: Vec<String>) -> Vec<Section> {
 }
 
 fn section_names(sections: &[Section]) -> Vec<String> {
-    sections.iter().map(|s| s.settings_name().to_owned()).collect()
+    sections
+        .iter()
+        .map(|s| s.settings_name().to_owned())
+        .collect()
 }
 
 fn decode_observation(
@@ -280,18 +285,16 @@ impl PgStore {
         let config = pg_config(url, &options)?;
         let target = target(&config);
         let pool = pool(config.clone(), &options)?;
-        let connect_error =
-            |e: Failure| StoreError(format!("database_url: cannot use postgres at {target}: {e}"));
+        let connect_error = |e: Failure| {
+            StoreError(format!(
+                "database_url: cannot use postgres at {target}: {e}"
+            ))
+        };
         let migrate = async {
             let mut client = pool.get().await?;
             migrate(&mut client).await
         };
-        match tokio::time::timeout(
-            options.connect_timeout + options.query_timeout,
-            migrate,
-        )
-        .await
-        {
+        match tokio::time::timeout(options.connect_timeout + options.query_timeout, migrate).await {
             Ok(r) => r.map_err(connect_error)?,
             Err(_) => {
                 return Err(connect_error(Failure(
@@ -412,7 +415,11 @@ async fn migrate(client: &mut Object) -> Result<(), Failure> {
             &[&m.version],
         )
         .await?;
-        tracing::info!(version = m.version, name = m.name, "applied a schema migration");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied a schema migration"
+        );
     }
     if let Some(newer) = applied
         .iter()
@@ -432,10 +439,7 @@ impl Store for PgStore {
     fn load_dismissed(&self) -> BoxFuture<'_, Result<Vec<Section>, StoreError>> {
         Box::pin(self.run("loading settings", |c| async move {
             let row = c
-                .query_opt(
-                    "SELECT dismissed FROM vantage_settings WHERE id",
-                    &[],
-                )
+                .query_opt("SELECT dismissed FROM vantage_settings WHERE id", &[])
                 .await?;
             Ok(row.map(|r| sections_from(r.get(0))).unwrap_or_default())
         }))
@@ -746,16 +750,18 @@ impl Store for PgStore {
     }
 
     fn prune_observation_log(&self, keep_last: usize) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(self.run("pruning the observation log", move |c| async move {
-            let keep = i64::try_from(keep_last).unwrap_or(i64::MAX);
-            Ok(c.execute(
-                "DELETE FROM vantage_observation_log WHERE id <= (
+        Box::pin(
+            self.run("pruning the observation log", move |c| async move {
+                let keep = i64::try_from(keep_last).unwrap_or(i64::MAX);
+                Ok(c.execute(
+                    "DELETE FROM vantage_observation_log WHERE id <= (
                      SELECT id FROM vantage_observation_log ORDER BY id DESC OFFSET $1 LIMIT 1
                  )",
-                &[&keep],
-            )
-            .await?)
-        }))
+                    &[&keep],
+                )
+                .await?)
+            }),
+        )
     }
 
     fn append_events(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<u64>, StoreError>> {
@@ -800,7 +806,7 @@ impl Store for PgStore {
         &self,
         after_revision: u64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
         Box::pin(self.run("reading events", move |c| async move {
             let after = i64::try_from(after_revision).unwrap_or(i64::MAX);
             let rows = c

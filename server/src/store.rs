@@ -110,6 +110,9 @@ pub const MAX_PAGE: usize = 10_000;
 /// Most audit entries `audit_log` returns (the newest).
 pub const AUDIT_PAGE: usize = 1000;
 
+/// A stored `Watch` event: its revision and its encoded `pb::WatchEvent` (without revision).
+pub type StoredEvent = (u64, Vec<u8>);
+
 /// Durable state. Object-safe: used as `Arc<dyn Store>`.
 pub trait Store: Send + Sync + 'static {
     fn load_dismissed(&self) -> BoxFuture<'_, Result<Vec<Section>, StoreError>>;
@@ -168,7 +171,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         after_revision: u64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>, StoreError>>;
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
     /// The oldest revision still held (`None`: no events).
     fn oldest_event_revision(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
     /// The newest revision held (`None`: no events).
@@ -199,7 +202,7 @@ struct MemoryState {
     latest: HashMap<(String, String), StoredObservation>,
     log: VecDeque<StoredObservation>,
     next_id: i64,
-    events: VecDeque<(u64, Vec<u8>)>,
+    events: VecDeque<StoredEvent>,
     next_revision: u64,
 }
 
@@ -455,7 +458,7 @@ impl Store for MemoryStore {
         &self,
         after_revision: u64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
         self.with(move |s| {
             let start = s.events.partition_point(|(r, _)| *r <= after_revision);
             Ok(s.events
@@ -548,6 +551,7 @@ struct Shared {
     wake: Notify,
     capacity: usize,
     dropped: AtomicU64,
+    failed_writes: AtomicU64,
     /// Observations in the batch being written.
     in_flight: AtomicU64,
     stored: watch::Sender<i64>,
@@ -603,6 +607,7 @@ impl WriteBehind {
             wake: Notify::new(),
             capacity: options.capacity.max(1),
             dropped: AtomicU64::new(0),
+            failed_writes: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             stored: watch::channel(0).0,
             closed: AtomicBool::new(false),
@@ -651,6 +656,11 @@ impl WriteBehind {
     /// Observations dropped because the queue was full, since the start.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes that failed (and were retried), since the start.
+    pub fn failed_writes(&self) -> u64 {
+        self.shared.failed_writes.load(Ordering::Relaxed)
     }
 
     /// The highest log id stored so far (0: none yet).
@@ -712,6 +722,7 @@ async fn write_behind(shared: Arc<Shared>, store: Arc<dyn Store>, options: Write
                 }
             }
             Err(e) => {
+                shared.failed_writes.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, retry_in = ?backoff, "write-behind: storing observations failed");
                 {
                     let Ok(mut q) = shared.queue.lock() else {

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod peers;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -27,6 +27,8 @@ fn config() -> AggregatorConfig {
         history: 10_000,
         version: "v0.1.0".into(),
         expected: vec![Section::AccessUrl],
+        derp_regions: vec![],
+        derp_has_nodes: true,
     }
 }
 

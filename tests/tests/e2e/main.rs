@@ -4,3 +4,5 @@
 
 mod backbone;
 mod contract;
+mod derp;
+mod registry;

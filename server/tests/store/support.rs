@@ -1,0 +1,261 @@
+//! Test support: a throw-away database per test ([`TestDb`]) and a TCP proxy in front of
+//! PostgreSQL that can add latency, cut connections and refuse new ones ([`Proxy`]).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+/// The server the tests use.
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn admin_url() -> String {
+    std::env::var("VANTAGE_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+}
+
+async fn admin() -> Result<tokio_postgres::Client, String> {
+    let url = admin_url();
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, NoTls))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// A fresh database `t_<random>`, dropped `WITH (FORCE)` when this goes.
+pub struct TestDb {
+    name: String,
+    url: Url,
+}
+
+impl TestDb {
+    /// Create a database, or `None` when PostgreSQL is unreachable and
+    /// `VANTAGE_SKIP_PG_TESTS=1` says that is fine. Otherwise an unreachable server fails
+    /// the test.
+    pub async fn create() -> Option<TestDb> {
+        let client = match admin().await {
+            Ok(c) => c,
+            Err(e) => {
+                if std::env::var("VANTAGE_SKIP_PG_TESTS").as_deref() == Ok("1") {
+                    eprintln!(
+                        "skipped: PostgreSQL is unreachable ({e}) and VANTAGE_SKIP_PG_TESTS=1"
+                    );
+                    return None;
+                }
+                panic!(
+                    "PostgreSQL is unreachable at {} ({e}). Start it (e.g. `pg_ctlcluster \
+                     --skip-systemctl-redirect 15 main start`), point VANTAGE_TEST_DATABASE_URL \
+                     at one, or set VANTAGE_SKIP_PG_TESTS=1 to skip these tests",
+                    admin_url()
+                );
+            }
+        };
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        let mut url = Url::parse(&admin_url()).expect("admin URL");
+        url.set_path(&name);
+        Some(TestDb { name, url })
+    }
+
+    /// The database's URL.
+    pub fn url(&self) -> String {
+        self.url.to_string()
+    }
+
+    /// The database's URL through another port (a [`Proxy`], a closed port).
+    pub fn url_via(&self, port: u16) -> String {
+        let mut url = self.url.clone();
+        url.set_host(Some("127.0.0.1")).expect("host");
+        url.set_port(Some(port)).expect("port");
+        url.to_string()
+    }
+
+    /// Where the server listens.
+    pub fn server_addr(&self) -> SocketAddr {
+        let host = self.url.host_str().unwrap_or("127.0.0.1");
+        let host = if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            host
+        };
+        format!("{host}:{}", self.url.port().unwrap_or(5432))
+            .parse()
+            .expect("the test server is addressed by IP")
+    }
+
+    /// A plain connection to the database, for looking behind the store's back.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(), NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let client = admin().await?;
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("dropping test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Skip the test (returning) when PostgreSQL is unreachable and skipping is allowed.
+#[macro_export]
+macro_rules! test_db {
+    () => {
+        match $crate::support::TestDb::create().await {
+            Some(db) => db,
+            None => return,
+        }
+    };
+}
+
+struct ProxyState {
+    upstream: SocketAddr,
+    latency: Duration,
+    refusing: AtomicBool,
+    cut: Mutex<CancellationToken>,
+}
+
+/// A TCP proxy to PostgreSQL on a port of its own.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: Arc<ProxyState>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forward to `upstream`, delaying each chunk by `latency` in each direction.
+    pub async fn start(upstream: SocketAddr, latency: Duration) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(ProxyState {
+            upstream,
+            latency,
+            refusing: AtomicBool::new(false),
+            cut: Mutex::new(CancellationToken::new()),
+        });
+        let s = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if s.refusing.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let token = s.cut.lock().expect("lock").clone();
+                let (upstream, latency) = (s.upstream, s.latency);
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = pump(cr, sw, latency) => {}
+                        _ = pump(sr, cw, latency) => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Close every open connection (new ones are still accepted unless refusing).
+    pub fn cut(&self) {
+        let mut t = self.state.cut.lock().expect("lock");
+        t.cancel();
+        *t = CancellationToken::new();
+    }
+
+    /// Refuse (accept and close at once) new connections, or stop refusing.
+    pub fn refuse(&self, on: bool) {
+        self.state.refusing.store(on, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    latency: Duration,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Poll `f` until it holds, for at most `within`.
+#[track_caller]
+pub fn deadline(within: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + within
+}
+
+/// Wait until `cond` holds (checked every 10 ms), failing with `what` after `within`.
+pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let end = deadline(within);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out after {within:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
