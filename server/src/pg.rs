@@ -123,7 +123,17 @@ impl fmt::Display for Failure {
 fn pg_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // The driver's Display leaves the cause out ("error connecting to server").
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 
@@ -132,7 +142,8 @@ fn pg_text(e: &tokio_postgres::Error) -> String {
 fn pg_config(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, StoreError> {
     let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
         StoreError(format!(
-            "database_url: not a valid PostgreSQL URL or connection string ({e})"
+            "database_url: not a valid PostgreSQL URL or connection string ({})",
+            pg_text(&e)
         ))
     })?;
     if config.get_hosts().is_empty() {

@@ -26,7 +26,10 @@ async fn admin() -> Result<tokio_postgres::Client, String> {
         tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, NoTls))
             .await
             .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            })?;
     tokio::spawn(conn);
     Ok(client)
 }

@@ -5,4 +5,5 @@
 mod backbone;
 mod contract;
 mod derp;
+mod page;
 mod registry;

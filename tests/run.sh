@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run every test of the workspace, installing what the tests talk to first (they use real
+# peers: nginx, coturn, PostgreSQL, headless Chromium). Safe to run again; needs root (or sudo)
+# for the installs on a fresh Debian machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+need=()
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
+[ -x /usr/bin/turnserver ] || need+=(coturn)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v pg_isready >/dev/null 2>&1 || need+=(postgresql postgresql-client)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian starts these services on install; our tests run their own instances.
+for svc in nginx coturn; do
+  if command -v service >/dev/null 2>&1; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
+done
+
+# PostgreSQL on 127.0.0.1:5432 with trust auth (the database tests fail, not skip, without it).
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    ver=$(ls /etc/postgresql | sort -V | tail -n 1)
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+
+exec cargo test --workspace --locked "$@"
