@@ -193,52 +193,8 @@ pub struct DerpHealthReport {
     pub netcheck_logs: Vec<String>,
 }
 
-/// Formats a duration exactly like Go's `time.Duration.String()` (`0s`, `1.5µs`,
-/// `1.234567ms`, `2s`, `1m30s`, `1h0m0s`).
-pub fn go_duration_string(d: Duration) -> String {
-    // Go durations are int64 nanoseconds.
-    let ns = u64::try_from(d.as_nanos())
-        .unwrap_or(u64::MAX)
-        .min(i64::MAX as u64);
-    if ns == 0 {
-        return "0s".into();
-    }
-    if ns < 1_000 {
-        return format!("{ns}ns");
-    }
-    if ns < 1_000_000 {
-        return format!("{}µs", frac(ns, 3));
-    }
-    if ns < 1_000_000_000 {
-        return format!("{}ms", frac(ns, 6));
-    }
-    let secs_total = ns / 1_000_000_000;
-    let sub = ns % 1_000_000_000;
-    let secs = format!("{}{}s", secs_total % 60, frac_part(sub, 9));
-    let mins_total = secs_total / 60;
-    if mins_total == 0 {
-        return secs;
-    }
-    let hours = mins_total / 60;
-    if hours == 0 {
-        return format!("{}m{secs}", mins_total % 60);
-    }
-    format!("{hours}h{}m{secs}", mins_total % 60)
-}
-
-/// `v / 10^prec` with its fractional digits, trailing zeros trimmed.
-fn frac(v: u64, prec: u32) -> String {
-    let div = 10u64.pow(prec);
-    format!("{}{}", v / div, frac_part(v % div, prec))
-}
-
-fn frac_part(rem: u64, prec: u32) -> String {
-    if rem == 0 {
-        return String::new();
-    }
-    let digits = format!("{rem:0width$}", width = usize::try_from(prec).unwrap_or(9));
-    format!(".{}", digits.trim_end_matches('0'))
-}
+/// Go's `time.Duration.String()`, shared with the rest of vantage (one implementation).
+pub use vantage_proto::report::go_duration as go_duration_string;
 
 /// Applies Coder's node verdict: error when the exchange failed (non-STUN-only node) or STUN
 /// failed; then EDERP01 sets warning (overriding error) when the node fell back to WebSocket.
@@ -679,28 +635,6 @@ pub async fn check_map(map: &DerpMap, opts: &NodeCheckOptions) -> DerpHealthRepo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations() {
-        let cases = [
-            (Duration::ZERO, "0s"),
-            (Duration::from_nanos(1), "1ns"),
-            (Duration::from_nanos(999), "999ns"),
-            (Duration::from_nanos(1_500), "1.5µs"),
-            (Duration::from_millis(1), "1ms"),
-            (Duration::from_nanos(1_234_567), "1.234567ms"),
-            (Duration::from_millis(60), "60ms"),
-            (Duration::from_millis(1_500), "1.5s"),
-            (Duration::from_secs(2), "2s"),
-            (Duration::from_secs(90), "1m30s"),
-            (Duration::from_secs(3600), "1h0m0s"),
-            (Duration::from_millis(7_384_500), "2h3m4.5s"),
-            (Duration::from_nanos(1_000_000_001), "1.000000001s"),
-        ];
-        for (d, want) in cases {
-            assert_eq!(go_duration_string(d), want, "{d:?}");
-        }
-    }
 
     fn node(name: &str, stun_only: bool) -> Node {
         Node {

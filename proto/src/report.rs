@@ -371,7 +371,8 @@ pub fn coder_json<T: Serialize>(value: &T) -> Vec<u8> {
 /// Go's `time.Duration.String()`, which Coder's JSON uses for `latency` and `round_trip_ping`:
 /// `0s`, `1.5µs`, `1.234567ms`, `2s`, `1m30s`, `1h0m0s`.
 pub fn go_duration(d: Duration) -> String {
-    let nanos = d.as_nanos();
+    // Go durations are int64 nanoseconds: longer ones saturate.
+    let nanos = d.as_nanos().min(i64::MAX as u128);
     if nanos == 0 {
         return "0s".to_owned();
     }
@@ -426,6 +427,11 @@ mod tests {
             (Duration::from_secs(90), "1m30s"),
             (Duration::from_secs(3600), "1h0m0s"),
             (Duration::from_nanos(3_723_000_000_001), "1h2m3.000000001s"),
+            (Duration::from_nanos(1), "1ns"),
+            (Duration::from_millis(60), "60ms"),
+            (Duration::from_millis(7_384_500), "2h3m4.5s"),
+            (Duration::from_nanos(1_000_000_001), "1.000000001s"),
+            (Duration::MAX, "2562047h47m16.854775807s"),
         ];
         for (d, want) in cases {
             assert_eq!(go_duration(*d), *want, "{d:?}");

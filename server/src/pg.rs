@@ -1,5 +1,6 @@
-//! The PostgreSQL store: [`PgStore`] implements [`Store`] and [`RegistryStore`] over a
-//! `deadpool-postgres` pool, shared by every replica of the server.
+//! The PostgreSQL store: [`PgStore`] implements [`Store`] and
+//! [`RegistryStore`](crate::registry::RegistryStore) over a `deadpool-postgres` pool, shared
+//! by every replica of the server.
 //!
 //! - **Schema**: versioned SQL files (`server/migrations/NNNN_name.sql`, embedded in the
 //!   binary) applied by [`PgStore::connect`] in one transaction under

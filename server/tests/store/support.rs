@@ -245,8 +245,7 @@ async fn pump(
     }
 }
 
-/// Poll `f` until it holds, for at most `within`.
-#[track_caller]
+/// `within` from now.
 pub fn deadline(within: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + within
 }

@@ -1,0 +1,102 @@
+//! The ingestion baseline: a bare `ProbeService` that does nothing but acknowledge. It reads the
+//! hello, answers with a welcome (an assignment with one access-URL check), then acks every
+//! observation batch cumulatively, over the same transport stack as `vantaged` (tonic routes in
+//! an axum router served by `axum::serve`) and the same session-queue semantics (bounded, a
+//! full queue skips an ack that a later one covers).
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use vantage_proto::pb;
+use vantage_proto::pb::probe_message::Msg as Up;
+use vantage_proto::pb::server_message::Msg as Down;
+
+/// The same queue depth `vantaged` gives a probe session.
+const SESSION_QUEUE: usize = 64;
+/// The same decoding limit as `vantaged`.
+const MAX_MESSAGE: usize = 1024 * 1024;
+
+pub struct AckOnly {
+    pub access_url: String,
+}
+
+fn assignment(url: &str) -> pb::Assignment {
+    pb::Assignment {
+        generation: 1,
+        checks: vec![pb::Check {
+            id: "access_url".into(),
+            section: pb::Section::AccessUrl as i32,
+            interval: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            timeout: Some(prost_types::Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
+            target: Some(pb::check::Target::AccessUrl(pb::AccessUrlTarget {
+                url: url.to_owned(),
+            })),
+        }],
+        heartbeat_interval: Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::probe_service_server::ProbeService for AckOnly {
+    type AttachStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send + 'static>>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<pb::ProbeMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        match inbound.message().await? {
+            Some(pb::ProbeMessage {
+                msg: Some(Up::Hello(_)),
+            }) => {}
+            _ => return Err(Status::invalid_argument("the first message must be a hello")),
+        }
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let welcome = pb::ServerMessage {
+            msg: Some(Down::Welcome(pb::Welcome {
+                applied_seq: 0,
+                server_version: "baseline".into(),
+                assignment: Some(assignment(&self.access_url)),
+            })),
+        };
+        tx.try_send(Ok(welcome))
+            .map_err(|_| Status::internal("session queue"))?;
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(Up::Observations(b)) = m.msg
+                    && let Some(last) = b.observations.last()
+                {
+                    let ack = pb::ServerMessage {
+                        msg: Some(Down::Ack(pb::Ack { seq: last.seq })),
+                    };
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(ack)) {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serve the baseline on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let url = format!("http://{}", listener.local_addr()?);
+    let svc = pb::probe_service_server::ProbeServiceServer::new(AckOnly { access_url: url })
+        .max_decoding_message_size(MAX_MESSAGE);
+    let app = tonic::service::Routes::new(svc).into_axum_router();
+    axum::serve(listener, app).await
+}
