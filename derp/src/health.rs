@@ -16,45 +16,9 @@ use crate::client::{Client, ClientLog, ClientOptions, ReceivedFrame, WEBSOCKET_F
 use crate::map::{DEFAULT_STUN_PORT, DerpMap, Node, Region};
 use crate::stun;
 
-/// Severity of a report: `ok` < `warning` < `error`.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Healthy.
-    #[default]
-    Ok,
-    /// Degraded.
-    Warning,
-    /// Broken.
-    Error,
-}
-
-/// A coded message, `{"code": …, "message": …}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Message {
-    /// Health code, e.g. `EDERP01`.
-    pub code: String,
-    /// Human text.
-    pub message: String,
-}
-
-impl Message {
-    /// A message with `code` and `message`.
-    pub fn new(code: &str, message: &str) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
+/// Severities and messages are vantage's own (one definition, in `vantage-proto`).
+pub use vantage_proto::Severity;
+pub use vantage_proto::report::Message;
 
 /// Node fell back to WebSocket.
 pub const CODE_DERP_NODE_USES_WEBSOCKET: &str = "EDERP01";

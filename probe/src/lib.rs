@@ -7,6 +7,7 @@ pub mod once;
 pub mod rules;
 pub mod scheduler;
 pub mod session;
+pub mod signal;
 pub mod tls;
 
 #[cfg(test)]

@@ -127,28 +127,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ));
     }
     tracing::info!(server = %cfg.server, name = %cfg.name, region = %cfg.region, "starting");
-    session::run(cfg, ctx, shutdown_signal()).await;
+    session::run(cfg, ctx, vantage_probe::signal::shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

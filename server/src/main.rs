@@ -62,7 +62,14 @@ fn main() -> ExitCode {
             }
             tracing::info!(url, "serving");
         };
-        match serve(config, listener, shutdown_signal(), ready).await {
+        match serve(
+            config,
+            listener,
+            vantage_probe::signal::shutdown_signal(),
+            ready,
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(ServeError::Config(e)) => {
                 eprintln!("vantaged: {e}");
@@ -74,22 +81,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

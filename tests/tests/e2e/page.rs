@@ -9,13 +9,17 @@ use vantage_tests::{Probe, Server, eventually};
 async fn the_health_page_renders_the_report_in_a_real_browser() {
     let server = Server::start(&["--interval", "1s"]).await;
     let _probe = Probe::start(&server.url, "fra-1", "fra");
-    eventually(Duration::from_secs(30), "both vantages reporting", || async {
-        let r = server.report().await;
-        ["server", "fra-1"]
-            .iter()
-            .all(|n| r["access_url"]["vantage_reports"].get(*n).is_some())
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "both vantages reporting",
+        || async {
+            let r = server.report().await;
+            ["server", "fra-1"]
+                .iter()
+                .all(|n| r["access_url"]["vantage_reports"].get(*n).is_some())
+                .then_some(())
+        },
+    )
     .await;
     let profile = tempfile::tempdir().unwrap();
     let out = tokio::time::timeout(
@@ -43,8 +47,14 @@ async fn the_health_page_renders_the_report_in_a_real_browser() {
     .expect("chromium is installed (apt-get install chromium)");
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(dom.contains(r#"<div id="status" style="font-size:22px;font-weight:600" class="warning">Healthy</div>"#), "{dom}");
-    assert!(dom.contains(r#"data-vantage="fra-1""#) && dom.contains(r#"data-vantage="server""#), "the matrix lists both vantages: {dom}");
+    assert!(
+        dom.contains(r#"data-vantage="fra-1""#) && dom.contains(r#"data-vantage="server""#),
+        "the matrix lists both vantages: {dom}"
+    );
     assert!(dom.contains("Dismiss warnings"), "{dom}");
-    assert!(dom.contains("/health/codes#edb03"), "EDB03 links to its documentation: {dom}");
+    assert!(
+        dom.contains("/health/codes#edb03"),
+        "EDB03 links to its documentation: {dom}"
+    );
     assert!(!dom.contains(">Failed to load the report"), "{dom}");
 }

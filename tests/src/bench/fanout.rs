@@ -1,0 +1,329 @@
+//! Figure 2, fan-out: W `Watch` subscribers (section AccessURL) and one more that never reads,
+//! while one simulated probe flips its access URL between 200 (OK) and 503 (WARNING) at a
+//! fixed rate. The k-th flip is matched to the k-th aggregate `SectionChange` (vantage "") a
+//! subscriber receives; latency is from just before the probe's send to the subscriber's
+//! receipt (one process, one clock). Ingestion must keep up meanwhile: every flip is acked
+//! and applied (ListVantages `applied`, no gaps).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use vantage_proto::pb;
+use vantage_proto::pb::server_message::Msg as Down;
+use vantage_proto::pb::watch_event::Event;
+
+use super::wire::{self, BatchEncoder};
+use super::{channels, cpu_seconds, percentile, start_vantaged};
+
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    pub watchers: Vec<usize>,
+    /// Severity changes per second.
+    pub rate: f64,
+    pub duration: Duration,
+    pub streams_per_channel: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FanoutRow {
+    pub watchers: usize,
+    pub flips: u64,
+    pub receipts: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Subscribers that were told to resync (fell behind the broadcast).
+    pub resyncs: u64,
+    /// Changes whose `to` was not the expected severity.
+    pub mismatches: u64,
+    pub applied: u64,
+    pub ack_p99_ms: f64,
+    pub server_cpu: f64,
+    pub elapsed: f64,
+}
+
+struct Stamps {
+    base: Instant,
+    /// Nanoseconds after `base` at which flip k (index k) was sent; 0: not yet.
+    sent: Vec<AtomicU64>,
+}
+
+impl Stamps {
+    fn since(&self, k: usize) -> Option<Duration> {
+        let ns = self.sent.get(k)?.load(Ordering::Acquire);
+        (ns != 0).then(|| self.base.elapsed().saturating_sub(Duration::from_nanos(ns)))
+    }
+}
+
+struct WatcherOut {
+    latencies_us: Vec<u32>,
+    resynced: bool,
+    mismatches: u64,
+}
+
+fn is_aggregate_access_url(ev: &pb::WatchEvent) -> Option<&pb::SectionChange> {
+    match &ev.event {
+        Some(Event::SectionChange(c))
+            if c.vantage.is_empty() && c.section == pb::Section::AccessUrl as i32 =>
+        {
+            Some(c)
+        }
+        _ => None,
+    }
+}
+
+async fn subscribe(channel: Channel) -> anyhow::Result<tonic::Streaming<pb::WatchEvent>> {
+    let mut client = pb::health_service_client::HealthServiceClient::new(channel);
+    let mut stream = client
+        .watch(pb::WatchRequest {
+            sections: vec![pb::Section::AccessUrl as i32],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    // The snapshot comes first.
+    match stream.message().await? {
+        Some(pb::WatchEvent {
+            event: Some(Event::Snapshot(_)),
+            ..
+        }) => Ok(stream),
+        other => bail!("expected a snapshot first, got {other:?}"),
+    }
+}
+
+async fn watcher(
+    mut stream: tonic::Streaming<pb::WatchEvent>,
+    flips: usize,
+    stamps: Arc<Stamps>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<WatcherOut> {
+    let mut out = WatcherOut {
+        latencies_us: Vec::with_capacity(flips),
+        resynced: false,
+        mismatches: 0,
+    };
+    let mut k = 0usize;
+    while k < flips {
+        let ev = match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => break,
+            Ok(r) => r?.context("the watch stream ended")?,
+        };
+        if let Some(Event::Snapshot(s)) = &ev.event {
+            out.resynced |= s.resync;
+            break;
+        }
+        let Some(change) = is_aggregate_access_url(&ev) else {
+            continue;
+        };
+        k += 1;
+        let Some(lat) = stamps.since(k) else {
+            out.mismatches += 1;
+            continue;
+        };
+        let want = if k % 2 == 1 {
+            pb::Severity::Warning
+        } else {
+            pb::Severity::Ok
+        };
+        if change.to != want as i32 {
+            out.mismatches += 1;
+        }
+        out.latencies_us
+            .push(u32::try_from(lat.as_micros()).unwrap_or(u32::MAX));
+    }
+    Ok(out)
+}
+
+/// Flip the access URL `flips` times at `rate`; returns the ack latencies (µs) of every flip.
+async fn flipper(
+    mut att: wire::Attached,
+    flips: usize,
+    rate: f64,
+    stamps: Arc<Stamps>,
+) -> anyhow::Result<Vec<u32>> {
+    let url = att.access_url()?;
+    let mut warn = BatchEncoder::new(&wire::access_url_observation(&url, 503));
+    let mut ok = BatchEncoder::new(&wire::access_url_observation(&url, 200));
+    let start = tokio::time::Instant::now();
+    let mut sent_at: Vec<Instant> = Vec::with_capacity(flips);
+    let mut ack_lat = Vec::with_capacity(flips);
+    let mut acked = 1u64; // seq 1 (the initial OK) was acked before the flips started.
+    let mut k = 0usize;
+    let last_seq = flips as u64 + 1;
+    let grace = tokio::time::Instant::now()
+        + Duration::from_secs_f64(flips as f64 / rate)
+        + Duration::from_secs(30);
+    while acked < last_seq {
+        let next = start + Duration::from_secs_f64(k as f64 / rate);
+        tokio::select! {
+            biased;
+            m = att.down.message() => match m.context("attach stream")? {
+                Some(pb::ServerMessage { msg: Some(Down::Ack(a)) }) => {
+                    let now = Instant::now();
+                    while acked < a.seq {
+                        acked += 1;
+                        // seq s is flip s - 1.
+                        if let Some(t) = sent_at.get((acked - 2) as usize) {
+                            ack_lat.push(u32::try_from(now.duration_since(*t).as_micros()).unwrap_or(u32::MAX));
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => bail!("the server closed the probe's stream"),
+            },
+            () = tokio::time::sleep_until(next), if k < flips => {
+                k += 1;
+                let enc = if k % 2 == 1 { &mut warn } else { &mut ok };
+                let msg = enc.batch(k as u64 + 1, 1);
+                let now = Instant::now();
+                stamps.sent[k].store(
+                    u64::try_from(now.duration_since(stamps.base).as_nanos()).unwrap_or(u64::MAX).max(1),
+                    Ordering::Release,
+                );
+                sent_at.push(now);
+                att.up.send(msg).await.context("upstream closed")?;
+            }
+            () = tokio::time::sleep_until(grace) => bail!("flips not acked within 30s of the end: acked {acked} of {last_seq}"),
+        }
+    }
+    Ok(ack_lat)
+}
+
+/// One run with `w` watchers.
+pub async fn run_one(w: usize, cfg: &FanoutConfig) -> anyhow::Result<FanoutRow> {
+    let server = start_vantaged(&[]).await?;
+    let pid = server.pid()?;
+    let probe_ch = channels(&server.url, 1).await?;
+    let mut att = wire::attach(probe_ch[0].clone(), "flipper", 64).await?;
+    // The initial state: OK (seq 1), applied before anyone subscribes.
+    let url = att.access_url()?;
+    let first = BatchEncoder::new(&wire::access_url_observation(&url, 200)).batch(1, 1);
+    att.up.send(first).await.context("upstream")?;
+    loop {
+        match att.down.message().await? {
+            Some(pb::ServerMessage {
+                msg: Some(Down::Ack(a)),
+            }) if a.seq >= 1 => break,
+            Some(_) => {}
+            None => bail!("the server closed the probe's stream"),
+        }
+    }
+    let chans = channels(&server.url, w.div_ceil(cfg.streams_per_channel.max(1))).await?;
+    let mut streams = Vec::with_capacity(w);
+    for i in 0..w {
+        streams.push(subscribe(chans[i % chans.len()].clone()).await?);
+    }
+    // The subscriber that never reads, on its own connection.
+    let stalled_ch = channels(&server.url, 1).await?;
+    let stalled = pb::health_service_client::HealthServiceClient::new(stalled_ch[0].clone())
+        .watch(pb::WatchRequest::default())
+        .await?
+        .into_inner();
+
+    let flips = ((cfg.rate * cfg.duration.as_secs_f64()).round() as usize).max(2);
+    let stamps = Arc::new(Stamps {
+        base: Instant::now(),
+        sent: (0..=flips).map(|_| AtomicU64::new(0)).collect(),
+    });
+    let deadline = tokio::time::Instant::now() + cfg.duration + Duration::from_secs(30);
+    let mut tasks = JoinSet::new();
+    for s in streams {
+        tasks.spawn(watcher(s, flips, stamps.clone(), deadline));
+    }
+    let cpu0 = cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    let ack_lat = flipper(att, flips, cfg.rate, stamps.clone()).await?;
+    let mut row = FanoutRow {
+        watchers: w,
+        flips: flips as u64,
+        ..Default::default()
+    };
+    let mut all: Vec<f64> = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let out = r.context("watcher task")??;
+        row.resyncs += u64::from(out.resynced);
+        row.mismatches += out.mismatches;
+        all.extend(out.latencies_us.iter().map(|&u| f64::from(u) / 1e3));
+    }
+    row.elapsed = t0.elapsed().as_secs_f64();
+    row.server_cpu = cpu_seconds(pid)? - cpu0;
+    drop(stalled);
+    all.sort_by(f64::total_cmp);
+    row.receipts = all.len() as u64;
+    row.p50_ms = percentile(&all, 50.0);
+    row.p99_ms = percentile(&all, 99.0);
+    row.max_ms = all.last().copied().unwrap_or(f64::NAN);
+    let mut acks: Vec<f64> = ack_lat.iter().map(|&u| f64::from(u) / 1e3).collect();
+    acks.sort_by(f64::total_cmp);
+    row.ack_p99_ms = percentile(&acks, 99.0);
+    let mut client =
+        pb::health_service_client::HealthServiceClient::connect(server.url.clone()).await?;
+    let list = client
+        .list_vantages(pb::ListVantagesRequest {})
+        .await?
+        .into_inner();
+    let v = list
+        .vantages
+        .iter()
+        .find(|v| v.name == "flipper")
+        .context("the flipper vantage is missing")?;
+    if v.gaps != 0 || v.duplicates != 0 {
+        bail!("ingestion anomalies: {} gaps, {} duplicates", v.gaps, v.duplicates);
+    }
+    row.applied = v.applied;
+    server.stop().await;
+    Ok(row)
+}
+
+pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<Vec<FanoutRow>> {
+    let mut rows = Vec::new();
+    for &w in &cfg.watchers {
+        rows.push(run_one(w, cfg).await.with_context(|| format!("W = {w}"))?);
+    }
+    Ok(rows)
+}
+
+pub fn render(rows: &[FanoutRow], rate: f64) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.watchers.to_string(),
+                format!("{rate:.0}"),
+                r.flips.to_string(),
+                format!(
+                    "{} / {}",
+                    r.receipts,
+                    r.flips * r.watchers as u64
+                ),
+                format!("{:.2}", r.p50_ms),
+                format!("{:.2}", r.p99_ms),
+                format!("{:.2}", r.max_ms),
+                r.resyncs.to_string(),
+                format!("{} / {}", r.applied, r.flips + 1),
+                format!("{:.2}", r.ack_p99_ms),
+                format!("{:.2}", r.server_cpu / r.elapsed.max(f64::EPSILON)),
+            ]
+        })
+        .collect();
+    super::table(
+        &[
+            "W",
+            "changes/s",
+            "flips",
+            "receipts / expected",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "resyncs",
+            "applied / sent (+stalled watcher)",
+            "ack p99 ms",
+            "vantaged CPU cores",
+        ],
+        &body,
+    )
+}
