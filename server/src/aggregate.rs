@@ -115,130 +115,6 @@ impl<T: SectionBody> BodyMut for T {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vantage_proto::report::AccessUrlReport;
-
-    fn acc(sev: Severity, err: Option<&str>) -> SectionReport {
-        let mut r = AccessUrlReport::default();
-        r.base.severity = sev;
-        r.base.error = err.map(str::to_owned);
-        r.healthy = sev == Severity::Ok;
-        SectionReport::AccessUrl(r)
-    }
-
-    #[test]
-    fn quorum_table() {
-        let ok = acc(Severity::Ok, None);
-        let warn = acc(
-            Severity::Warning,
-            Some("EACS04: /healthz did not return 200 OK"),
-        );
-        let err = acc(
-            Severity::Error,
-            Some("EACS03: get healthz endpoint: refused"),
-        );
-        struct Case<'a> {
-            name: &'a str,
-            reports: Vec<(&'a str, &'a SectionReport)>,
-            quorum: usize,
-            severity: Severity,
-            evnt03: Option<&'a str>,
-        }
-        let cases = [
-            Case {
-                name: "all ok",
-                reports: vec![("a", &ok), ("b", &ok)],
-                quorum: 1,
-                severity: Severity::Ok,
-                evnt03: None,
-            },
-            Case {
-                name: "quorum 1 takes the worst",
-                reports: vec![("a", &ok), ("b", &err)],
-                quorum: 1,
-                severity: Severity::Error,
-                evnt03: None,
-            },
-            Case {
-                name: "one error below quorum 2 is a warning naming it",
-                reports: vec![("a", &ok), ("b", &err), ("c", &ok)],
-                quorum: 2,
-                severity: Severity::Warning,
-                evnt03: Some("b (error: EACS03"),
-            },
-            Case {
-                name: "two errors reach quorum 2",
-                reports: vec![("a", &err), ("b", &err), ("c", &ok)],
-                quorum: 2,
-                severity: Severity::Error,
-                evnt03: None,
-            },
-            Case {
-                name: "error+warning agree on at least warning",
-                reports: vec![("a", &err), ("b", &warn), ("c", &ok)],
-                quorum: 2,
-                severity: Severity::Warning,
-                evnt03: Some("a (error"),
-            },
-            Case {
-                name: "quorum above the vantage count",
-                reports: vec![("a", &err)],
-                quorum: 3,
-                severity: Severity::Warning,
-                evnt03: Some("seen by 1 of 1"),
-            },
-        ];
-        for c in cases {
-            let out = aggregate(Section::AccessUrl, &c.reports, c.quorum, true);
-            assert_eq!(out.severity(), c.severity, "{}", c.name);
-            let evnt: Vec<_> = out
-                .base()
-                .warnings
-                .iter()
-                .filter(|w| w.code == "EVNT03")
-                .collect();
-            match c.evnt03 {
-                None => assert!(evnt.is_empty(), "{}: {evnt:?}", c.name),
-                Some(text) => assert!(
-                    evnt.len() == 1 && evnt[0].message.contains(text),
-                    "{}: {evnt:?}",
-                    c.name
-                ),
-            }
-        }
-    }
-
-    #[test]
-    fn nobody_covering_is_evnt02_only_when_expected() {
-        let out = aggregate(Section::Websocket, &[], 1, true);
-        assert_eq!(out.severity(), Severity::Warning);
-        assert_eq!(out.base().warnings[0].code, "EVNT02");
-        let out = aggregate(Section::WorkspaceProxy, &[], 1, false);
-        assert_eq!(out.severity(), Severity::Ok);
-        assert!(out.base().warnings.is_empty());
-    }
-
-    #[test]
-    fn server_vantage_is_the_preferred_representative() {
-        let a = AccessUrlReport {
-            access_url: "from-a".into(),
-            ..Default::default()
-        };
-        let s = AccessUrlReport {
-            access_url: "from-server".into(),
-            ..Default::default()
-        };
-        let (a, s) = (SectionReport::AccessUrl(a), SectionReport::AccessUrl(s));
-        let out = aggregate(Section::AccessUrl, &[("a", &a), ("server", &s)], 1, true);
-        let SectionReport::AccessUrl(r) = out else {
-            panic!("wrong section")
-        };
-        assert_eq!(r.access_url, "from-server");
-    }
-}
-
 /// The highest severity that at least `quorum` of `sevs` are at or above.
 fn agreed(sevs: &[Severity], quorum: usize) -> Severity {
     Severity::ALL
@@ -463,4 +339,128 @@ pub fn aggregate_proxies(
         out.base.raise(Severity::Warning);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vantage_proto::report::AccessUrlReport;
+
+    fn acc(sev: Severity, err: Option<&str>) -> SectionReport {
+        let mut r = AccessUrlReport::default();
+        r.base.severity = sev;
+        r.base.error = err.map(str::to_owned);
+        r.healthy = sev == Severity::Ok;
+        SectionReport::AccessUrl(r)
+    }
+
+    #[test]
+    fn quorum_table() {
+        let ok = acc(Severity::Ok, None);
+        let warn = acc(
+            Severity::Warning,
+            Some("EACS04: /healthz did not return 200 OK"),
+        );
+        let err = acc(
+            Severity::Error,
+            Some("EACS03: get healthz endpoint: refused"),
+        );
+        struct Case<'a> {
+            name: &'a str,
+            reports: Vec<(&'a str, &'a SectionReport)>,
+            quorum: usize,
+            severity: Severity,
+            evnt03: Option<&'a str>,
+        }
+        let cases = [
+            Case {
+                name: "all ok",
+                reports: vec![("a", &ok), ("b", &ok)],
+                quorum: 1,
+                severity: Severity::Ok,
+                evnt03: None,
+            },
+            Case {
+                name: "quorum 1 takes the worst",
+                reports: vec![("a", &ok), ("b", &err)],
+                quorum: 1,
+                severity: Severity::Error,
+                evnt03: None,
+            },
+            Case {
+                name: "one error below quorum 2 is a warning naming it",
+                reports: vec![("a", &ok), ("b", &err), ("c", &ok)],
+                quorum: 2,
+                severity: Severity::Warning,
+                evnt03: Some("b (error: EACS03"),
+            },
+            Case {
+                name: "two errors reach quorum 2",
+                reports: vec![("a", &err), ("b", &err), ("c", &ok)],
+                quorum: 2,
+                severity: Severity::Error,
+                evnt03: None,
+            },
+            Case {
+                name: "error+warning agree on at least warning",
+                reports: vec![("a", &err), ("b", &warn), ("c", &ok)],
+                quorum: 2,
+                severity: Severity::Warning,
+                evnt03: Some("a (error"),
+            },
+            Case {
+                name: "quorum above the vantage count",
+                reports: vec![("a", &err)],
+                quorum: 3,
+                severity: Severity::Warning,
+                evnt03: Some("seen by 1 of 1"),
+            },
+        ];
+        for c in cases {
+            let out = aggregate(Section::AccessUrl, &c.reports, c.quorum, true);
+            assert_eq!(out.severity(), c.severity, "{}", c.name);
+            let evnt: Vec<_> = out
+                .base()
+                .warnings
+                .iter()
+                .filter(|w| w.code == "EVNT03")
+                .collect();
+            match c.evnt03 {
+                None => assert!(evnt.is_empty(), "{}: {evnt:?}", c.name),
+                Some(text) => assert!(
+                    evnt.len() == 1 && evnt[0].message.contains(text),
+                    "{}: {evnt:?}",
+                    c.name
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn nobody_covering_is_evnt02_only_when_expected() {
+        let out = aggregate(Section::Websocket, &[], 1, true);
+        assert_eq!(out.severity(), Severity::Warning);
+        assert_eq!(out.base().warnings[0].code, "EVNT02");
+        let out = aggregate(Section::WorkspaceProxy, &[], 1, false);
+        assert_eq!(out.severity(), Severity::Ok);
+        assert!(out.base().warnings.is_empty());
+    }
+
+    #[test]
+    fn server_vantage_is_the_preferred_representative() {
+        let a = AccessUrlReport {
+            access_url: "from-a".into(),
+            ..Default::default()
+        };
+        let s = AccessUrlReport {
+            access_url: "from-server".into(),
+            ..Default::default()
+        };
+        let (a, s) = (SectionReport::AccessUrl(a), SectionReport::AccessUrl(s));
+        let out = aggregate(Section::AccessUrl, &[("a", &a), ("server", &s)], 1, true);
+        let SectionReport::AccessUrl(r) = out else {
+            panic!("wrong section")
+        };
+        assert_eq!(r.access_url, "from-server");
+    }
 }
