@@ -37,7 +37,7 @@ CREATE TABLE vantage_observation_log (
     stored_at timestamptz NOT NULL DEFAULT now()
 );
 
--- The latest observation per (vantage, check).
+-- The latest observation per (vantage, check and target: `check_id` holds "<check>\x1f<target>").$
 CREATE TABLE vantage_latest_observations (
     vantage text NOT NULL,
     check_id text NOT NULL,

@@ -19,9 +19,14 @@ use vantage_proto::report::{Aggregated, HealthReport, Message, VantageInfo, Vant
 use vantage_proto::{Section, Severity, codes, convert};
 
 use crate::aggregate::aggregate;
+use crate::store::{NewObservation, Receipt, StoredObservation, VantageRecord, WriteBehind};
 
 /// Capacity of the command channel (backpressure on ingest).
 pub const COMMAND_CAPACITY: usize = 4096;
+/// Acks waiting for storage; beyond this a later cumulative ack covers the skipped ones.
+const ACK_QUEUE: usize = 4096;
+/// Most observations kept for a vantage this replica only hears of through the store.
+const MAX_REMOTE_OBSERVATIONS: usize = 1024;
 /// Most targets one check may report (the nodes of a DERP region).
 pub const MAX_TARGETS_PER_CHECK: usize = 256;
 /// Capacity of the event broadcast; a subscriber further behind is told to resync.
@@ -126,6 +131,19 @@ pub enum Command {
     ServerSection {
         report: SectionReport,
     },
+    /// Observations another replica stored (or this one, echoed back): applied once by
+    /// per-instance sequence number.
+    Remote {
+        observations: Vec<StoredObservation>,
+    },
+    /// At start: the latest observation of each vantage and target, as stored before.
+    Restore {
+        observations: Vec<StoredObservation>,
+    },
+    /// Vantages as the store knows them (attached elsewhere, or before a restart).
+    RemoteVantages {
+        vantages: Vec<VantageRecord>,
+    },
     /// The registry's workspace proxies changed.
     Proxies {
         proxies: Vec<vantage_probe::rules::workspace_proxy::ProxyInput>,
@@ -157,10 +175,27 @@ pub struct Stopped;
 impl Aggregator {
     /// Start the aggregator task; it runs until every handle is dropped.
     pub fn spawn(config: AggregatorConfig, dismissed: Vec<Section>) -> Aggregator {
+        Self::spawn_with(config, dismissed, None)
+    }
+
+    /// Like [`Aggregator::spawn`]; with a write-behind queue, applied observations are also
+    /// stored, and a probe is acknowledged only once they are (or once the bounded queue had
+    /// to drop them, which is counted).
+    pub fn spawn_with(
+        config: AggregatorConfig,
+        dismissed: Vec<Section>,
+        writer: Option<WriteBehind>,
+    ) -> Aggregator {
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+        let durable = writer.map(|writer| {
+            let (acks, pending) = mpsc::channel(ACK_QUEUE);
+            tokio::spawn(ack_when_stored(pending));
+            Durable { writer, acks }
+        });
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (stats_tx, stats) = watch::channel(Stats::default());
         let state = State {
+            durable,
             rules: rules::RulesContext::default(),
             epoch: uuid::Uuid::new_v4().to_string(),
             history: VecDeque::with_capacity(config.history.min(4096)),
@@ -326,7 +361,23 @@ struct ForceRun {
     pending: watch::Sender<BTreeSet<String>>,
 }
 
+struct Durable {
+    writer: WriteBehind,
+    acks: mpsc::Sender<(SessionTx, u64, Receipt)>,
+}
+
+/// Acks waiting for their observations to be stored, in order (the writer stores in order).
+async fn ack_when_stored(mut pending: mpsc::Receiver<(SessionTx, u64, Receipt)>) {
+    while let Some((tx, seq, receipt)) = pending.recv().await {
+        // Stored, or dropped from the full queue (counted there): either way the probe may
+        // let go; a dropped write is reported, never retried forever.
+        let _ = receipt.stored().await;
+        let _ = tx.try_send(ack(seq));
+    }
+}
+
 struct State {
+    durable: Option<Durable>,
     config: AggregatorConfig,
     rules: rules::RulesContext,
     /// Random per aggregator start: revisions compare only within one epoch.
@@ -474,6 +525,9 @@ impl State {
                 }
                 let _ = reply.send(found);
             }
+            Command::Remote { observations } => self.remote(observations),
+            Command::Restore { observations } => self.restore(observations),
+            Command::RemoteVantages { vantages } => self.remote_vantages(vantages),
             Command::Proxies { proxies } => {
                 self.rules.proxies = proxies;
                 let names: Vec<String> = self.vantages.keys().cloned().collect();
@@ -595,6 +649,39 @@ impl State {
             return;
         }
         let tx = tx.clone();
+        let instance = v.instance_id.clone();
+        let to_store = self.durable.is_some().then(|| {
+            observations
+                .iter()
+                .filter(|o| o.seq > v.seq.last)
+                .map(|o| NewObservation {
+                    vantage: name.to_owned(),
+                    instance_id: instance.clone(),
+                    observation: o.clone(),
+                })
+                .collect::<Vec<_>>()
+        });
+        let acked = self.apply(name, observations, false);
+        match (&self.durable, to_store) {
+            (Some(d), Some(batch)) if !batch.is_empty() => {
+                let receipt = d.writer.submit(batch);
+                // If the ack queue is full, a later cumulative ack covers this one.
+                let _ = d.acks.try_send((tx, acked, receipt));
+            }
+            _ => {
+                // Cumulative ack; if the session's queue is full a later ack covers this one.
+                let _ = tx.try_send(ack(acked));
+            }
+        }
+    }
+
+    /// Apply observations of `name` in sequence order, once each; returns the highest
+    /// sequence applied. `remote`: heard through the store, so the check need not be in this
+    /// replica's assignment of the vantage.
+    fn apply(&mut self, name: &str, observations: Vec<pb::Observation>, remote: bool) -> u64 {
+        let Some(v) = self.vantages.get_mut(name) else {
+            return 0;
+        };
         let mut dirty: u8 = 0;
         for obs in observations {
             if obs.seq <= v.seq.last {
@@ -611,30 +698,38 @@ impl State {
             v.seq.last = obs.seq;
             v.seq.applied += 1;
             self.stats.applied += 1;
-            match v.assigned.get(&obs.check_id) {
-                Some(section) if Section::from_pb(obs.section) == Some(*section) => {
-                    dirty |= 1 << (*section as u8);
-                    let key = (obs.check_id.clone(), obs.target.clone());
-                    if !v.observations.contains_key(&key)
-                        && v.observations
-                            .keys()
-                            .filter(|(c, _)| *c == obs.check_id)
-                            .count()
-                            >= MAX_TARGETS_PER_CHECK
-                    {
-                        // A check has at most this many targets (DERP nodes of a region).
-                        self.stats.rejected += 1;
-                        continue;
-                    }
-                    v.observations.insert(key, obs);
-                }
-                _ => {
-                    // Not (or no longer) assigned: counted as applied, kept nowhere.
-                    self.stats.rejected += 1;
-                }
+            let section = if remote {
+                Section::from_pb(obs.section)
+            } else {
+                v.assigned
+                    .get(&obs.check_id)
+                    .copied()
+                    .filter(|s| Section::from_pb(obs.section) == Some(*s))
+            };
+            let Some(section) = section else {
+                // Not (or no longer) assigned: counted as applied, kept nowhere.
+                self.stats.rejected += 1;
+                continue;
+            };
+            let key = (obs.check_id.clone(), obs.target.clone());
+            let full = if remote {
+                v.observations.len() >= MAX_REMOTE_OBSERVATIONS
+            } else {
+                v.observations
+                    .keys()
+                    .filter(|(c, _)| *c == obs.check_id)
+                    .count()
+                    >= MAX_TARGETS_PER_CHECK
+            };
+            if !v.observations.contains_key(&key) && full {
+                // A check has at most this many targets (DERP nodes of a region).
+                self.stats.rejected += 1;
+                continue;
             }
+            dirty |= 1 << (section as u8);
+            v.observations.insert(key, obs);
         }
-        let acked = v.seq.last;
+        let applied = v.seq.last;
         self.seen(name);
         for s in Section::ALL {
             if dirty & (1 << (s as u8)) != 0 {
@@ -642,8 +737,132 @@ impl State {
             }
         }
         self.bump();
-        // Cumulative ack; if the session's queue is full a later ack covers this one.
-        let _ = tx.try_send(ack(acked));
+        applied
+    }
+
+    /// A vantage this replica has not heard of: created without a session.
+    fn vantage_entry(&mut self, name: &str) -> &mut Vantage {
+        self.vantages
+            .entry(name.to_owned())
+            .or_insert_with(|| Vantage {
+                name: name.to_owned(),
+                region: String::new(),
+                version: String::new(),
+                labels: BTreeMap::new(),
+                instance_id: String::new(),
+                session: None,
+                last_seen: Instant::now(),
+                last_seen_at: None,
+                stale_since: None,
+                observations: HashMap::new(),
+                assigned: HashMap::new(),
+                sections: HashMap::new(),
+                alerts: HashMap::new(),
+                seq: SeqStats::default(),
+            })
+    }
+
+    fn remote(&mut self, observations: Vec<StoredObservation>) {
+        // Group per vantage, keeping the log order.
+        let mut by_vantage: Vec<(String, String, Vec<pb::Observation>)> = Vec::new();
+        for o in observations {
+            match by_vantage.last_mut() {
+                Some((v, i, list)) if *v == o.vantage && *i == o.instance_id => {
+                    list.push(o.observation)
+                }
+                _ => by_vantage.push((o.vantage, o.instance_id, vec![o.observation])),
+            }
+        }
+        for (name, instance, list) in by_vantage {
+            let v = self.vantage_entry(&name);
+            if v.session.is_some() && v.instance_id == instance {
+                // Our own probe's observations, echoed back by the log: already applied.
+                continue;
+            }
+            if v.instance_id != instance {
+                if v.session.is_some() {
+                    // Attached here with another instance: this replica's session is the truth.
+                    continue;
+                }
+                v.instance_id = instance;
+                v.seq = SeqStats::default();
+            }
+            self.apply(&name, list, true);
+        }
+    }
+
+    /// Put back what was stored, whatever its sequence (it was applied before the restart).
+    fn restore(&mut self, observations: Vec<StoredObservation>) {
+        let mut touched = BTreeSet::new();
+        for o in observations {
+            let v = self.vantage_entry(&o.vantage);
+            if v.instance_id.is_empty() {
+                v.instance_id = o.instance_id.clone();
+            }
+            if v.observations.len() < MAX_REMOTE_OBSERVATIONS
+                || v.observations
+                    .contains_key(&(o.observation.check_id.clone(), o.observation.target.clone()))
+            {
+                let key = (o.observation.check_id.clone(), o.observation.target.clone());
+                v.observations.insert(key, o.observation);
+                touched.insert(o.vantage);
+            }
+        }
+        for name in touched {
+            for s in Section::ALL {
+                self.recompute(&name, s);
+            }
+        }
+        self.reaggregate_all();
+        self.bump();
+    }
+
+    fn remote_vantages(&mut self, records: Vec<VantageRecord>) {
+        let mut changed = false;
+        let stale_after = self.config.stale_after;
+        for r in records {
+            let known = self.vantages.contains_key(&r.name);
+            let v = self.vantage_entry(&r.name);
+            if v.session.is_some() {
+                continue;
+            }
+            v.region = r.region;
+            v.version = r.version;
+            v.labels = r.labels;
+            if v.instance_id != r.instance_id {
+                v.instance_id = r.instance_id;
+                v.seq = SeqStats::default();
+            }
+            if r.applied_seq > v.seq.last {
+                v.seq.last = r.applied_seq;
+            }
+            let newer = r
+                .last_seen_at
+                .is_some_and(|t| v.last_seen_at.is_none_or(|mine| t > mine));
+            if newer {
+                v.last_seen_at = r.last_seen_at;
+                // Heard of recently elsewhere: as fresh as that.
+                let age = r.last_seen_at.map_or(Duration::ZERO, |t| {
+                    (Utc::now() - t).to_std().unwrap_or_default()
+                });
+                v.last_seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                if v.stale_since.is_some() && age < stale_after {
+                    v.stale_since = None;
+                    changed = true;
+                }
+            } else if !known {
+                // Known only from an old record: it starts out stale until it reports.
+                let age = r.last_seen_at.map_or(stale_after * 2, |t| {
+                    (Utc::now() - t).to_std().unwrap_or_default()
+                });
+                v.last_seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            }
+            changed |= !known;
+        }
+        if changed {
+            self.reaggregate_all();
+            self.bump();
+        }
     }
 
     /// Recompute one vantage's report of `section` from its observations, then the aggregate.

@@ -27,6 +27,8 @@ impl From<Stopped> for Status {
 pub struct App {
     pub agg: Aggregator,
     pub store: Arc<dyn Store>,
+    /// The write-behind queue of observations, when a database is configured.
+    pub writer: Option<crate::store::WriteBehind>,
     pub force_timeout: Duration,
     pub watchers: Arc<AtomicUsize>,
     /// Cancelled at shutdown: ends every watch stream.
@@ -342,6 +344,16 @@ impl pb::health_service_server::HealthService for HealthApi {
         request: Request<pb::ForgetVantageRequest>,
     ) -> Result<Response<pb::ForgetVantageResponse>, Status> {
         let name = request.into_inner().name;
+        if self.app.store.is_durable() {
+            self.app
+                .store
+                .forget_vantage(name.clone())
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "forgetting a vantage in the store");
+                    Status::unavailable("the vantage could not be forgotten in the store")
+                })?;
+        }
         if self.app.agg.forget(name.clone()).await? {
             Ok(Response::new(pb::ForgetVantageResponse {}))
         } else {

@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod aggregator;
 pub mod api;
+mod cluster;
 pub mod config;
 mod convert;
 pub mod derpmap;
@@ -77,13 +78,6 @@ pub async fn serve(
         }
         .into());
     }
-    if config.database_url.is_some() {
-        return Err(ConfigError {
-            field: "database_url".into(),
-            message: "the PostgreSQL store is not available in this build (run without --database-url for the in-memory store)".into(),
-        }
-        .into());
-    }
     let base = base_url(addr);
     let access_url = config
         .access_url
@@ -123,12 +117,34 @@ pub async fn serve(
         None => None,
     };
 
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let cancel_root = CancellationToken::new();
+    let (store, pg): (Arc<dyn Store>, Option<pg::PgStore>) = match &config.database_url {
+        Some(url) => {
+            let pg = pg::PgStore::connect(url, pg::PgOptions::default())
+                .await
+                .map_err(|e| ServeError::Start(e.to_string()))?;
+            (Arc::new(pg.clone()), Some(pg))
+        }
+        None => (Arc::new(MemoryStore::default()), None),
+    };
     let dismissed = store
         .load_dismissed()
         .await
         .map_err(|e| ServeError::Start(e.to_string()))?;
-    let registry = Arc::new(registry::Registry::in_memory());
+    let registry = Arc::new(match &pg {
+        Some(pg) => registry::Registry::open(Arc::new(pg.clone()))
+            .await
+            .map_err(|e| ServeError::Start(e.to_string()))?
+            // PostgreSQL keeps microseconds: so must the registry's clock.
+            .with_clock(Arc::new(|| {
+                use chrono::SubsecRound as _;
+                chrono::Utc::now().trunc_subsecs(6)
+            })),
+        None => registry::Registry::in_memory(),
+    });
+    let writer = pg
+        .as_ref()
+        .map(|_| store::WriteBehind::spawn(store.clone(), store::WriteBehindOptions::default()));
     registry
         .configure_proxies(config.workspace_proxies.iter().map(proxy_spec).collect())
         .await
@@ -141,7 +157,7 @@ pub async fn serve(
     if config.server_vantage {
         expected.push(Section::Database);
     }
-    let agg = Aggregator::spawn(
+    let agg = Aggregator::spawn_with(
         AggregatorConfig {
             quorum: config.quorum,
             stale_after: config.stale_after,
@@ -158,7 +174,32 @@ pub async fn serve(
             derp_has_nodes: map.has_derp_nodes(),
         },
         dismissed,
+        writer.clone(),
     );
+    if pg.is_some() {
+        // Put back what the store remembers, then follow what other replicas store.
+        let vantages = store
+            .load_vantages()
+            .await
+            .map_err(|e| ServeError::Start(e.to_string()))?;
+        let latest = store
+            .latest_observations()
+            .await
+            .map_err(|e| ServeError::Start(e.to_string()))?;
+        let last_id = latest.iter().map(|o| o.id).max().unwrap_or(0);
+        let _ = agg.send(Command::RemoteVantages { vantages }).await;
+        let _ = agg
+            .send(Command::Restore {
+                observations: latest,
+            })
+            .await;
+        tokio::spawn(cluster::follow_store(
+            store.clone(),
+            agg.clone(),
+            last_id,
+            cancel_root.clone(),
+        ));
+    }
     let (proxies_tx, proxies_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     let inventory = Arc::new(Inventory {
         access_url,
@@ -172,7 +213,7 @@ pub async fn serve(
         proxies_all_vantages: config.proxies_all_vantages,
         proxies: proxies_rx,
     });
-    let cancel = CancellationToken::new();
+    let cancel = cancel_root;
     tokio::spawn(follow_registry(
         registry.clone(),
         agg.clone(),
@@ -185,6 +226,7 @@ pub async fn serve(
     ));
     let app = App {
         agg: agg.clone(),
+        writer: writer.clone(),
         store,
         force_timeout: config.force_timeout,
         watchers: Arc::new(AtomicUsize::new(0)),
@@ -194,8 +236,11 @@ pub async fn serve(
     if config.server_vantage {
         let tls =
             vantage_probe::tls::client_config(&[]).map_err(|e| ServeError::Start(e.to_string()))?;
-        let ctx =
+        let mut ctx =
             CheckContext::new(tls).map_err(|e| ServeError::Start(format!("HTTP client: {e}")))?;
+        if let Some(pg) = &pg {
+            ctx.database = Some(Arc::new(pg.pinger()));
+        }
         tokio::spawn(own::run(
             agg.clone(),
             ctx,

@@ -667,10 +667,10 @@ impl Store for PgStore {
                 )));
             }
 
-            // The latest per (vantage, check): the last of each in this batch.
-            let mut latest: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+            // The latest per (vantage, check, target): the last of each in this batch.
+            let mut latest: BTreeMap<(&str, String), usize> = BTreeMap::new();
             for (i, o) in observations.iter().enumerate() {
-                latest.insert((&o.vantage, &o.observation.check_id), i);
+                latest.insert((&o.vantage, crate::store::latest_key(&o.observation)), i);
             }
             let mut l_vantages = Vec::with_capacity(latest.len());
             let mut l_checks = Vec::with_capacity(latest.len());
@@ -679,7 +679,7 @@ impl Store for PgStore {
             let mut l_bodies = Vec::with_capacity(latest.len());
             for ((v, check), i) in latest {
                 l_vantages.push(v.to_owned());
-                l_checks.push(check.to_owned());
+                l_checks.push(check);
                 l_ids.push(ids[i]);
                 l_instances.push(instances[i].clone());
                 l_bodies.push(bodies[i].clone());

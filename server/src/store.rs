@@ -187,6 +187,16 @@ pub trait Store: Send + Sync + 'static {
 const MEMORY_AUDIT: usize = AUDIT_PAGE;
 /// Most vantages the memory store keeps.
 pub const MEMORY_VANTAGES: usize = 10_000;
+/// The key of "the latest observation" within a vantage: the check and its target (a DERP
+/// region check has one target per node).
+pub fn latest_key(o: &pb::Observation) -> String {
+    if o.target.is_empty() {
+        o.check_id.clone()
+    } else {
+        format!("{}\u{1f}{}", o.check_id, o.target)
+    }
+}
+
 /// Most latest observations (vantage × check) the memory store keeps.
 pub const MEMORY_LATEST: usize = 100_000;
 /// Most log entries the memory store keeps (the oldest go first).
@@ -366,7 +376,7 @@ impl Store for MemoryStore {
             }
             let new_latest = observations
                 .iter()
-                .map(|o| (o.vantage.clone(), o.observation.check_id.clone()))
+                .map(|o| (o.vantage.clone(), latest_key(&o.observation)))
                 .filter(|k| !s.latest.contains_key(k))
                 .collect::<std::collections::BTreeSet<_>>()
                 .len();
@@ -395,7 +405,7 @@ impl Store for MemoryStore {
                 };
                 ids.push(stored.id);
                 s.latest.insert(
-                    (stored.vantage.clone(), stored.observation.check_id.clone()),
+                    (stored.vantage.clone(), latest_key(&stored.observation)),
                     stored.clone(),
                 );
                 if s.log.len() >= MEMORY_LOG {

@@ -172,3 +172,6 @@ pub async fn cli(args: &[&str]) -> std::process::Output {
     .expect("the CLI did not finish within 60s")
     .unwrap()
 }
+
+/// The benchmarks of BENCHMARKS.md (load generators, baselines, measurements).
+pub mod bench;

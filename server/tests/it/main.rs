@@ -278,6 +278,7 @@ async fn force_asks_every_session_and_waits_for_completion() {
 fn app(agg: &Aggregator) -> App {
     App {
         agg: agg.clone(),
+        writer: None,
         store: Arc::new(MemoryStore::default()),
         force_timeout: Duration::from_secs(30),
         watchers: Arc::new(AtomicUsize::new(0)),

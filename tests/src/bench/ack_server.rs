@@ -62,7 +62,11 @@ impl pb::probe_service_server::ProbeService for AckOnly {
             Some(pb::ProbeMessage {
                 msg: Some(Up::Hello(_)),
             }) => {}
-            _ => return Err(Status::invalid_argument("the first message must be a hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a hello",
+                ));
+            }
         }
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let welcome = pb::ServerMessage {

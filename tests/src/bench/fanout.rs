@@ -272,7 +272,11 @@ pub async fn run_one(w: usize, cfg: &FanoutConfig) -> anyhow::Result<FanoutRow> 
         .find(|v| v.name == "flipper")
         .context("the flipper vantage is missing")?;
     if v.gaps != 0 || v.duplicates != 0 {
-        bail!("ingestion anomalies: {} gaps, {} duplicates", v.gaps, v.duplicates);
+        bail!(
+            "ingestion anomalies: {} gaps, {} duplicates",
+            v.gaps,
+            v.duplicates
+        );
     }
     row.applied = v.applied;
     server.stop().await;
@@ -295,11 +299,7 @@ pub fn render(rows: &[FanoutRow], rate: f64) -> String {
                 r.watchers.to_string(),
                 format!("{rate:.0}"),
                 r.flips.to_string(),
-                format!(
-                    "{} / {}",
-                    r.receipts,
-                    r.flips * r.watchers as u64
-                ),
+                format!("{} / {}", r.receipts, r.flips * r.watchers as u64),
                 format!("{:.2}", r.p50_ms),
                 format!("{:.2}", r.p99_ms),
                 format!("{:.2}", r.max_ms),

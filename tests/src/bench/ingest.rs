@@ -100,14 +100,13 @@ pub async fn load(
     cfg: &IngestConfig,
 ) -> anyhow::Result<LoadFigures> {
     let chans = channels(url, n.div_ceil(cfg.streams_per_channel.max(1))).await?;
-    let attached: Vec<anyhow::Result<wire::Attached>> =
-        futures::stream::iter((0..n).map(|i| {
-            let ch = chans[i % chans.len()].clone();
-            async move { wire::attach(ch, &format!("bench-{i}"), 16).await }
-        }))
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let attached: Vec<anyhow::Result<wire::Attached>> = futures::stream::iter((0..n).map(|i| {
+        let ch = chans[i % chans.len()].clone();
+        async move { wire::attach(ch, &format!("bench-{i}"), 16).await }
+    }))
+    .buffer_unordered(64)
+    .collect()
+    .await;
     let counter = Arc::new(AtomicU64::new(0));
     let (go_tx, go_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -129,7 +128,8 @@ pub async fn load(
     );
     // A pump that ended early is an error of the run, not a slow probe.
     if let Some(r) = tasks.try_join_next() {
-        r.context("pump task")?.context("a simulated probe failed")?;
+        r.context("pump task")?
+            .context("a simulated probe failed")?;
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}

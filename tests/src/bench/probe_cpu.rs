@@ -225,7 +225,9 @@ async fn blackbox(cfg: &ProbeCpuConfig, t: &Target) -> anyhow::Result<CpuRow> {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .context("starting prometheus-blackbox-exporter (apt-get install prometheus-blackbox-exporter)")?;
+        .context(
+            "starting prometheus-blackbox-exporter (apt-get install prometheus-blackbox-exporter)",
+        )?;
     let pid = child.id().context("blackbox_exporter exited")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     let port = loop {

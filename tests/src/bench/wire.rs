@@ -198,11 +198,7 @@ pub async fn attach(channel: Channel, name: &str, queue: usize) -> anyhow::Resul
     grpc.ready().await.context("channel not ready")?;
     let path = http::uri::PathAndQuery::from_static("/vantage.v1.ProbeService/Attach");
     let mut down = grpc
-        .streaming(
-            tonic::Request::new(ReceiverStream::new(rx)),
-            path,
-            RawCodec,
-        )
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, RawCodec)
         .await
         .with_context(|| format!("attach {name}"))?
         .into_inner();
@@ -216,11 +212,7 @@ pub async fn attach(channel: Channel, name: &str, queue: usize) -> anyhow::Resul
         }) => w,
         other => bail!("{name}: expected a welcome, got {other:?}"),
     };
-    Ok(Attached {
-        up,
-        down,
-        welcome,
-    })
+    Ok(Attached { up, down, welcome })
 }
 
 #[cfg(test)]

@@ -388,6 +388,27 @@ async fn a_non_loopback_listener_needs_an_explicit_opt_out() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"soon\""));
+
+    // A broken DERP map is a startup error naming the problem.
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("map.json");
+    std::fs::write(&map, r#"{"Regions": {"7": {"RegionID": 8, "Nodes": []}}}"#).unwrap();
+    let out = tokio::process::Command::new(vantage_tests::bin("vantaged"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--derp-map",
+            map.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("derp_map") && err.contains("RegionID"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,125 @@
+//! Several `vantaged` replicas on one PostgreSQL act as one: each replica stores what its
+//! probes send (write-behind, acks after storing), follows the cluster-wide observation log
+//! (NOTIFY, plus a periodic re-read that survives missed notifications) and applies every
+//! other replica's observations once by per-instance sequence; it publishes its attached
+//! vantages (last seen, applied sequence) and picks up the others'; a settings change on one
+//! replica is reloaded by the others at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregator::{Aggregator, Command};
+use crate::store::{Notice, Store, VantageRecord};
+
+/// How often the log and the vantages are re-read even without a notification.
+const POLL: Duration = Duration::from_secs(1);
+/// How often this replica publishes its attached vantages.
+const PUBLISH: Duration = Duration::from_secs(2);
+/// Log rows read per round.
+const PAGE: usize = 2000;
+
+pub async fn follow_store(
+    store: Arc<dyn Store>,
+    agg: Aggregator,
+    mut last_id: i64,
+    cancel: CancellationToken,
+) {
+    let mut notices = store.listen();
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut publish = tokio::time::interval(PUBLISH);
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut reload_settings = false;
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            n = notices.recv() => match n {
+                Ok(Notice::Observations(id)) if id <= last_id => continue,
+                Ok(Notice::Observations(_) | Notice::Events(_)) => {}
+                Ok(Notice::Settings) => reload_settings = true,
+                Ok(Notice::Reconnected) | Err(RecvError::Lagged(_)) => reload_settings = true,
+                Err(RecvError::Closed) => notices = store.listen(),
+            },
+            _ = poll.tick() => {
+                match store.load_vantages().await {
+                    Ok(vantages) => {
+                        if agg.send(Command::RemoteVantages { vantages }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "reading vantages"),
+                }
+            }
+            _ = publish.tick() => {
+                publish_vantages(store.as_ref(), &agg).await;
+                continue;
+            }
+        }
+        if reload_settings {
+            match store.load_dismissed().await {
+                Ok(dismissed) => {
+                    if agg.settings(Some(dismissed)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reloading settings"),
+            }
+        }
+        // Catch up on the log.
+        loop {
+            match store.observations_after(last_id, PAGE).await {
+                Ok(rows) if rows.is_empty() => break,
+                Ok(rows) => {
+                    let n = rows.len();
+                    last_id = rows.last().map_or(last_id, |r| r.id);
+                    if agg
+                        .send(Command::Remote { observations: rows })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if n < PAGE {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the observation log");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Store the vantages attached to this replica (region, version, last seen), so other
+/// replicas list them as fresh.
+async fn publish_vantages(store: &dyn Store, agg: &Aggregator) {
+    let Ok(list) = agg.vantages().await else {
+        return;
+    };
+    let records: Vec<VantageRecord> = list
+        .into_iter()
+        .filter(|v| v.connected)
+        .map(|v| VantageRecord {
+            name: v.name,
+            region: v.region,
+            version: v.version,
+            labels: v.labels.into_iter().collect(),
+            instance_id: v.instance_id,
+            last_seen_at: vantage_proto::convert::from_timestamp(v.last_seen.as_ref()),
+            // What is *stored* advances with each append (in the same transaction); what is
+            // only applied here must not be announced as safe.
+            applied_seq: 0,
+        })
+        .collect();
+    if records.is_empty() {
+        return;
+    }
+    if let Err(e) = store.upsert_vantages(records).await {
+        tracing::debug!(error = %e, "publishing vantages");
+    }
+}

@@ -1,0 +1,42 @@
+//! Figure 1 of BENCHMARKS.md: ingestion throughput of `vantaged` against a bare acking tonic
+//! server, N = 1, 100, 1000 simulated probes.
+//!
+//! `target/release/bench_ingest [--probes 1,100,1000] [--seconds 5] [--warmup 1] [--window 4096]`
+#![allow(clippy::print_stdout)] // The figures are this binary's output.
+
+use std::time::Duration;
+
+use vantage_tests::bench::{self, ingest};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = bench::args();
+    let cfg = ingest::IngestConfig {
+        probes: bench::arg_list(&a, "probes", &[1, 100, 1000]),
+        warmup: Duration::from_secs_f64(bench::arg(&a, "warmup", 1.0)),
+        measure: Duration::from_secs_f64(bench::arg(&a, "seconds", 5.0)),
+        window: bench::arg(&a, "window", 4096),
+        streams_per_channel: bench::arg(&a, "streams-per-channel", 50),
+        ack_server: bench::sibling_bin("bench_ack_server")?,
+    };
+    println!(
+        "ingest: window {} observations, {} per message, {} streams per connection, {:?} measured after {:?}",
+        cfg.window,
+        bench::wire::BATCH,
+        cfg.streams_per_channel,
+        cfg.measure,
+        cfg.warmup
+    );
+    let rows = ingest::run(&cfg).await?;
+    println!("{}", ingest::render(&rows));
+    for r in &rows {
+        if r.probes == 1000 {
+            let verdict = if r.ratio() >= 0.5 { "PASS" } else { "MISS" };
+            println!(
+                "target ratio >= 0.5 at N = 1000: {:.3} {verdict}",
+                r.ratio()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! Figure 4 of BENCHMARKS.md: CPU seconds per 10 000 access-URL checks, `vantage-probe` beside
+//! `blackbox_exporter`, against one local HTTP target.
+//!
+//! `target/release/bench_probe_cpu [--checks 10000] [--concurrency 8] [--e2e-seconds 10]`
+//! (`--worker --url U --checks N --concurrency C` is the measured probe process.)
+#![allow(clippy::print_stdout)] // The figures are this binary's output.
+
+use std::time::Duration;
+
+use vantage_tests::bench::{self, probe_cpu};
+
+fn main() -> anyhow::Result<()> {
+    let a = bench::args();
+    let checks = bench::arg(&a, "checks", 10_000u64);
+    let concurrency = bench::arg(&a, "concurrency", 8usize).max(1);
+    if a.iter().any(|(k, _)| k == "worker") {
+        let url: String = bench::arg(&a, "url", String::new());
+        println!("{}", probe_cpu::worker_main(&url, checks, concurrency)?);
+        return Ok(());
+    }
+    let cfg = probe_cpu::ProbeCpuConfig {
+        checks,
+        concurrency,
+        worker: std::env::current_exe()?,
+        blackbox: !a.iter().any(|(k, _)| k == "no-blackbox"),
+        end_to_end: Duration::from_secs_f64(bench::arg(&a, "e2e-seconds", 10.0)),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let rows = runtime.block_on(probe_cpu::run(&cfg))?;
+    println!("{}", probe_cpu::render(&rows));
+    if let [probe, bb, ..] = rows.as_slice() {
+        let ratio = probe.per_10k() / bb.per_10k().max(f64::EPSILON);
+        println!(
+            "target <= 0.5 x blackbox_exporter's CPU per check: {ratio:.3} {}",
+            if ratio <= 0.5 { "PASS" } else { "MISS" }
+        );
+    }
+    Ok(())
+}
