@@ -48,6 +48,9 @@ pub struct AggregatorConfig {
     pub derp_regions: Vec<(i64, String)>,
     /// Whether the effective DERP map has a DERP-capable node (EDERP03 otherwise).
     pub derp_has_nodes: bool,
+    /// The revision epoch: shared by the replicas of one database; `None`: a random one (an
+    /// in-memory server's revisions mean nothing after it restarts).
+    pub epoch: Option<String>,
 }
 
 /// A message to the server side of one session (a probe's stream, or the own vantage).
@@ -144,6 +147,10 @@ pub enum Command {
     RemoteVantages {
         vantages: Vec<VantageRecord>,
     },
+    /// Events stored by any replica, in revision order: the watchers' feed in a cluster.
+    StoredEvents {
+        events: Vec<crate::store::StoredEvent>,
+    },
     /// The registry's workspace proxies changed.
     Proxies {
         proxies: Vec<vantage_probe::rules::workspace_proxy::ProxyInput>,
@@ -153,6 +160,8 @@ pub enum Command {
 /// Figures the aggregator keeps about itself, for `/metrics`.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
+    /// Events this replica could not queue for storage (the queue was full).
+    pub events_dropped: u64,
     pub applied: u64,
     pub duplicates: u64,
     pub rejected: u64,
@@ -184,20 +193,30 @@ impl Aggregator {
     pub fn spawn_with(
         config: AggregatorConfig,
         dismissed: Vec<Section>,
-        writer: Option<WriteBehind>,
+        durable: Option<(WriteBehind, Arc<dyn crate::store::Store>)>,
     ) -> Aggregator {
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let durable = writer.map(|writer| {
+        let durable = durable.map(|(writer, store)| {
             let (acks, pending) = mpsc::channel(ACK_QUEUE);
             tokio::spawn(ack_when_stored(pending));
-            Durable { writer, acks }
+            let (events, drafts) = mpsc::channel(EVENT_QUEUE);
+            tokio::spawn(store_events(store, drafts));
+            Durable {
+                writer,
+                acks,
+                events,
+            }
         });
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (stats_tx, stats) = watch::channel(Stats::default());
         let state = State {
             durable,
             rules: rules::RulesContext::default(),
-            epoch: uuid::Uuid::new_v4().to_string(),
+            epoch: config
+                .epoch
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            local_cause: true,
             history: VecDeque::with_capacity(config.history.min(4096)),
             config,
             vantages: BTreeMap::new(),
@@ -349,6 +368,8 @@ struct Vantage {
     sections: HashMap<Section, SectionReport>,
     alerts: HashMap<Section, Alert>,
     seq: SeqStats,
+    /// Its latest session was on this replica.
+    home: bool,
 }
 
 impl Vantage {
@@ -364,6 +385,39 @@ struct ForceRun {
 struct Durable {
     writer: WriteBehind,
     acks: mpsc::Sender<(SessionTx, u64, Receipt)>,
+    /// Events this replica caused, to store (their revisions come from the database; every
+    /// replica's watchers are fed from there, in revision order).
+    events: mpsc::Sender<Vec<u8>>,
+}
+
+/// Events waiting to be stored.
+const EVENT_QUEUE: usize = 16_384;
+
+/// Store events in batches, retrying while the database is away (bounded by the queue).
+async fn store_events(store: Arc<dyn crate::store::Store>, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut backoff = Duration::from_millis(50);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![crate::store::NewEvent { payload: first }];
+        while batch.len() < 500 {
+            match rx.try_recv() {
+                Ok(p) => batch.push(crate::store::NewEvent { payload: p }),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match store.append_events(batch.clone()).await {
+                Ok(_) => {
+                    backoff = Duration::from_millis(50);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, events = batch.len(), "storing events; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
 }
 
 /// Acks waiting for their observations to be stored, in order (the writer stores in order).
@@ -378,6 +432,9 @@ async fn ack_when_stored(mut pending: mpsc::Receiver<(SessionTx, u64, Receipt)>)
 
 struct State {
     durable: Option<Durable>,
+    /// Whether what is being handled was caused here (a local probe, a local session, this
+    /// replica's clock): only such events are stored, so each is stored once.
+    local_cause: bool,
     config: AggregatorConfig,
     rules: rules::RulesContext,
     /// Random per aggregator start: revisions compare only within one epoch.
@@ -525,9 +582,22 @@ impl State {
                 }
                 let _ = reply.send(found);
             }
-            Command::Remote { observations } => self.remote(observations),
-            Command::Restore { observations } => self.restore(observations),
-            Command::RemoteVantages { vantages } => self.remote_vantages(vantages),
+            Command::Remote { observations } => {
+                self.local_cause = false;
+                self.remote(observations);
+                self.local_cause = true;
+            }
+            Command::Restore { observations } => {
+                self.local_cause = false;
+                self.restore(observations);
+                self.local_cause = true;
+            }
+            Command::RemoteVantages { vantages } => {
+                self.local_cause = false;
+                self.remote_vantages(vantages);
+                self.local_cause = true;
+            }
+            Command::StoredEvents { events } => self.stored_events(events),
             Command::Proxies { proxies } => {
                 self.rules.proxies = proxies;
                 let names: Vec<String> = self.vantages.keys().cloned().collect();
@@ -577,7 +647,9 @@ impl State {
                 sections: HashMap::new(),
                 alerts: HashMap::new(),
                 seq: SeqStats::default(),
+                home: true,
             });
+        v.home = true;
         if v.instance_id != hello.instance_id {
             // A new process: its sequence numbers start afresh.
             v.instance_id = hello.instance_id.clone();
@@ -759,6 +831,7 @@ impl State {
                 sections: HashMap::new(),
                 alerts: HashMap::new(),
                 seq: SeqStats::default(),
+                home: false,
             })
     }
 
@@ -786,6 +859,8 @@ impl State {
                 }
                 v.instance_id = instance;
                 v.seq = SeqStats::default();
+                // Its probe now reports through another replica.
+                v.home = false;
             }
             self.apply(&name, list, true);
         }
@@ -978,8 +1053,13 @@ impl State {
                 forget.push(v.name.clone());
             }
         }
+        // Stored once: by the replica the vantage was attached to.
+        self.local_cause = newly_stale
+            .iter()
+            .any(|n| self.vantages.get(n).is_some_and(|v| v.home));
         for name in &newly_stale {
             tracing::warn!(vantage = %name, "vantage is stale");
+            self.local_cause = self.vantages.get(name).is_some_and(|v| v.home);
             self.vantage_event(name, "stale");
         }
         for name in &forget {
@@ -988,9 +1068,13 @@ impl State {
             self.vantage_event(name, "forgotten");
         }
         if !newly_stale.is_empty() || !forget.is_empty() {
+            self.local_cause = newly_stale
+                .iter()
+                .any(|n| self.vantages.get(n).is_some_and(|v| v.home));
             self.reaggregate_all();
             self.bump();
         }
+        self.local_cause = true;
     }
 
     fn force(&mut self) -> watch::Receiver<BTreeSet<String>> {
@@ -1057,8 +1141,27 @@ impl State {
     }
 
     fn push_event(&mut self, event: pb::watch_event::Event) {
-        self.revision += 1;
         self.cached = None;
+        if let Some(d) = &self.durable {
+            // In a cluster the database numbers events: store what this replica caused; every
+            // replica's watchers get it back from there (`stored_events`).
+            if self.local_cause {
+                let draft = pb::WatchEvent {
+                    revision: 0,
+                    epoch: String::new(),
+                    time: Some(convert::timestamp(Utc::now())),
+                    event: Some(event),
+                };
+                if d.events
+                    .try_send(prost::Message::encode_to_vec(&draft))
+                    .is_err()
+                {
+                    self.stats.events_dropped += 1;
+                }
+            }
+            return;
+        }
+        self.revision += 1;
         let ev = Arc::new(pb::WatchEvent {
             revision: self.revision,
             epoch: self.epoch.clone(),
@@ -1072,6 +1175,30 @@ impl State {
         self.stats.events += 1;
         // Never waits: a lagging subscriber finds out on its next receive.
         let _ = self.events.send(ev);
+    }
+
+    /// Events from the database, in revision order: into the history and to the watchers.
+    fn stored_events(&mut self, events: Vec<crate::store::StoredEvent>) {
+        for (revision, payload) in events {
+            if revision <= self.revision {
+                continue;
+            }
+            let Ok(mut ev) = <pb::WatchEvent as prost::Message>::decode(payload.as_slice()) else {
+                tracing::warn!(revision, "skipping an undecodable stored event");
+                continue;
+            };
+            ev.revision = revision;
+            ev.epoch.clone_from(&self.epoch);
+            self.revision = revision;
+            let ev = Arc::new(ev);
+            if self.history.len() == self.config.history {
+                self.history.pop_front();
+            }
+            self.history.push_back(ev.clone());
+            self.stats.events += 1;
+            let _ = self.events.send(ev);
+        }
+        self.cached = None;
     }
 
     fn section_event(

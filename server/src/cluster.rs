@@ -25,6 +25,7 @@ pub async fn follow_store(
     store: Arc<dyn Store>,
     agg: Aggregator,
     mut last_id: i64,
+    mut last_revision: u64,
     cancel: CancellationToken,
 ) {
     let mut notices = store.listen();
@@ -38,6 +39,7 @@ pub async fn follow_store(
             () = cancel.cancelled() => return,
             n = notices.recv() => match n {
                 Ok(Notice::Observations(id)) if id <= last_id => continue,
+                Ok(Notice::Events(rev)) if rev <= last_revision => continue,
                 Ok(Notice::Observations(_) | Notice::Events(_)) => {}
                 Ok(Notice::Settings) => reload_settings = true,
                 Ok(Notice::Reconnected) | Err(RecvError::Lagged(_)) => reload_settings = true,
@@ -68,7 +70,30 @@ pub async fn follow_store(
                 Err(e) => tracing::warn!(error = %e, "reloading settings"),
             }
         }
-        // Catch up on the log.
+        // Catch up on the events (the watchers' feed), then on the observation log.
+        loop {
+            match store.events_after(last_revision, PAGE).await {
+                Ok(rows) if rows.is_empty() => break,
+                Ok(rows) => {
+                    let n = rows.len();
+                    last_revision = rows.last().map_or(last_revision, |r| r.0);
+                    if agg
+                        .send(Command::StoredEvents { events: rows })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if n < PAGE {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading events");
+                    break;
+                }
+            }
+        }
         loop {
             match store.observations_after(last_id, PAGE).await {
                 Ok(rows) if rows.is_empty() => break,

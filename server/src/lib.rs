@@ -145,6 +145,14 @@ pub async fn serve(
     let writer = pg
         .as_ref()
         .map(|_| store::WriteBehind::spawn(store.clone(), store::WriteBehindOptions::default()));
+    let epoch = match &pg {
+        Some(pg) => Some(
+            pg.cluster_id()
+                .await
+                .map_err(|e| ServeError::Start(e.to_string()))?,
+        ),
+        None => None,
+    };
     registry
         .configure_proxies(config.workspace_proxies.iter().map(proxy_spec).collect())
         .await
@@ -172,9 +180,10 @@ pub async fn serve(
                 .map(|r| (r.id, r.name.clone()))
                 .collect(),
             derp_has_nodes: map.has_derp_nodes(),
+            epoch,
         },
         dismissed,
-        writer.clone(),
+        writer.clone().map(|w| (w, store.clone())),
     );
     if pg.is_some() {
         // Put back what the store remembers, then follow what other replicas store.
@@ -193,10 +202,18 @@ pub async fn serve(
                 observations: latest,
             })
             .await;
+        // The recent event history, so `Watch` resumes across restarts and replicas.
+        let newest = store
+            .latest_event_revision()
+            .await
+            .map_err(|e| ServeError::Start(e.to_string()))?
+            .unwrap_or(0);
+        let from = newest.saturating_sub(config.history as u64);
         tokio::spawn(cluster::follow_store(
             store.clone(),
             agg.clone(),
             last_id,
+            from,
             cancel_root.clone(),
         ));
     }

@@ -371,6 +371,21 @@ impl PgStore {
         .await
     }
 
+    /// Identifies the database cluster-wide (PostgreSQL's system identifier and the database
+    /// name): the epoch of the revisions every replica on it shares.
+    pub async fn cluster_id(&self) -> Result<String, StoreError> {
+        self.run("reading the cluster id", |c| async move {
+            let row = c
+                .query_one(
+                    "SELECT system_identifier::text || '/' || current_database() FROM pg_control_system()",
+                    &[],
+                )
+                .await?;
+            Ok(row.get::<_, String>(0))
+        })
+        .await
+    }
+
     /// Run `f` with a pooled connection, bounded by the query timeout; errors say `what`.
     async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
     where

@@ -29,6 +29,7 @@ fn config() -> AggregatorConfig {
         expected: vec![Section::AccessUrl],
         derp_regions: vec![],
         derp_has_nodes: true,
+        epoch: None,
     }
 }
 
