@@ -41,7 +41,7 @@ pub fn aggregate(
     let representative = reports
         .iter()
         .filter(|(_, r)| r.severity() == agreed)
-        .min_by_key(|(name, _)| (*name != crate::config::SERVER_VANTAGE, *name))
+        .min_by_key(|(name, _)| (!crate::config::is_server_vantage(name), *name))
         .or_else(|| reports.iter().min_by_key(|(_, r)| r.severity()))
         .map(|(_, r)| (*r).clone());
     let Some(mut out) = representative else {
@@ -126,7 +126,7 @@ fn agreed(sevs: &[Severity], quorum: usize) -> Severity {
 
 /// Prefer the server's own vantage, then the first by name.
 fn preference(name: &str) -> (bool, &str) {
-    (name != crate::config::SERVER_VANTAGE, name)
+    (!crate::config::is_server_vantage(name), name)
 }
 
 fn value_severity(v: &serde_json::Value) -> Severity {

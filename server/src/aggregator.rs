@@ -193,15 +193,16 @@ impl Aggregator {
     pub fn spawn_with(
         config: AggregatorConfig,
         dismissed: Vec<Section>,
-        durable: Option<(WriteBehind, Arc<dyn crate::store::Store>)>,
+        durable: Option<DurableParts>,
     ) -> Aggregator {
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let durable = durable.map(|(writer, store)| {
+        let durable = durable.map(|(writer, store, db_ok)| {
             let (acks, pending) = mpsc::channel(ACK_QUEUE);
             tokio::spawn(ack_when_stored(pending));
             let (events, drafts) = mpsc::channel(EVENT_QUEUE);
-            tokio::spawn(store_events(store, drafts));
+            tokio::spawn(store_events(store, drafts, db_ok.clone()));
             Durable {
+                db_ok,
                 writer,
                 acks,
                 events,
@@ -217,6 +218,8 @@ impl Aggregator {
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             local_cause: true,
+            degraded: None,
+            db_revision: 0,
             history: VecDeque::with_capacity(config.history.min(4096)),
             config,
             vantages: BTreeMap::new(),
@@ -383,6 +386,9 @@ struct ForceRun {
 }
 
 struct Durable {
+    /// Whether the database is answering (kept by the store follower and the event writer):
+    /// while it is not, events are delivered from memory under a provisional epoch.
+    db_ok: Arc<std::sync::atomic::AtomicBool>,
     writer: WriteBehind,
     acks: mpsc::Sender<(SessionTx, u64, Receipt)>,
     /// Events this replica caused, to store (their revisions come from the database; every
@@ -390,11 +396,23 @@ struct Durable {
     events: mpsc::Sender<Vec<u8>>,
 }
 
+/// What a durable aggregator needs: the observation writer, the store (for events) and the
+/// database-health flag.
+pub type DurableParts = (
+    WriteBehind,
+    Arc<dyn crate::store::Store>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
 /// Events waiting to be stored.
 const EVENT_QUEUE: usize = 16_384;
 
 /// Store events in batches, retrying while the database is away (bounded by the queue).
-async fn store_events(store: Arc<dyn crate::store::Store>, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn store_events(
+    store: Arc<dyn crate::store::Store>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    db_ok: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(50);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![crate::store::NewEvent { payload: first }];
@@ -411,6 +429,7 @@ async fn store_events(store: Arc<dyn crate::store::Store>, mut rx: mpsc::Receive
                     break;
                 }
                 Err(e) => {
+                    db_ok.store(false, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, events = batch.len(), "storing events; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -435,6 +454,10 @@ struct State {
     /// Whether what is being handled was caused here (a local probe, a local session, this
     /// replica's clock): only such events are stored, so each is stored once.
     local_cause: bool,
+    /// While the database is away: the provisional epoch of events delivered from memory.
+    degraded: Option<String>,
+    /// The last revision received from the database.
+    db_revision: u64,
     config: AggregatorConfig,
     rules: rules::RulesContext,
     /// Random per aggregator start: revisions compare only within one epoch.
@@ -546,7 +569,7 @@ impl State {
                 epoch,
                 reply,
             } => {
-                let since = if epoch.is_empty() || epoch == self.epoch {
+                let since = if epoch.is_empty() || epoch == self.current_epoch() {
                     since
                 } else {
                     u64::MAX
@@ -1150,7 +1173,7 @@ impl State {
                     revision: 0,
                     epoch: String::new(),
                     time: Some(convert::timestamp(Utc::now())),
-                    event: Some(event),
+                    event: Some(event.clone()),
                 };
                 if d.events
                     .try_send(prost::Message::encode_to_vec(&draft))
@@ -1159,12 +1182,20 @@ impl State {
                     self.stats.events_dropped += 1;
                 }
             }
-            return;
+            if d.db_ok.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            // The database is away: watchers keep getting changes from memory, under a
+            // provisional epoch (they resync when the database's feed resumes).
+            if self.degraded.is_none() {
+                tracing::warn!("the database is unreachable: delivering events from memory");
+                self.degraded = Some(format!("degraded-{}", uuid::Uuid::new_v4()));
+            }
         }
         self.revision += 1;
         let ev = Arc::new(pb::WatchEvent {
             revision: self.revision,
-            epoch: self.epoch.clone(),
+            epoch: self.current_epoch().to_owned(),
             time: Some(convert::timestamp(Utc::now())),
             event: Some(event),
         });
@@ -1179,10 +1210,15 @@ impl State {
 
     /// Events from the database, in revision order: into the history and to the watchers.
     fn stored_events(&mut self, events: Vec<crate::store::StoredEvent>) {
+        if !events.is_empty() && self.degraded.take().is_some() {
+            tracing::info!("the database is back: events come from it again");
+            self.revision = self.db_revision;
+        }
         for (revision, payload) in events {
-            if revision <= self.revision {
+            if revision <= self.db_revision {
                 continue;
             }
+            self.db_revision = revision;
             let Ok(mut ev) = <pb::WatchEvent as prost::Message>::decode(payload.as_slice()) else {
                 tracing::warn!(revision, "skipping an undecodable stored event");
                 continue;
@@ -1199,6 +1235,11 @@ impl State {
             let _ = self.events.send(ev);
         }
         self.cached = None;
+    }
+
+    /// The epoch revisions currently belong to.
+    fn current_epoch(&self) -> &str {
+        self.degraded.as_deref().unwrap_or(&self.epoch)
     }
 
     fn section_event(
@@ -1260,7 +1301,7 @@ impl State {
         }
         let report = self.build_report();
         let mut pb_report = crate::convert::report_pb(&report);
-        pb_report.epoch = self.epoch.clone();
+        pb_report.epoch = self.current_epoch().to_owned();
         let pair = (Arc::new(report), Arc::new(pb_report));
         self.cached = Some(pair.clone());
         pair

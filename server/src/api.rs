@@ -182,6 +182,8 @@ struct WatchState {
     sub: Subscription,
     queue: VecDeque<pb::WatchEvent>,
     last: u64,
+    /// The epoch `last` belongs to; an event of another epoch means a resync.
+    epoch: String,
     filter: Filter,
     cancel: tokio_util::sync::CancellationToken,
     _guard: WatcherGuard,
@@ -200,6 +202,7 @@ pub fn watch_stream(
         agg: app.agg.clone(),
         queue: VecDeque::new(),
         last: since,
+        epoch: String::new(),
         filter,
         cancel: app.cancel.clone(),
         _guard: WatcherGuard(app.watchers.clone()),
@@ -211,7 +214,11 @@ pub fn watch_stream(
     };
     if let Some((resync, report)) = sub.snapshot {
         state.last = report.revision;
+        state.epoch.clone_from(&report.epoch);
         state.queue.push_back(snapshot_event(resync, report));
+    }
+    if let Some(first) = sub.backlog.first() {
+        state.epoch.clone_from(&first.epoch);
     }
     for ev in sub.backlog {
         if ev.revision > state.last {
@@ -231,7 +238,23 @@ pub fn watch_stream(
                 r = st.sub.events.recv() => r,
             };
             match received {
+                Ok(ev) if !st.epoch.is_empty() && ev.epoch != st.epoch => {
+                    // The revision sequence changed under us (the database went away or came
+                    // back): start over from a fresh snapshot.
+                    let Ok(sub) = st.agg.subscribe(0, "").await else {
+                        return None;
+                    };
+                    st.sub.events = sub.events;
+                    if let Some((_, report)) = sub.snapshot {
+                        st.last = report.revision;
+                        st.epoch.clone_from(&report.epoch);
+                        st.queue.push_back(snapshot_event(true, report));
+                    }
+                }
                 Ok(ev) => {
+                    if st.epoch.is_empty() {
+                        st.epoch.clone_from(&ev.epoch);
+                    }
                     if ev.revision <= st.last {
                         continue;
                     }
@@ -248,6 +271,7 @@ pub fn watch_stream(
                     st.sub.events = sub.events;
                     if let Some((_, report)) = sub.snapshot {
                         st.last = report.revision;
+                        st.epoch.clone_from(&report.epoch);
                         st.queue.push_back(snapshot_event(true, report));
                     }
                 }

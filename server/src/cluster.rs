@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,7 @@ pub async fn follow_store(
     agg: Aggregator,
     mut last_id: i64,
     mut last_revision: u64,
+    db_ok: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
     let mut notices = store.listen();
@@ -48,11 +51,15 @@ pub async fn follow_store(
             _ = poll.tick() => {
                 match store.load_vantages().await {
                     Ok(vantages) => {
+                        db_ok.store(true, Ordering::Relaxed);
                         if agg.send(Command::RemoteVantages { vantages }).await.is_err() {
                             return;
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "reading vantages"),
+                    Err(e) => {
+                        db_ok.store(false, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "reading vantages");
+                    }
                 }
             }
             _ = publish.tick() => {

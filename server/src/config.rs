@@ -16,8 +16,17 @@ pub const DEFAULT_DATABASE_THRESHOLD: Duration = Duration::from_millis(15);
 pub const DEFAULT_FORCE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DERP_NODE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_PROVISIONER_STALE_AFTER: Duration = Duration::from_secs(90);
-/// The name of the server's own vantage.
+/// The name of the server's own vantage (replicas sharing a database name theirs
+/// `server-<something>` with `--server-vantage-name`).
 pub const SERVER_VANTAGE: &str = "server";
+
+/// Whether `name` is a server's own vantage (`server` or `server-…`).
+pub fn is_server_vantage(name: &str) -> bool {
+    name == SERVER_VANTAGE
+        || name
+            .strip_prefix(SERVER_VANTAGE)
+            .is_some_and(|rest| rest.starts_with('-'))
+}
 
 /// A configuration error: names the field, the value and what was expected. Exit status 64.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +129,9 @@ pub struct Flags {
     /// A provisioner daemon without a heartbeat for this long is stale.
     #[arg(long, env = "VANTAGE_PROVISIONER_STALE_AFTER", value_parser = parse_duration)]
     pub provisioner_stale_after: Option<Duration>,
+    /// The name of this server's own vantage: `server`, or `server-<name>` to tell replicas apart.
+    #[arg(long, env = "VANTAGE_SERVER_VANTAGE_NAME")]
+    pub server_vantage_name: Option<String>,
     /// Do not run the server's own vantage (access URL and websocket from the server).
     #[arg(long, env = "VANTAGE_NO_SERVER_VANTAGE")]
     pub no_server_vantage: bool,
@@ -148,6 +160,7 @@ struct FileConfig {
     history: Option<usize>,
     server_vantage: Option<bool>,
     force_timeout: Option<String>,
+    server_vantage_name: Option<String>,
     derp_map: Option<String>,
     embedded_relay: Option<bool>,
     stun_listen: Option<String>,
@@ -204,6 +217,7 @@ pub struct Config {
     pub history: usize,
     pub server_vantage: bool,
     pub force_timeout: Duration,
+    pub server_vantage_name: String,
     pub derp_map: Option<String>,
     pub embedded_relay: bool,
     pub stun_listen: Option<SocketAddr>,
@@ -234,6 +248,7 @@ impl Default for Config {
             history: DEFAULT_HISTORY,
             server_vantage: true,
             force_timeout: DEFAULT_FORCE_TIMEOUT,
+            server_vantage_name: SERVER_VANTAGE.to_owned(),
             derp_map: None,
             embedded_relay: true,
             stun_listen: None,
@@ -303,6 +318,10 @@ impl Config {
                 .force_timeout
                 .or(file_duration("force_timeout", file.force_timeout)?)
                 .unwrap_or(d.force_timeout),
+            server_vantage_name: flags
+                .server_vantage_name
+                .or(file.server_vantage_name)
+                .unwrap_or(d.server_vantage_name),
             derp_map: flags.derp_map.or(file.derp_map),
             embedded_relay: !flags.no_embedded_relay && file.embedded_relay.unwrap_or(true),
             stun_listen: flags
@@ -379,6 +398,15 @@ impl Config {
                     "0 is not allowed (expected at least 1)",
                 ));
             }
+        }
+        if !is_server_vantage(&self.server_vantage_name) {
+            return Err(ConfigError::new(
+                "server_vantage_name",
+                format!(
+                    "{:?} must be \"server\" or start with \"server-\"",
+                    self.server_vantage_name
+                ),
+            ));
         }
         if self.derp_node_timeout.is_zero() || self.derp_node_timeout > Duration::from_secs(30) {
             return Err(ConfigError::new(

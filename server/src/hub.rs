@@ -62,9 +62,10 @@ fn valid_name(field: &str, value: &str, allow_empty: bool) -> Result<(), Status>
 fn validate_hello(h: &pb::Hello) -> Result<(), Status> {
     valid_name("name", &h.name, false)?;
     valid_name("region", &h.region, true)?;
-    if h.name == SERVER_VANTAGE {
+    if crate::config::is_server_vantage(&h.name) {
         return Err(Status::invalid_argument(format!(
-            "hello.name: {SERVER_VANTAGE:?} is reserved for the server's own vantage"
+            "hello.name: {:?}: \"{SERVER_VANTAGE}\" and \"{SERVER_VANTAGE}-...\" are reserved for the servers' own vantages",
+            h.name
         )));
     }
     if h.labels.len() > 32 || h.labels.iter().any(|(k, v)| k.len() > 64 || v.len() > 256) {

@@ -10,8 +10,6 @@ use tokio::sync::watch;
 use vantage_proto::pb::check::Target;
 use vantage_proto::{Section, convert, pb};
 
-use crate::config::SERVER_VANTAGE;
-
 /// A workspace proxy as assignments need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyTarget {
@@ -68,7 +66,7 @@ impl Inventory {
 
     /// The assignment of the vantage `name` in `region`.
     pub fn assignment_for(&self, name: &str, region: &str) -> pb::Assignment {
-        let is_server = name == SERVER_VANTAGE;
+        let is_server = crate::config::is_server_vantage(name);
         let mut checks = vec![
             self.check(
                 "access_url".into(),
@@ -154,6 +152,7 @@ pub fn check_ids(a: &pb::Assignment) -> Vec<(String, Section)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SERVER_VANTAGE;
 
     fn inv(proxies: Vec<ProxyTarget>) -> (Inventory, watch::Sender<Arc<Vec<ProxyTarget>>>) {
         let (tx, rx) = watch::channel(Arc::new(proxies));

@@ -145,6 +145,7 @@ pub async fn serve(
     let writer = pg
         .as_ref()
         .map(|_| store::WriteBehind::spawn(store.clone(), store::WriteBehindOptions::default()));
+    let db_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let epoch = match &pg {
         Some(pg) => Some(
             pg.cluster_id()
@@ -183,7 +184,7 @@ pub async fn serve(
             epoch,
         },
         dismissed,
-        writer.clone().map(|w| (w, store.clone())),
+        writer.clone().map(|w| (w, store.clone(), db_ok.clone())),
     );
     if pg.is_some() {
         // Put back what the store remembers, then follow what other replicas store.
@@ -214,6 +215,7 @@ pub async fn serve(
             agg.clone(),
             last_id,
             from,
+            db_ok.clone(),
             cancel_root.clone(),
         ));
     }
@@ -262,6 +264,7 @@ pub async fn serve(
             agg.clone(),
             ctx,
             inventory.clone(),
+            config.server_vantage_name.clone(),
             "server".to_owned(),
         ));
     }

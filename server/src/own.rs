@@ -12,14 +12,19 @@ use vantage_proto::pb;
 use vantage_proto::pb::server_message::Msg as Down;
 
 use crate::aggregator::{Aggregator, Command};
-use crate::config::SERVER_VANTAGE;
 use crate::inventory::{self, Inventory};
 
 /// Run the own vantage until the aggregator stops.
-pub async fn run(agg: Aggregator, ctx: CheckContext, inventory: Arc<Inventory>, region: String) {
+pub async fn run(
+    agg: Aggregator,
+    ctx: CheckContext,
+    inventory: Arc<Inventory>,
+    name: String,
+    region: String,
+) {
     let (tx, mut rx) = mpsc::channel(64);
     let hello = pb::Hello {
-        name: SERVER_VANTAGE.to_owned(),
+        name: name.clone(),
         region: region.clone(),
         version: vantage_probe::VERSION.to_owned(),
         instance_id: uuid::Uuid::new_v4().to_string(),
@@ -28,8 +33,7 @@ pub async fn run(agg: Aggregator, ctx: CheckContext, inventory: Arc<Inventory>, 
     let Ok(attached) = agg.attach(hello, tx).await else {
         return;
     };
-    let assignment = inventory.assignment_for(SERVER_VANTAGE, &region);
-    let name = SERVER_VANTAGE.to_owned();
+    let assignment = inventory.assignment_for(&name, &region);
     if agg
         .send(Command::Assigned {
             name: name.clone(),
@@ -66,7 +70,7 @@ pub async fn run(agg: Aggregator, ctx: CheckContext, inventory: Arc<Inventory>, 
                 None => return,
             },
             Ok(()) = proxies.changed() => {
-                let a = inventory.assignment_for(SERVER_VANTAGE, &region);
+                let a = inventory.assignment_for(&name, &region);
                 if a.generation == generation {
                     continue;
                 }
