@@ -147,6 +147,10 @@ pub enum Command {
     RemoteVantages {
         vantages: Vec<VantageRecord>,
     },
+    /// The database stopped (or resumed) answering.
+    DatabaseState {
+        ok: bool,
+    },
     /// Events stored by any replica, in revision order: the watchers' feed in a cluster.
     StoredEvents {
         events: Vec<crate::store::StoredEvent>,
@@ -621,6 +625,22 @@ impl State {
                 self.local_cause = true;
             }
             Command::StoredEvents { events } => self.stored_events(events),
+            Command::DatabaseState { ok } => {
+                if let Some(d) = &self.durable {
+                    d.db_ok.store(ok, std::sync::atomic::Ordering::Relaxed);
+                    if !ok && self.degraded.is_none() {
+                        tracing::warn!(
+                            "the database is unreachable: delivering events from memory"
+                        );
+                        self.degraded = Some(format!("degraded-{}", uuid::Uuid::new_v4()));
+                        // A marker in the new epoch: every watcher resyncs to the current state
+                        // (which may already hold changes the database never got).
+                        self.local_cause = false;
+                        self.vantage_event("", "database-unreachable");
+                        self.local_cause = true;
+                    }
+                }
+            }
             Command::Proxies { proxies } => {
                 self.rules.proxies = proxies;
                 let names: Vec<String> = self.vantages.keys().cloned().collect();
@@ -641,8 +661,12 @@ impl State {
         }
     }
 
+    /// Something changed. In memory every change is a revision; in a cluster revisions come
+    /// only from the database's event log (unless it is away and events come from memory).
     fn bump(&mut self) {
-        self.revision += 1;
+        if self.durable.is_none() || self.degraded.is_some() {
+            self.revision += 1;
+        }
         self.changed_at = Utc::now();
         self.cached = None;
     }

@@ -51,14 +51,18 @@ pub async fn follow_store(
             _ = poll.tick() => {
                 match store.load_vantages().await {
                     Ok(vantages) => {
-                        db_ok.store(true, Ordering::Relaxed);
+                        if !db_ok.load(Ordering::Relaxed) && agg.send(Command::DatabaseState { ok: true }).await.is_err() {
+                            return;
+                        }
                         if agg.send(Command::RemoteVantages { vantages }).await.is_err() {
                             return;
                         }
                     }
                     Err(e) => {
-                        db_ok.store(false, Ordering::Relaxed);
                         tracing::debug!(error = %e, "reading vantages");
+                        if agg.send(Command::DatabaseState { ok: false }).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }

@@ -222,12 +222,15 @@ async fn metrics(State(app): State<App>) -> Response {
         return unavailable();
     };
     let vantages = app.agg.vantages().await.unwrap_or_default();
-    let body = crate::metrics::render(
+    let mut body = crate::metrics::render(
         &report,
         &vantages,
         &app.agg.stats(),
         app.watchers.load(std::sync::atomic::Ordering::Relaxed),
     );
+    if let Some(w) = &app.writer {
+        crate::metrics::render_writer(&mut body, w);
+    }
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -147,8 +147,40 @@ pub fn render(
     let _ = writeln!(o, "# HELP vantage_watchers Open Watch subscriptions.");
     let _ = writeln!(o, "# TYPE vantage_watchers gauge");
     let _ = writeln!(o, "vantage_watchers {watchers}");
+    let _ = writeln!(
+        o,
+        "# HELP vantage_events_dropped_total Events that could not be queued for storage."
+    );
+    let _ = writeln!(o, "# TYPE vantage_events_dropped_total counter");
+    let _ = writeln!(o, "vantage_events_dropped_total {}", stats.events_dropped);
     let _ = writeln!(o, "# HELP vantage_revision Current aggregator revision.");
     let _ = writeln!(o, "# TYPE vantage_revision counter");
     let _ = writeln!(o, "vantage_revision {}", stats.revision);
     o
+}
+
+/// The write-behind queue's figures (with a database).
+pub fn render_writer(o: &mut String, w: &crate::store::WriteBehind) {
+    let _ = writeln!(
+        o,
+        "# HELP vantage_store_writes_queued Observations waiting to be stored."
+    );
+    let _ = writeln!(o, "# TYPE vantage_store_writes_queued gauge");
+    let _ = writeln!(o, "vantage_store_writes_queued {}", w.queued());
+    let _ = writeln!(
+        o,
+        "# HELP vantage_store_writes_dropped_total Observations the full queue dropped before they were stored."
+    );
+    let _ = writeln!(o, "# TYPE vantage_store_writes_dropped_total counter");
+    let _ = writeln!(o, "vantage_store_writes_dropped_total {}", w.dropped());
+    let _ = writeln!(
+        o,
+        "# HELP vantage_store_write_failures_total Failed attempts to store a batch (retried)."
+    );
+    let _ = writeln!(o, "# TYPE vantage_store_write_failures_total counter");
+    let _ = writeln!(
+        o,
+        "vantage_store_write_failures_total {}",
+        w.failed_writes()
+    );
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod peers;
+pub mod pg;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -83,10 +83,15 @@ async fn subscribe(channel: Channel) -> anyhow::Result<tonic::Streaming<pb::Watc
             sections: vec![pb::Section::AccessUrl as i32],
             ..Default::default()
         })
-        .await?
+        .await
+        .map_err(|s| anyhow::anyhow!("watch: {:?} {}", s.code(), s.message()))?
         .into_inner();
     // The snapshot comes first.
-    match stream.message().await? {
+    let first = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("first watch event: {:?} {}", s.code(), s.message()))?;
+    match first {
         Some(pb::WatchEvent {
             event: Some(Event::Snapshot(_)),
             ..
@@ -110,7 +115,9 @@ async fn watcher(
     while k < flips {
         let ev = match tokio::time::timeout_at(deadline, stream.message()).await {
             Err(_) => break,
-            Ok(r) => r?.context("the watch stream ended")?,
+            Ok(r) => r
+                .map_err(|s| anyhow::anyhow!("watch stream: {:?} {}", s.code(), s.message()))?
+                .context("the watch stream ended")?,
         };
         if let Some(Event::Snapshot(s)) = &ev.event {
             out.resynced |= s.resync;
@@ -215,7 +222,11 @@ pub async fn run_one(w: usize, cfg: &FanoutConfig) -> anyhow::Result<FanoutRow> 
     let chans = channels(&server.url, w.div_ceil(cfg.streams_per_channel.max(1))).await?;
     let mut streams = Vec::with_capacity(w);
     for i in 0..w {
-        streams.push(subscribe(chans[i % chans.len()].clone()).await?);
+        streams.push(
+            subscribe(chans[i % chans.len()].clone())
+                .await
+                .with_context(|| format!("subscriber {i}"))?,
+        );
     }
     // The subscriber that never reads, on its own connection.
     let stalled_ch = channels(&server.url, 1).await?;

@@ -29,6 +29,8 @@ pub struct MemoryRow {
     pub rss_empty_kib: u64,
     pub rss_probes_kib: u64,
     pub rss_watchers_kib: u64,
+    /// Encoded size of the report each new watcher gets as its snapshot (with the probes).
+    pub snapshot_bytes: usize,
 }
 
 impl MemoryRow {
@@ -68,6 +70,12 @@ pub async fn run(cfg: &MemoryConfig) -> anyhow::Result<MemoryRow> {
         .context("attaching idle probes")?;
     tokio::time::sleep(cfg.settle).await;
     row.rss_probes_kib = proc_status_kib(pid, "VmRSS")?;
+    let report = pb::health_service_client::HealthServiceClient::connect(server.url.clone())
+        .await?
+        .get_report(pb::GetReportRequest { force: false })
+        .await?
+        .into_inner();
+    row.snapshot_bytes = prost::Message::encoded_len(&report);
 
     let wchans = channels(&server.url, cfg.watchers.div_ceil(per)).await?;
     let mut readers = JoinSet::new();
@@ -105,6 +113,7 @@ pub fn render(rows: &[MemoryRow]) -> String {
                 format!("{} (+{} watchers)", r.rss_watchers_kib, r.watchers),
                 format!("{:.1}", r.per_probe_kib()),
                 format!("{:.1}", r.per_watcher_kib()),
+                format!("{:.1}", r.snapshot_bytes as f64 / 1024.0),
             ]
         })
         .collect();
@@ -116,6 +125,7 @@ pub fn render(rows: &[MemoryRow]) -> String {
             "RSS with watchers KiB",
             "KiB per idle probe",
             "KiB per watcher",
+            "snapshot KiB",
         ],
         &body,
     )

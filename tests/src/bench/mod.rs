@@ -89,7 +89,7 @@ pub async fn start_vantaged(extra: &[&str]) -> anyhow::Result<ChildProc> {
         "--no-server-vantage",
         "--no-embedded-relay",
     ]);
-    if !extra.iter().any(|a| *a == "--interval") {
+    if !extra.contains(&"--interval") {
         cmd.args(["--interval", "1h"]);
     }
     cmd.args(extra)

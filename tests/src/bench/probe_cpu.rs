@@ -24,7 +24,7 @@ use anyhow::{Context as _, bail};
 use tokio::process::Command;
 use tokio::task::JoinSet;
 
-use super::{ChildProc, cpu_seconds, sibling_bin, start_vantaged};
+use super::{cpu_seconds, sibling_bin, start_vantaged};
 
 #[derive(Debug, Clone)]
 pub struct ProbeCpuConfig {
@@ -353,10 +353,6 @@ pub async fn run(cfg: &ProbeCpuConfig) -> anyhow::Result<Vec<CpuRow>> {
     }
     Ok(rows)
 }
-
-/// Keep the child type used (the e2e row owns its processes directly).
-#[allow(dead_code)]
-fn _assert_child(_: &ChildProc) {}
 
 pub fn render(rows: &[CpuRow]) -> String {
     let body: Vec<Vec<String>> = rows

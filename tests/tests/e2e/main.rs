@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod backbone;
+mod cluster;
 mod contract;
 mod derp;
 mod page;
