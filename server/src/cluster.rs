@@ -20,11 +20,23 @@ use crate::store::{Notice, Store, VantageRecord};
 const POLL: Duration = Duration::from_secs(1);
 /// How often this replica publishes its attached vantages.
 const PUBLISH: Duration = Duration::from_secs(2);
+/// How often the log and the events are pruned to their retention.
+const PRUNE: Duration = Duration::from_secs(60);
+
+/// How much of the observation log and of the event history the database keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub observations: usize,
+    pub events: usize,
+}
+
 /// Log rows read per round.
 const PAGE: usize = 2000;
 
 pub async fn follow_store(
     store: Arc<dyn Store>,
+    registry: Arc<crate::registry::Registry>,
+    retention: Retention,
     agg: Aggregator,
     mut last_id: i64,
     mut last_revision: u64,
@@ -34,6 +46,8 @@ pub async fn follow_store(
     let mut notices = store.listen();
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prune = tokio::time::interval(PRUNE);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut publish = tokio::time::interval(PUBLISH);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -68,6 +82,19 @@ pub async fn follow_store(
             }
             _ = publish.tick() => {
                 publish_vantages(store.as_ref(), &agg).await;
+                if let Err(e) = registry.reload().await {
+                    tracing::debug!(error = %e, "reloading the registry");
+                }
+                continue;
+            }
+            _ = prune.tick() => {
+                // Retention: the log and the event history are bounded in the database too.
+                if let Err(e) = store.prune_observation_log(retention.observations).await {
+                    tracing::debug!(error = %e, "pruning the observation log");
+                }
+                if let Err(e) = store.prune_events(retention.events).await {
+                    tracing::debug!(error = %e, "pruning events");
+                }
                 continue;
             }
         }

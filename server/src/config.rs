@@ -14,6 +14,8 @@ pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_HISTORY: usize = 10_000;
 pub const DEFAULT_DATABASE_THRESHOLD: Duration = Duration::from_millis(15);
 pub const DEFAULT_FORCE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_EVENT_RETENTION: usize = 100_000;
+pub const DEFAULT_OBSERVATION_RETENTION: usize = 100_000;
 pub const DEFAULT_DERP_NODE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_PROVISIONER_STALE_AFTER: Duration = Duration::from_secs(90);
 /// The name of the server's own vantage (replicas sharing a database name theirs
@@ -129,6 +131,12 @@ pub struct Flags {
     /// A provisioner daemon without a heartbeat for this long is stale.
     #[arg(long, env = "VANTAGE_PROVISIONER_STALE_AFTER", value_parser = parse_duration)]
     pub provisioner_stale_after: Option<Duration>,
+    /// Events the database keeps for `Watch` resume.
+    #[arg(long, env = "VANTAGE_EVENT_RETENTION")]
+    pub event_retention: Option<usize>,
+    /// Rows of the observation log the database keeps.
+    #[arg(long, env = "VANTAGE_OBSERVATION_RETENTION")]
+    pub observation_retention: Option<usize>,
     /// The name of this server's own vantage: `server`, or `server-<name>` to tell replicas apart.
     #[arg(long, env = "VANTAGE_SERVER_VANTAGE_NAME")]
     pub server_vantage_name: Option<String>,
@@ -161,6 +169,8 @@ struct FileConfig {
     server_vantage: Option<bool>,
     force_timeout: Option<String>,
     server_vantage_name: Option<String>,
+    event_retention: Option<usize>,
+    observation_retention: Option<usize>,
     derp_map: Option<String>,
     embedded_relay: Option<bool>,
     stun_listen: Option<String>,
@@ -218,6 +228,8 @@ pub struct Config {
     pub server_vantage: bool,
     pub force_timeout: Duration,
     pub server_vantage_name: String,
+    pub event_retention: usize,
+    pub observation_retention: usize,
     pub derp_map: Option<String>,
     pub embedded_relay: bool,
     pub stun_listen: Option<SocketAddr>,
@@ -249,6 +261,8 @@ impl Default for Config {
             server_vantage: true,
             force_timeout: DEFAULT_FORCE_TIMEOUT,
             server_vantage_name: SERVER_VANTAGE.to_owned(),
+            event_retention: DEFAULT_EVENT_RETENTION,
+            observation_retention: DEFAULT_OBSERVATION_RETENTION,
             derp_map: None,
             embedded_relay: true,
             stun_listen: None,
@@ -322,6 +336,14 @@ impl Config {
                 .server_vantage_name
                 .or(file.server_vantage_name)
                 .unwrap_or(d.server_vantage_name),
+            event_retention: flags
+                .event_retention
+                .or(file.event_retention)
+                .unwrap_or(d.event_retention),
+            observation_retention: flags
+                .observation_retention
+                .or(file.observation_retention)
+                .unwrap_or(d.observation_retention),
             derp_map: flags.derp_map.or(file.derp_map),
             embedded_relay: !flags.no_embedded_relay && file.embedded_relay.unwrap_or(true),
             stun_listen: flags

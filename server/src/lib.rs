@@ -212,6 +212,11 @@ pub async fn serve(
         let from = newest.saturating_sub(config.history as u64);
         tokio::spawn(cluster::follow_store(
             store.clone(),
+            registry.clone(),
+            cluster::Retention {
+                observations: config.observation_retention,
+                events: config.event_retention,
+            },
             agg.clone(),
             last_id,
             from,

@@ -527,6 +527,45 @@ impl Registry {
         }
     }
 
+    /// Re-read the store (another replica may have changed it): entries it holds replace
+    /// ours when they are newer; entries it no longer holds are dropped. Configured proxies
+    /// stay as configured.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let snapshot = self.store.load_registry().await?;
+        let changed = {
+            let mut state = self.state.write().await;
+            let mut next = State::default();
+            for d in snapshot.daemons {
+                let keep = match state.daemons.get(&d.name) {
+                    Some(mine) if mine.last_seen_at > d.last_seen_at => mine.clone(),
+                    _ => d,
+                };
+                next.daemons.insert(keep.name.clone(), keep);
+            }
+            for p in snapshot.proxies {
+                let keep = match state.proxies.get(&p.name) {
+                    Some(mine) if mine.updated_at > p.updated_at => mine.clone(),
+                    _ => p,
+                };
+                next.proxies.insert(keep.name.clone(), keep);
+            }
+            for (name, p) in &state.proxies {
+                if p.source == ProxySource::Config && !next.proxies.contains_key(name) {
+                    next.proxies.insert(name.clone(), p.clone());
+                }
+            }
+            let changed = next.daemons != state.daemons || next.proxies != state.proxies;
+            if changed {
+                *state = next;
+            }
+            changed
+        };
+        if changed {
+            self.changed();
+        }
+        Ok(())
+    }
+
     /// A receiver that changes whenever the registry does.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()

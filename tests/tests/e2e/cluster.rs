@@ -139,6 +139,31 @@ async fn two_replicas_serve_one_aggregate_and_one_event_history() {
         (b.report().await["websocket"]["dismissed"] == true).then_some(())
     })
     .await;
+
+    // The registries are shared: a daemon announced to A shows on B.
+    let out = vantage_tests::cli(&[
+        "--server",
+        &a.url,
+        "provisioner",
+        "heartbeat",
+        "--name",
+        "d1",
+        "--version",
+        "v0.1.0",
+        "--api-version",
+        "1.9",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(Duration::from_secs(10), "the daemon on B", || async {
+        let r = b.report().await;
+        (r["provisioner_daemons"]["items"][0]["provisioner_daemon"]["name"] == "d1").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
