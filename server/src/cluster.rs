@@ -33,16 +33,32 @@ pub struct Retention {
 /// Log rows read per round.
 const PAGE: usize = 2000;
 
-pub async fn follow_store(
-    store: Arc<dyn Store>,
-    registry: Arc<crate::registry::Registry>,
-    retention: Retention,
-    agg: Aggregator,
-    mut last_id: i64,
-    mut last_revision: u64,
-    db_ok: Arc<AtomicBool>,
-    cancel: CancellationToken,
-) {
+/// What a replica follows, and where it starts.
+pub struct Follower {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<crate::registry::Registry>,
+    pub retention: Retention,
+    pub agg: Aggregator,
+    /// The last observation-log id already applied.
+    pub last_id: i64,
+    /// The last event revision already delivered.
+    pub last_revision: u64,
+    /// Whether the database answers (shared with the aggregator).
+    pub db_ok: Arc<AtomicBool>,
+    pub cancel: CancellationToken,
+}
+
+pub async fn follow_store(f: Follower) {
+    let Follower {
+        store,
+        registry,
+        retention,
+        agg,
+        mut last_id,
+        mut last_revision,
+        db_ok,
+        cancel,
+    } = f;
     let mut notices = store.listen();
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -210,19 +210,19 @@ pub async fn serve(
             .map_err(|e| ServeError::Start(e.to_string()))?
             .unwrap_or(0);
         let from = newest.saturating_sub(config.history as u64);
-        tokio::spawn(cluster::follow_store(
-            store.clone(),
-            registry.clone(),
-            cluster::Retention {
+        tokio::spawn(cluster::follow_store(cluster::Follower {
+            store: store.clone(),
+            registry: registry.clone(),
+            retention: cluster::Retention {
                 observations: config.observation_retention,
                 events: config.event_retention,
             },
-            agg.clone(),
+            agg: agg.clone(),
             last_id,
-            from,
-            db_ok.clone(),
-            cancel_root.clone(),
-        ));
+            last_revision: from,
+            db_ok: db_ok.clone(),
+            cancel: cancel_root.clone(),
+        }));
     }
     let (proxies_tx, proxies_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     let inventory = Arc::new(Inventory {

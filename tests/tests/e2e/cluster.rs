@@ -99,10 +99,11 @@ async fn two_replicas_serve_one_aggregate_and_one_event_history() {
             ev.revision
         );
         last = ev.revision;
-        if let Some(pb::watch_event::Event::VantageChange(c)) = &ev.event {
-            if c.vantage == "syd-1" && c.change == "attached" {
-                break ev;
-            }
+        if let Some(pb::watch_event::Event::VantageChange(c)) = &ev.event
+            && c.vantage == "syd-1"
+            && c.change == "attached"
+        {
+            break ev;
         }
     };
     // The same revision, in the same epoch, on the other replica: resume there from just before.
