@@ -999,6 +999,13 @@ impl State {
                 .filter(|o| Section::from_pb(o.section) == Some(section)),
             &self.rules,
         );
+        // The common case on the ingest path: the same result again. Nothing to re-aggregate
+        // and no alert to advance (unless one is waiting for consecutive evaluations).
+        let pending = v.alerts.get(&section).is_some_and(|a| a.count > 0)
+            || self.aggregates.get(&section).is_some_and(|a| a.1.count > 0);
+        if !pending && report.is_some() && report.as_ref() == v.sections.get(&section) {
+            return;
+        }
         let (raise, clear) = (self.config.raise_after, self.config.clear_after);
         let change = match &report {
             Some(r) => {
