@@ -31,6 +31,8 @@ pub struct MemoryRow {
     pub rss_watchers_kib: u64,
     /// Encoded size of the report each new watcher gets as its snapshot (with the probes).
     pub snapshot_bytes: usize,
+    /// Of which the report's `json` field (the same report again, as Coder's JSON).
+    pub snapshot_json_bytes: usize,
 }
 
 impl MemoryRow {
@@ -76,6 +78,7 @@ pub async fn run(cfg: &MemoryConfig) -> anyhow::Result<MemoryRow> {
         .await?
         .into_inner();
     row.snapshot_bytes = prost::Message::encoded_len(&report);
+    row.snapshot_json_bytes = report.json.len();
 
     let wchans = channels(&server.url, cfg.watchers.div_ceil(per)).await?;
     let mut readers = JoinSet::new();
@@ -113,7 +116,11 @@ pub fn render(rows: &[MemoryRow]) -> String {
                 format!("{} (+{} watchers)", r.rss_watchers_kib, r.watchers),
                 format!("{:.1}", r.per_probe_kib()),
                 format!("{:.1}", r.per_watcher_kib()),
-                format!("{:.1}", r.snapshot_bytes as f64 / 1024.0),
+                format!(
+                    "{:.1} ({:.1} of it `json`)",
+                    r.snapshot_bytes as f64 / 1024.0,
+                    r.snapshot_json_bytes as f64 / 1024.0
+                ),
             ]
         })
         .collect();

@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let rows = runtime.block_on(probe_cpu::run(&cfg))?;
     println!("{}", probe_cpu::render(&rows));
-    if let [probe, bb, ..] = rows.as_slice() {
+    if let ([probe, bb, ..], true) = (rows.as_slice(), cfg.blackbox) {
         let ratio = probe.per_10k() / bb.per_10k().max(f64::EPSILON);
         println!(
             "target <= 0.5 x blackbox_exporter's CPU per check: {ratio:.3} {}",
