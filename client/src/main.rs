@@ -171,6 +171,7 @@ fn usage(msg: &str) -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     // Validate arguments before touching the network.
     let watch_req = if let Command::Watch {
+        json,
         sections,
         min_severity,
         vantages,
@@ -199,6 +200,8 @@ async fn run(cli: Cli) -> ExitCode {
             vantages: vantages.clone(),
             since_revision: *since,
             since_epoch: String::new(),
+            // NDJSON snapshots print the report's JSON.
+            include_json: *json,
         })
     } else {
         None

@@ -48,6 +48,9 @@ pub struct AggregatorConfig {
     pub derp_regions: Vec<(i64, String)>,
     /// Whether the effective DERP map has a DERP-capable node (EDERP03 otherwise).
     pub derp_has_nodes: bool,
+    /// Run the aggregator on a thread of its own (production: no watcher or probe stream can
+    /// starve ingestion); tests keep it on their runtime (and its paused clock).
+    pub dedicated_thread: bool,
     /// The revision epoch: shared by the replicas of one database; `None`: a random one (an
     /// in-memory server's revisions mean nothing after it restarts).
     pub epoch: Option<String>,
@@ -240,7 +243,26 @@ impl Aggregator {
             stats: Stats::default(),
             stats_tx,
         };
-        tokio::spawn(state.run(rx));
+        if state.config.dedicated_thread {
+            let handle = tokio::runtime::Handle::current();
+            let spawned = std::thread::Builder::new()
+                .name("vantage-aggregator".into())
+                .spawn(move || {
+                    // A single-threaded runtime of its own; its timers and I/O are this thread's.
+                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt.block_on(state.run(rx)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "aggregator runtime; running on the shared one");
+                            handle.spawn(state.run(rx));
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start the aggregator thread");
+            }
+        } else {
+            tokio::spawn(state.run(rx));
+        }
         Aggregator { tx, stats }
     }
 

@@ -105,6 +105,8 @@ pub struct Filter {
     pub sections: Vec<Section>,
     pub min_severity: Option<Severity>,
     pub vantages: Vec<String>,
+    /// Snapshots carry the report's whole JSON.
+    pub include_json: bool,
 }
 
 impl Filter {
@@ -127,6 +129,7 @@ impl Filter {
             sections,
             min_severity,
             vantages: r.vantages.clone(),
+            include_json: r.include_json,
         })
     }
 
@@ -156,14 +159,32 @@ impl Filter {
     }
 }
 
-fn snapshot_event(resync: bool, report: Arc<pb::Report>) -> pb::WatchEvent {
+/// A snapshot event; the report's whole JSON only when asked for (it is most of its size).
+fn snapshot_event(resync: bool, report: Arc<pb::Report>, include_json: bool) -> pb::WatchEvent {
+    let r = &*report;
+    let copy = pb::Report {
+        revision: r.revision,
+        time: r.time,
+        healthy: r.healthy,
+        severity: r.severity,
+        sections: r.sections.clone(),
+        vantages: r.vantages.clone(),
+        vantages_severity: r.vantages_severity,
+        vantages_warnings: r.vantages_warnings.clone(),
+        json: if include_json {
+            r.json.clone()
+        } else {
+            String::new()
+        },
+        epoch: r.epoch.clone(),
+    };
     pb::WatchEvent {
-        revision: report.revision,
-        epoch: report.epoch.clone(),
-        time: report.time,
+        revision: r.revision,
+        epoch: r.epoch.clone(),
+        time: r.time,
         event: Some(pb::watch_event::Event::Snapshot(pb::Snapshot {
             resync,
-            report: Some((*report).clone()),
+            report: Some(copy),
         })),
     }
 }
@@ -184,6 +205,7 @@ struct WatchState {
     last: u64,
     /// The epoch `last` belongs to; an event of another epoch means a resync.
     epoch: String,
+    include_json: bool,
     filter: Filter,
     cancel: tokio_util::sync::CancellationToken,
     _guard: WatcherGuard,
@@ -203,6 +225,7 @@ pub fn watch_stream(
         queue: VecDeque::new(),
         last: since,
         epoch: String::new(),
+        include_json: filter.include_json,
         filter,
         cancel: app.cancel.clone(),
         _guard: WatcherGuard(app.watchers.clone()),
@@ -215,7 +238,9 @@ pub fn watch_stream(
     if let Some((resync, report)) = sub.snapshot {
         state.last = report.revision;
         state.epoch.clone_from(&report.epoch);
-        state.queue.push_back(snapshot_event(resync, report));
+        state
+            .queue
+            .push_back(snapshot_event(resync, report, state.include_json));
     }
     if let Some(first) = sub.backlog.first() {
         state.epoch.clone_from(&first.epoch);
@@ -248,7 +273,8 @@ pub fn watch_stream(
                     if let Some((_, report)) = sub.snapshot {
                         st.last = report.revision;
                         st.epoch.clone_from(&report.epoch);
-                        st.queue.push_back(snapshot_event(true, report));
+                        st.queue
+                            .push_back(snapshot_event(true, report, st.include_json));
                     }
                 }
                 Ok(ev) => {
@@ -272,7 +298,8 @@ pub fn watch_stream(
                     if let Some((_, report)) = sub.snapshot {
                         st.last = report.revision;
                         st.epoch.clone_from(&report.epoch);
-                        st.queue.push_back(snapshot_event(true, report));
+                        st.queue
+                            .push_back(snapshot_event(true, report, st.include_json));
                     }
                 }
                 Err(RecvError::Closed) => return None,

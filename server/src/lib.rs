@@ -182,6 +182,7 @@ pub async fn serve(
                 .collect(),
             derp_has_nodes: map.has_derp_nodes(),
             epoch,
+            dedicated_thread: true,
         },
         dismissed,
         writer.clone().map(|w| (w, store.clone(), db_ok.clone())),

@@ -30,6 +30,7 @@ fn config() -> AggregatorConfig {
         derp_regions: vec![],
         derp_has_nodes: true,
         epoch: None,
+        dedicated_thread: false,
     }
 }
 
