@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rustc_hash::FxHashMap;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
@@ -381,6 +382,51 @@ impl Alert {
     }
 }
 
+/// The latest observation of each check and target of one vantage. Keyed check → target so
+/// that replacing an observation (the ingest path's common case) allocates no key.
+#[derive(Default)]
+struct Latest {
+    by_check: FxHashMap<String, FxHashMap<String, pb::Observation>>,
+    len: usize,
+}
+
+impl Latest {
+    /// Keep `obs` as the latest of its check and target; `false` when that would exceed
+    /// `limit` in all or `per_check` targets of its check.
+    fn put(&mut self, obs: pb::Observation, limit: usize, per_check: usize) -> bool {
+        if let Some(targets) = self.by_check.get_mut(obs.check_id.as_str()) {
+            if let Some(slot) = targets.get_mut(obs.target.as_str()) {
+                *slot = obs;
+                return true;
+            }
+            if targets.len() >= per_check || self.len >= limit {
+                return false;
+            }
+            targets.insert(obs.target.clone(), obs);
+            self.len += 1;
+            return true;
+        }
+        if self.len >= limit {
+            return false;
+        }
+        let mut targets = FxHashMap::default();
+        let check = obs.check_id.clone();
+        targets.insert(obs.target.clone(), obs);
+        self.by_check.insert(check, targets);
+        self.len += 1;
+        true
+    }
+
+    fn values(&self) -> impl Iterator<Item = &pb::Observation> {
+        self.by_check.values().flat_map(FxHashMap::values)
+    }
+
+    fn retain_checks(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.by_check.retain(|check, _| keep(check));
+        self.len = self.by_check.values().map(FxHashMap::len).sum();
+    }
+}
+
 struct Vantage {
     name: String,
     region: String,
@@ -392,8 +438,8 @@ struct Vantage {
     last_seen_at: Option<DateTime<Utc>>,
     stale_since: Option<DateTime<Utc>>,
     /// Latest observation per assigned check and target.
-    observations: HashMap<(String, String), pb::Observation>,
-    assigned: HashMap<String, Section>,
+    observations: Latest,
+    assigned: FxHashMap<String, Section>,
     sections: HashMap<Section, SectionReport>,
     alerts: HashMap<Section, Alert>,
     seq: SeqStats,
@@ -569,8 +615,7 @@ impl State {
                 if let Some(v) = self.vantages.get_mut(&name) {
                     v.assigned = check_ids.into_iter().collect();
                     let assigned = &v.assigned;
-                    v.observations
-                        .retain(|(id, _), _| assigned.contains_key(id));
+                    v.observations.retain_checks(|id| assigned.contains_key(id));
                     let sections: Vec<Section> = Section::ALL.into_iter().collect();
                     for s in sections {
                         self.recompute(&name, s);
@@ -711,8 +756,8 @@ impl State {
                 last_seen: now,
                 last_seen_at: None,
                 stale_since: None,
-                observations: HashMap::new(),
-                assigned: HashMap::new(),
+                observations: Latest::default(),
+                assigned: FxHashMap::default(),
                 sections: HashMap::new(),
                 alerts: HashMap::new(),
                 seq: SeqStats::default(),
@@ -852,23 +897,17 @@ impl State {
                 self.stats.rejected += 1;
                 continue;
             };
-            let key = (obs.check_id.clone(), obs.target.clone());
-            let full = if remote {
-                v.observations.len() >= MAX_REMOTE_OBSERVATIONS
+            let (limit, per_check) = if remote {
+                (MAX_REMOTE_OBSERVATIONS, MAX_REMOTE_OBSERVATIONS)
             } else {
-                v.observations
-                    .keys()
-                    .filter(|(c, _)| *c == obs.check_id)
-                    .count()
-                    >= MAX_TARGETS_PER_CHECK
+                (MAX_REMOTE_OBSERVATIONS, MAX_TARGETS_PER_CHECK)
             };
-            if !v.observations.contains_key(&key) && full {
-                // A check has at most this many targets (DERP nodes of a region).
+            if !v.observations.put(obs, limit, per_check) {
+                // A check has at most so many targets (DERP nodes of a region).
                 self.stats.rejected += 1;
                 continue;
             }
             dirty |= 1 << (section as u8);
-            v.observations.insert(key, obs);
         }
         let applied = v.seq.last;
         self.seen(name);
@@ -895,8 +934,8 @@ impl State {
                 last_seen: Instant::now(),
                 last_seen_at: None,
                 stale_since: None,
-                observations: HashMap::new(),
-                assigned: HashMap::new(),
+                observations: Latest::default(),
+                assigned: FxHashMap::default(),
                 sections: HashMap::new(),
                 alerts: HashMap::new(),
                 seq: SeqStats::default(),
@@ -943,12 +982,11 @@ impl State {
             if v.instance_id.is_empty() {
                 v.instance_id = o.instance_id.clone();
             }
-            if v.observations.len() < MAX_REMOTE_OBSERVATIONS
-                || v.observations
-                    .contains_key(&(o.observation.check_id.clone(), o.observation.target.clone()))
-            {
-                let key = (o.observation.check_id.clone(), o.observation.target.clone());
-                v.observations.insert(key, o.observation);
+            if v.observations.put(
+                o.observation,
+                MAX_REMOTE_OBSERVATIONS,
+                MAX_REMOTE_OBSERVATIONS,
+            ) {
                 touched.insert(o.vantage);
             }
         }

@@ -3,6 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// mimalloc: the ingest path allocates on the stream tasks and frees on the aggregator's
+/// thread, which glibc's allocator handles poorly (BENCHMARKS.md, ingestion).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use vantage_server::config::{Config, Flags};
 use vantage_server::{ServeError, serve};
 
