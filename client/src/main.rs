@@ -202,6 +202,7 @@ async fn run(cli: Cli) -> ExitCode {
             since_epoch: String::new(),
             // NDJSON snapshots print the report's JSON.
             include_json: *json,
+            include_vantages: *json,
         })
     } else {
         None

@@ -107,6 +107,8 @@ pub struct Filter {
     pub vantages: Vec<String>,
     /// Snapshots carry the report's whole JSON.
     pub include_json: bool,
+    /// Snapshots carry every vantage's reports and the vantage list.
+    pub include_vantages: bool,
 }
 
 impl Filter {
@@ -130,6 +132,7 @@ impl Filter {
             min_severity,
             vantages: r.vantages.clone(),
             include_json: r.include_json,
+            include_vantages: r.include_vantages,
         })
     }
 
@@ -160,15 +163,35 @@ impl Filter {
 }
 
 /// A snapshot event; the report's whole JSON only when asked for (it is most of its size).
-fn snapshot_event(resync: bool, report: Arc<pb::Report>, include_json: bool) -> pb::WatchEvent {
+fn snapshot_event(resync: bool, report: Arc<pb::Report>, filter: &Filter) -> pb::WatchEvent {
     let r = &*report;
+    let include_json = filter.include_json;
+    let sections = if filter.include_vantages {
+        r.sections.clone()
+    } else {
+        r.sections
+            .iter()
+            .map(|s| pb::SectionReport {
+                section: s.section,
+                severity: s.severity,
+                error: s.error.clone(),
+                warnings: s.warnings.clone(),
+                dismissed: s.dismissed,
+                vantage_reports: Vec::new(),
+            })
+            .collect()
+    };
     let copy = pb::Report {
         revision: r.revision,
         time: r.time,
         healthy: r.healthy,
         severity: r.severity,
-        sections: r.sections.clone(),
-        vantages: r.vantages.clone(),
+        sections,
+        vantages: if filter.include_vantages {
+            r.vantages.clone()
+        } else {
+            Vec::new()
+        },
         vantages_severity: r.vantages_severity,
         vantages_warnings: r.vantages_warnings.clone(),
         json: if include_json {
@@ -205,7 +228,6 @@ struct WatchState {
     last: u64,
     /// The epoch `last` belongs to; an event of another epoch means a resync.
     epoch: String,
-    include_json: bool,
     filter: Filter,
     cancel: tokio_util::sync::CancellationToken,
     _guard: WatcherGuard,
@@ -225,7 +247,6 @@ pub fn watch_stream(
         queue: VecDeque::new(),
         last: since,
         epoch: String::new(),
-        include_json: filter.include_json,
         filter,
         cancel: app.cancel.clone(),
         _guard: WatcherGuard(app.watchers.clone()),
@@ -240,7 +261,7 @@ pub fn watch_stream(
         state.epoch.clone_from(&report.epoch);
         state
             .queue
-            .push_back(snapshot_event(resync, report, state.include_json));
+            .push_back(snapshot_event(resync, report, &state.filter));
     }
     if let Some(first) = sub.backlog.first() {
         state.epoch.clone_from(&first.epoch);
@@ -273,8 +294,7 @@ pub fn watch_stream(
                     if let Some((_, report)) = sub.snapshot {
                         st.last = report.revision;
                         st.epoch.clone_from(&report.epoch);
-                        st.queue
-                            .push_back(snapshot_event(true, report, st.include_json));
+                        st.queue.push_back(snapshot_event(true, report, &st.filter));
                     }
                 }
                 Ok(ev) => {
@@ -298,8 +318,7 @@ pub fn watch_stream(
                     if let Some((_, report)) = sub.snapshot {
                         st.last = report.revision;
                         st.epoch.clone_from(&report.epoch);
-                        st.queue
-                            .push_back(snapshot_event(true, report, st.include_json));
+                        st.queue.push_back(snapshot_event(true, report, &st.filter));
                     }
                 }
                 Err(RecvError::Closed) => return None,
