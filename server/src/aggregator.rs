@@ -67,13 +67,35 @@ pub struct Attached {
     pub applied_seq: u64,
 }
 
+/// An event as the fan-out carries it: the message, and its protobuf encoding made once for
+/// every subscriber (each watch stream copies these bytes instead of encoding again).
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub event: pb::WatchEvent,
+    pub encoded: bytes::Bytes,
+}
+
+impl SharedEvent {
+    pub fn new(event: pb::WatchEvent) -> Arc<SharedEvent> {
+        let encoded = bytes::Bytes::from(prost::Message::encode_to_vec(&event));
+        Arc::new(SharedEvent { event, encoded })
+    }
+}
+
+impl std::ops::Deref for SharedEvent {
+    type Target = pb::WatchEvent;
+    fn deref(&self) -> &pb::WatchEvent {
+        &self.event
+    }
+}
+
 /// A new subscription: the receiver is subscribed before the snapshot or backlog is taken,
 /// so nothing falls between them.
 pub struct Subscription {
-    pub events: broadcast::Receiver<Arc<pb::WatchEvent>>,
+    pub events: broadcast::Receiver<Arc<SharedEvent>>,
     /// Set when the subscriber starts from scratch or its revision is out of the history.
     pub snapshot: Option<(bool, Arc<pb::Report>)>,
-    pub backlog: Vec<Arc<pb::WatchEvent>>,
+    pub backlog: Vec<Arc<SharedEvent>>,
 }
 
 /// The outcome of a settings update.
@@ -539,8 +561,8 @@ struct State {
     server_sections: HashMap<Section, SectionReport>,
     revision: u64,
     changed_at: DateTime<Utc>,
-    events: broadcast::Sender<Arc<pb::WatchEvent>>,
-    history: VecDeque<Arc<pb::WatchEvent>>,
+    events: broadcast::Sender<Arc<SharedEvent>>,
+    history: VecDeque<Arc<SharedEvent>>,
     dismissed: Vec<Section>,
     cached: Option<(Arc<HealthReport>, Arc<pb::Report>)>,
     next_session: u64,
@@ -1284,7 +1306,7 @@ impl State {
             }
         }
         self.revision += 1;
-        let ev = Arc::new(pb::WatchEvent {
+        let ev = SharedEvent::new(pb::WatchEvent {
             revision: self.revision,
             epoch: self.current_epoch().to_owned(),
             time: Some(convert::timestamp(Utc::now())),
@@ -1317,7 +1339,7 @@ impl State {
             ev.revision = revision;
             ev.epoch.clone_from(&self.epoch);
             self.revision = revision;
-            let ev = Arc::new(ev);
+            let ev = SharedEvent::new(ev);
             if self.history.len() == self.config.history {
                 self.history.pop_front();
             }

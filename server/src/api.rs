@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use vantage_proto::pb;
 use vantage_proto::{Section, Severity};
 
-use crate::aggregator::{Aggregator, Stopped, Subscription};
+use crate::aggregator::{Aggregator, SharedEvent, Stopped, Subscription};
 use crate::store::Store;
 
 impl From<Stopped> for Status {
@@ -224,7 +224,7 @@ impl Drop for WatcherGuard {
 struct WatchState {
     agg: Aggregator,
     sub: Subscription,
-    queue: VecDeque<pb::WatchEvent>,
+    queue: VecDeque<Out>,
     last: u64,
     /// The epoch `last` belongs to; an event of another epoch means a resync.
     epoch: String,
@@ -233,14 +233,75 @@ struct WatchState {
     _guard: WatcherGuard,
 }
 
-/// The stream of one watcher: snapshot or backlog first, then live events; when it falls
-/// behind the broadcast it is sent a fresh snapshot marked `resync`.
+/// What a watch stream yields before it is encoded: a snapshot built for this watcher, or an
+/// event shared by every watcher (with its encoding made once).
+pub enum Out {
+    Own(pb::WatchEvent),
+    Shared(Arc<SharedEvent>),
+}
+
+impl Out {
+    fn into_event(self) -> pb::WatchEvent {
+        match self {
+            Out::Own(ev) => ev,
+            Out::Shared(ev) => ev.event.clone(),
+        }
+    }
+
+    fn into_bytes(self) -> bytes::Bytes {
+        match self {
+            Out::Own(ev) => bytes::Bytes::from(prost::Message::encode_to_vec(&ev)),
+            Out::Shared(ev) => ev.encoded.clone(),
+        }
+    }
+}
+
+/// The stream of one watcher as messages.
 pub fn watch_stream(
     app: &App,
     sub: Subscription,
     filter: Filter,
     since: u64,
 ) -> impl Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static {
+    use futures::StreamExt as _;
+    watch_outs(app, sub, filter, since).map(|o| o.map(Out::into_event))
+}
+
+/// The stream of one watcher as encoded messages: live events are the shared bytes, copied
+/// into the response, never encoded per watcher (`watch_service`).
+pub fn watch_stream_encoded(
+    app: &App,
+    sub: Subscription,
+    filter: Filter,
+    since: u64,
+) -> impl Stream<Item = Result<bytes::Bytes, Status>> + Send + 'static {
+    use futures::StreamExt as _;
+    watch_outs(app, sub, filter, since).map(|o| o.map(Out::into_bytes))
+}
+
+/// Start over from a fresh snapshot (the watcher fell behind, or the epoch changed).
+async fn resync(st: &mut WatchState) -> bool {
+    let Ok(sub) = st.agg.subscribe(0, "").await else {
+        return false;
+    };
+    st.sub.events = sub.events;
+    if let Some((_, report)) = sub.snapshot {
+        st.last = report.revision;
+        st.epoch.clone_from(&report.epoch);
+        st.queue
+            .push_back(Out::Own(snapshot_event(true, report, &st.filter)));
+    }
+    true
+}
+
+/// The stream of one watcher: snapshot or backlog first, then live events; when it falls
+/// behind the broadcast it is sent a fresh snapshot marked `resync`.
+fn watch_outs(
+    app: &App,
+    sub: Subscription,
+    filter: Filter,
+    since: u64,
+) -> impl Stream<Item = Result<Out, Status>> + Send + 'static {
     app.watchers.fetch_add(1, Ordering::Relaxed);
     let mut state = WatchState {
         agg: app.agg.clone(),
@@ -259,9 +320,8 @@ pub fn watch_stream(
     if let Some((resync, report)) = sub.snapshot {
         state.last = report.revision;
         state.epoch.clone_from(&report.epoch);
-        state
-            .queue
-            .push_back(snapshot_event(resync, report, &state.filter));
+        let snapshot = snapshot_event(resync, report, &state.filter);
+        state.queue.push_back(Out::Own(snapshot));
     }
     if let Some(first) = sub.backlog.first() {
         state.epoch.clone_from(&first.epoch);
@@ -270,7 +330,7 @@ pub fn watch_stream(
         if ev.revision > state.last {
             state.last = ev.revision;
             if state.filter.passes(&ev) {
-                state.queue.push_back((*ev).clone());
+                state.queue.push_back(Out::Shared(ev));
             }
         }
     }
@@ -287,14 +347,8 @@ pub fn watch_stream(
                 Ok(ev) if !st.epoch.is_empty() && ev.epoch != st.epoch => {
                     // The revision sequence changed under us (the database went away or came
                     // back): start over from a fresh snapshot.
-                    let Ok(sub) = st.agg.subscribe(0, "").await else {
+                    if !resync(&mut st).await {
                         return None;
-                    };
-                    st.sub.events = sub.events;
-                    if let Some((_, report)) = sub.snapshot {
-                        st.last = report.revision;
-                        st.epoch.clone_from(&report.epoch);
-                        st.queue.push_back(snapshot_event(true, report, &st.filter));
                     }
                 }
                 Ok(ev) => {
@@ -306,19 +360,13 @@ pub fn watch_stream(
                     }
                     st.last = ev.revision;
                     if st.filter.passes(&ev) {
-                        return Some((Ok((*ev).clone()), st));
+                        return Some((Ok(Out::Shared(ev)), st));
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Fell behind: start over from a fresh snapshot.
-                    let Ok(sub) = st.agg.subscribe(0, "").await else {
+                    if !resync(&mut st).await {
                         return None;
-                    };
-                    st.sub.events = sub.events;
-                    if let Some((_, report)) = sub.snapshot {
-                        st.last = report.revision;
-                        st.epoch.clone_from(&report.epoch);
-                        st.queue.push_back(snapshot_event(true, report, &st.filter));
                     }
                 }
                 Err(RecvError::Closed) => return None,

@@ -20,6 +20,7 @@ mod page;
 pub mod pg;
 pub mod registry;
 pub mod store;
+mod watch_grpc;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -314,6 +315,7 @@ pub async fn serve(
     .add_service(reflection)
     .into_axum_router();
     let mut router = http::router(app.clone())
+        .merge(watch_grpc::router(app.clone()))
         .merge(grpc)
         .merge(http::derp_map_router(Arc::new(map.to_json())));
     if config.embedded_relay {

@@ -1,0 +1,94 @@
+//! `vantage.v1.HealthService/Watch` with a codec that copies each event's shared encoding
+//! into the response: an event is encoded once for every subscriber (`SharedEvent`), not once
+//! per subscriber. The route takes precedence over the generated service's catch-all; the
+//! generated `watch` stays as the typed implementation of the same stream.
+
+use std::pin::Pin;
+
+use bytes::{BufMut as _, Bytes};
+use futures::Stream;
+use futures::future::BoxFuture;
+use tonic::Status;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use vantage_proto::pb;
+
+use crate::api::{App, Filter, watch_stream_encoded};
+
+/// The method's path.
+pub const PATH: &str = "/vantage.v1.HealthService/Watch";
+
+/// Writes bytes that already are an encoded `WatchEvent`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+/// Requests decoded with prost, responses written pre-encoded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WatchCodec;
+
+impl Codec for WatchCodec {
+    type Encode = Bytes;
+    type Decode = pb::WatchRequest;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<pb::WatchRequest>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+struct WatchService(App);
+
+type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send + 'static>>;
+
+impl tonic::server::ServerStreamingService<pb::WatchRequest> for WatchService {
+    type Response = Bytes;
+    type ResponseStream = EncodedStream;
+    type Future = BoxFuture<'static, Result<tonic::Response<EncodedStream>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<pb::WatchRequest>) -> Self::Future {
+        let app = self.0.clone();
+        Box::pin(async move {
+            let req = request.into_inner();
+            tracing::debug!(since = req.since_revision, "watch (shared encodings)");
+            let filter = Filter::from_request(&req)?;
+            let sub = app
+                .agg
+                .subscribe(req.since_revision, &req.since_epoch)
+                .await?;
+            let stream: EncodedStream =
+                Box::pin(watch_stream_encoded(&app, sub, filter, req.since_revision));
+            Ok(tonic::Response::new(stream))
+        })
+    }
+}
+
+/// The route serving `Watch`.
+pub fn router(app: App) -> axum::Router {
+    axum::Router::new().route(
+        PATH,
+        axum::routing::post(move |req: http::Request<axum::body::Body>| {
+            let app = app.clone();
+            async move {
+                let mut grpc = tonic::server::Grpc::new(WatchCodec)
+                    .apply_max_message_size_config(Some(crate::MAX_MESSAGE), None);
+                grpc.server_streaming(WatchService(app), req)
+                    .await
+                    .map(axum::body::Body::new)
+            }
+        }),
+    )
+}
