@@ -4,10 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc: the ingest path allocates on the stream tasks and frees on the aggregator's
-/// thread, which glibc's allocator handles poorly (BENCHMARKS.md, ingestion).
+/// jemalloc: the ingest path allocates on the stream tasks and frees on the aggregator's
+/// thread, which glibc's allocator handles poorly; jemalloc also keeps idle connections small
+/// (BENCHMARKS.md: ingestion and memory).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use vantage_server::config::{Config, Flags};
 use vantage_server::{ServeError, serve};
 
