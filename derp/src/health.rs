@@ -161,7 +161,9 @@ pub struct DerpHealthReport {
 pub use vantage_proto::report::go_duration as go_duration_string;
 
 /// Applies Coder's node verdict: error when the exchange failed (non-STUN-only node) or STUN
-/// failed; then EDERP01 sets warning (overriding error) when the node fell back to WebSocket.
+/// failed; then EDERP01 sets warning when the node fell back to WebSocket — overriding an
+/// error only when the node still relayed (a deliberate difference from Coder: a node that
+/// could relay neither way is an error).
 pub fn node_verdict(report: &mut DerpNodeReport) {
     report.healthy = true;
     report.severity = Severity::Ok;
@@ -180,7 +182,13 @@ pub fn node_verdict(report: &mut DerpNodeReport) {
                 MSG_DERP_NODE_USES_WEBSOCKET,
             ));
         }
-        report.severity = Severity::Warning;
+        // Coder lets EDERP01 turn any node error into a warning. vantage keeps the error when
+        // the node could not relay at all (the fallback failed too): a node behind a proxy that
+        // refuses every upgrade is broken, not degraded (issue: "the node is an error").
+        let relay_failed = !report.can_exchange_messages && !report.node.stun_only;
+        if !relay_failed {
+            report.severity = Severity::Warning;
+        }
     }
 }
 
@@ -703,10 +711,20 @@ mod tests {
                 ederp01: true,
             },
             Case {
-                name: "websocket overrides error",
+                name: "websocket that could not relay either stays an error",
                 can_exchange: false,
                 stun_only: false,
                 stun_error: false,
+                websocket: true,
+                healthy: false,
+                severity: Severity::Error,
+                ederp01: true,
+            },
+            Case {
+                name: "websocket overrides a STUN error (Coder's rule) when the relay works",
+                can_exchange: true,
+                stun_only: false,
+                stun_error: true,
                 websocket: true,
                 healthy: false,
                 severity: Severity::Warning,

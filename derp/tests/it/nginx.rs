@@ -89,7 +89,9 @@ async fn every_upgrade_blocked_is_an_error_naming_the_refusal() {
             .iter()
             .any(|e| e.contains("couldn't connect after 5 tries"))
     );
-    // Coder's quirk, kept: the WebSocket fallback (EDERP01) turns the node error into a warning.
+    // The fallback was tried (EDERP01 is there) but could not relay either: still an error
+    // (vantage does not keep Coder's quirk of downgrading it to a warning here).
     assert!(r.uses_websocket);
-    assert_eq!(r.severity, Severity::Warning);
+    assert!(r.warnings.iter().any(|w| w.code == "EDERP01"));
+    assert_eq!(r.severity, Severity::Error);
 }

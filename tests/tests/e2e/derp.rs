@@ -74,6 +74,11 @@ async fn netcheck_behind_nginx_falls_back_to_websockets_or_names_the_refusal() {
     let n = &report["derp"]["regions"]["1"]["node_reports"][0];
     assert_eq!(n["can_exchange_messages"], false, "{n}");
     assert_eq!(n["healthy"], false);
+    assert_eq!(
+        n["severity"], "error",
+        "refusing every upgrade is an error, not a warning"
+    );
+    assert_eq!(out.status.code(), Some(2));
     let errs = n["client_errs"].to_string();
     assert!(errs.contains("403"), "the refusal is named: {errs}");
 
