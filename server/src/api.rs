@@ -236,21 +236,21 @@ struct WatchState {
 /// What a watch stream yields before it is encoded: a snapshot built for this watcher, or an
 /// event shared by every watcher (with its encoding made once).
 pub enum Out {
-    Own(pb::WatchEvent),
+    Own(Box<pb::WatchEvent>),
     Shared(Arc<SharedEvent>),
 }
 
 impl Out {
     fn into_event(self) -> pb::WatchEvent {
         match self {
-            Out::Own(ev) => ev,
+            Out::Own(ev) => *ev,
             Out::Shared(ev) => ev.event.clone(),
         }
     }
 
     fn into_bytes(self) -> bytes::Bytes {
         match self {
-            Out::Own(ev) => bytes::Bytes::from(prost::Message::encode_to_vec(&ev)),
+            Out::Own(ev) => bytes::Bytes::from(prost::Message::encode_to_vec(&*ev)),
             Out::Shared(ev) => ev.encoded.clone(),
         }
     }
@@ -289,7 +289,7 @@ async fn resync(st: &mut WatchState) -> bool {
         st.last = report.revision;
         st.epoch.clone_from(&report.epoch);
         st.queue
-            .push_back(Out::Own(snapshot_event(true, report, &st.filter)));
+            .push_back(Out::Own(Box::new(snapshot_event(true, report, &st.filter))));
     }
     true
 }
@@ -321,7 +321,7 @@ fn watch_outs(
         state.last = report.revision;
         state.epoch.clone_from(&report.epoch);
         let snapshot = snapshot_event(resync, report, &state.filter);
-        state.queue.push_back(Out::Own(snapshot));
+        state.queue.push_back(Out::Own(Box::new(snapshot)));
     }
     if let Some(first) = sub.backlog.first() {
         state.epoch.clone_from(&first.epoch);

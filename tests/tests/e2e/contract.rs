@@ -27,7 +27,8 @@ async fn settled(server: &Server) -> Value {
             let r = server.report().await;
             (r["access_url"]["vantage_reports"].get("server").is_some()
                 && r["websocket"]["vantage_reports"].get("server").is_some()
-                && r["database"]["vantage_reports"].get("server").is_some())
+                && r["database"]["vantage_reports"].get("server").is_some()
+                && r["derp"]["vantage_reports"].get("server").is_some())
             .then_some(r)
         },
     )
