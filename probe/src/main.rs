@@ -66,7 +66,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread: a probe's work is I/O-bound, and a single-threaded runtime has no
+    // cross-thread hand-off per observation (BENCHMARKS.md, probe efficiency).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vantage-probe: starting the runtime: {e}");
