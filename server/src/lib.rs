@@ -325,6 +325,11 @@ pub async fn serve(
     }
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // No Nagle: DERP packets, acks and watch events are small and latency-bound (with it, a
+    // small write behind an unacknowledged one waits for the peer's delayed ACK, ~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
