@@ -60,11 +60,13 @@ pub fn base_url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// Serve on `listener` until `shutdown` resolves. `ready` is called with the base URL once
-/// the server accepts connections.
+/// Serve on `listener` (and answer STUN on `stun_socket`, bound by the caller from
+/// `--stun-listen`) until `shutdown` resolves. `ready` is called with the base URL once the
+/// server accepts connections.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    stun_socket: Option<tokio::net::UdpSocket>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(&str),
 ) -> Result<(), ServeError> {
@@ -106,17 +108,6 @@ pub async fn serve(
             json: serde_json::to_string(r).unwrap_or_default(),
         })
         .collect();
-    let stun_socket = match config.stun_listen {
-        Some(a) => Some(
-            tokio::net::UdpSocket::bind(a)
-                .await
-                .map_err(|e| ConfigError {
-                    field: "stun_listen".into(),
-                    message: format!("binding UDP {a}: {e}"),
-                })?,
-        ),
-        None => None,
-    };
 
     let cancel_root = CancellationToken::new();
     let (store, pg): (Arc<dyn Store>, Option<pg::PgStore>) = match &config.database_url {

@@ -68,9 +68,20 @@ fn main() -> ExitCode {
             }
             tracing::info!(url, "serving");
         };
+        let stun = match config.stun_listen {
+            Some(a) => match tokio::net::UdpSocket::bind(a).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("vantaged: stun_listen: binding UDP {a}: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            },
+            None => None,
+        };
         match serve(
             config,
             listener,
+            stun,
             vantage_probe::signal::shutdown_signal(),
             ready,
         )
