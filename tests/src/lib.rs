@@ -41,7 +41,19 @@ impl Server {
         Self::start_on(0, args.iter().map(|s| (*s).to_owned()).collect()).await
     }
 
+    /// Like [`Server::start`], but `None` when vantaged exits before serving (e.g. a port in
+    /// the arguments was taken), so a test can retry with other ports.
+    pub async fn try_start(args: &[&str]) -> Option<Server> {
+        Self::try_start_on(0, args.iter().map(|s| (*s).to_owned()).collect()).await
+    }
+
     async fn start_on(port: u16, args: Vec<String>) -> Server {
+        Self::try_start_on(port, args)
+            .await
+            .expect("vantaged exited before printing its URL")
+    }
+
+    async fn try_start_on(port: u16, args: Vec<String>) -> Option<Server> {
         let mut cmd = Command::new(bin("vantaged"));
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -56,18 +68,17 @@ impl Server {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
             .expect("vantaged printed no URL within 30s")
-            .unwrap()
-            .expect("vantaged exited before printing its URL");
+            .unwrap()?;
         let url = line.trim().to_owned();
         let port = url.rsplit(':').next().unwrap().parse().unwrap();
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Server {
+        Some(Server {
             child,
             url,
             port,
             args,
-        }
+        })
     }
 
     /// SIGKILL: no graceful anything.

@@ -151,3 +151,41 @@ async fn stun_against_real_coturn_and_nothing_answering() {
         false
     );
 }
+
+#[tokio::test]
+async fn the_server_answers_stun_on_its_own_udp_port() {
+    // A random high port; retried when taken (vantaged exits 64 if it cannot bind it).
+    for attempt in 0..8u16 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let port = 20_000 + u16::try_from((nanos + u32::from(attempt) * 7919) % 40_000).unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let Some(server) = Server::try_start(&[
+            "--interval",
+            "1h",
+            "--stun-listen",
+            &addr,
+            "--stun-server",
+            &addr,
+        ])
+        .await
+        else {
+            continue;
+        };
+        let report = eventually(
+            Duration::from_secs(30),
+            "the server's STUN region",
+            || async {
+                let r = server.report().await;
+                node(&r, "server", "1000").is_some().then_some(r)
+            },
+        )
+        .await;
+        let n = node(&report, "server", "1000").unwrap();
+        assert_eq!(n["stun"]["CanSTUN"], true, "{n}");
+        return;
+    }
+    panic!("no free UDP port found for --stun-listen");
+}
