@@ -173,6 +173,10 @@ pub enum Command {
     RemoteVantages {
         vantages: Vec<VantageRecord>,
     },
+    /// The latest check of every target of every fresh vantage, for `/metrics`.
+    Targets {
+        reply: oneshot::Sender<Vec<TargetFigure>>,
+    },
     /// The database stopped (or resumed) answering.
     DatabaseState {
         ok: bool,
@@ -185,6 +189,35 @@ pub enum Command {
     Proxies {
         proxies: Vec<vantage_probe::rules::workspace_proxy::ProxyInput>,
     },
+}
+
+/// The latest check of one target as one vantage saw it.
+#[derive(Debug, Clone)]
+pub struct TargetFigure {
+    pub vantage: String,
+    pub section: Section,
+    pub target: String,
+    /// How long the check took.
+    pub seconds: f64,
+    /// Whether it succeeded (no failure code; 200; relayed; proxy `ok`).
+    pub ok: bool,
+}
+
+/// Whether an observation is a success.
+fn observation_ok(o: &pb::Observation) -> bool {
+    use pb::observation::Result as R;
+    match &o.result {
+        Some(R::AccessUrl(r)) => r.failure.is_none() && r.status_code == 200,
+        Some(R::Websocket(r)) => r.failure.is_none(),
+        Some(R::Database(r)) => r.failure.is_none(),
+        Some(R::DerpNode(r)) => {
+            r.error.is_empty()
+                && (r.can_exchange_messages || r.stun_only)
+                && r.stun_error.is_empty()
+        }
+        Some(R::WorkspaceProxy(r)) => r.status == "ok",
+        Some(R::UnknownError(_)) | None => false,
+    }
 }
 
 /// Figures the aggregator keeps about itself, for `/metrics`.
@@ -326,6 +359,10 @@ impl Aggregator {
 
     pub async fn settings(&self, update: Option<Vec<Section>>) -> Result<SettingsUpdate, Stopped> {
         self.ask(|reply| Command::Settings { update, reply }).await
+    }
+
+    pub async fn targets(&self) -> Result<Vec<TargetFigure>, Stopped> {
+        self.ask(|reply| Command::Targets { reply }).await
     }
 
     pub async fn vantages(&self) -> Result<Vec<pb::Vantage>, Stopped> {
@@ -714,6 +751,26 @@ impl State {
                 self.local_cause = true;
             }
             Command::StoredEvents { events } => self.stored_events(events),
+            Command::Targets { reply } => {
+                let figures = self
+                    .vantages
+                    .values()
+                    .filter(|v| v.is_fresh())
+                    .flat_map(|v| {
+                        v.observations.values().filter_map(move |o| {
+                            Some(TargetFigure {
+                                vantage: v.name.clone(),
+                                section: Section::from_pb(o.section)?,
+                                target: o.target.clone(),
+                                seconds: convert::from_duration(o.elapsed.as_ref())
+                                    .map_or(0.0, |d| d.as_secs_f64()),
+                                ok: observation_ok(o),
+                            })
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(figures);
+            }
             Command::DatabaseState { ok } => {
                 if let Some(d) = &self.durable {
                     d.db_ok.store(ok, std::sync::atomic::Ordering::Relaxed);

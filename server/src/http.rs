@@ -228,6 +228,9 @@ async fn metrics(State(app): State<App>) -> Response {
         &app.agg.stats(),
         app.watchers.load(std::sync::atomic::Ordering::Relaxed),
     );
+    if let Ok(targets) = app.agg.targets().await {
+        crate::metrics::render_targets(&mut body, &targets);
+    }
     if let Some(w) = &app.writer {
         crate::metrics::render_writer(&mut body, w);
     }

@@ -184,3 +184,37 @@ pub fn render_writer(o: &mut String, w: &crate::store::WriteBehind) {
         w.failed_writes()
     );
 }
+
+/// Per vantage and target: the latest check's duration and outcome.
+pub fn render_targets(o: &mut String, targets: &[crate::aggregator::TargetFigure]) {
+    let _ = writeln!(
+        o,
+        "# HELP vantage_check_duration_seconds How long the latest check of a target took, per vantage."
+    );
+    let _ = writeln!(o, "# TYPE vantage_check_duration_seconds gauge");
+    for t in targets {
+        let _ = writeln!(
+            o,
+            "vantage_check_duration_seconds{{vantage=\"{}\",section=\"{}\",target=\"{}\"}} {}",
+            esc(&t.vantage),
+            t.section.settings_name(),
+            esc(&t.target),
+            t.seconds
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vantage_check_success Whether the latest check of a target succeeded (1) or not (0), per vantage."
+    );
+    let _ = writeln!(o, "# TYPE vantage_check_success gauge");
+    for t in targets {
+        let _ = writeln!(
+            o,
+            "vantage_check_success{{vantage=\"{}\",section=\"{}\",target=\"{}\"}} {}",
+            esc(&t.vantage),
+            t.section.settings_name(),
+            esc(&t.target),
+            u8::from(t.ok)
+        );
+    }
+}

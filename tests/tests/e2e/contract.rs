@@ -468,6 +468,21 @@ async fn watchers_get_state_then_changes_and_a_stuck_one_slows_nothing() {
             .any(|l| l.starts_with("vantage_watchers ") && l != "vantage_watchers 0"),
         "{metrics}"
     );
+    // Per vantage and target: the latest check's outcome and duration.
+    let success = format!(
+        "vantage_check_success{{vantage=\"fra-1\",section=\"AccessURL\",target=\"{}\"}} 1",
+        server.url
+    );
+    assert!(
+        metrics.lines().any(|l| l == success),
+        "{success} in {metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "vantage_check_duration_seconds{vantage=\"server\",section=\"Websocket\""
+        )),
+        "{metrics}"
+    );
 
     // A server restart: the CLI reconnects by itself and resyncs (the new server's history
     // does not reach back to the revision it saw).
