@@ -31,17 +31,12 @@ pub fn aggregate(
         return empty;
     }
     let quorum = quorum.max(1);
-    // The highest severity that at least `quorum` vantages are at or above.
-    let agreed = Severity::ALL
-        .into_iter()
-        .rev()
-        .find(|s| reports.iter().filter(|(_, r)| r.severity() >= *s).count() >= quorum)
-        .unwrap_or(Severity::Ok);
-    // The representative: prefer the server's own vantage, then the first by name.
+    let sevs: Vec<Severity> = reports.iter().map(|(_, r)| r.severity()).collect();
+    let agreed = agreed(&sevs, quorum);
     let representative = reports
         .iter()
         .filter(|(_, r)| r.severity() == agreed)
-        .min_by_key(|(name, _)| (!crate::config::is_server_vantage(name), *name))
+        .min_by_key(|(name, _)| preference(name))
         .or_else(|| reports.iter().min_by_key(|(_, r)| r.severity()))
         .map(|(_, r)| (*r).clone());
     let Some(mut out) = representative else {

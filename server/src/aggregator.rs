@@ -820,28 +820,8 @@ impl State {
     fn attach(&mut self, hello: pb::Hello, session: SessionTx) -> Attached {
         let session_id = self.next_session;
         self.next_session += 1;
-        let now = Instant::now();
         let name = hello.name.clone();
-        let v = self
-            .vantages
-            .entry(name.clone())
-            .or_insert_with(|| Vantage {
-                name: name.clone(),
-                region: String::new(),
-                version: String::new(),
-                labels: BTreeMap::new(),
-                instance_id: String::new(),
-                session: None,
-                last_seen: now,
-                last_seen_at: None,
-                stale_since: None,
-                observations: Latest::default(),
-                assigned: FxHashMap::default(),
-                sections: HashMap::new(),
-                alerts: HashMap::new(),
-                seq: SeqStats::default(),
-                home: true,
-            });
+        let v = self.vantage_entry(&name);
         v.home = true;
         if v.instance_id != hello.instance_id {
             // A new process: its sequence numbers start afresh.

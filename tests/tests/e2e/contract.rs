@@ -368,44 +368,39 @@ async fn grpc_health_and_reflection_answer() {
     );
 }
 
-#[tokio::test]
-async fn a_non_loopback_listener_needs_an_explicit_opt_out() {
+/// Run `vantaged ARGS`, expect a usage error (exit 64), return what it said.
+async fn usage_error(args: &[&str]) -> String {
     let out = tokio::process::Command::new(vantage_tests::bin("vantaged"))
-        .args(["--listen", "0.0.0.0:0"])
+        .args(args)
         .output()
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_non_loopback_listener_needs_an_explicit_opt_out() {
+    let err = usage_error(&["--listen", "0.0.0.0:0"]).await;
     assert!(
         err.contains("--insecure-no-auth") && err.contains("listen"),
         "{err}"
     );
 
-    let out = tokio::process::Command::new(vantage_tests::bin("vantaged"))
-        .args(["--interval", "soon"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("\"soon\""));
+    let err = usage_error(&["--interval", "soon"]).await;
+    assert!(err.contains("\"soon\""), "{err}");
 
     // A broken DERP map is a startup error naming the problem.
     let dir = tempfile::tempdir().unwrap();
     let map = dir.path().join("map.json");
     std::fs::write(&map, r#"{"Regions": {"7": {"RegionID": 8, "Nodes": []}}}"#).unwrap();
-    let out = tokio::process::Command::new(vantage_tests::bin("vantaged"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--derp-map",
-            map.to_str().unwrap(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = usage_error(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--derp-map",
+        map.to_str().unwrap(),
+    ])
+    .await;
     assert!(
         err.contains("derp_map") && err.contains("RegionID"),
         "{err}"
