@@ -9,18 +9,9 @@ pub mod aggregator;
 pub mod api;
 mod cluster;
 pub mod config;
-mod convert;
-pub mod derpmap;
-pub mod http;
-pub mod hub;
-pub mod inventory;
-mod metrics;
-pub mod own;
-mod page;
-pub mod pg;
+pub mod ingest;
 pub mod registry;
 pub mod store;
-mod watch_grpc;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,9 +25,13 @@ use vantage_probe::checks::CheckContext;
 use vantage_proto::{Section, Severity, pb};
 
 use crate::aggregator::{Aggregator, AggregatorConfig, Command};
-use crate::api::{App, HealthApi};
+use crate::api::App;
+use crate::api::grpc::HealthApi;
+use crate::api::{grpc::watch_codec, http};
 use crate::config::{Config, ConfigError};
-use crate::inventory::Inventory;
+use crate::ingest::inventory::{self, Inventory};
+use crate::ingest::{derpmap, hub, own};
+use crate::store::pg;
 use crate::store::{MemoryStore, Store};
 
 /// Longest a probe message may be.
@@ -306,7 +301,7 @@ pub async fn serve(
     .add_service(reflection)
     .into_axum_router();
     let mut router = http::router(app.clone())
-        .merge(watch_grpc::router(app.clone()))
+        .merge(watch_codec::router(app.clone()))
         .merge(grpc)
         .merge(http::derp_map_router(Arc::new(map.to_json())));
     if config.embedded_relay {

@@ -14,7 +14,8 @@ use vantage_proto::pb::observation::Result as ObsResult;
 use vantage_proto::pb::server_message::Msg as Down;
 use vantage_proto::{Section, Severity, pb};
 use vantage_server::aggregator::{Aggregator, AggregatorConfig, Command, SessionTx};
-use vantage_server::api::{App, Filter, watch_stream};
+use vantage_server::api::App;
+use vantage_server::api::grpc::watch::{Filter, watch_stream};
 use vantage_server::store::MemoryStore;
 
 fn config() -> AggregatorConfig {

@@ -21,8 +21,8 @@ use vantage_probe::checks::database::{self, DEFAULT_THRESHOLD, Pinger, TIMEOUT};
 use vantage_probe::rules;
 use vantage_proto::pb::observation::Result as ObsResult;
 use vantage_proto::{Section, Severity, codes, pb};
-use vantage_server::pg::{MIGRATIONS, PgOptions, PgPinger, PgStore};
 use vantage_server::registry::{DaemonRecord, ProxyRecord, ProxySource, RegistryStore};
+use vantage_server::store::pg::{MIGRATIONS, PgOptions, PgPinger, PgStore};
 use vantage_server::store::{
     MemoryStore, NewEvent, NewObservation, NotStored, Notice, Store, VantageRecord, WriteBehind,
     WriteBehindOptions,

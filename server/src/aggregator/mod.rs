@@ -20,6 +20,9 @@ use vantage_proto::report::{Aggregated, HealthReport, Message, VantageInfo, Vant
 use vantage_proto::{Section, Severity, codes, convert};
 
 use crate::aggregate::aggregate;
+use report_pb::report_pb;
+
+mod report_pb;
 use crate::store::{NewObservation, Receipt, StoredObservation, VantageRecord, WriteBehind};
 
 /// Capacity of the command channel (backpressure on ingest).
@@ -1450,7 +1453,7 @@ impl State {
             }
         }
         let report = self.build_report();
-        let mut pb_report = crate::convert::report_pb(&report);
+        let mut pb_report = report_pb(&report);
         pb_report.epoch = self.current_epoch().to_owned();
         let pair = (Arc::new(report), Arc::new(pb_report));
         self.cached = Some(pair.clone());

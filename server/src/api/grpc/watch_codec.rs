@@ -12,7 +12,8 @@ use tonic::Status;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 use vantage_proto::pb;
 
-use crate::api::{App, Filter, watch_stream_encoded};
+use crate::api::App;
+use crate::api::grpc::watch::{Filter, watch_stream_encoded};
 
 /// The method's path.
 pub const PATH: &str = "/vantage.v1.HealthService/Watch";

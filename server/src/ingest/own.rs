@@ -12,7 +12,7 @@ use vantage_proto::pb;
 use vantage_proto::pb::server_message::Msg as Down;
 
 use crate::aggregator::{Aggregator, Command};
-use crate::inventory::{self, Inventory};
+use crate::ingest::inventory::{self, Inventory};
 
 /// Run the own vantage until the aggregator stops.
 pub async fn run(

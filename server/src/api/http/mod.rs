@@ -17,6 +17,9 @@ use serde_json::json;
 
 use crate::api::{App, ForceError};
 
+mod metrics;
+mod page;
+
 /// How long the echo endpoint waits for each message.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -29,7 +32,7 @@ pub fn router(app: App) -> Router {
             get(get_settings).put(put_settings),
         )
         .route("/api/v2/debug/ws", get(echo))
-        .route("/health", get(page))
+        .route("/health", get(health_page))
         .route("/health/codes", get(codes_page))
         .route("/metrics", get(metrics))
         .with_state(app)
@@ -209,12 +212,12 @@ async fn echo_loop(mut socket: WebSocket) {
         .await;
 }
 
-async fn page() -> Html<&'static str> {
-    Html(crate::page::PAGE)
+async fn health_page() -> Html<&'static str> {
+    Html(page::PAGE)
 }
 
 async fn codes_page() -> Html<String> {
-    Html(crate::page::codes_page())
+    Html(page::codes_page())
 }
 
 async fn metrics(State(app): State<App>) -> Response {
@@ -222,17 +225,17 @@ async fn metrics(State(app): State<App>) -> Response {
         return unavailable();
     };
     let vantages = app.agg.vantages().await.unwrap_or_default();
-    let mut body = crate::metrics::render(
+    let mut body = metrics::render(
         &report,
         &vantages,
         &app.agg.stats(),
         app.watchers.load(std::sync::atomic::Ordering::Relaxed),
     );
     if let Ok(targets) = app.agg.targets().await {
-        crate::metrics::render_targets(&mut body, &targets);
+        metrics::render_targets(&mut body, &targets);
     }
     if let Some(w) = &app.writer {
-        crate::metrics::render_writer(&mut body, w);
+        metrics::render_writer(&mut body, w);
     }
     let mut r = body.into_response();
     r.headers_mut().insert(

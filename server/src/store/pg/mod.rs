@@ -70,7 +70,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
+    sql: include_str!("../../../migrations/0001_initial.sql"),
 }];
 
 /// How to use the database.

@@ -1,103 +1,18 @@
-//! `vantage.v1.HealthService`: reports, settings, vantages and the `Watch` stream, all served
-//! from the aggregator (no check runs on read).
+//! The `Watch` stream: a snapshot or backlog, then the events that pass a watcher's
+//! [`Filter`]; a watcher that falls behind is resynced, never waited for.
 
-use std::collections::{BTreeSet, VecDeque};
-use std::pin::Pin;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 use vantage_proto::pb;
 use vantage_proto::{Section, Severity};
 
-use crate::aggregator::{Aggregator, SharedEvent, Stopped, Subscription};
-use crate::store::Store;
-
-impl From<Stopped> for Status {
-    fn from(_: Stopped) -> Self {
-        Status::unavailable("the server is shutting down")
-    }
-}
-
-/// Shared by the gRPC and HTTP surfaces.
-#[derive(Clone)]
-pub struct App {
-    pub agg: Aggregator,
-    pub store: Arc<dyn Store>,
-    /// The write-behind queue of observations, when a database is configured.
-    pub writer: Option<crate::store::WriteBehind>,
-    pub force_timeout: Duration,
-    pub watchers: Arc<AtomicUsize>,
-    /// Cancelled at shutdown: ends every watch stream.
-    pub cancel: tokio_util::sync::CancellationToken,
-}
-
-/// Why a forced report did not complete.
-#[derive(Debug)]
-pub enum ForceError {
-    Stopped,
-    /// The names of the vantages still running when the time ran out.
-    TimedOut(BTreeSet<String>),
-}
-
-impl App {
-    /// Ask every connected vantage to run now; wait (bounded) until all have reported.
-    pub async fn force(&self) -> Result<(), ForceError> {
-        let mut pending = self.agg.force().await.map_err(|_| ForceError::Stopped)?;
-        let done = tokio::time::timeout(self.force_timeout, async {
-            // An error means the run's sender is gone (the server stops): nothing to wait for.
-            let _ = pending.wait_for(BTreeSet::is_empty).await;
-        })
-        .await;
-        match done {
-            Ok(()) => Ok(()),
-            Err(_) => Err(ForceError::TimedOut(pending.borrow().clone())),
-        }
-    }
-
-    /// Validate settings names as Coder does; the error names the first bad one.
-    pub fn parse_sections(names: &[String]) -> Result<Vec<Section>, vantage_proto::UnknownSection> {
-        names.iter().map(|n| n.parse::<Section>()).collect()
-    }
-
-    /// Apply a settings change: persist (with an audit row) first, then take effect.
-    /// `Ok(None)` when nothing changed.
-    pub async fn update_settings(
-        &self,
-        dismissed: Vec<Section>,
-        actor: &str,
-    ) -> Result<Option<Vec<Section>>, Status> {
-        let mut wanted = dismissed;
-        wanted.sort();
-        wanted.dedup();
-        let current = self.agg.settings(None).await?;
-        if current.dismissed == wanted {
-            return Ok(None);
-        }
-        self.store
-            .save_dismissed(wanted.clone(), actor.to_owned())
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "saving settings");
-                Status::unavailable("the settings could not be saved")
-            })?;
-        tracing::info!(actor, dismissed = ?wanted, "health settings changed");
-        let applied = self.agg.settings(Some(wanted)).await?;
-        Ok(Some(applied.dismissed))
-    }
-}
-
-fn settings_pb(dismissed: &[Section]) -> pb::Settings {
-    pb::Settings {
-        dismissed_healthchecks: dismissed
-            .iter()
-            .map(|s| s.settings_name().to_owned())
-            .collect(),
-    }
-}
+use crate::aggregator::{Aggregator, SharedEvent, Subscription};
+use crate::api::App;
 
 /// Which events a watcher wants.
 #[derive(Debug, Clone, Default)]
@@ -373,109 +288,4 @@ fn watch_outs(
             }
         }
     })
-}
-
-pub struct HealthApi {
-    pub app: App,
-}
-
-#[tonic::async_trait]
-impl pb::health_service_server::HealthService for HealthApi {
-    async fn get_report(
-        &self,
-        request: Request<pb::GetReportRequest>,
-    ) -> Result<Response<pb::Report>, Status> {
-        if request.get_ref().force {
-            match self.app.force().await {
-                Ok(()) => {}
-                Err(ForceError::Stopped) => {
-                    return Err(Status::unavailable("the server is shutting down"));
-                }
-                Err(ForceError::TimedOut(names)) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "Healthcheck timed out. Still running: {}",
-                        names.into_iter().collect::<Vec<_>>().join(", ")
-                    )));
-                }
-            }
-        }
-        let (_, report) = self.app.agg.report().await?;
-        Ok(Response::new((*report).clone()))
-    }
-
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static>>;
-
-    async fn watch(
-        &self,
-        request: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let req = request.into_inner();
-        let filter = Filter::from_request(&req)?;
-        let sub = self
-            .app
-            .agg
-            .subscribe(req.since_revision, &req.since_epoch)
-            .await?;
-        Ok(Response::new(Box::pin(watch_stream(
-            &self.app,
-            sub,
-            filter,
-            req.since_revision,
-        ))))
-    }
-
-    async fn get_settings(
-        &self,
-        _: Request<pb::GetSettingsRequest>,
-    ) -> Result<Response<pb::Settings>, Status> {
-        let s = self.app.agg.settings(None).await?;
-        Ok(Response::new(settings_pb(&s.dismissed)))
-    }
-
-    async fn update_settings(
-        &self,
-        request: Request<pb::Settings>,
-    ) -> Result<Response<pb::Settings>, Status> {
-        let wanted = App::parse_sections(&request.get_ref().dismissed_healthchecks)
-            .map_err(|e| Status::invalid_argument(format!("dismissed_healthchecks: {e}")))?;
-        let actor = request
-            .remote_addr()
-            .map_or_else(|| "grpc".to_owned(), |a| format!("grpc {a}"));
-        let dismissed = match self.app.update_settings(wanted, &actor).await? {
-            Some(d) => d,
-            None => self.app.agg.settings(None).await?.dismissed,
-        };
-        Ok(Response::new(settings_pb(&dismissed)))
-    }
-
-    async fn list_vantages(
-        &self,
-        _: Request<pb::ListVantagesRequest>,
-    ) -> Result<Response<pb::ListVantagesResponse>, Status> {
-        Ok(Response::new(pb::ListVantagesResponse {
-            vantages: self.app.agg.vantages().await?,
-        }))
-    }
-
-    async fn forget_vantage(
-        &self,
-        request: Request<pb::ForgetVantageRequest>,
-    ) -> Result<Response<pb::ForgetVantageResponse>, Status> {
-        let name = request.into_inner().name;
-        if self.app.store.is_durable() {
-            self.app
-                .store
-                .forget_vantage(name.clone())
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "forgetting a vantage in the store");
-                    Status::unavailable("the vantage could not be forgotten in the store")
-                })?;
-        }
-        if self.app.agg.forget(name.clone()).await? {
-            Ok(Response::new(pb::ForgetVantageResponse {}))
-        } else {
-            Err(Status::not_found(format!("no vantage named {name:?}")))
-        }
-    }
 }

@@ -14,7 +14,7 @@ use vantage_proto::pb::server_message::Msg as Down;
 
 use crate::aggregator::{Aggregator, Command};
 use crate::config::SERVER_VANTAGE;
-use crate::inventory::{self, Inventory};
+use crate::ingest::inventory::{self, Inventory};
 
 /// How long a probe has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,91 @@
+//! The report surfaces and what they share: [`App`] (the aggregator handle, the store, force
+//! and settings), served over gRPC ([`grpc`]) and HTTP ([`http`]). Errors become a
+//! `tonic::Status` or an HTTP response here, in one place per surface.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use tonic::Status;
+use vantage_proto::Section;
+
+use crate::aggregator::{Aggregator, Stopped};
+use crate::store::Store;
+
+pub mod grpc;
+pub mod http;
+
+impl From<Stopped> for Status {
+    fn from(_: Stopped) -> Self {
+        Status::unavailable("the server is shutting down")
+    }
+}
+
+/// Shared by the gRPC and HTTP surfaces.
+#[derive(Clone)]
+pub struct App {
+    pub agg: Aggregator,
+    pub store: Arc<dyn Store>,
+    /// The write-behind queue of observations, when a database is configured.
+    pub writer: Option<crate::store::WriteBehind>,
+    pub force_timeout: Duration,
+    pub watchers: Arc<AtomicUsize>,
+    /// Cancelled at shutdown: ends every watch stream.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// Why a forced report did not complete.
+#[derive(Debug)]
+pub enum ForceError {
+    Stopped,
+    /// The names of the vantages still running when the time ran out.
+    TimedOut(BTreeSet<String>),
+}
+
+impl App {
+    /// Ask every connected vantage to run now; wait (bounded) until all have reported.
+    pub async fn force(&self) -> Result<(), ForceError> {
+        let mut pending = self.agg.force().await.map_err(|_| ForceError::Stopped)?;
+        let done = tokio::time::timeout(self.force_timeout, async {
+            // An error means the run's sender is gone (the server stops): nothing to wait for.
+            let _ = pending.wait_for(BTreeSet::is_empty).await;
+        })
+        .await;
+        match done {
+            Ok(()) => Ok(()),
+            Err(_) => Err(ForceError::TimedOut(pending.borrow().clone())),
+        }
+    }
+
+    /// Validate settings names as Coder does; the error names the first bad one.
+    pub fn parse_sections(names: &[String]) -> Result<Vec<Section>, vantage_proto::UnknownSection> {
+        names.iter().map(|n| n.parse::<Section>()).collect()
+    }
+
+    /// Apply a settings change: persist (with an audit row) first, then take effect.
+    /// `Ok(None)` when nothing changed.
+    pub async fn update_settings(
+        &self,
+        dismissed: Vec<Section>,
+        actor: &str,
+    ) -> Result<Option<Vec<Section>>, Status> {
+        let mut wanted = dismissed;
+        wanted.sort();
+        wanted.dedup();
+        let current = self.agg.settings(None).await?;
+        if current.dismissed == wanted {
+            return Ok(None);
+        }
+        self.store
+            .save_dismissed(wanted.clone(), actor.to_owned())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "saving settings");
+                Status::unavailable("the settings could not be saved")
+            })?;
+        tracing::info!(actor, dismissed = ?wanted, "health settings changed");
+        let applied = self.agg.settings(Some(wanted)).await?;
+        Ok(Some(applied.dismissed))
+    }
+}
