@@ -1,5 +1,5 @@
 //! The DERP frame codec: a 5-byte header (frame type, u32 big-endian payload length) followed by
-//! the payload, the frame-type numbers and the protocol's size limits (reference derp-stun.md §2).
+//! the payload, the frame-type numbers and the protocol's size limits (`docs/derp-stun.md#framing`).
 //!
 //! [`FrameReader`] buffers internally and is cancel-safe: dropping a pending `read_frame` future
 //! loses no bytes, so it can sit in a `select!`.
@@ -251,7 +251,7 @@ mod tests {
             .await
     }
 
-    /// Reference derp-stun.md §2.3 wire examples.
+    /// The wire examples of `docs/derp-stun.md#framing`.
     #[tokio::test]
     async fn reference_frame_bytes() {
         let cases: &[(&str, u8, &[u8])] = &[

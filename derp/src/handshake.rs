@@ -1,5 +1,5 @@
 //! The DERP handshake messages: ServerKey (magic ‖ server key), ClientInfo (client key ‖ nonce ‖
-//! NaCl box of JSON) and ServerInfo (nonce ‖ NaCl box of JSON), reference derp-stun.md §3–§4.
+//! NaCl box of JSON) and ServerInfo (nonce ‖ NaCl box of JSON), `docs/derp-stun.md#keys-and-crypto` and `#handshake`.
 //!
 //! The box is NaCl's `crypto_box` (X25519 + XSalsa20-Poly1305), i.e. `crypto_box::SalsaBox`.
 //! These functions are pure; the client and relay modules drive them over a stream.

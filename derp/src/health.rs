@@ -1,4 +1,4 @@
-//! Coder's DERP health section (reference coder-health.md §7.4, derp-stun.md §10): the JSON
+//! Coder's DERP health section (`docs/coder-health.md#derp`, `docs/derp-stun.md#coder-derphealth`): the JSON
 //! report types in Coder's shape, the per-node check (two fresh DERP clients exchange a packet,
 //! plus a STUN probe, concurrently, under one deadline), and the node → region → section rules
 //! as pure functions.

@@ -106,7 +106,7 @@ mod tests {
         <[u8; 32]>::try_from(v.as_slice()).expect("32 bytes")
     }
 
-    /// Reference derp-stun.md §6.1 (RFC 7748 §6.1).
+    /// `docs/derp-stun.md#known-answer-vectors` (RFC 7748 §6.1).
     #[test]
     fn x25519_known_answers() {
         let alice = PrivateKey::from_bytes(h(

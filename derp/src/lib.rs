@@ -2,8 +2,8 @@
 //! handshake), a DERP client, an embedded DERP relay, STUN probing and answering, and Coder's
 //! DERP health rules (node, region and section verdicts).
 //!
-//! Facts (constants, byte layouts, messages) come from `shared/reference/derp-stun.md` and
-//! `shared/reference/coder-health.md` §7.4; the code is written from them.
+//! Facts (constants, byte layouts, messages) are written down in `docs/derp-stun.md` and
+//! `docs/coder-health.md#derp`; the code is written from them.
 
 pub mod client;
 pub mod frame;

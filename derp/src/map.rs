@@ -1,5 +1,5 @@
-//! Tailscale's DERP map JSON (`tailcfg.DERPMap`, reference derp-stun.md §7) with validation,
-//! the DERP URL of a node (coder-health.md §7.4.3), and the regions vantage adds itself: the
+//! Tailscale's DERP map JSON (`tailcfg.DERPMap`, `docs/derp-stun.md#derp-map-json`) with validation,
+//! the DERP URL of a node (`docs/coder-health.md#derp`), and the regions vantage adds itself: the
 //! embedded relay and single-node STUN-only regions for extra STUN servers.
 //!
 //! Keys are Tailscale's PascalCase (a few lower-camel spellings are accepted as aliases);

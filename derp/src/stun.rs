@@ -1,7 +1,7 @@
 //! STUN Binding for DERP health: the Tailscale-shaped request (SOFTWARE `tailnode` +
 //! FINGERPRINT, random 96-bit transaction ID), response parsing (XOR-MAPPED-ADDRESS 0x0020 or
 //! 0x8020, else MAPPED-ADDRESS), the UDP probe with Tailscale's retry schedule (reference
-//! derp-stun.md §11.5), and a [`StunResponder`] that answers Binding requests on a socket it is
+//! `docs/derp-stun.md`), and a [`StunResponder`] that answers Binding requests on a socket it is
 //! given. Encoding and decoding use `stun_codec`.
 
 use std::future::Future;
@@ -302,7 +302,7 @@ mod tests {
         );
     }
 
-    /// RFC 5769 §2.2 and §2.3 (reference §11.3), plus Tailscale's response shape.
+    /// RFC 5769 §2.2 and §2.3 (`docs/derp-stun.md#rfc-5769-vectors`), plus Tailscale's response shape.
     #[test]
     fn rfc5769_vectors() {
         let v4 = h(

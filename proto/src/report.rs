@@ -158,7 +158,7 @@ pub struct WorkspaceProxyReport {
 }
 section_body!(WorkspaceProxyReport, healthy);
 
-/// `{"regions": [...]}`: always a list, never `null` (SPEC §1, difference 3).
+/// `{"regions": [...]}`: always a list, never `null` (`docs/behaviour.md#difference-3`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkspaceProxies {
     pub regions: Vec<WorkspaceProxy>,
@@ -325,7 +325,7 @@ impl HealthReport {
     }
 
     /// Set `dismissed` on every section named in `dismissed` (all six, ProvisionerDaemons
-    /// included: SPEC §1, difference 2). Presentational only: severities are untouched.
+    /// included: `docs/behaviour.md#difference-2`). Presentational only: severities are untouched.
     pub fn apply_dismissed(&mut self, dismissed: &[Section]) {
         for s in Section::ALL {
             self.base_mut(s).dismissed = dismissed.contains(&s);

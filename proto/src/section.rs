@@ -153,7 +153,7 @@ impl Section {
         format!("vantage.v1.{}", self.settings_name())
     }
 
-    /// Whether a section at `severity` makes the report's `healthy` false (Coder §4.3:
+    /// Whether a section at `severity` makes the report's `healthy` false (`docs/coder-health.md#report-level-healthy-and-severity`:
     /// AccessURL fails at warning, every other section only at error).
     pub fn is_failing(self, severity: Severity) -> bool {
         match self {

@@ -1,4 +1,4 @@
-//! The Access URL check (Coder §7.1): `GET <access_url>/healthz`, one attempt, 5 s for the whole
+//! The Access URL check (`docs/coder-health.md#access-url`): `GET <access_url>/healthz`, one attempt, 5 s for the whole
 //! exchange, body capped at [`MAX_BODY`](super::MAX_BODY).
 
 use std::time::Duration;

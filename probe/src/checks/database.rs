@@ -1,5 +1,5 @@
-//! The Database check (Coder §7.2): five sequential pings within 5 s; the first failure stops
-//! the series (EDB01). With no database configured the result says EDB03 (SPEC §1).
+//! The Database check (`docs/coder-health.md#database`): five sequential pings within 5 s; the first failure stops
+//! the series (EDB01). With no database configured the result says EDB03 (`docs/behaviour.md#difference-6`).
 
 use std::time::{Duration, Instant};
 

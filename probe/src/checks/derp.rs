@@ -1,4 +1,4 @@
-//! The DERP check of one region (Coder §7.4): every node concurrently — two fresh clients
+//! The DERP check of one region (`docs/coder-health.md#derp`): every node concurrently — two fresh clients
 //! exchange a packet through the relay, and a STUN binding — each node bounded by its own
 //! deadline. One observation per node, carrying Coder's node report.
 
@@ -11,7 +11,7 @@ use vantage_proto::{convert, pb};
 
 use super::CheckContext;
 
-/// Default per-node deadline (SPEC §1: each node its own, within the run's 30 s).
+/// Default per-node deadline (each node its own, within the run's 30 s: `docs/behaviour.md#other-deliberate-choices`).
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The whole region's budget.
 pub const TIMEOUT: Duration = Duration::from_secs(30);

@@ -16,7 +16,7 @@ use vantage_proto::pb;
 use vantage_proto::pb::check::Target;
 use vantage_proto::pb::observation::Result as ObsResult;
 
-/// The largest access-URL body kept (SPEC §1, difference 4).
+/// The largest access-URL body kept (`docs/behaviour.md#difference-4`).
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// What every check needs: the TLS configuration and an HTTP client built from it.

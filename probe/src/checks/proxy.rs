@@ -1,4 +1,4 @@
-//! The workspace-proxy poll (Coder's `proxyhealth`, reference §7.5.2): `GET <proxy
+//! The workspace-proxy poll (Coder's `proxyhealth`, `docs/coder-health.md#background-proxy-poller`): `GET <proxy
 //! url>/healthz-report`, one attempt, bounded by a timeout (5 s by default), body capped at
 //! [`MAX_BODY`](super::MAX_BODY). Every outcome is a status with the proxy's or our own
 //! errors: `ok`, `unhealthy`, `unreachable` or `unregistered`.

@@ -1,4 +1,4 @@
-//! The Websocket check (Coder §7.3): dial `<access_url>/api/v2/debug/ws` (ws/wss by scheme),
+//! The Websocket check (`docs/coder-health.md#websocket`): dial `<access_url>/api/v2/debug/ws` (ws/wss by scheme),
 //! send the text frames "0", "1", "2" and expect each echoed back; 5 s for the whole check.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The pure rules that turn a vantage's observations into its section reports, with Coder's
-//! rules (reference §7). One place, used by the server for every vantage and by
+//! rules (`docs/coder-health.md#section-rules`). One place, used by the server for every vantage and by
 //! `vantage-probe --once` for its own report. No I/O.
 
 pub mod derp;
@@ -144,7 +144,7 @@ pub fn database(r: &pb::DatabaseResult) -> DatabaseReport {
     };
     if let Some(f) = r.failure.as_ref().filter(|f| !f.message.is_empty()) {
         if f.code == codes::EDB03 {
-            // No database configured: a warning, not a failure (SPEC §1, difference 6).
+            // No database configured: a warning, not a failure (`docs/behaviour.md#difference-6`).
             out.base.warnings.push(msg(f));
             out.base.raise(Severity::Warning);
             out.healthy = true;
@@ -181,7 +181,7 @@ pub fn database(r: &pb::DatabaseResult) -> DatabaseReport {
     out
 }
 
-/// An unexpected failure inside a check: EUNKNOWN at error (SPEC §1, difference 1).
+/// An unexpected failure inside a check: EUNKNOWN at error (`docs/behaviour.md#difference-1`).
 pub fn unknown(section: Section, text: &str) -> SectionReport {
     let mut report = SectionReport::empty(section);
     let m = Message::new(codes::EUNKNOWN, text);

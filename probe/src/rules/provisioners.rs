@@ -1,8 +1,8 @@
-//! Coder's ProvisionerDaemons section rules (reference §7.6), pure: staleness filter, Go
+//! Coder's ProvisionerDaemons section rules (`docs/coder-health.md#provisioner-daemons`), pure: staleness filter, Go
 //! `x/mod/semver` version checks, provisioner API major version, with Coder's exact texts and
 //! quirks (EPD01 text sits in `warnings`, section warnings repeat once per daemon, the EPD03 item
 //! prints the server's major). vantage's one difference: EPD01 is raised only when provisioner
-//! daemons are required (SPEC §1, difference 7).
+//! daemons are required (`docs/behaviour.md#difference-7`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

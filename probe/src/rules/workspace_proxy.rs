@@ -1,7 +1,7 @@
-//! Coder's WorkspaceProxy section rules (reference §7.5.1, steps 4–8), pure: count healthy
+//! Coder's WorkspaceProxy section rules (`docs/coder-health.md#the-check`, steps 4–8), pure: count healthy
 //! proxies and proxies with warnings, turn each proxy's own report into EWP04 messages, and the
 //! EWP01/EWP02 failures of updating or fetching the proxies. `regions` is always a list, never
-//! `null` (SPEC §1, difference 3).
+//! `null` (`docs/behaviour.md#difference-3`).
 
 use chrono::{DateTime, Utc};
 use vantage_proto::convert::from_timestamp;
@@ -122,7 +122,7 @@ pub fn observed<'a>(
     out
 }
 
-/// The WorkspaceProxy section from the proxies (Coder §7.5.1 steps 4–8).
+/// The WorkspaceProxy section from the proxies (`docs/coder-health.md#the-check`, steps 4–8).
 pub fn section(proxies: &[ProxyInput]) -> WorkspaceProxyReport {
     let mut live: Vec<&ProxyInput> = proxies.iter().filter(|p| !p.deleted).collect();
     live.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));

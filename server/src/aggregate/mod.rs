@@ -1,4 +1,4 @@
-//! The pure rule that aggregates one section across fresh vantages (SPEC §3): the worst
+//! The pure rule that aggregates one section across fresh vantages (`docs/behaviour.md#aggregated-severity`): the worst
 //! severity that at least `quorum` vantages agree on; failures seen by fewer become an EVNT03
 //! warning naming them; a section nobody fresh covers says EVNT02. No I/O.
 

@@ -1,4 +1,4 @@
-//! What there is to check, and who checks what: builds each vantage's assignment (SPEC §2):
+//! What there is to check, and who checks what: builds each vantage's assignment (`docs/behaviour.md#assignment`):
 //! access URL and websocket to every vantage; each DERP region and each workspace proxy to the
 //! vantages of its region (or to all, by configuration); the database to `server`.
 

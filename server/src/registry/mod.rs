@@ -1,4 +1,4 @@
-//! The registries of components that announce themselves (SPEC §4 `RegistryService`):
+//! The registries of components that announce themselves (`docs/behaviour.md#registryservice`):
 //! provisioner daemons (by heartbeat; stale after 90 s without one) and workspace proxies (from
 //! the configuration or by registration). [`Registry`] is the in-memory truth, bounded and
 //! validated; [`RegistryStore`] keeps it across restarts; [`RegistryApi`] serves it over gRPC.

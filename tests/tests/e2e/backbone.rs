@@ -1,4 +1,4 @@
-//! The backbone scenarios of SPEC §2–§3: vantages attach, go stale, come back; the server
+//! The backbone scenarios of `docs/behaviour.md#vantages` and `#the-aggregated-report`: vantages attach, go stale, come back; the server
 //! restarts under running probes and nothing unacknowledged is lost or applied twice.
 
 use std::time::Duration;
