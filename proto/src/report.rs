@@ -248,11 +248,75 @@ pub struct VantageInfo {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub connected: bool,
-    /// `fresh` or `stale`.
-    pub state: String,
+    pub state: VantageState,
     pub last_seen: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_since: Option<DateTime<Utc>>,
+}
+
+/// Whether a vantage's results count: `fresh` while it reports, `stale` after it fell silent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VantageState {
+    #[default]
+    Fresh,
+    Stale,
+}
+
+impl VantageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VantageState::Fresh => "fresh",
+            VantageState::Stale => "stale",
+        }
+    }
+}
+
+impl PartialEq<&str> for VantageState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// What happened to a vantage, as a `Watch` event's `VantageChange.change` carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VantageChange {
+    Attached,
+    Detached,
+    Fresh,
+    Stale,
+    Forgotten,
+    /// Not a vantage's change: the marker that opens a provisional epoch while the database is
+    /// away (its vantage name is empty).
+    DatabaseUnreachable,
+}
+
+impl VantageChange {
+    pub const ALL: [VantageChange; 6] = [
+        VantageChange::Attached,
+        VantageChange::Detached,
+        VantageChange::Fresh,
+        VantageChange::Stale,
+        VantageChange::Forgotten,
+        VantageChange::DatabaseUnreachable,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VantageChange::Attached => "attached",
+            VantageChange::Detached => "detached",
+            VantageChange::Fresh => "fresh",
+            VantageChange::Stale => "stale",
+            VantageChange::Forgotten => "forgotten",
+            VantageChange::DatabaseUnreachable => "database-unreachable",
+        }
+    }
+
+    /// From the wire name; `None` for a name this version does not know.
+    pub fn parse(name: &str) -> Option<VantageChange> {
+        VantageChange::ALL.into_iter().find(|c| c.as_str() == name)
+    }
 }
 
 /// The `vantages` block: counts toward the report's severity like a section (EVNT01).

@@ -8,12 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregator::{Aggregator, Command};
+use crate::aggregator::{Aggregator, ClusterCommand};
 use crate::store::{Notice, Store, VantageRecord};
 
 /// How often the log and the vantages are re-read even without a notification.
@@ -43,8 +41,6 @@ pub struct Follower {
     pub last_id: i64,
     /// The last event revision already delivered.
     pub last_revision: u64,
-    /// Whether the database answers (shared with the aggregator).
-    pub db_ok: Arc<AtomicBool>,
     pub cancel: CancellationToken,
 }
 
@@ -56,7 +52,6 @@ pub async fn follow_store(f: Follower) {
         agg,
         mut last_id,
         mut last_revision,
-        db_ok,
         cancel,
     } = f;
     let mut notices = store.listen();
@@ -81,16 +76,16 @@ pub async fn follow_store(f: Follower) {
             _ = poll.tick() => {
                 match store.load_vantages().await {
                     Ok(vantages) => {
-                        if !db_ok.load(Ordering::Relaxed) && agg.send(Command::DatabaseState { ok: true }).await.is_err() {
+                        if !agg.database_ok() && agg.send(ClusterCommand::DatabaseState { ok: true }).await.is_err() {
                             return;
                         }
-                        if agg.send(Command::RemoteVantages { vantages }).await.is_err() {
+                        if agg.send(ClusterCommand::RemoteVantages { vantages }).await.is_err() {
                             return;
                         }
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "reading vantages");
-                        if agg.send(Command::DatabaseState { ok: false }).await.is_err() {
+                        if agg.send(ClusterCommand::DatabaseState { ok: false }).await.is_err() {
                             return;
                         }
                     }
@@ -132,7 +127,7 @@ pub async fn follow_store(f: Follower) {
                     let n = rows.len();
                     last_revision = rows.last().map_or(last_revision, |r| r.0);
                     if agg
-                        .send(Command::StoredEvents { events: rows })
+                        .send(ClusterCommand::StoredEvents { events: rows })
                         .await
                         .is_err()
                     {
@@ -155,7 +150,7 @@ pub async fn follow_store(f: Follower) {
                     let n = rows.len();
                     last_id = rows.last().map_or(last_id, |r| r.id);
                     if agg
-                        .send(Command::Remote { observations: rows })
+                        .send(ClusterCommand::Remote { observations: rows })
                         .await
                         .is_err()
                     {

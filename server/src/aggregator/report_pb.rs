@@ -1,7 +1,7 @@
 //! From the report's JSON model to its gRPC message.
 
 use vantage_proto::pb;
-use vantage_proto::report::{Base, HealthReport};
+use vantage_proto::report::{Base, HealthReport, VantageState};
 use vantage_proto::{Section, convert};
 
 fn messages(base: &Base) -> Vec<pb::Message> {
@@ -44,7 +44,7 @@ pub fn report_pb(r: &HealthReport) -> pb::Report {
             version: v.version.clone(),
             labels: v.labels.clone().into_iter().collect(),
             connected: v.connected,
-            stale: v.state == "stale",
+            stale: v.state == VantageState::Stale,
             last_seen: v.last_seen.map(convert::timestamp),
             stale_since: v.stale_since.map(convert::timestamp),
             ..Default::default()

@@ -12,7 +12,7 @@ use vantage_proto::pb;
 use vantage_proto::pb::probe_message::Msg as Up;
 use vantage_proto::pb::server_message::Msg as Down;
 
-use crate::aggregator::{Aggregator, Command};
+use crate::aggregator::{Aggregator, ProbeCommand};
 use crate::config::SERVER_VANTAGE;
 use crate::ingest::inventory::{self, Inventory};
 
@@ -129,7 +129,7 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
             .map_err(|_| Status::unavailable("the server is shutting down"))?;
         let check_ids = inventory::check_ids(&assignment);
         self.agg
-            .send(Command::Assigned {
+            .send(ProbeCommand::Assigned {
                 name: name.clone(),
                 check_ids,
             })
@@ -157,7 +157,7 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
                 }
             };
             tracing::info!(vantage = %name, session = session_id, %reason, "probe detached");
-            let _ = agg.send(Command::Detach { name, session_id }).await;
+            let _ = agg.send(ProbeCommand::Detach { name, session_id }).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -191,7 +191,7 @@ async fn session(
                 if a.generation != follow.generation {
                     follow.generation = a.generation;
                     let check_ids = inventory::check_ids(&a);
-                    if agg.send(Command::Assigned { name: name.to_owned(), check_ids }).await.is_err() {
+                    if agg.send(ProbeCommand::Assigned { name: name.to_owned(), check_ids }).await.is_err() {
                         return "the server is shutting down".into();
                     }
                     let msg = pb::ServerMessage { msg: Some(Down::Assignment(a)) };
@@ -230,18 +230,18 @@ async fn session(
                     ))));
                     return "invalid observation".into();
                 }
-                Command::Ingest {
+                ProbeCommand::Ingest {
                     name: name.to_owned(),
                     session_id,
                     observations: batch.observations,
                 }
             }
-            Some(Up::Heartbeat(h)) => Command::Heartbeat {
+            Some(Up::Heartbeat(h)) => ProbeCommand::Heartbeat {
                 name: name.to_owned(),
                 session_id,
                 replay_dropped: h.replay_dropped,
             },
-            Some(Up::RunComplete(r)) => Command::RunComplete {
+            Some(Up::RunComplete(r)) => ProbeCommand::RunComplete {
                 name: name.to_owned(),
                 request_id: r.request_id,
             },

@@ -27,6 +27,17 @@ pub struct DerpRegion {
     pub json: String,
 }
 
+impl DerpRegion {
+    pub fn from_map(r: &vantage_derp::map::Region) -> DerpRegion {
+        DerpRegion {
+            id: r.region_id,
+            code: r.region_code.clone(),
+            name: r.region_name.clone(),
+            json: serde_json::to_string(r).unwrap_or_default(),
+        }
+    }
+}
+
 /// The effective inventory.
 #[derive(Debug, Clone)]
 pub struct Inventory {

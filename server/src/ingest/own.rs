@@ -11,7 +11,7 @@ use vantage_probe::scheduler::{Output, Scheduler};
 use vantage_proto::pb;
 use vantage_proto::pb::server_message::Msg as Down;
 
-use crate::aggregator::{Aggregator, Command};
+use crate::aggregator::{Aggregator, ProbeCommand};
 use crate::ingest::inventory::{self, Inventory};
 
 /// Run the own vantage until the aggregator stops.
@@ -35,7 +35,7 @@ pub async fn run(
     };
     let assignment = inventory.assignment_for(&name, &region);
     if agg
-        .send(Command::Assigned {
+        .send(ProbeCommand::Assigned {
             name: name.clone(),
             check_ids: inventory::check_ids(&assignment),
         })
@@ -56,9 +56,9 @@ pub async fn run(
                 Some(Output::Observation(mut o)) => {
                     seq += 1;
                     o.seq = seq;
-                    Command::Ingest { name: name.clone(), session_id: attached.session_id, observations: vec![*o] }
+                    ProbeCommand::Ingest { name: name.clone(), session_id: attached.session_id, observations: vec![*o] }
                 }
-                Some(Output::RunComplete(request_id)) => Command::RunComplete { name: name.clone(), request_id },
+                Some(Output::RunComplete(request_id)) => ProbeCommand::RunComplete { name: name.clone(), request_id },
                 None => return,
             },
             msg = rx.recv() => match msg {
@@ -76,9 +76,9 @@ pub async fn run(
                 }
                 generation = a.generation;
                 scheduler = Scheduler::start(ctx.clone(), &a, out_tx.clone());
-                Command::Assigned { name: name.clone(), check_ids: inventory::check_ids(&a) }
+                ProbeCommand::Assigned { name: name.clone(), check_ids: inventory::check_ids(&a) }
             }
-            _ = heartbeat.tick() => Command::Heartbeat { name: name.clone(), session_id: attached.session_id, replay_dropped: 0 },
+            _ = heartbeat.tick() => ProbeCommand::Heartbeat { name: name.clone(), session_id: attached.session_id, replay_dropped: 0 },
         };
         if agg.send(cmd).await.is_err() {
             return;

@@ -27,6 +27,8 @@ use vantage_proto::pb;
 
 use crate::store::StoreError;
 
+pub mod follow;
+
 /// Most daemons, and most proxies, the registry holds (each).
 pub const MAX_ENTRIES: usize = 10_000;
 /// Most tags a daemon may carry.
@@ -298,6 +300,21 @@ impl ProxySpec {
         check_text(&format!("{at}icon_url"), &self.icon_url, MAX_URL)?;
         check_text(&format!("{at}version"), &self.version, MAX_TEXT)?;
         Ok(())
+    }
+}
+
+impl From<&crate::config::ProxyFile> for ProxySpec {
+    fn from(p: &crate::config::ProxyFile) -> ProxySpec {
+        ProxySpec {
+            name: p.name.clone(),
+            display_name: p.display_name.clone(),
+            url: p.url.clone(),
+            region: p.region.clone(),
+            icon_url: p.icon_url.clone(),
+            derp_enabled: p.derp_enabled,
+            derp_only: p.derp_only,
+            version: String::new(),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use vantage_proto::pb::observation::Result as ObsResult;
 use vantage_proto::pb::server_message::Msg as Down;
 use vantage_proto::{Section, Severity, pb};
-use vantage_server::aggregator::{Aggregator, AggregatorConfig, Command, SessionTx};
+use vantage_server::aggregator::{Aggregator, AggregatorConfig, ProbeCommand, SessionTx};
 use vantage_server::api::App;
 use vantage_server::api::grpc::watch::{Filter, watch_stream};
 use vantage_server::store::MemoryStore;
@@ -70,7 +70,7 @@ struct Probe {
 async fn attach(agg: &Aggregator, name: &str, instance: &str, acked: u64) -> Probe {
     let (tx, rx): (SessionTx, _) = mpsc::channel(1024);
     let a = agg.attach(hello(name, instance, acked), tx).await.unwrap();
-    agg.send(Command::Assigned {
+    agg.send(ProbeCommand::Assigned {
         name: name.into(),
         check_ids: vec![("access_url".into(), Section::AccessUrl)],
     })
@@ -85,7 +85,7 @@ async fn attach(agg: &Aggregator, name: &str, instance: &str, acked: u64) -> Pro
 }
 
 async fn ingest(agg: &Aggregator, p: &Probe, observations: Vec<pb::Observation>) {
-    agg.send(Command::Ingest {
+    agg.send(ProbeCommand::Ingest {
         name: p.name.clone(),
         session_id: p.session_id,
         observations,
@@ -116,7 +116,7 @@ fn last_ack(p: &mut Probe) -> u64 {
 
 #[tokio::test]
 async fn observations_apply_exactly_once_by_sequence() {
-    let agg = Aggregator::spawn(config(), vec![]);
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
     let mut p = attach(&agg, "fra-1", "inst-a", 0).await;
     assert_eq!(p.applied_seq, 0);
     ingest(&agg, &p, (1..=5).map(|s| obs(s, 200)).collect()).await;
@@ -153,7 +153,7 @@ async fn observations_apply_exactly_once_by_sequence() {
 
 #[tokio::test]
 async fn a_stale_session_cannot_ingest() {
-    let agg = Aggregator::spawn(config(), vec![]);
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
     let old = attach(&agg, "fra-1", "i", 0).await;
     let new = attach(&agg, "fra-1", "i", 0).await;
     ingest(&agg, &old, vec![obs(1, 503)]).await;
@@ -164,7 +164,7 @@ async fn a_stale_session_cannot_ingest() {
 
 #[tokio::test(start_paused = true)]
 async fn silent_vantages_go_stale_leave_the_aggregate_and_come_back() {
-    let agg = Aggregator::spawn(config(), vec![]);
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
     let good = attach(&agg, "fra-1", "a", 0).await;
     let bad = attach(&agg, "iad-1", "b", 0).await;
     ingest(&agg, &good, vec![obs(1, 200)]).await;
@@ -205,7 +205,7 @@ async fn silent_vantages_go_stale_leave_the_aggregate_and_come_back() {
 
 #[tokio::test(start_paused = true)]
 async fn nothing_covering_a_section_is_evnt02() {
-    let agg = Aggregator::spawn(config(), vec![]);
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
     let p = attach(&agg, "fra-1", "a", 0).await;
     ingest(&agg, &p, vec![obs(1, 200)]).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -221,7 +221,7 @@ async fn quorum_two_turns_a_lone_failure_into_a_named_warning() {
             ..config()
         },
         vec![],
-    );
+    ).expect("aggregator");
     let a = attach(&agg, "fra-1", "a", 0).await;
     let b = attach(&agg, "iad-1", "b", 0).await;
     let c = attach(&agg, "syd-1", "c", 0).await;
@@ -253,7 +253,7 @@ async fn quorum_two_turns_a_lone_failure_into_a_named_warning() {
 
 #[tokio::test]
 async fn force_asks_every_session_and_waits_for_completion() {
-    let agg = Aggregator::spawn(config(), vec![]);
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
     let mut a = attach(&agg, "fra-1", "a", 0).await;
     let mut pending = agg.force().await.unwrap();
     assert_eq!(
@@ -266,7 +266,7 @@ async fn force_asks_every_session_and_waits_for_completion() {
             _ => continue,
         }
     };
-    agg.send(Command::RunComplete {
+    agg.send(ProbeCommand::RunComplete {
         name: "fra-1".into(),
         request_id,
     })
@@ -298,7 +298,7 @@ fn is_snapshot(ev: &pb::WatchEvent) -> Option<bool> {
 
 #[tokio::test]
 async fn a_watcher_that_never_reads_does_not_slow_ingestion_and_is_resynced() {
-    let agg = Aggregator::spawn(config(), vec![]);
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
     let app = app(&agg);
     let p = attach(&agg, "fra-1", "a", 0).await;
     let sub = agg.subscribe(0, "").await.unwrap();
@@ -346,7 +346,7 @@ async fn watch_resumes_from_history_or_resyncs() {
             ..config()
         },
         vec![],
-    );
+    ).expect("aggregator");
     let app = app(&agg);
     let p = attach(&agg, "fra-1", "a", 0).await;
     for s in 1..=4u64 {
@@ -391,7 +391,7 @@ async fn watch_resumes_from_history_or_resyncs() {
 
 #[tokio::test]
 async fn a_revision_from_another_epoch_resyncs() {
-    let agg = Aggregator::spawn(config(), vec![]);
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
     let p = attach(&agg, "fra-1", "a", 0).await;
     ingest(&agg, &p, vec![obs(1, 200)]).await;
     let sub = agg.subscribe(1, "another-server-lifetime").await.unwrap();

@@ -10,6 +10,7 @@ use vantage_proto::{Section, pb};
 use crate::api::{App, ForceError};
 use watch::{Filter, watch_stream};
 
+pub mod health;
 pub mod watch;
 pub(crate) mod watch_codec;
 

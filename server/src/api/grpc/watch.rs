@@ -9,6 +9,7 @@ use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 use vantage_proto::pb;
+use vantage_proto::report::VantageChange;
 use vantage_proto::{Section, Severity};
 
 use crate::aggregator::{Aggregator, SharedEvent, Subscription};
@@ -65,7 +66,7 @@ impl Filter {
             }
             Some(pb::watch_event::Event::VantageChange(c)) => {
                 let vantage_ok = self.vantages.is_empty() || self.vantages.contains(&c.vantage);
-                let sev = if c.change == "stale" {
+                let sev = if VantageChange::parse(&c.change) == Some(VantageChange::Stale) {
                     Severity::Warning
                 } else {
                     Severity::Ok

@@ -1,0 +1,107 @@
+//! The durable side of the aggregator, when a database is configured: acknowledgements that
+//! wait for their observations to be stored, and the events this replica caused, stored in
+//! batches (their revisions come from the database).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::ack;
+use super::command::{ClusterCommand, Command, SessionTx};
+use crate::store::{NewEvent, Receipt, Store, WriteBehind};
+
+/// Acks waiting for storage; beyond this a later cumulative ack covers the skipped ones.
+const ACK_QUEUE: usize = 4096;
+/// Events waiting to be stored.
+const EVENT_QUEUE: usize = 16_384;
+/// Most events one transaction stores.
+const EVENT_BATCH: usize = 500;
+
+/// What a durable aggregator needs: the observation writer and the store (for events).
+pub struct DurableParts {
+    pub writer: WriteBehind,
+    pub store: Arc<dyn Store>,
+}
+
+pub(super) struct Durable {
+    /// Whether the database is answering. Written only by the aggregator (on
+    /// [`ClusterCommand::DatabaseState`]); while it is not, events are delivered from memory
+    /// under a provisional epoch.
+    pub(super) db_ok: Arc<AtomicBool>,
+    pub(super) writer: WriteBehind,
+    pub(super) acks: mpsc::Sender<(SessionTx, u64, Receipt)>,
+    /// Events this replica caused, to store (their revisions come from the database; every
+    /// replica's watchers are fed from there, in revision order).
+    pub(super) events: mpsc::Sender<Vec<u8>>,
+}
+
+impl Durable {
+    /// Start the ack and event writers. `agg` hears from the event writer when the database
+    /// fails (weakly held: the aggregator still stops when its last handle goes).
+    pub(super) fn start(parts: DurableParts, agg: mpsc::WeakSender<Command>) -> Durable {
+        let (acks, pending) = mpsc::channel(ACK_QUEUE);
+        tokio::spawn(ack_when_stored(pending));
+        let (events, drafts) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(store_events(parts.store, drafts, agg));
+        Durable {
+            db_ok: Arc::new(AtomicBool::new(true)),
+            writer: parts.writer,
+            acks,
+            events,
+        }
+    }
+
+    pub(super) fn database_ok(&self) -> bool {
+        self.db_ok.load(Ordering::Relaxed)
+    }
+}
+
+/// Store events in batches, retrying while the database is away (bounded by the queue).
+async fn store_events(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    agg: mpsc::WeakSender<Command>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![NewEvent { payload: first }];
+        while batch.len() < EVENT_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(NewEvent { payload: p }),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match store.append_events(batch.clone()).await {
+                Ok(_) => {
+                    backoff = Duration::from_millis(50);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, events = batch.len(), "storing events; retrying");
+                    let Some(agg) = agg.upgrade() else {
+                        return;
+                    };
+                    let down = Command::Cluster(ClusterCommand::DatabaseState { ok: false });
+                    if agg.send(down).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Acks waiting for their observations to be stored, in order (the writer stores in order).
+async fn ack_when_stored(mut pending: mpsc::Receiver<(SessionTx, u64, Receipt)>) {
+    while let Some((tx, seq, receipt)) = pending.recv().await {
+        // Stored, or dropped from the full queue (counted there): either way the probe may
+        // let go; a dropped write is reported, never retried forever.
+        let _ = receipt.stored().await;
+        let _ = tx.try_send(ack(seq));
+    }
+}

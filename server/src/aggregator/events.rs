@@ -1,0 +1,189 @@
+//! Events: what changed, numbered by revision, kept in a bounded history for resuming and
+//! fanned out on a broadcast channel that never waits for a subscriber. In a cluster the
+//! database numbers them.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::broadcast;
+use vantage_proto::{Section, Severity, convert, pb};
+
+use super::state::{Cause, State};
+use vantage_proto::report::VantageChange;
+
+/// An event as the fan-out carries it: the message, and its protobuf encoding made once for
+/// every subscriber (each watch stream copies these bytes instead of encoding again).
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub event: pb::WatchEvent,
+    pub encoded: bytes::Bytes,
+}
+
+impl SharedEvent {
+    pub fn new(event: pb::WatchEvent) -> Arc<SharedEvent> {
+        let encoded = bytes::Bytes::from(prost::Message::encode_to_vec(&event));
+        Arc::new(SharedEvent { event, encoded })
+    }
+}
+
+impl std::ops::Deref for SharedEvent {
+    type Target = pb::WatchEvent;
+    fn deref(&self) -> &pb::WatchEvent {
+        &self.event
+    }
+}
+
+/// A new subscription: the receiver is subscribed before the snapshot or backlog is taken,
+/// so nothing falls between them.
+pub struct Subscription {
+    pub events: broadcast::Receiver<Arc<SharedEvent>>,
+    /// Set when the subscriber starts from scratch or its revision is out of the history.
+    pub snapshot: Option<(bool, Arc<pb::Report>)>,
+    pub backlog: Vec<Arc<SharedEvent>>,
+}
+
+impl State {
+    pub(super) fn subscribe(&mut self, since: u64) -> Subscription {
+        let events = self.events.subscribe();
+        let oldest = self.history.front().map(|e| e.revision);
+        // Resume only from a revision this server has passed, whose successors are all still
+        // in the history; anything else (a revision from before a restart, or too old) resyncs.
+        let reaches_back = since > 0
+            && since <= self.revision
+            && (since == self.revision || oldest.is_some_and(|o| o <= since + 1));
+        if reaches_back {
+            let backlog = self
+                .history
+                .iter()
+                .filter(|e| e.revision > since)
+                .cloned()
+                .collect();
+            Subscription {
+                events,
+                snapshot: None,
+                backlog,
+            }
+        } else {
+            let (_, pb_report) = self.report();
+            Subscription {
+                events,
+                snapshot: Some((since > 0, pb_report)),
+                backlog: Vec::new(),
+            }
+        }
+    }
+
+    /// Record an event. In a cluster the database numbers events: what this replica caused
+    /// is stored, and every replica's watchers get it back from there ([`Self::stored_events`]);
+    /// while the database is away, events are numbered here under a provisional epoch.
+    fn push_event(&mut self, event: pb::watch_event::Event, cause: Cause) {
+        self.cached = None;
+        if let Some(d) = &self.durable {
+            if cause == Cause::Here {
+                let draft = pb::WatchEvent {
+                    revision: 0,
+                    epoch: String::new(),
+                    time: Some(convert::timestamp(Utc::now())),
+                    event: Some(event.clone()),
+                };
+                if d.events
+                    .try_send(prost::Message::encode_to_vec(&draft))
+                    .is_err()
+                {
+                    self.stats.events_dropped += 1;
+                }
+            }
+            if d.database_ok() {
+                return;
+            }
+            // The database is away: watchers keep getting changes from memory (they resync
+            // when the database's feed resumes).
+            self.enter_degraded();
+        }
+        self.revision += 1;
+        let ev = SharedEvent::new(pb::WatchEvent {
+            revision: self.revision,
+            epoch: self.current_epoch().to_owned(),
+            time: Some(convert::timestamp(Utc::now())),
+            event: Some(event),
+        });
+        self.publish(ev);
+    }
+
+    /// Enter a provisional epoch for events delivered from memory; `false` if already in one.
+    pub(super) fn enter_degraded(&mut self) -> bool {
+        if self.degraded.is_some() {
+            return false;
+        }
+        tracing::warn!("the database is unreachable: delivering events from memory");
+        self.degraded = Some(format!("degraded-{}", uuid::Uuid::new_v4()));
+        true
+    }
+
+    /// Into the bounded history and to the watchers. Never waits: a lagging subscriber finds
+    /// out on its next receive.
+    fn publish(&mut self, ev: Arc<SharedEvent>) {
+        if self.history.len() == self.config.history {
+            self.history.pop_front();
+        }
+        self.history.push_back(ev.clone());
+        self.stats.events += 1;
+        let _ = self.events.send(ev);
+    }
+
+    /// Events from the database, in revision order: into the history and to the watchers.
+    pub(super) fn stored_events(&mut self, events: Vec<crate::store::StoredEvent>) {
+        if !events.is_empty() && self.degraded.take().is_some() {
+            tracing::info!("the database is back: events come from it again");
+            self.revision = self.db_revision;
+        }
+        for (revision, payload) in events {
+            if revision <= self.db_revision {
+                continue;
+            }
+            self.db_revision = revision;
+            let Ok(mut ev) = <pb::WatchEvent as prost::Message>::decode(payload.as_slice()) else {
+                tracing::warn!(revision, "skipping an undecodable stored event");
+                continue;
+            };
+            ev.revision = revision;
+            ev.epoch.clone_from(&self.epoch);
+            self.revision = revision;
+            self.publish(SharedEvent::new(ev));
+        }
+        self.cached = None;
+    }
+
+    /// The epoch revisions currently belong to.
+    pub(super) fn current_epoch(&self) -> &str {
+        self.degraded.as_deref().unwrap_or(&self.epoch)
+    }
+
+    pub(super) fn section_event(
+        &mut self,
+        section: Section,
+        vantage: &str,
+        from: Option<Severity>,
+        to: Severity,
+        base: &vantage_proto::report::Base,
+        cause: Cause,
+    ) {
+        let change = pb::SectionChange {
+            section: pb::Section::from(section) as i32,
+            vantage: vantage.to_owned(),
+            from: from.map_or(pb::Severity::Unspecified, pb::Severity::from) as i32,
+            to: pb::Severity::from(to) as i32,
+            error: base.error.clone().unwrap_or_default(),
+            warnings: base.warnings.iter().map(pb::Message::from).collect(),
+        };
+        self.push_event(pb::watch_event::Event::SectionChange(change), cause);
+    }
+
+    pub(super) fn vantage_event(&mut self, name: &str, change: VantageChange, cause: Cause) {
+        let event = pb::VantageChange {
+            vantage: name.to_owned(),
+            change: change.as_str().to_owned(),
+        };
+        self.push_event(pb::watch_event::Event::VantageChange(event), cause);
+    }
+}

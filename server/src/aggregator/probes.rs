@@ -1,0 +1,258 @@
+//! What probe sessions (and the server's own vantage) cause: attach, detach, observations
+//! applied exactly once by per-instance sequence number, forced runs.
+
+use std::collections::BTreeSet;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::Status;
+use vantage_proto::pb::server_message::Msg as Down;
+use vantage_proto::report::VantageChange;
+use vantage_proto::{Section, pb};
+
+use super::state::{Cause, ForceRun, State};
+use super::vantage::{SeqStats, Vantage};
+use super::{Attached, MAX_REMOTE_OBSERVATIONS, MAX_TARGETS_PER_CHECK, SessionTx, ack};
+use crate::store::NewObservation;
+
+impl State {
+    pub(super) fn attach(&mut self, hello: pb::Hello, session: SessionTx) -> Attached {
+        let session_id = self.next_session;
+        self.next_session += 1;
+        let name = hello.name.clone();
+        let v = self.vantage_entry(&name);
+        v.home = true;
+        if v.instance_id != hello.instance_id {
+            // A new process: its sequence numbers start afresh.
+            v.instance_id = hello.instance_id.clone();
+            v.seq = SeqStats {
+                resumed_from: hello.last_acked_seq,
+                ..SeqStats::default()
+            };
+        } else {
+            v.seq.resumed_from = hello.last_acked_seq;
+        }
+        v.seq.replay_dropped = hello.replay_dropped;
+        v.region = hello.region;
+        v.version = hello.version;
+        v.labels = hello.labels.into_iter().collect();
+        if let Some((_, old)) = v.session.replace((session_id, session)) {
+            tracing::warn!(vantage = %name, "a new session replaces the previous one");
+            let _ = old.try_send(Err(Status::aborted(
+                "replaced by a newer session of the same vantage",
+            )));
+        }
+        if v.seq.applied == 0 {
+            // Nothing applied from this instance yet: continue after what it says was acked.
+            v.seq.last = v.seq.last.max(hello.last_acked_seq);
+        }
+        let applied_seq = v.seq.last;
+        self.vantage_event(&name, VantageChange::Attached, Cause::Here);
+        self.seen(&name, Cause::Here);
+        self.bump();
+        Attached {
+            session_id,
+            applied_seq,
+        }
+    }
+
+    pub(super) fn detach(&mut self, name: &str, session_id: u64) {
+        let Some(v) = self.vantages.get_mut(name) else {
+            return;
+        };
+        if v.session.as_ref().is_none_or(|s| s.0 != session_id) {
+            return;
+        }
+        v.session = None;
+        self.run_complete(name);
+        self.vantage_event(name, VantageChange::Detached, Cause::Here);
+        self.bump();
+    }
+
+    /// A heartbeat of the vantage's current session.
+    pub(super) fn heartbeat(&mut self, name: &str, session_id: u64, replay_dropped: u64) {
+        if let Some(v) = self
+            .vantages
+            .get_mut(name)
+            .filter(|v| v.session.as_ref().is_some_and(|s| s.0 == session_id))
+        {
+            v.seq.replay_dropped = replay_dropped;
+            self.seen(name, Cause::Here);
+        }
+    }
+
+    /// The checks of the vantage's new assignment: observations of other checks are dropped.
+    pub(super) fn assigned(&mut self, name: &str, check_ids: Vec<(String, Section)>) {
+        if let Some(v) = self.vantages.get_mut(name) {
+            v.assigned = check_ids.into_iter().collect();
+            let assigned = &v.assigned;
+            v.observations.retain_checks(|id| assigned.contains_key(id));
+            for s in Section::ALL {
+                self.recompute(name, s, Cause::Here);
+            }
+            self.bump();
+        }
+    }
+
+    /// The vantage was heard from: fresh again if it was stale.
+    fn seen(&mut self, name: &str, cause: Cause) {
+        let Some(v) = self.vantages.get_mut(name) else {
+            return;
+        };
+        v.last_seen = Instant::now();
+        v.last_seen_at = Some(Utc::now());
+        if v.stale_since.take().is_some() {
+            self.vantage_event(name, VantageChange::Fresh, cause);
+            self.reaggregate_all(cause);
+        }
+    }
+
+    pub(super) fn ingest(
+        &mut self,
+        name: &str,
+        session_id: u64,
+        observations: Vec<pb::Observation>,
+    ) {
+        let Some(v) = self.vantages.get_mut(name) else {
+            return;
+        };
+        let Some((sid, tx)) = v.session.as_ref() else {
+            return;
+        };
+        if *sid != session_id {
+            return;
+        }
+        let tx = tx.clone();
+        let instance = v.instance_id.clone();
+        let to_store = self.durable.is_some().then(|| {
+            observations
+                .iter()
+                .filter(|o| o.seq > v.seq.last)
+                .map(|o| NewObservation {
+                    vantage: name.to_owned(),
+                    instance_id: instance.clone(),
+                    observation: o.clone(),
+                })
+                .collect::<Vec<_>>()
+        });
+        let acked = self.apply(name, observations, Cause::Here);
+        match (&self.durable, to_store) {
+            (Some(d), Some(batch)) if !batch.is_empty() => {
+                let receipt = d.writer.submit(batch);
+                // If the ack queue is full, a later cumulative ack covers this one.
+                let _ = d.acks.try_send((tx, acked, receipt));
+            }
+            _ => {
+                // Cumulative ack; if the session's queue is full a later ack covers this one.
+                let _ = tx.try_send(ack(acked));
+            }
+        }
+    }
+
+    /// Apply observations of `name` in sequence order, once each; returns the highest
+    /// sequence applied. From [`Cause::Elsewhere`] (heard through the store) the check need not
+    /// be in this replica's assignment of the vantage.
+    pub(super) fn apply(
+        &mut self,
+        name: &str,
+        observations: Vec<pb::Observation>,
+        cause: Cause,
+    ) -> u64 {
+        let remote = cause == Cause::Elsewhere;
+        let Some(v) = self.vantages.get_mut(name) else {
+            return 0;
+        };
+        let mut dirty: u8 = 0;
+        for obs in observations {
+            if obs.seq <= v.seq.last {
+                v.seq.duplicates += 1;
+                self.stats.duplicates += 1;
+                continue;
+            }
+            if v.seq.applied > 0 && obs.seq > v.seq.last + 1 {
+                v.seq.gaps += obs.seq - v.seq.last - 1;
+            }
+            if v.seq.first == 0 {
+                v.seq.first = obs.seq;
+            }
+            v.seq.last = obs.seq;
+            v.seq.applied += 1;
+            self.stats.applied += 1;
+            let section = if remote {
+                Section::from_pb(obs.section)
+            } else {
+                v.assigned
+                    .get(&obs.check_id)
+                    .copied()
+                    .filter(|s| Section::from_pb(obs.section) == Some(*s))
+            };
+            let Some(section) = section else {
+                // Not (or no longer) assigned: counted as applied, kept nowhere.
+                self.stats.rejected += 1;
+                continue;
+            };
+            let (limit, per_check) = if remote {
+                (MAX_REMOTE_OBSERVATIONS, MAX_REMOTE_OBSERVATIONS)
+            } else {
+                (MAX_REMOTE_OBSERVATIONS, MAX_TARGETS_PER_CHECK)
+            };
+            if !v.observations.put(obs, limit, per_check) {
+                // A check has at most so many targets (DERP nodes of a region).
+                self.stats.rejected += 1;
+                continue;
+            }
+            dirty |= 1 << (section as u8);
+        }
+        let applied = v.seq.last;
+        self.seen(name, cause);
+        for s in Section::ALL {
+            if dirty & (1 << (s as u8)) != 0 {
+                self.recompute(name, s, cause);
+            }
+        }
+        self.bump();
+        applied
+    }
+
+    /// A vantage this replica has not heard of: created without a session.
+    pub(super) fn vantage_entry(&mut self, name: &str) -> &mut Vantage {
+        self.vantages
+            .entry(name.to_owned())
+            .or_insert_with(|| Vantage::new(name))
+    }
+
+    /// Ask every attached vantage to run now; joins a run in flight.
+    pub(super) fn force(&mut self) -> watch::Receiver<BTreeSet<String>> {
+        if let Some(run) = self
+            .force
+            .as_ref()
+            .filter(|r| !r.pending.borrow().is_empty())
+        {
+            // Join the run in flight (single flight).
+            return run.pending.subscribe();
+        }
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let mut pending = BTreeSet::new();
+        for v in self.vantages.values() {
+            if let Some((_, tx)) = &v.session {
+                let msg = pb::ServerMessage {
+                    msg: Some(Down::RunNow(pb::RunNow { request_id })),
+                };
+                if tx.try_send(Ok(msg)).is_ok() {
+                    pending.insert(v.name.clone());
+                }
+            }
+        }
+        let (tx, rx) = watch::channel(pending);
+        self.force = Some(ForceRun { pending: tx });
+        rx
+    }
+
+    pub(super) fn run_complete(&mut self, name: &str) {
+        if let Some(run) = &self.force {
+            run.pending.send_if_modified(|p| p.remove(name));
+        }
+    }
+}

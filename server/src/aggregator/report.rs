@@ -1,0 +1,184 @@
+//! The report: built from the aggregates and the vantages only when something changed, and
+//! the figures `/metrics` shows.
+
+use std::sync::Arc;
+
+use vantage_probe::rules::SectionReport;
+use vantage_proto::pb;
+use vantage_proto::report::{
+    Aggregated, HealthReport, Message, VantageInfo, VantageState, VantagesReport,
+};
+use vantage_proto::{Section, Severity, codes, convert};
+
+use super::report_pb::report_pb;
+use super::state::{Cause, State};
+use super::vantage::Vantage;
+
+/// The latest check of one target as one vantage saw it.
+#[derive(Debug, Clone)]
+pub struct TargetFigure {
+    pub vantage: String,
+    pub section: Section,
+    pub target: String,
+    /// How long the check took.
+    pub seconds: f64,
+    /// Whether it succeeded (no failure code; 200; relayed; proxy `ok`).
+    pub ok: bool,
+}
+
+/// Whether an observation is a success.
+fn observation_ok(o: &pb::Observation) -> bool {
+    use pb::observation::Result as R;
+    match &o.result {
+        Some(R::AccessUrl(r)) => r.failure.is_none() && r.status_code == 200,
+        Some(R::Websocket(r)) => r.failure.is_none(),
+        Some(R::Database(r)) => r.failure.is_none(),
+        Some(R::DerpNode(r)) => {
+            r.error.is_empty()
+                && (r.can_exchange_messages || r.stun_only)
+                && r.stun_error.is_empty()
+        }
+        Some(R::WorkspaceProxy(r)) => r.status == "ok",
+        Some(R::UnknownError(_)) | None => false,
+    }
+}
+
+impl State {
+    /// The latest check of every target of every fresh vantage.
+    pub(super) fn target_figures(&self) -> Vec<TargetFigure> {
+        self.vantages
+            .values()
+            .filter(|v| v.is_fresh())
+            .flat_map(|v| {
+                v.observations.values().filter_map(move |o| {
+                    Some(TargetFigure {
+                        vantage: v.name.clone(),
+                        section: Section::from_pb(o.section)?,
+                        target: o.target.clone(),
+                        seconds: convert::from_duration(o.elapsed.as_ref())
+                            .map_or(0.0, |d| d.as_secs_f64()),
+                        ok: observation_ok(o),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn vantage_pb(&self, v: &Vantage) -> pb::Vantage {
+        pb::Vantage {
+            name: v.name.clone(),
+            region: v.region.clone(),
+            version: v.version.clone(),
+            labels: v.labels.clone().into_iter().collect(),
+            connected: v.session.is_some(),
+            stale: !v.is_fresh(),
+            last_seen: v.last_seen_at.map(convert::timestamp),
+            stale_since: v.stale_since.map(convert::timestamp),
+            instance_id: v.instance_id.clone(),
+            first_applied_seq: v.seq.first,
+            last_applied_seq: v.seq.last,
+            applied: v.seq.applied,
+            duplicates: v.seq.duplicates,
+            gaps: v.seq.gaps,
+            replay_dropped: v.seq.replay_dropped,
+            resumed_from_seq: v.seq.resumed_from,
+        }
+    }
+
+    /// The report, built only when something changed since the last one.
+    pub(super) fn report(&mut self) -> (Arc<HealthReport>, Arc<pb::Report>) {
+        if let Some(c) = &self.cached {
+            return c.clone();
+        }
+        for s in Section::ALL {
+            if !self.aggregates.contains_key(&s) {
+                self.reaggregate(s, Cause::Here);
+            }
+        }
+        let report = self.build_report();
+        let mut pb_report = report_pb(&report);
+        pb_report.epoch = self.current_epoch().to_owned();
+        let pair = (Arc::new(report), Arc::new(pb_report));
+        self.cached = Some(pair.clone());
+        pair
+    }
+
+    fn build_report(&self) -> HealthReport {
+        let mut vantages = VantagesReport::default();
+        for v in self.vantages.values() {
+            vantages.items.push(VantageInfo {
+                name: v.name.clone(),
+                region: v.region.clone(),
+                version: v.version.clone(),
+                labels: v.labels.clone(),
+                connected: v.session.is_some(),
+                state: if v.is_fresh() {
+                    VantageState::Fresh
+                } else {
+                    VantageState::Stale
+                },
+                last_seen: v.last_seen_at,
+                stale_since: v.stale_since,
+            });
+            if let Some(since) = v.stale_since {
+                vantages.warnings.push(Message::new(
+                    codes::EVNT01,
+                    format!(
+                        "vantage {} is stale since {} (last seen {}); its results left the aggregate",
+                        v.name,
+                        since.to_rfc3339(),
+                        v.last_seen_at.map_or_else(|| "never".to_owned(), |t| t.to_rfc3339())
+                    ),
+                ));
+                vantages.severity = Severity::Warning;
+            }
+        }
+        let fresh: Vec<&Vantage> = self.vantages.values().filter(|v| v.is_fresh()).collect();
+        macro_rules! section {
+            ($section:expr, $variant:ident) => {{
+                let report = match self.aggregates.get(&$section).map(|a| &a.0) {
+                    Some(SectionReport::$variant(r)) => r.clone(),
+                    _ => Default::default(),
+                };
+                let vantage_reports = fresh
+                    .iter()
+                    .filter_map(|v| match v.sections.get(&$section) {
+                        Some(SectionReport::$variant(r)) => Some((v.name.clone(), r.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                Aggregated {
+                    report,
+                    vantage_reports,
+                }
+            }};
+        }
+        let mut report = HealthReport {
+            time: self.changed_at,
+            healthy: true,
+            severity: Severity::Ok,
+            derp: section!(Section::Derp, Derp),
+            access_url: section!(Section::AccessUrl, AccessUrl),
+            websocket: section!(Section::Websocket, Websocket),
+            database: section!(Section::Database, Database),
+            workspace_proxy: section!(Section::WorkspaceProxy, WorkspaceProxy),
+            provisioner_daemons: section!(Section::ProvisionerDaemons, ProvisionerDaemons),
+            coder_version: self.config.version.clone(),
+            vantages,
+            revision: self.revision,
+        };
+        report.apply_dismissed(&self.dismissed);
+        let mut severity = report.vantages.severity;
+        let mut healthy = true;
+        for s in Section::ALL {
+            let sev = report.base(s).severity;
+            severity = severity.max(sev);
+            if s.is_failing(sev) {
+                healthy = false;
+            }
+        }
+        report.severity = severity;
+        report.healthy = healthy;
+        report
+    }
+}

@@ -1,0 +1,118 @@
+//! What the aggregator keeps of one vantage: its session, its latest observations, its
+//! section reports and alerts, and the bookkeeping of its sequence numbers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use rustc_hash::FxHashMap;
+use tokio::time::Instant;
+use vantage_probe::rules::SectionReport;
+use vantage_proto::{Section, pb};
+
+use super::SessionTx;
+use super::alert::Alert;
+
+/// Per-sequence bookkeeping of one probe instance: `applied == last - first + 1` means nothing
+/// was lost in between and nothing was applied twice.
+#[derive(Debug, Default, Clone)]
+pub(super) struct SeqStats {
+    pub(super) first: u64,
+    pub(super) last: u64,
+    pub(super) applied: u64,
+    pub(super) duplicates: u64,
+    pub(super) gaps: u64,
+    pub(super) replay_dropped: u64,
+    pub(super) resumed_from: u64,
+}
+
+/// The latest observation of each check and target of one vantage. Keyed check → target so
+/// that replacing an observation (the ingest path's common case) allocates no key.
+#[derive(Default)]
+pub(super) struct Latest {
+    pub(super) by_check: FxHashMap<String, FxHashMap<String, pb::Observation>>,
+    pub(super) len: usize,
+}
+
+impl Latest {
+    /// Keep `obs` as the latest of its check and target; `false` when that would exceed
+    /// `limit` in all or `per_check` targets of its check.
+    pub(super) fn put(&mut self, obs: pb::Observation, limit: usize, per_check: usize) -> bool {
+        if let Some(targets) = self.by_check.get_mut(obs.check_id.as_str()) {
+            if let Some(slot) = targets.get_mut(obs.target.as_str()) {
+                *slot = obs;
+                return true;
+            }
+            if targets.len() >= per_check || self.len >= limit {
+                return false;
+            }
+            targets.insert(obs.target.clone(), obs);
+            self.len += 1;
+            return true;
+        }
+        if self.len >= limit {
+            return false;
+        }
+        let mut targets = FxHashMap::default();
+        let check = obs.check_id.clone();
+        targets.insert(obs.target.clone(), obs);
+        self.by_check.insert(check, targets);
+        self.len += 1;
+        true
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &pb::Observation> {
+        self.by_check.values().flat_map(FxHashMap::values)
+    }
+
+    pub(super) fn retain_checks(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.by_check.retain(|check, _| keep(check));
+        self.len = self.by_check.values().map(FxHashMap::len).sum();
+    }
+}
+
+pub(super) struct Vantage {
+    pub(super) name: String,
+    pub(super) region: String,
+    pub(super) version: String,
+    pub(super) labels: BTreeMap<String, String>,
+    pub(super) instance_id: String,
+    pub(super) session: Option<(u64, SessionTx)>,
+    pub(super) last_seen: Instant,
+    pub(super) last_seen_at: Option<DateTime<Utc>>,
+    pub(super) stale_since: Option<DateTime<Utc>>,
+    /// Latest observation per assigned check and target.
+    pub(super) observations: Latest,
+    pub(super) assigned: FxHashMap<String, Section>,
+    pub(super) sections: HashMap<Section, SectionReport>,
+    pub(super) alerts: HashMap<Section, Alert>,
+    pub(super) seq: SeqStats,
+    /// Its latest session was on this replica.
+    pub(super) home: bool,
+}
+
+impl Vantage {
+    /// A vantage this replica has not heard of: created without a session.
+    pub(super) fn new(name: &str) -> Vantage {
+        Vantage {
+            name: name.to_owned(),
+            region: String::new(),
+            version: String::new(),
+            labels: BTreeMap::new(),
+            instance_id: String::new(),
+            session: None,
+            last_seen: Instant::now(),
+            last_seen_at: None,
+            stale_since: None,
+            observations: Latest::default(),
+            assigned: FxHashMap::default(),
+            sections: HashMap::new(),
+            alerts: HashMap::new(),
+            seq: SeqStats::default(),
+            home: false,
+        }
+    }
+
+    pub(super) fn is_fresh(&self) -> bool {
+        self.stale_since.is_none()
+    }
+}

@@ -1,0 +1,86 @@
+//! Keeps the rest of the server in step with the registry: the probes' proxy targets, the
+//! WorkspaceProxy rules' inputs and the ProvisionerDaemons section.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use vantage_probe::rules::{SectionReport, provisioners};
+
+use super::Registry;
+use crate::aggregator::{AdminCommand, Aggregator};
+use crate::ingest::inventory::ProxyTarget;
+
+/// What the ProvisionerDaemons section requires.
+#[derive(Debug, Clone, Copy)]
+pub struct ProvisionerPolicy {
+    pub required: bool,
+    pub stale_after: Duration,
+}
+
+/// Keep assignments, the WorkspaceProxy rules' inputs and the ProvisionerDaemons section in
+/// step with the registry: on every change, and every few seconds (daemons go stale by time).
+pub async fn follow(
+    registry: Arc<Registry>,
+    agg: Aggregator,
+    proxies: tokio::sync::watch::Sender<Arc<Vec<ProxyTarget>>>,
+    policy: ProvisionerPolicy,
+    cancel: CancellationToken,
+) {
+    let mut changes = registry.subscribe();
+    let tick_every =
+        (policy.stale_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_targets: Option<Vec<ProxyTarget>> = None;
+    let mut last_inputs = None;
+    loop {
+        let records = registry.proxies(None).await;
+        let targets: Vec<ProxyTarget> = records
+            .iter()
+            .map(|p| ProxyTarget {
+                name: p.name.clone(),
+                url: p.url.clone(),
+                region: p.region.clone(),
+            })
+            .collect();
+        if last_targets.as_ref() != Some(&targets) {
+            proxies.send_replace(Arc::new(targets.clone()));
+            last_targets = Some(targets);
+        }
+        let inputs = registry.proxy_inputs().await;
+        if last_inputs.as_ref() != Some(&inputs) {
+            if agg
+                .send(AdminCommand::Proxies {
+                    proxies: inputs.clone(),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            last_inputs = Some(inputs);
+        }
+        let section = provisioners::section(
+            &registry.provisioner_inputs().await,
+            registry.now(),
+            vantage_probe::VERSION,
+            provisioners::CURRENT_API_MAJOR,
+            policy.required,
+            policy.stale_after,
+        );
+        let report = SectionReport::ProvisionerDaemons(section);
+        if agg
+            .send(AdminCommand::ServerSection { report })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
+        }
+    }
+}
