@@ -221,7 +221,8 @@ async fn quorum_two_turns_a_lone_failure_into_a_named_warning() {
             ..config()
         },
         vec![],
-    ).expect("aggregator");
+    )
+    .expect("aggregator");
     let a = attach(&agg, "fra-1", "a", 0).await;
     let b = attach(&agg, "iad-1", "b", 0).await;
     let c = attach(&agg, "syd-1", "c", 0).await;
@@ -346,7 +347,8 @@ async fn watch_resumes_from_history_or_resyncs() {
             ..config()
         },
         vec![],
-    ).expect("aggregator");
+    )
+    .expect("aggregator");
     let app = app(&agg);
     let p = attach(&agg, "fra-1", "a", 0).await;
     for s in 1..=4u64 {

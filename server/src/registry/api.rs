@@ -1,0 +1,80 @@
+//! `vantage.v1.RegistryService`: heartbeats and proxy registrations over gRPC.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use vantage_proto::pb;
+
+use super::*;
+
+/// `vantage.v1.RegistryService`.
+#[derive(Clone)]
+pub struct RegistryApi {
+    pub registry: Arc<Registry>,
+}
+
+#[tonic::async_trait]
+impl pb::registry_service_server::RegistryService for RegistryApi {
+    async fn provisioner_heartbeat(
+        &self,
+        request: Request<pb::ProvisionerHeartbeatRequest>,
+    ) -> Result<Response<pb::ProvisionerHeartbeatResponse>, Status> {
+        let hb = Heartbeat::try_from(request.into_inner())?;
+        let record = self.registry.heartbeat(hb).await?;
+        Ok(Response::new(pb::ProvisionerHeartbeatResponse {
+            daemon: Some(record.to_pb()),
+            stale_after: Some(convert::duration(STALE_AFTER)),
+        }))
+    }
+
+    async fn register_workspace_proxy(
+        &self,
+        request: Request<pb::RegisterWorkspaceProxyRequest>,
+    ) -> Result<Response<pb::WorkspaceProxyRegistration>, Status> {
+        let spec = ProxySpec::try_from(request.into_inner())?;
+        let record = self.registry.register_proxy(spec).await?;
+        Ok(Response::new(record.to_pb()))
+    }
+
+    async fn deregister_workspace_proxy(
+        &self,
+        request: Request<pb::DeregisterWorkspaceProxyRequest>,
+    ) -> Result<Response<pb::DeregisterWorkspaceProxyResponse>, Status> {
+        self.registry
+            .deregister_proxy(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(pb::DeregisterWorkspaceProxyResponse {}))
+    }
+
+    async fn list_workspace_proxies(
+        &self,
+        request: Request<pb::ListWorkspaceProxiesRequest>,
+    ) -> Result<Response<pb::ListWorkspaceProxiesResponse>, Status> {
+        let region = request.into_inner().region;
+        let filter = (!region.is_empty()).then_some(region.as_str());
+        let proxies = self
+            .registry
+            .proxies(filter)
+            .await
+            .iter()
+            .map(ProxyRecord::to_pb)
+            .collect();
+        Ok(Response::new(pb::ListWorkspaceProxiesResponse { proxies }))
+    }
+
+    async fn list_provisioner_daemons(
+        &self,
+        _request: Request<pb::ListProvisionerDaemonsRequest>,
+    ) -> Result<Response<pb::ListProvisionerDaemonsResponse>, Status> {
+        let daemons = self
+            .registry
+            .daemons()
+            .await
+            .iter()
+            .map(DaemonRecord::to_pb)
+            .collect();
+        Ok(Response::new(pb::ListProvisionerDaemonsResponse {
+            daemons,
+        }))
+    }
+}
