@@ -1,30 +1,21 @@
-//! Test support: real processes of our own binaries on port 0, read for their readiness line,
-//! killed when dropped; and polling helpers with deadlines (never sleeps for readiness).
+//! End-to-end test support: real processes of our own binaries (`vantaged`, `vantage-probe`,
+//! the `vantage` CLI) on port 0, read for their readiness line, killed when dropped. Real
+//! third-party peers, PostgreSQL and `eventually` come from `vantage-testkit`.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-pub mod peers;
-pub mod pg;
-
-use std::future::Future;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use vantage_testkit::{ReadyChild, ReadyError};
 
-/// Where cargo put the workspace's binaries (beside the test executable's `deps/`).
+/// Where cargo put the workspace's binaries (`target/<profile>/`, beside the test's `deps/`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so every binary is built",
-        path.display()
-    );
-    path
+    vantage_testkit::cargo_bin(name).unwrap_or_else(|e| {
+        panic!("{e}: run the tests with `cargo test --workspace` so every binary is built")
+    })
 }
 
 /// A running `vantaged`.
@@ -59,20 +50,13 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .args(&args)
             .env("VANTAGE_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("vantaged printed no URL within 30s")
-            .unwrap()?;
-        let url = line.trim().to_owned();
+            .stderr(Stdio::inherit());
+        let ReadyChild { child, url } = match ReadyChild::spawn(cmd, "vantaged").await {
+            Ok(ready) => ready,
+            Err(ReadyError::Exited { .. }) => return None,
+            Err(e) => panic!("{e}"),
+        };
         let port = url.rsplit(':').next().unwrap().parse().unwrap();
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Some(Server {
             child,
             url,
@@ -136,33 +120,6 @@ impl Probe {
     }
 }
 
-/// Poll `f` every 50 ms until it returns `Some`, or fail after `within` saying `what`.
-#[track_caller]
-pub fn eventually<T, F, Fut>(
-    within: Duration,
-    what: &'static str,
-    mut f: F,
-) -> impl Future<Output = T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let caller = std::panic::Location::caller();
-    async move {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{caller}: timed out after {within:?} waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 /// The vantage entry named `name` in a report.
 pub fn vantage<'a>(report: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
     report["vantages"]["items"]
@@ -184,6 +141,3 @@ pub async fn cli(args: &[&str]) -> std::process::Output {
     .expect("the CLI did not finish within 60s")
     .unwrap()
 }
-
-/// The benchmarks of BENCHMARKS.md (load generators, baselines, measurements).
-pub mod bench;

@@ -6,8 +6,7 @@ use std::time::Duration;
 use vantage_derp::health::{self, NodeCheckOptions};
 use vantage_derp::map;
 use vantage_derp::stun;
-
-use crate::support::Coturn;
+use vantage_testkit::Coturn;
 
 #[tokio::test]
 async fn probe_coturn_and_check_stun_only_node() {

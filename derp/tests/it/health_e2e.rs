@@ -8,7 +8,9 @@ use vantage_derp::health::{self, NodeCheckOptions, Severity};
 use vantage_derp::map::{self, DerpMap};
 use vantage_derp::stun::StunResponder;
 
-use crate::support::{TestRelay, closed_tcp_port, closed_udp_port, http_node, region};
+use vantage_testkit::{closed_tcp_port, closed_udp_port};
+
+use crate::support::{TestRelay, http_node, region};
 
 fn fast() -> NodeCheckOptions {
     NodeCheckOptions {
@@ -36,7 +38,7 @@ async fn responder(
 #[tokio::test]
 async fn two_node_region_with_one_down_is_ederp02() {
     let relay = TestRelay::start().await;
-    let down = http_node("1b", 1, closed_tcp_port().await);
+    let down = http_node("1b", 1, closed_tcp_port());
     let mut map = DerpMap::default();
     map.regions
         .insert(1, region(1, vec![relay.node("1a", 1), down]));
@@ -95,7 +97,7 @@ async fn map_without_derp_nodes_is_ederp03() {
 async fn no_reachable_stun_server_is_estun01() {
     let relay = TestRelay::start().await;
     let mut node = relay.node("1a", 1);
-    node.stun_port = i64::from(closed_udp_port().await);
+    node.stun_port = i64::from(closed_udp_port());
     node.stun_test_ip = "127.0.0.1".into();
     let mut map = DerpMap::default();
     map.regions.insert(1, region(1, vec![node]));

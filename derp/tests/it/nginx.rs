@@ -7,7 +7,9 @@ use vantage_derp::client::{Client, ClientOptions, WEBSOCKET_FALLBACK_LOG};
 use vantage_derp::health::{self, NodeCheckOptions, Severity};
 use vantage_derp::map::Node;
 
-use crate::support::{Nginx, NginxBlock, TestRelay, region};
+use vantage_testkit::{Nginx, NginxMode};
+
+use crate::support::{TestRelay, derp_url, region};
 
 fn node_behind(nginx: &Nginx) -> Node {
     Node {
@@ -24,9 +26,9 @@ fn node_behind(nginx: &Nginx) -> Node {
 #[tokio::test]
 async fn derp_upgrade_blocked_falls_back_to_websocket() {
     let relay = TestRelay::start().await;
-    let nginx = Nginx::start(relay.addr, NginxBlock::DerpOnly).await;
+    let nginx = Nginx::start(NginxMode::BlockDerpUpgrade(relay.addr)).await;
     let opts = ClientOptions::default();
-    let c = Client::connect(&nginx.url(), &opts)
+    let c = Client::connect(&derp_url(nginx.addr), &opts)
         .await
         .expect("connects via websocket");
     assert!(c.uses_websocket());
@@ -63,8 +65,8 @@ async fn derp_upgrade_blocked_falls_back_to_websocket() {
 #[tokio::test]
 async fn every_upgrade_blocked_is_an_error_naming_the_refusal() {
     let relay = TestRelay::start().await;
-    let nginx = Nginx::start(relay.addr, NginxBlock::Everything).await;
-    let err = Client::connect(&nginx.url(), &ClientOptions::default())
+    let nginx = Nginx::start(NginxMode::BlockAllUpgrades(relay.addr)).await;
+    let err = Client::connect(&derp_url(nginx.addr), &ClientOptions::default())
         .await
         .expect_err("refused");
     assert!(

@@ -1,19 +1,17 @@
-//! Test support: relays served over real TCP (plain HTTP with `axum::serve`, or TLS with a
-//! test CA), nginx and coturn child processes owned by the test, and small helpers.
+//! DERP test support: relays served over real TCP (plain HTTP with `axum::serve`, or TLS with
+//! a test CA), nodes and regions pointing at them, and a raw HTTP GET. Real peers (nginx,
+//! coturn) and ports come from `vantage-testkit`.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use vantage_derp::map::{Node, Region};
 use vantage_derp::relay::{self, Relay};
+use vantage_testkit::loopback_listener;
 
 /// A relay served by `axum::serve`, merged into a larger router (as vantaged does).
 pub struct TestRelay {
@@ -28,8 +26,7 @@ impl TestRelay {
     }
 
     pub async fn start_with(relay: Arc<Relay>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (listener, addr) = loopback_listener().await;
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .merge(relay::router(relay.clone()));
@@ -49,7 +46,7 @@ impl TestRelay {
     }
 
     pub fn url(&self) -> url::Url {
-        url::Url::parse(&format!("http://{}/derp", self.addr)).expect("url")
+        derp_url(self.addr)
     }
 
     /// A plain-HTTP DERP node pointing at this relay, STUN disabled.
@@ -64,6 +61,11 @@ impl Drop for TestRelay {
             let _ = tx.send(());
         }
     }
+}
+
+/// `http://ADDR/derp`: a relay at `addr`, or nginx in front of one.
+pub fn derp_url(addr: SocketAddr) -> url::Url {
+    url::Url::parse(&format!("http://{addr}/derp")).expect("url")
 }
 
 pub fn http_node(name: &str, region_id: i64, port: u16) -> Node {
@@ -137,8 +139,7 @@ pub async fn start_tls_relay(
     relay: Arc<Relay>,
     pki: &TestPki,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = loopback_listener().await;
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
     let app = relay::router(relay);
     let task = tokio::spawn(async move {
@@ -187,204 +188,4 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
         .expect("status");
     let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
     (status, body.to_string())
-}
-
-/// A child process killed (and reaped) on drop.
-pub struct ChildGuard(pub Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn random_port() -> u16 {
-    rand::thread_rng().gen_range(20_000..60_000)
-}
-
-/// Which upgrades nginx refuses.
-#[derive(Clone, Copy)]
-pub enum NginxBlock {
-    /// `Upgrade: derp` → 403, WebSocket passes.
-    DerpOnly,
-    /// Any `Upgrade` → 403.
-    Everything,
-}
-
-/// nginx in front of a relay, run from its own config in a temporary directory.
-pub struct Nginx {
-    pub addr: SocketAddr,
-    _child: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-pub fn nginx_binary() -> &'static str {
-    "/usr/sbin/nginx"
-}
-
-impl Nginx {
-    pub async fn start(upstream: SocketAddr, block: NginxBlock) -> Self {
-        let map = match block {
-            NginxBlock::DerpOnly => r#"map $http_upgrade $blocked { default 0; ~*^derp$ 1; }"#,
-            NginxBlock::Everything => r#"map $http_upgrade $blocked { default 1; "" 0; }"#,
-        };
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let d = dir.path().display();
-            let port = random_port();
-            let conf = format!(
-                r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  {map}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      if ($blocked) {{ return 403; }}
-      proxy_pass http://{upstream};
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection "upgrade";
-      proxy_set_header Host $host;
-      proxy_read_timeout 120s;
-    }}
-  }}
-}}
-"#
-            );
-            let conf_path = dir.path().join("nginx.conf");
-            std::fs::write(&conf_path, conf).expect("write conf");
-            let child = Command::new(nginx_binary())
-                .arg("-p")
-                .arg(dir.path())
-                .arg("-e")
-                .arg(dir.path().join("error.log"))
-                .arg("-c")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn nginx");
-            let mut child = ChildGuard(child);
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            if wait_tcp_ready(&mut child, addr).await {
-                return Self {
-                    addr,
-                    _child: child,
-                    _dir: dir,
-                };
-            }
-            last_log = read_lossy(&dir.path().join("error.log"));
-        }
-        panic!("nginx did not start; last error log:\n{last_log}");
-    }
-
-    pub fn url(&self) -> url::Url {
-        url::Url::parse(&format!("http://{}/derp", self.addr)).expect("url")
-    }
-}
-
-fn read_lossy(p: &Path) -> String {
-    std::fs::read(p)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// Polls `addr` until it accepts a connection (bounded: 10 s), or the child exits.
-async fn wait_tcp_ready(child: &mut ChildGuard, addr: SocketAddr) -> bool {
-    for _ in 0..200 {
-        if let Ok(Some(_)) = child.0.try_wait() {
-            return false;
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return matches!(child.0.try_wait(), Ok(None));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
-/// coturn as a loopback STUN-only server.
-pub struct Coturn {
-    pub addr: SocketAddr,
-    _child: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-impl Coturn {
-    pub async fn start() -> Self {
-        for _attempt in 0..5 {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let port = random_port();
-            let child = Command::new("/usr/bin/turnserver")
-                .args([
-                    "-n",
-                    "--stun-only",
-                    "--listening-ip=127.0.0.1",
-                    &format!("--listening-port={port}"),
-                    "--no-tcp",
-                    "--no-tls",
-                    "--no-dtls",
-                    "--no-cli",
-                    "--no-rfc5780",
-                    "--no-software-attribute",
-                    "--simple-log",
-                    "--log-file=stdout",
-                    &format!("--db={}", dir.path().join("turndb").display()),
-                    &format!("--pidfile={}", dir.path().join("turn.pid").display()),
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn turnserver");
-            let mut child = ChildGuard(child);
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            // Readiness: a STUN answer (bounded: ~10 s), unless coturn exits (port taken).
-            for _ in 0..40 {
-                if let Ok(Some(_)) = child.0.try_wait() {
-                    break;
-                }
-                if vantage_derp::stun::probe(addr, Duration::from_millis(250))
-                    .await
-                    .is_ok()
-                {
-                    return Self {
-                        addr,
-                        _child: child,
-                        _dir: dir,
-                    };
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        panic!("coturn did not start");
-    }
-}
-
-/// A UDP port on 127.0.0.1 with nothing listening (bound, then released).
-pub async fn closed_udp_port() -> u16 {
-    let s = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    s.local_addr().expect("addr").port()
-}
-
-/// A TCP port on 127.0.0.1 with nothing listening (bound, then released).
-pub async fn closed_tcp_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr").port()
 }

@@ -7,8 +7,6 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`); the tests fail otherwise, unless
 //! `VANTAGE_SKIP_PG_TESTS=1` says to skip them.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +26,7 @@ use vantage_server::store::{
     WriteBehindOptions,
 };
 
-use support::{Proxy, TestDb, eventually};
+use vantage_testkit::{CutProxy, TestDb, closed_tcp_port, eventually, test_db};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -85,7 +83,7 @@ macro_rules! both {
 
             #[tokio::test]
             async fn postgres() {
-                let db = crate::test_db!();
+                let db = vantage_testkit::test_db!();
                 super::behaviour::$name(pg_store(&db).await).await;
             }
         }
@@ -438,10 +436,7 @@ async fn connect_errors_name_the_field_and_hide_the_password() {
     assert!(err.to_string().contains("database_url: "), "{err}");
     assert!(!err.to_string().contains("s3cret"), "{err}");
 
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let closed = closed_tcp_port();
     let url = format!("postgres://postgres:s3cret-pw@127.0.0.1:{closed}/x");
     let err = PgStore::connect(&url, PgOptions::default())
         .await
@@ -461,7 +456,7 @@ async fn expect_notice(
     what: &str,
     want: impl Fn(Notice) -> bool,
 ) {
-    let end = support::deadline(WAIT);
+    let end = tokio::time::Instant::now() + WAIT;
     loop {
         match tokio::time::timeout_at(end, rx.recv()).await {
             Ok(Ok(n)) if want(n) => return,
@@ -519,7 +514,7 @@ async fn another_replica_hears_of_observations_events_and_settings() {
 #[tokio::test]
 async fn the_listener_reconnects_and_says_so() {
     let db = test_db!();
-    let proxy = Proxy::start(db.server_addr(), Duration::ZERO).await;
+    let proxy = CutProxy::start(db.server_addr(), Duration::ZERO).await;
     let writer = pg_store(&db).await;
     let reader = PgStore::connect(&db.url_via(proxy.port()), PgOptions::default())
         .await
@@ -581,12 +576,7 @@ async fn database_check_is_ok_against_the_real_server() {
 #[tokio::test]
 async fn database_check_fails_with_edb01_on_a_closed_port() {
     let db = test_db!();
-    let closed = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let closed = closed_tcp_port();
     let pinger = PgPinger::new(&db.url_via(closed), &PgOptions::default()).expect("pinger");
     let r = database::check(Some(&pinger), DEFAULT_THRESHOLD, TIMEOUT).await;
     let f = r.failure.clone().expect("a failure");
@@ -605,7 +595,7 @@ async fn database_check_fails_with_edb01_on_a_closed_port() {
 #[tokio::test]
 async fn database_check_fails_with_edb01_when_the_connection_is_cut_mid_run() {
     let db = test_db!();
-    let proxy = Proxy::start(db.server_addr(), Duration::ZERO).await;
+    let proxy = CutProxy::start(db.server_addr(), Duration::ZERO).await;
     let inner = PgPinger::new(&db.url_via(proxy.port()), &PgOptions::default()).expect("pinger");
     let pinger = Interrupting {
         inner,
@@ -628,7 +618,7 @@ async fn database_check_fails_with_edb01_when_the_connection_is_cut_mid_run() {
 #[tokio::test]
 async fn database_check_warns_edb02_when_pings_are_slow() {
     let db = test_db!();
-    let proxy = Proxy::start(db.server_addr(), Duration::from_millis(20)).await;
+    let proxy = CutProxy::start(db.server_addr(), Duration::from_millis(20)).await;
     let pinger = PgPinger::new(&db.url_via(proxy.port()), &PgOptions::default()).expect("pinger");
     let r = database::check(Some(&pinger), Duration::from_millis(15), TIMEOUT).await;
     assert_eq!(r.failure, None);
@@ -659,7 +649,7 @@ fn quick_retries(capacity: usize) -> WriteBehindOptions {
 #[tokio::test]
 async fn write_behind_queues_while_the_database_is_cut_and_loses_nothing() {
     let db = test_db!();
-    let proxy = Proxy::start(db.server_addr(), Duration::ZERO).await;
+    let proxy = CutProxy::start(db.server_addr(), Duration::ZERO).await;
     let store: Arc<dyn Store> = Arc::new(
         PgStore::connect(&db.url_via(proxy.port()), quick())
             .await
@@ -676,8 +666,8 @@ async fn write_behind_queues_while_the_database_is_cut_and_loses_nothing() {
         receipts.push(wb.submit(vec![obs("v", "i", seq, "c")]));
         assert_eq!(wb.queued(), seq - 1, "the queue grows");
     }
-    eventually("writes failed and are retried", WAIT, || {
-        wb.failed_writes() >= 2
+    eventually(WAIT, "writes failed and are retried", || async {
+        (wb.failed_writes() >= 2).then_some(())
     })
     .await;
     assert_eq!(wb.queued(), 10, "nothing was stored or dropped while cut");
@@ -689,7 +679,10 @@ async fn write_behind_queues_while_the_database_is_cut_and_loses_nothing() {
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
     assert_eq!(wb.dropped(), 0);
-    eventually("the queue is empty", WAIT, || wb.queued() == 0).await;
+    eventually(WAIT, "the queue is empty", || async {
+        (wb.queued() == 0).then_some(())
+    })
+    .await;
     assert_eq!(*wb.stored().borrow(), ids[10]);
 
     let stored = store.observations_after(0, 100).await.expect("after");
@@ -701,7 +694,7 @@ async fn write_behind_queues_while_the_database_is_cut_and_loses_nothing() {
 #[tokio::test]
 async fn write_behind_overflow_drops_the_oldest_and_counts_them() {
     let db = test_db!();
-    let proxy = Proxy::start(db.server_addr(), Duration::ZERO).await;
+    let proxy = CutProxy::start(db.server_addr(), Duration::ZERO).await;
     let store: Arc<dyn Store> = Arc::new(
         PgStore::connect(&db.url_via(proxy.port()), quick())
             .await
@@ -713,8 +706,14 @@ async fn write_behind_overflow_drops_the_oldest_and_counts_them() {
     let receipts: Vec<_> = (1..=5)
         .map(|seq| wb.submit(vec![obs("v", "i", seq, "c")]))
         .collect();
-    eventually("three were dropped", WAIT, || wb.dropped() == 3).await;
-    eventually("a write failed since", WAIT, || wb.failed_writes() >= 1).await;
+    eventually(WAIT, "three were dropped", || async {
+        (wb.dropped() == 3).then_some(())
+    })
+    .await;
+    eventually(WAIT, "a write failed since", || async {
+        (wb.failed_writes() >= 1).then_some(())
+    })
+    .await;
     assert_eq!(wb.queued(), 2);
     // Too big for the queue at all: dropped and counted at once.
     let huge = wb.submit((6..=8).map(|seq| obs("v", "i", seq, "c")).collect());

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use vantage_tests::{Probe, Server, eventually, vantage};
+use vantage_testkit::eventually;
+use vantage_tests::{Probe, Server, vantage};
 
 fn fresh(report: &serde_json::Value, name: &str) -> bool {
     vantage(report, name).is_some_and(|v| v["state"] == "fresh")

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use vantage_proto::pb;
-use vantage_tests::pg::{CutProxy, TestDb, skipped};
-use vantage_tests::{Probe, Server, eventually, vantage};
+use vantage_testkit::{CutProxy, eventually, test_db};
+use vantage_tests::{Probe, Server, vantage};
 
 fn fresh(r: &Value, name: &str) -> bool {
     vantage(r, name).is_some_and(|v| v["state"] == "fresh")
@@ -28,10 +28,7 @@ fn names(r: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn two_replicas_serve_one_aggregate_and_one_event_history() {
-    if skipped() {
-        return;
-    }
-    let db = TestDb::create().await;
+    let db = test_db!();
     let a = Server::start(&[
         "--database-url",
         &db.url(),
@@ -169,10 +166,7 @@ async fn two_replicas_serve_one_aggregate_and_one_event_history() {
 
 #[tokio::test]
 async fn a_replica_restart_keeps_what_it_acknowledged() {
-    if skipped() {
-        return;
-    }
-    let db = TestDb::create().await;
+    let db = test_db!();
     let mut a = Server::start(&["--database-url", &db.url(), "--interval", "200ms"]).await;
     let _probe = Probe::start(&a.url, "fra-1", "fra");
     let url = a.url.clone();
@@ -216,14 +210,11 @@ async fn a_replica_restart_keeps_what_it_acknowledged() {
 
 #[tokio::test]
 async fn a_database_outage_degrades_the_section_and_recovers_without_a_restart() {
-    if skipped() {
-        return;
-    }
-    let db = TestDb::create().await;
-    let proxy = CutProxy::start(TestDb::server_addr()).await;
+    let db = test_db!();
+    let proxy = CutProxy::start(db.server_addr(), Duration::ZERO).await;
     let server = Server::start(&[
         "--database-url",
-        &db.url_via(proxy.addr),
+        &db.url_via(proxy.port()),
         "--interval",
         "300ms",
     ])
@@ -244,6 +235,7 @@ async fn a_database_outage_degrades_the_section_and_recovers_without_a_restart()
     let mut watch = client.watch(pb::WatchRequest::default()).await.unwrap();
     let _snapshot = watch.next().await.unwrap().unwrap();
 
+    proxy.refuse(true);
     proxy.cut();
     let r = eventually(
         Duration::from_secs(20),
@@ -307,7 +299,7 @@ async fn a_database_outage_degrades_the_section_and_recovers_without_a_restart()
         "the watcher saw the Database section fail during the outage"
     );
 
-    proxy.restore();
+    proxy.refuse(false);
     eventually(
         Duration::from_secs(30),
         "the Database section recovers",

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use vantage_proto::pb;
-use vantage_tests::{Server, cli, eventually};
+use vantage_testkit::eventually;
+use vantage_tests::{Server, cli};
 
 /// The shape of a JSON value: key names and types, not values.
 fn shape(v: &Value) -> Value {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use vantage_tests::peers::{Coturn, Nginx, NginxMode};
-use vantage_tests::{Probe, Server, cli, eventually};
+use vantage_testkit::{Coturn, Nginx, NginxMode, closed_udp_port, eventually, random_port};
+use vantage_tests::{Probe, Server, cli};
 
 fn node<'a>(report: &'a Value, vantage: &str, region: &str) -> Option<&'a Value> {
     report["derp"]["vantage_reports"][vantage]["regions"][region]["node_reports"].get(0)
@@ -95,9 +95,7 @@ async fn netcheck_behind_nginx_falls_back_to_websockets_or_names_the_refusal() {
 #[tokio::test]
 async fn stun_against_real_coturn_and_nothing_answering() {
     let coturn = Coturn::start().await;
-    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let dead = closed.local_addr().unwrap();
-    drop(closed);
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], closed_udp_port()));
     let server = Server::start(&[
         "--interval",
         "1h",
@@ -155,13 +153,8 @@ async fn stun_against_real_coturn_and_nothing_answering() {
 #[tokio::test]
 async fn the_server_answers_stun_on_its_own_udp_port() {
     // A random high port; retried when taken (vantaged exits 64 if it cannot bind it).
-    for attempt in 0..8u16 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let port = 20_000 + u16::try_from((nanos + u32::from(attempt) * 7919) % 40_000).unwrap();
-        let addr = format!("127.0.0.1:{port}");
+    for _ in 0..8 {
+        let addr = format!("127.0.0.1:{}", random_port());
         let Some(server) = Server::try_start(&[
             "--interval",
             "1h",

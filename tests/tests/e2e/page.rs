@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use vantage_tests::{Probe, Server, eventually};
+use vantage_testkit::eventually;
+use vantage_tests::{Probe, Server};
 
 #[tokio::test]
 async fn the_health_page_renders_the_report_in_a_real_browser() {

@@ -6,12 +6,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use serde_json::{Value, json};
-use vantage_tests::peers::{Nginx, NginxMode};
-use vantage_tests::{Probe, Server, cli, eventually};
+use vantage_testkit::{Nginx, NginxMode, closed_tcp_port, eventually, loopback_listener};
+use vantage_tests::{Probe, Server, cli};
 
 async fn serve(router: Router) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = loopback_listener().await;
     tokio::spawn(async move { axum::serve(listener, router).await });
     addr
 }
@@ -35,11 +34,7 @@ async fn proxies_in_two_regions_are_polled_by_their_probes() {
         get(|| async { axum::response::Html("<html>login</html>") }),
     ))
     .await;
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = ([127, 0, 0, 1], closed_tcp_port()).into();
     let nginx = Nginx::start(NginxMode::BadGateway(closed)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("vantage.toml");

@@ -1,5 +1,9 @@
-//! Test support: a throw-away database per test ([`TestDb`]) and a TCP proxy in front of
-//! PostgreSQL that can add latency, cut connections and refuse new ones ([`Proxy`]).
+//! PostgreSQL for tests: a fresh database per test ([`TestDb`], dropped `WITH (FORCE)` when it
+//! goes) and a TCP proxy in front of the server that can add latency, cut connections and
+//! refuse new ones ([`CutProxy`]).
+//!
+//! The server is `VANTAGE_TEST_DATABASE_URL` (default [`DEFAULT_ADMIN_URL`]). When it cannot be
+//! reached the tests fail, unless `VANTAGE_SKIP_PG_TESTS=1` says to skip them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,13 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-/// The server the tests use.
+use crate::net::loopback_listener;
+
+/// The server the tests use unless `VANTAGE_TEST_DATABASE_URL` names another.
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 fn admin_url() -> String {
@@ -42,8 +48,8 @@ pub struct TestDb {
 
 impl TestDb {
     /// Create a database, or `None` when PostgreSQL is unreachable and
-    /// `VANTAGE_SKIP_PG_TESTS=1` says that is fine. Otherwise an unreachable server fails
-    /// the test.
+    /// `VANTAGE_SKIP_PG_TESTS=1` says that is fine. Otherwise an unreachable server fails the
+    /// test. See [`test_db!`](crate::test_db) for the usual way to call it.
     pub async fn create() -> Option<TestDb> {
         let client = match admin().await {
             Ok(c) => c,
@@ -67,7 +73,7 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create the test database");
-        let mut url = Url::parse(&admin_url()).expect("admin URL");
+        let mut url = Url::parse(&admin_url()).expect("VANTAGE_TEST_DATABASE_URL is a URL");
         url.set_path(&name);
         Some(TestDb { name, url })
     }
@@ -77,7 +83,7 @@ impl TestDb {
         self.url.to_string()
     }
 
-    /// The database's URL through another port (a [`Proxy`], a closed port).
+    /// The database's URL through another port on 127.0.0.1 (a [`CutProxy`], a closed port).
     pub fn url_via(&self, port: u16) -> String {
         let mut url = self.url.clone();
         url.set_host(Some("127.0.0.1")).expect("host");
@@ -85,7 +91,7 @@ impl TestDb {
         url.to_string()
     }
 
-    /// Where the server listens.
+    /// Where the server listens (what a [`CutProxy`] forwards to).
     pub fn server_addr(&self) -> SocketAddr {
         let host = self.url.host_str().unwrap_or("127.0.0.1");
         let host = if host == "localhost" {
@@ -98,7 +104,7 @@ impl TestDb {
             .expect("the test server is addressed by IP")
     }
 
-    /// A plain connection to the database, for looking behind the store's back.
+    /// A plain connection to the database, for looking behind the code under test's back.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.url(), NoTls)
             .await
@@ -132,11 +138,12 @@ impl Drop for TestDb {
     }
 }
 
-/// Skip the test (returning) when PostgreSQL is unreachable and skipping is allowed.
+/// A fresh [`TestDb`], or return from the (async) test when PostgreSQL is unreachable and
+/// `VANTAGE_SKIP_PG_TESTS=1` allows skipping: `let db = test_db!();`.
 #[macro_export]
 macro_rules! test_db {
     () => {
-        match $crate::support::TestDb::create().await {
+        match $crate::TestDb::create().await {
             Some(db) => db,
             None => return,
         }
@@ -150,18 +157,18 @@ struct ProxyState {
     cut: Mutex<CancellationToken>,
 }
 
-/// A TCP proxy to PostgreSQL on a port of its own.
-pub struct Proxy {
+/// A TCP proxy on 127.0.0.1 (a port of its own) to `upstream`, usually PostgreSQL. An outage
+/// is `refuse(true)` then `cut()`; `refuse(false)` ends it.
+pub struct CutProxy {
     pub addr: SocketAddr,
     state: Arc<ProxyState>,
     accept: JoinHandle<()>,
 }
 
-impl Proxy {
+impl CutProxy {
     /// Forward to `upstream`, delaying each chunk by `latency` in each direction.
-    pub async fn start(upstream: SocketAddr, latency: Duration) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+    pub async fn start(upstream: SocketAddr, latency: Duration) -> CutProxy {
+        let (listener, addr) = loopback_listener().await;
         let state = Arc::new(ProxyState {
             upstream,
             latency,
@@ -194,7 +201,7 @@ impl Proxy {
                 });
             }
         });
-        Proxy {
+        CutProxy {
             addr,
             state,
             accept,
@@ -218,7 +225,7 @@ impl Proxy {
     }
 }
 
-impl Drop for Proxy {
+impl Drop for CutProxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
@@ -242,22 +249,5 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
-    }
-}
-
-/// `within` from now.
-pub fn deadline(within: Duration) -> tokio::time::Instant {
-    tokio::time::Instant::now() + within
-}
-
-/// Wait until `cond` holds (checked every 10 ms), failing with `what` after `within`.
-pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let end = deadline(within);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out after {within:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

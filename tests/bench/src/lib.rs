@@ -16,72 +16,27 @@ pub mod memory;
 pub mod probe_cpu;
 pub mod wire;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use anyhow::Context as _;
+use tokio::process::Command;
 use tonic::transport::{Channel, Endpoint};
+use vantage_testkit::ReadyChild;
 
 /// A binary of this workspace beside the running executable: `target/<profile>/<name>`, whether
 /// the caller is a binary there or a test in `target/<profile>/deps/`.
 pub fn sibling_bin(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the running executable")?;
-    let mut dir = exe.parent().map(Path::to_path_buf);
-    while let Some(d) = dir {
-        let candidate = d.join(name);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        if d.file_name().is_some_and(|n| n == "target") {
-            break;
-        }
-        dir = d.parent().map(Path::to_path_buf);
-    }
-    bail!(
-        "{name} is not built beside {}: run `cargo build --release -p vantage-tests -p vantaged -p vantage-probe --bins` first",
-        exe.display()
-    )
-}
-
-/// A child process that printed its base URL (or address) as its first stdout line.
-pub struct ChildProc {
-    pub child: Child,
-    pub url: String,
-}
-
-impl ChildProc {
-    /// Spawn `cmd` (stdout piped), wait (bounded) for its first line, keep draining stdout.
-    pub async fn spawn(mut cmd: Command, what: &str) -> anyhow::Result<ChildProc> {
-        cmd.stdout(Stdio::piped()).kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .with_context(|| format!("{what} printed no readiness line within 30s"))??
-            .with_context(|| format!("{what} exited before its readiness line"))?;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(ChildProc {
-            child,
-            url: line.trim().to_owned(),
-        })
-    }
-
-    pub fn pid(&self) -> anyhow::Result<u32> {
-        self.child.id().context("the child has exited")
-    }
-
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
+    vantage_testkit::cargo_bin(name).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: run `cargo build --release -p vantage-bench -p vantaged -p vantage-probe --bins` first"
+        )
+    })
 }
 
 /// Start the real `vantaged` on 127.0.0.1:0, with its own checks quiet (interval 1h, no own
 /// vantage, no embedded relay), plus `extra` flags.
-pub async fn start_vantaged(extra: &[&str]) -> anyhow::Result<ChildProc> {
+pub async fn start_vantaged(extra: &[&str]) -> anyhow::Result<ReadyChild> {
     let mut cmd = Command::new(sibling_bin("vantaged")?);
     cmd.args([
         "--listen",
@@ -95,7 +50,7 @@ pub async fn start_vantaged(extra: &[&str]) -> anyhow::Result<ChildProc> {
     cmd.args(extra)
         .env("VANTAGE_LOG", "warn")
         .stderr(Stdio::inherit());
-    ChildProc::spawn(cmd, "vantaged").await
+    Ok(ReadyChild::spawn(cmd, "vantaged").await?)
 }
 
 /// `n` gRPC channels to `url`, each a separate HTTP/2 connection.

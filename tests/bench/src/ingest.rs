@@ -16,9 +16,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use vantage_proto::pb;
 use vantage_proto::pb::server_message::Msg as Down;
+use vantage_testkit::ReadyChild;
 
-use super::wire::{self, BATCH, BatchEncoder};
-use super::{ChildProc, channels, cpu_seconds, start_vantaged};
+use crate::wire::{self, BATCH, BatchEncoder};
+use crate::{channels, cpu_seconds, start_vantaged};
 
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -165,7 +166,7 @@ pub async fn run(cfg: &IngestConfig) -> anyhow::Result<Vec<IngestRow>> {
         };
         let mut cmd = Command::new(&cfg.ack_server);
         cmd.stderr(std::process::Stdio::inherit());
-        let baseline = ChildProc::spawn(cmd, "bench_ack_server").await?;
+        let baseline = ReadyChild::spawn(cmd, "bench_ack_server").await?;
         row.baseline = load(&baseline.url, baseline.pid()?, n, cfg)
             .await
             .context("baseline")?;
@@ -204,7 +205,7 @@ pub fn render(rows: &[IngestRow]) -> String {
             ]
         })
         .collect();
-    super::table(
+    crate::table(
         &[
             "N probes",
             "baseline obs/s",

@@ -1,4 +1,4 @@
-//! The ingestion baseline server (see `vantage_tests::bench::ack_server`): binds 127.0.0.1:0,
+//! The ingestion baseline server (see `vantage_bench::ack_server`): binds 127.0.0.1:0,
 //! prints its base URL on stdout, acks every observation batch until killed.
 #![allow(clippy::print_stdout)] // The readiness line is this binary's output.
 
@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("binding 127.0.0.1:0")?;
     println!("http://{}", listener.local_addr()?);
-    vantage_tests::bench::ack_server::serve(listener)
+    vantage_bench::ack_server::serve(listener)
         .await
         .context("serving")
 }

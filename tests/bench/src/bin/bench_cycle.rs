@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use vantage_tests::bench::{self, cycle};
+use vantage_bench::{self as bench, cycle};
 
 fn main() -> anyhow::Result<()> {
     let a = bench::args();

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use vantage_tests::bench::{self, ingest};
+use vantage_bench::{self as bench, ingest};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

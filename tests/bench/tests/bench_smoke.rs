@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vantage_tests::bench::{cycle, fanout, ingest, memory, probe_cpu};
+use vantage_bench::{cycle, fanout, ingest, memory, probe_cpu};
 
 fn exe(path: &str) -> PathBuf {
     PathBuf::from(path)

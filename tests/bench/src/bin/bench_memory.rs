@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use vantage_tests::bench::{self, memory};
+use vantage_bench::{self as bench, memory};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use vantage_tests::bench::{self, fanout};
+use vantage_bench::{self as bench, fanout};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -24,7 +24,7 @@ use anyhow::{Context as _, bail};
 use tokio::process::Command;
 use tokio::task::JoinSet;
 
-use super::{cpu_seconds, sibling_bin, start_vantaged};
+use crate::{cpu_seconds, sibling_bin, start_vantaged};
 
 #[derive(Debug, Clone)]
 pub struct ProbeCpuConfig {
@@ -367,7 +367,7 @@ pub fn render(rows: &[CpuRow]) -> String {
             ]
         })
         .collect();
-    super::table(
+    crate::table(
         &[
             "checker",
             "checks",

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use vantage_tests::bench::{self, probe_cpu};
+use vantage_bench::{self as bench, probe_cpu};
 
 fn main() -> anyhow::Result<()> {
     let a = bench::args();

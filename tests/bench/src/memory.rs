@@ -10,7 +10,7 @@ use futures::StreamExt as _;
 use tokio::task::JoinSet;
 use vantage_proto::pb;
 
-use super::{channels, proc_status_kib, start_vantaged, wire};
+use crate::{channels, proc_status_kib, start_vantaged, wire};
 
 #[derive(Debug, Clone)]
 pub struct MemoryConfig {
@@ -124,7 +124,7 @@ pub fn render(rows: &[MemoryRow]) -> String {
             ]
         })
         .collect();
-    super::table(
+    crate::table(
         &[
             "clients",
             "RSS empty KiB",

@@ -18,7 +18,7 @@ use vantage_derp::map::{Node, Region};
 use vantage_derp::relay::{self, Relay};
 use vantage_proto::pb;
 
-use super::proc_status_kib;
+use crate::proc_status_kib;
 
 #[derive(Debug, Clone)]
 pub struct CycleConfig {
@@ -245,7 +245,7 @@ pub fn render(f: &CycleFigures) -> String {
             ]
         })
         .collect();
-    let mut out = super::table(
+    let mut out = crate::table(
         &[
             "cycle",
             "cycle ms",

@@ -16,8 +16,8 @@ use vantage_proto::pb;
 use vantage_proto::pb::server_message::Msg as Down;
 use vantage_proto::pb::watch_event::Event;
 
-use super::wire::{self, BatchEncoder};
-use super::{channels, cpu_seconds, percentile, start_vantaged};
+use crate::wire::{self, BatchEncoder};
+use crate::{channels, cpu_seconds, percentile, start_vantaged};
 
 #[derive(Debug, Clone)]
 pub struct FanoutConfig {
@@ -321,7 +321,7 @@ pub fn render(rows: &[FanoutRow], rate: f64) -> String {
             ]
         })
         .collect();
-    super::table(
+    crate::table(
         &[
             "W",
             "changes/s",
