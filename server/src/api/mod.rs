@@ -43,6 +43,22 @@ pub enum ForceError {
     TimedOut(BTreeSet<String>),
 }
 
+impl ForceError {
+    /// What a timed-out run was still waiting for: "Still running: a, b".
+    pub fn still_running(names: &BTreeSet<String>) -> String {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        format!("Still running: {}", names.join(", "))
+    }
+}
+
+/// The settings' wire form (Coder's `dismissed_healthchecks`): section names.
+pub fn dismissed_names(dismissed: &[Section]) -> Vec<String> {
+    dismissed
+        .iter()
+        .map(|s| s.settings_name().to_owned())
+        .collect()
+}
+
 impl App {
     /// Ask every connected vantage to run now; wait (bounded) until all have reported.
     pub async fn force(&self) -> Result<(), ForceError> {

@@ -14,7 +14,7 @@ use vantage_proto::pb::server_message::Msg as Down;
 
 use crate::aggregator::{Aggregator, ProbeCommand};
 use crate::config::SERVER_VANTAGE;
-use crate::ingest::inventory::{self, Inventory};
+use crate::ingest::inventory::{self, Assignments, Inventory};
 
 /// How long a probe has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,15 +113,14 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
             }
         };
         validate_hello(&hello)?;
-        let assignment = self.inventory.assignment_for(&hello.name, &hello.region);
+        let (follow, assignment) =
+            Assignments::follow(self.inventory.clone(), &hello.name, &hello.region);
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         if hello.once {
             let _ = tx.try_send(welcome(0, assignment));
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
         let name = hello.name.clone();
-        let region = hello.region.clone();
-        let assignment_generation = assignment.generation;
         let attached = self
             .agg
             .attach(hello, tx.clone())
@@ -142,12 +141,6 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
         let idle = self.idle_timeout;
         let session_id = attached.session_id;
         let cancel = self.cancel.clone();
-        let follow = Follow {
-            inventory: self.inventory.clone(),
-            proxies: self.inventory.proxies.clone(),
-            region,
-            generation: assignment_generation,
-        };
         tokio::spawn(async move {
             let reason = tokio::select! {
                 r = session(&agg, &name, session_id, &mut inbound, &tx, idle, follow) => r,
@@ -163,14 +156,6 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
     }
 }
 
-/// What a session needs to follow configuration changes (new assignments).
-struct Follow {
-    inventory: Arc<Inventory>,
-    proxies: tokio::sync::watch::Receiver<Arc<Vec<inventory::ProxyTarget>>>,
-    region: String,
-    generation: u64,
-}
-
 /// Forward one probe's messages to the aggregator until the stream ends; says why it ended.
 /// A changed inventory re-sends the assignment.
 async fn session(
@@ -180,24 +165,20 @@ async fn session(
     inbound: &mut Streaming<pb::ProbeMessage>,
     tx: &mpsc::Sender<Result<pb::ServerMessage, Status>>,
     idle: Duration,
-    mut follow: Follow,
+    mut follow: Assignments,
 ) -> String {
     loop {
         let msg = tokio::select! {
             m = tokio::time::timeout(idle, inbound.message()) => m,
             () = tx.closed() => return "the response stream closed".into(),
-            Ok(()) = follow.proxies.changed() => {
-                let a = follow.inventory.assignment_for(name, &follow.region);
-                if a.generation != follow.generation {
-                    follow.generation = a.generation;
-                    let check_ids = inventory::check_ids(&a);
-                    if agg.send(ProbeCommand::Assigned { name: name.to_owned(), check_ids }).await.is_err() {
-                        return "the server is shutting down".into();
-                    }
-                    let msg = pb::ServerMessage { msg: Some(Down::Assignment(a)) };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return "the response stream closed".into();
-                    }
+            Some(a) = follow.changed() => {
+                let check_ids = inventory::check_ids(&a);
+                if agg.send(ProbeCommand::Assigned { name: name.to_owned(), check_ids }).await.is_err() {
+                    return "the server is shutting down".into();
+                }
+                let msg = pb::ServerMessage { msg: Some(Down::Assignment(a)) };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return "the response stream closed".into();
                 }
                 continue;
             }

@@ -152,6 +152,48 @@ impl Inventory {
     }
 }
 
+/// One vantage's view of the inventory: its assignment now, and each new one when what it
+/// must check changes (the registry's proxies). Shared by probe sessions and the own vantage.
+pub struct Assignments {
+    inventory: Arc<Inventory>,
+    proxies: watch::Receiver<Arc<Vec<ProxyTarget>>>,
+    name: String,
+    region: String,
+    generation: u64,
+}
+
+impl Assignments {
+    /// Follow `name` in `region`; also returns its current assignment.
+    pub fn follow(
+        inventory: Arc<Inventory>,
+        name: &str,
+        region: &str,
+    ) -> (Assignments, pb::Assignment) {
+        let current = inventory.assignment_for(name, region);
+        let follow = Assignments {
+            proxies: inventory.proxies.clone(),
+            inventory,
+            name: name.to_owned(),
+            region: region.to_owned(),
+            generation: current.generation,
+        };
+        (follow, current)
+    }
+
+    /// The next assignment that differs from the last one; `None` once the inventory is no
+    /// longer kept (the server stops). Cancel-safe.
+    pub async fn changed(&mut self) -> Option<pb::Assignment> {
+        loop {
+            self.proxies.changed().await.ok()?;
+            let a = self.inventory.assignment_for(&self.name, &self.region);
+            if a.generation != self.generation {
+                self.generation = a.generation;
+                return Some(a);
+            }
+        }
+    }
+}
+
 /// The check ids and sections of an assignment, for the aggregator.
 pub fn check_ids(a: &pb::Assignment) -> Vec<(String, Section)> {
     a.checks

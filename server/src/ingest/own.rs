@@ -12,7 +12,7 @@ use vantage_proto::pb;
 use vantage_proto::pb::server_message::Msg as Down;
 
 use crate::aggregator::{Aggregator, ProbeCommand};
-use crate::ingest::inventory::{self, Inventory};
+use crate::ingest::inventory::{self, Assignments, Inventory};
 
 /// Run the own vantage until the aggregator stops.
 pub async fn run(
@@ -33,7 +33,7 @@ pub async fn run(
     let Ok(attached) = agg.attach(hello, tx).await else {
         return;
     };
-    let assignment = inventory.assignment_for(&name, &region);
+    let (mut follow, assignment) = Assignments::follow(inventory, &name, &region);
     if agg
         .send(ProbeCommand::Assigned {
             name: name.clone(),
@@ -46,8 +46,6 @@ pub async fn run(
     }
     let (out_tx, mut out_rx) = mpsc::channel(256);
     let mut scheduler = Scheduler::start(ctx.clone(), &assignment, out_tx.clone());
-    let mut generation = assignment.generation;
-    let mut proxies = inventory.proxies.clone();
     let mut seq = attached.applied_seq;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -69,12 +67,7 @@ pub async fn run(
                 Some(_) => continue,
                 None => return,
             },
-            Ok(()) = proxies.changed() => {
-                let a = inventory.assignment_for(&name, &region);
-                if a.generation == generation {
-                    continue;
-                }
-                generation = a.generation;
+            Some(a) = follow.changed() => {
                 scheduler = Scheduler::start(ctx.clone(), &a, out_tx.clone());
                 ProbeCommand::Assigned { name: name.clone(), check_ids: inventory::check_ids(&a) }
             }

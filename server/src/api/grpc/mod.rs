@@ -32,8 +32,8 @@ impl pb::health_service_server::HealthService for HealthApi {
                 }
                 Err(ForceError::TimedOut(names)) => {
                     return Err(Status::deadline_exceeded(format!(
-                        "Healthcheck timed out. Still running: {}",
-                        names.into_iter().collect::<Vec<_>>().join(", ")
+                        "Healthcheck timed out. {}",
+                        ForceError::still_running(&names)
                     )));
                 }
             }
@@ -120,9 +120,6 @@ impl pb::health_service_server::HealthService for HealthApi {
 }
 fn settings_pb(dismissed: &[Section]) -> pb::Settings {
     pb::Settings {
-        dismissed_healthchecks: dismissed
-            .iter()
-            .map(|s| s.settings_name().to_owned())
-            .collect(),
+        dismissed_healthchecks: crate::api::dismissed_names(dismissed),
     }
 }

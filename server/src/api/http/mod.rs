@@ -79,11 +79,10 @@ async fn health(State(app): State<App>, Query(q): Query<HashMap<String, String>>
             Ok(()) => {}
             Err(ForceError::Stopped) => return unavailable(),
             Err(ForceError::TimedOut(names)) => {
-                let names: Vec<_> = names.into_iter().collect();
                 return api_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Healthcheck timed out.",
-                    &format!("Still running: {}", names.join(", ")),
+                    &ForceError::still_running(&names),
                 );
             }
         }
@@ -109,10 +108,7 @@ struct HealthSettings {
 
 fn settings_body(dismissed: &[vantage_proto::Section]) -> HealthSettings {
     HealthSettings {
-        dismissed_healthchecks: dismissed
-            .iter()
-            .map(|s| s.settings_name().to_owned())
-            .collect(),
+        dismissed_healthchecks: crate::api::dismissed_names(dismissed),
     }
 }
 
