@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// jemalloc: the ingest path allocates on the stream tasks and frees on the aggregator's
 /// thread, which glibc's allocator handles poorly; jemalloc also keeps idle connections small
 /// (BENCHMARKS.md: ingestion and memory).
@@ -16,7 +14,7 @@ use vantage_server::{ServeError, serve};
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let flags = match Flags::try_parse() {
+    let flags = match Flags::try_parse_args(std::env::args_os()) {
         Ok(f) => f,
         Err(e) => {
             let code = if e.use_stderr() { EX_USAGE } else { 0 };
@@ -39,6 +37,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    for d in &config.deprecations {
+        tracing::warn!(old = %d.old, new = %d.new, "deprecated configuration name");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
