@@ -41,8 +41,10 @@ pub async fn start_vantaged(extra: &[&str]) -> anyhow::Result<ReadyChild> {
     cmd.args([
         "--listen",
         "127.0.0.1:0",
-        "--no-server-vantage",
-        "--no-embedded-relay",
+        "--server-vantage",
+        "false",
+        "--embedded-relay",
+        "false",
     ]);
     if !extra.contains(&"--interval") {
         cmd.args(["--interval", "1h"]);

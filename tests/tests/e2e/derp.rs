@@ -99,7 +99,7 @@ async fn stun_against_real_coturn_and_nothing_answering() {
     let server = Server::start(&[
         "--interval",
         "1h",
-        "--stun-server",
+        "--stun-servers",
         &coturn.addr.to_string(),
     ])
     .await;
@@ -129,7 +129,7 @@ async fn stun_against_real_coturn_and_nothing_answering() {
         "1h",
         "--derp-node-timeout",
         "3s",
-        "--stun-server",
+        "--stun-servers",
         &dead.to_string(),
     ])
     .await;
@@ -160,7 +160,7 @@ async fn the_server_answers_stun_on_its_own_udp_port() {
             "1h",
             "--stun-listen",
             &addr,
-            "--stun-server",
+            "--stun-servers",
             &addr,
         ])
         .await
