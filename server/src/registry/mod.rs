@@ -429,7 +429,7 @@ impl MemoryRegistryStore {
             .inner
             .lock()
             .map(|mut g| f(&mut g))
-            .map_err(|_| StoreError("poisoned".into()));
+            .map_err(|_| StoreError::Poisoned("poisoned"));
         Box::pin(async move { r })
     }
 }
@@ -1462,9 +1462,10 @@ mod tests {
 
     #[test]
     fn store_errors_are_unavailable_without_internals() {
-        let s = Status::from(RegistryError::Store(StoreError(
-            "connection to 10.0.0.5 refused".into(),
-        )));
+        let s = Status::from(RegistryError::Store(StoreError::Database {
+            what: "saving a proxy",
+            reason: "connection to 10.0.0.5 refused".into(),
+        }));
         assert_eq!(s.code(), Code::Unavailable);
         assert!(!s.message().contains("10.0.0.5"));
     }
