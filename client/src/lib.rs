@@ -5,11 +5,16 @@ pub mod table;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
+use vantage_proto::backoff::Backoff;
 use vantage_proto::pb;
 use vantage_proto::pb::health_service_client::HealthServiceClient;
+use vantage_proto::transport::{self, Bearer, KeepAlive};
+
+/// First delay before a resuming watch reconnects; doubles up to [`WATCH_BACKOFF_MAX`].
+pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Why a call failed: could not connect (exit 3) or the server said no.
 #[derive(Debug, thiserror::Error)]
@@ -43,17 +48,14 @@ impl ClientError {
 pub struct Client {
     health: HealthServiceClient<Channel>,
     registry: pb::registry_service_client::RegistryServiceClient<Channel>,
-    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    token: Option<Bearer>,
     url: String,
 }
 
 impl Client {
     pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|_| ClientError::Url(url.to_owned()))?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(15))
-            .keep_alive_timeout(Duration::from_secs(10));
+        let endpoint = transport::endpoint(url, KeepAlive::WhileBusy)
+            .map_err(|_| ClientError::Url(url.to_owned()))?;
         let channel = endpoint
             .connect()
             .await
@@ -62,7 +64,7 @@ impl Client {
                 source,
             })?;
         let token = token
-            .map(|t| MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| ClientError::Token))
+            .map(|t| Bearer::new(t).map_err(|_| ClientError::Token))
             .transpose()?;
         Ok(Client {
             registry: pb::registry_service_client::RegistryServiceClient::new(channel.clone()),
@@ -79,7 +81,7 @@ impl Client {
     fn request<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         if let Some(t) = &self.token {
-            r.metadata_mut().insert("authorization", t.clone());
+            t.authorize(&mut r);
         }
         r
     }
@@ -166,14 +168,14 @@ pub fn watch_resuming(
 ) -> impl Stream<Item = WatchItem> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
         loop {
             let error = match Client::connect(&url, token.as_deref()).await {
                 Err(e) => e.to_string(),
                 Ok(client) => match client.watch(req.clone()).await {
                     Err(e) => e.to_string(),
                     Ok(stream) => {
-                        backoff = Duration::from_millis(200);
+                        backoff.reset();
                         let mut stream = std::pin::pin!(stream);
                         let mut err = "the server ended the stream".to_owned();
                         while let Some(item) = stream.next().await {
@@ -199,8 +201,7 @@ pub fn watch_resuming(
                     }
                 },
             };
-            let delay = backoff;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            let delay = backoff.next_delay();
             let item = WatchItem::Reconnecting {
                 error,
                 since: req.since_revision,
@@ -213,4 +214,45 @@ pub fn watch_resuming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resuming_watch_backs_off_doubling_up_to_its_cap() {
+        let req = pb::WatchRequest {
+            since_revision: 7,
+            ..Default::default()
+        };
+        let start = tokio::time::Instant::now();
+        let items: Vec<WatchItem> = watch_resuming("not a url".into(), None, req)
+            .take(9)
+            .collect()
+            .await;
+        let mut slept = Duration::ZERO;
+        let mut delays = Vec::new();
+        for item in items {
+            let WatchItem::Reconnecting {
+                error,
+                since,
+                delay,
+            } = item
+            else {
+                panic!("no event without a server: {item:?}");
+            };
+            assert!(error.starts_with("invalid server URL"), "{error}");
+            assert_eq!(since, 7);
+            delays.push(delay);
+            slept += delay;
+        }
+        let ms = Duration::from_millis;
+        assert_eq!(
+            delays,
+            [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000].map(ms)
+        );
+        // Each item is sent before its sleep: the last one's delay has not elapsed.
+        assert_eq!(start.elapsed(), slept - ms(10_000));
+    }
 }

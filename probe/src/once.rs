@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 use vantage_proto::pb;
 use vantage_proto::pb::probe_service_client::ProbeServiceClient;
 use vantage_proto::pb::server_message::Msg as Down;
+use vantage_proto::transport::{self, Bearer, KeepAlive};
 use vantage_proto::{Section, Severity};
 
 use crate::checks::CheckContext;
@@ -28,9 +28,8 @@ pub struct VantageView {
 /// Ask the server for this vantage's assignment without registering as a vantage.
 pub async fn fetch_assignment(cfg: &SessionConfig) -> anyhow::Result<pb::Assignment> {
     use anyhow::Context as _;
-    let channel = tonic::transport::Endpoint::from_shared(cfg.server.clone())
+    let channel = transport::endpoint(&cfg.server, KeepAlive::Off)
         .with_context(|| format!("invalid server URL {:?}", cfg.server))?
-        .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .with_context(|| format!("connecting to {}", cfg.server))?;
@@ -50,9 +49,9 @@ pub async fn fetch_assignment(cfg: &SessionConfig) -> anyhow::Result<pb::Assignm
     .context("queueing hello")?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = &cfg.token {
-        let v = MetadataValue::try_from(format!("Bearer {token}"))
-            .context("token is not a valid header value")?;
-        request.metadata_mut().insert("authorization", v);
+        Bearer::new(token)
+            .context("token is not a valid header value")?
+            .authorize(&mut request);
     }
     let mut down = client.attach(request).await.context("attach")?.into_inner();
     let first = tokio::time::timeout(Duration::from_secs(10), down.message())

@@ -7,15 +7,16 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use vantage_proto::backoff::Backoff;
 use vantage_proto::pb;
 use vantage_proto::pb::probe_message::Msg as Up;
 use vantage_proto::pb::probe_service_client::ProbeServiceClient;
 use vantage_proto::pb::server_message::Msg as Down;
+use vantage_proto::transport::{self, Bearer, KeepAlive};
 
 use crate::checks::CheckContext;
 use crate::scheduler::{Output, Scheduler};
@@ -28,6 +29,55 @@ const BATCH: usize = 64;
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Reconnect delays are drawn from `[backoff/2, backoff]`.
+const BACKOFF_JITTER: f64 = 0.5;
+/// Heartbeat interval when the assignment names none (or zero).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// The assignment's heartbeat interval is clamped to this range.
+pub const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// How often to send a heartbeat under `assignment`: its `heartbeat_interval`, clamped to
+/// [`MIN_HEARTBEAT`]..=[`MAX_HEARTBEAT`]; [`DEFAULT_HEARTBEAT`] when it names none, zero or
+/// a negative one.
+pub fn heartbeat_interval(assignment: &pb::Assignment) -> Duration {
+    match vantage_proto::convert::from_duration(assignment.heartbeat_interval.as_ref()) {
+        Some(d) if !d.is_zero() => d.clamp(MIN_HEARTBEAT, MAX_HEARTBEAT),
+        _ => DEFAULT_HEARTBEAT,
+    }
+}
+
+/// The heartbeat timer of one attached session: ticks at once, then every period; a new
+/// period re-arms it (next tick one new period from now).
+#[derive(Debug)]
+struct Heartbeat {
+    interval: Interval,
+}
+
+impl Heartbeat {
+    fn new(period: Duration) -> Heartbeat {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Heartbeat { interval }
+    }
+
+    fn period(&self) -> Duration {
+        self.interval.period()
+    }
+
+    fn set_period(&mut self, period: Duration) {
+        if period == self.period() {
+            return;
+        }
+        let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.interval = interval;
+    }
+
+    async fn tick(&mut self) {
+        self.interval.tick().await;
+    }
+}
 
 /// Unacknowledged observations, oldest first, with sequence numbers assigned on push.
 #[derive(Debug)]
@@ -143,6 +193,8 @@ struct Session {
     out_rx: mpsc::Receiver<Output>,
     /// Run-now completions waiting for the observations before them to be sent.
     pending_complete: Vec<(u64, u64)>,
+    /// The heartbeat interval of the latest assignment.
+    heartbeat: Duration,
 }
 
 /// Run the session until `shutdown` resolves, reconnecting with backoff and jitter.
@@ -161,9 +213,10 @@ pub async fn run(
         out_tx,
         out_rx,
         pending_complete: Vec::new(),
+        heartbeat: DEFAULT_HEARTBEAT,
     };
     tokio::pin!(shutdown);
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX).jitter(BACKOFF_JITTER);
     loop {
         let attempt = session.attempt(&mut backoff, &mut shutdown);
         match attempt.await {
@@ -172,10 +225,7 @@ pub async fn run(
                 tracing::warn!(error = %e, server = %session.cfg.server, buffered = session.buffer.len(), "session lost; reconnecting");
             }
         }
-        // Full jitter in [backoff/2, backoff].
-        let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-        let sleep = tokio::time::sleep(wait);
+        let sleep = tokio::time::sleep(backoff.next_delay());
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -213,6 +263,7 @@ impl Session {
     }
 
     fn apply_assignment(&mut self, a: pb::Assignment) {
+        self.heartbeat = heartbeat_interval(&a);
         if self
             .scheduler
             .as_ref()
@@ -229,19 +280,14 @@ impl Session {
     }
 
     async fn connect(&self) -> Result<ProbeServiceClient<Channel>, AttemptError> {
-        let endpoint = Endpoint::from_shared(self.cfg.server.clone())
-            .map_err(|_| AttemptError::Url(self.cfg.server.clone()))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(15))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+        let endpoint = transport::endpoint(&self.cfg.server, KeepAlive::Always)
+            .map_err(|_| AttemptError::Url(self.cfg.server.clone()))?;
         Ok(ProbeServiceClient::new(endpoint.connect().await?))
     }
 
     async fn attempt(
         &mut self,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
         shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Ended {
         let (up, mut down) = {
@@ -265,7 +311,7 @@ impl Session {
             }))) => w,
             Ok(Ok(Some(_))) => return Ended::Lost(AttemptError::Closed),
         };
-        *backoff = BACKOFF_MIN;
+        backoff.reset();
         self.buffer.ack(welcome.applied_seq);
         let mut sent = self.buffer.acked().max(welcome.applied_seq);
         tracing::info!(
@@ -276,8 +322,7 @@ impl Session {
         if let Some(a) = welcome.assignment {
             self.apply_assignment(a);
         }
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = Heartbeat::new(self.heartbeat);
         loop {
             let unsent = self.buffer.last_seq() > sent;
             tokio::select! {
@@ -317,6 +362,8 @@ impl Session {
                     })) });
                 }
             }
+            // An assignment may have changed the heartbeat interval.
+            heartbeat.set_period(self.heartbeat);
             // Completions whose observations have all been sent.
             while let Some(&(watermark, id)) = self.pending_complete.first() {
                 if watermark > sent {
@@ -347,13 +394,9 @@ impl Session {
         up.try_send(self.hello())
             .map_err(|_| AttemptError::Closed)?;
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(v) = self
-            .cfg
-            .token
-            .as_ref()
-            .and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok())
-        {
-            request.metadata_mut().insert("authorization", v);
+        // A token that is no valid header value is not sent (`--once` refuses it).
+        if let Some(bearer) = self.cfg.token.as_deref().and_then(|t| Bearer::new(t).ok()) {
+            bearer.authorize(&mut request);
         }
         let down = client.attach(request).await?.into_inner();
         Ok((up, down))
@@ -391,6 +434,66 @@ mod tests {
         b.ack(99); // never beyond what was assigned
         assert_eq!(b.acked(), 5);
         assert!(b.is_empty());
+    }
+
+    fn assignment(heartbeat: Option<prost_types::Duration>) -> pb::Assignment {
+        pb::Assignment {
+            heartbeat_interval: heartbeat,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn heartbeat_interval_follows_the_assignment_within_bounds() {
+        let secs = |s: u64| Some(vantage_proto::convert::duration(Duration::from_secs(s)));
+        let cases = [
+            (None, DEFAULT_HEARTBEAT),
+            (secs(0), DEFAULT_HEARTBEAT),
+            (
+                Some(prost_types::Duration {
+                    seconds: -3,
+                    nanos: 0,
+                }),
+                DEFAULT_HEARTBEAT,
+            ),
+            (secs(5), Duration::from_secs(5)),
+            (secs(2), Duration::from_secs(2)),
+            (secs(30), Duration::from_secs(30)),
+            (
+                Some(vantage_proto::convert::duration(Duration::from_millis(10))),
+                MIN_HEARTBEAT,
+            ),
+            (secs(3600), MAX_HEARTBEAT),
+        ];
+        for (given, want) in cases {
+            assert_eq!(heartbeat_interval(&assignment(given)), want, "{given:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_ticks_at_once_then_every_period_and_follows_a_new_one() {
+        let start = Instant::now();
+        let mut hb = Heartbeat::new(Duration::from_secs(2));
+        hb.tick().await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the first tick is immediate"
+        );
+        hb.tick().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+
+        hb.set_period(Duration::from_secs(2)); // unchanged: keeps its schedule
+        hb.tick().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(4));
+
+        tokio::time::advance(Duration::from_millis(500)).await;
+        hb.set_period(Duration::from_secs(7));
+        assert_eq!(hb.period(), Duration::from_secs(7));
+        hb.tick().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(11_500));
+        hb.tick().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(18_500));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! vantage wire contracts: the gRPC messages of `vantage.v1` (re-exported as [`pb`]), the
-//! health-code catalogue ([`codes`]), severities and sections ([`Severity`], [`Section`]), and
-//! the Coder-compatible JSON shape of the report ([`report`]). No I/O lives here.
+//! health-code catalogue ([`codes`]), severities and sections ([`Severity`], [`Section`]), the
+//! Coder-compatible JSON shape of the report ([`report`]); and what every crate's clients and
+//! retry loops share: the gRPC client transport settings and bearer token ([`transport`]) and
+//! the retry delays ([`backoff::Backoff`]). No I/O lives here.
 
 mod generated {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -16,9 +18,11 @@ pub mod pb {
     pub use super::generated::*;
 }
 
+pub mod backoff;
 pub mod codes;
 pub mod convert;
 pub mod report;
 mod section;
+pub mod transport;
 
 pub use section::{Section, Severity, UnknownSection};

@@ -949,9 +949,10 @@ mod tests {
 
     #[test]
     fn store_errors_are_unavailable_without_internals() {
-        let s = Status::from(RegistryError::Store(StoreError(
-            "connection to 10.0.0.5 refused".into(),
-        )));
+        let s = Status::from(RegistryError::Store(StoreError::Database {
+            what: "saving a proxy",
+            reason: "connection to 10.0.0.5 refused".into(),
+        }));
         assert_eq!(s.code(), Code::Unavailable);
         assert!(!s.message().contains("10.0.0.5"));
     }

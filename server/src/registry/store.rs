@@ -48,7 +48,7 @@ impl MemoryRegistryStore {
             .inner
             .lock()
             .map(|mut g| f(&mut g))
-            .map_err(|_| StoreError("poisoned".into()));
+            .map_err(|_| StoreError::Poisoned("poisoned"));
         Box::pin(async move { r })
     }
 }

@@ -97,16 +97,14 @@ impl MemoryStore {
         let r = self
             .inner
             .lock()
-            .map_err(|_| StoreError("memory store: poisoned".into()))
+            .map_err(|_| StoreError::Poisoned("memory store: poisoned"))
             .and_then(|mut g| f(&mut g));
         Box::pin(async move { r })
     }
 }
 
-fn full(what: &str, max: usize) -> StoreError {
-    StoreError(format!(
-        "memory store: already holds {max} {what} (the most it keeps)"
-    ))
+fn full(what: &'static str, max: usize) -> StoreError {
+    StoreError::Full { what, max }
 }
 
 impl Store for MemoryStore {

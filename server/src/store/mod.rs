@@ -20,6 +20,7 @@
 //! path, so a slow database never stalls a probe stream.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -33,10 +34,36 @@ mod write_behind;
 pub use memory::*;
 pub use write_behind::*;
 
-/// A store failure, with what was being done.
+/// A store failure, with what was being done. Texts never carry a connection URL (so no
+/// password); a setting's problem names the setting.
 #[derive(Debug, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// A setting is unusable (e.g. `database_url` is no PostgreSQL URL).
+    #[error("store: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// The database at `target` (`host:port/db`) cannot be used at start: unreachable,
+    /// refusing, or the migrations failed or timed out.
+    #[error("store: database_url: cannot use postgres at {target}: {reason}")]
+    Unavailable { target: String, reason: String },
+    /// Listening for other replicas' notifications failed at start.
+    #[error("store: database_url: cannot listen for notifications at {target}: {reason}")]
+    Listen { target: String, reason: String },
+    /// Listening for other replicas' notifications did not get going in time at start.
+    #[error("store: database_url: timed out listening for notifications at {target}")]
+    ListenTimeout { target: String },
+    /// The database failed while `what` was being done.
+    #[error("store: {what}: {reason}")]
+    Database { what: &'static str, reason: String },
+    /// `what` took longer than the store's bound.
+    #[error("store: {what}: timed out after {}", humantime::format_duration(*after))]
+    Timeout { what: &'static str, after: Duration },
+    /// The in-memory store already holds the most `what` it keeps.
+    #[error("store: memory store: already holds {max} {what} (the most it keeps)")]
+    Full { what: &'static str, max: usize },
+    /// A lock was poisoned (a holder panicked); the text says so, and whose.
+    #[error("store: {0}")]
+    Poisoned(&'static str),
+}
 
 /// One audited settings change.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,6 +231,66 @@ mod tests {
         let log = s.audit_log().await.unwrap();
         assert_eq!(log.len(), 1);
         assert_eq!(log[0].actor, "test");
+    }
+
+    #[test]
+    fn store_errors_say_what_failed() {
+        let target = || "127.0.0.1:5432/vantage".to_owned();
+        let cases = [
+            (
+                StoreError::Invalid {
+                    field: "database_url",
+                    reason: "names no host".into(),
+                },
+                "store: database_url: names no host",
+            ),
+            (
+                StoreError::Unavailable {
+                    target: target(),
+                    reason: "connecting: refused".into(),
+                },
+                "store: database_url: cannot use postgres at 127.0.0.1:5432/vantage: connecting: refused",
+            ),
+            (
+                StoreError::Listen {
+                    target: target(),
+                    reason: "listening: timed out".into(),
+                },
+                "store: database_url: cannot listen for notifications at 127.0.0.1:5432/vantage: listening: timed out",
+            ),
+            (
+                StoreError::ListenTimeout { target: target() },
+                "store: database_url: timed out listening for notifications at 127.0.0.1:5432/vantage",
+            ),
+            (
+                StoreError::Database {
+                    what: "loading settings",
+                    reason: "ERROR: boom (XX000)".into(),
+                },
+                "store: loading settings: ERROR: boom (XX000)",
+            ),
+            (
+                StoreError::Timeout {
+                    what: "storing events",
+                    after: std::time::Duration::from_millis(1500),
+                },
+                "store: storing events: timed out after 1s 500ms",
+            ),
+            (
+                StoreError::Full {
+                    what: "vantages",
+                    max: 10,
+                },
+                "store: memory store: already holds 10 vantages (the most it keeps)",
+            ),
+            (
+                StoreError::Poisoned("memory store: poisoned"),
+                "store: memory store: poisoned",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.to_string(), want);
+        }
     }
 
     fn obs(vantage: &str, instance: &str, seq: u64) -> NewObservation {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot, watch};
+use vantage_proto::backoff::Backoff;
 
 use super::*;
 
@@ -22,7 +23,8 @@ pub struct WriteBehindOptions {
     pub capacity: usize,
     /// Most observations per transaction (a larger submission is written whole).
     pub batch: usize,
-    /// First retry delay after a failed write; doubles up to `max_backoff`.
+    /// First retry delay after a failed write; doubles up to `max_backoff` (a
+    /// `max_backoff` below it is raised to it).
     pub min_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -189,7 +191,7 @@ impl WriteBehind {
 }
 
 async fn write_behind(shared: Arc<Shared>, store: Arc<dyn Store>, options: WriteBehindOptions) {
-    let mut backoff = options.min_backoff;
+    let mut backoff = Backoff::new(options.min_backoff, options.max_backoff);
     loop {
         // Take the next batch: whole submissions, up to `options.batch` observations.
         let batch = {
@@ -225,7 +227,7 @@ async fn write_behind(shared: Arc<Shared>, store: Arc<dyn Store>, options: Write
             .collect();
         match store.append_observations(observations).await {
             Ok(ids) => {
-                backoff = options.min_backoff;
+                backoff.reset();
                 shared.in_flight.store(0, Ordering::Relaxed);
                 if let Some(max) = ids.iter().max() {
                     shared.stored.send_if_modified(|cur| {
@@ -242,7 +244,8 @@ async fn write_behind(shared: Arc<Shared>, store: Arc<dyn Store>, options: Write
             }
             Err(e) => {
                 shared.failed_writes.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, retry_in = ?backoff, "write-behind: storing observations failed");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "write-behind: storing observations failed");
                 {
                     let Ok(mut q) = shared.queue.lock() else {
                         return;
@@ -257,8 +260,7 @@ async fn write_behind(shared: Arc<Shared>, store: Arc<dyn Store>, options: Write
                 if shared.closed.load(Ordering::Acquire) {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(options.max_backoff);
+                tokio::time::sleep(delay).await;
             }
         }
     }

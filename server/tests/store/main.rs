@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use futures::future::BoxFuture;
 use tokio::sync::broadcast;
-use vantage_probe::checks::database::{self, DEFAULT_THRESHOLD, Pinger, TIMEOUT};
+use vantage_probe::checks::database::{self, DEFAULT_THRESHOLD, PingError, Pinger, TIMEOUT};
 use vantage_probe::rules;
 use vantage_proto::pb::observation::Result as ObsResult;
 use vantage_proto::{Section, Severity, codes, pb};
@@ -543,7 +543,7 @@ struct Interrupting<'a> {
 }
 
 impl Pinger for Interrupting<'_> {
-    fn ping(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn ping(&self) -> BoxFuture<'_, Result<(), PingError>> {
         if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
             (self.before)();
         }

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
+use vantage_proto::backoff::Backoff;
 
 use crate::store::{CHANNEL_EVENTS, CHANNEL_OBSERVATIONS, CHANNEL_SETTINGS, Notice};
 
@@ -55,27 +56,28 @@ enum Ended {
 impl Listener {
     async fn run(self, ready: oneshot::Sender<Result<(), String>>) {
         let mut ready = Some(ready);
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             let ended = tokio::select! {
                 _ = self.stop.cancelled() => return,
                 ended = self.session(&mut ready, &mut backoff) => ended,
             };
-            match ended {
+            let delay = match ended {
                 Ended::Stopped => return,
                 Ended::Lost(e) => {
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(Err(e));
                         return;
                     }
-                    tracing::warn!(error = %e, retry_in = ?backoff, "store notifications: connection lost");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "store notifications: connection lost");
+                    delay
                 }
-            }
+            };
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -83,7 +85,7 @@ impl Listener {
     async fn session(
         &self,
         ready: &mut Option<oneshot::Sender<Result<(), String>>>,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Ended {
         let (client, mut connection) =
             match tokio::time::timeout(self.connect_timeout, self.config.connect(NoTls)).await {
@@ -132,7 +134,7 @@ impl Listener {
                 return Ended::Lost("listening: timed out".into());
             }
         }
-        *backoff = MIN_BACKOFF;
+        backoff.reset();
         match ready.take() {
             Some(tx) => {
                 let _ = tx.send(Ok(()));

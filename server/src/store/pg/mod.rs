@@ -36,7 +36,7 @@ use prost::Message as _;
 use tokio::sync::broadcast;
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use vantage_probe::checks::database::Pinger;
+use vantage_probe::checks::database::{PingError, Pinger};
 use vantage_proto::{Section, pb};
 
 use crate::store::{
@@ -141,16 +141,18 @@ fn pg_text(e: &tokio_postgres::Error) -> String {
 /// The connection settings from `url`, bounded by `options`. Errors name `database_url` and
 /// never echo it.
 fn pg_config(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
-        StoreError(format!(
-            "database_url: not a valid PostgreSQL URL or connection string ({})",
+    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Invalid {
+        field: "database_url",
+        reason: format!(
+            "not a valid PostgreSQL URL or connection string ({})",
             pg_text(&e)
-        ))
+        ),
     })?;
     if config.get_hosts().is_empty() {
-        return Err(StoreError(
-            "database_url: names no host (expected e.g. postgres://user@host:5432/db)".into(),
-        ));
+        return Err(StoreError::Invalid {
+            field: "database_url",
+            reason: "names no host (expected e.g. postgres://user@host:5432/db)".into(),
+        });
     }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(options.connect_timeout);
@@ -212,7 +214,10 @@ fn pool(config: tokio_postgres::Config, options: &PgOptions) -> Result<Pool, Sto
         .create_timeout(Some(options.connect_timeout))
         .recycle_timeout(Some(options.query_timeout))
         .build()
-        .map_err(|e| StoreError(format!("database_url: building the connection pool: {e}")))
+        .map_err(|e| StoreError::Invalid {
+            field: "database_url",
+            reason: format!("building the connection pool: {e}"),
+        })
 }
 
 fn to_i64(what: &str, v: u64) -> Result<i64, Failure> {
@@ -297,10 +302,9 @@ impl PgStore {
         let config = pg_config(url, &options)?;
         let target = target(&config);
         let pool = pool(config.clone(), &options)?;
-        let connect_error = |e: Failure| {
-            StoreError(format!(
-                "database_url: cannot use postgres at {target}: {e}"
-            ))
+        let connect_error = |e: Failure| StoreError::Unavailable {
+            target: target.clone(),
+            reason: e.0,
         };
         let migrate = async {
             let mut client = pool.get().await?;
@@ -327,16 +331,8 @@ impl PgStore {
         let guard = stop.drop_guard();
         match tokio::time::timeout(options.connect_timeout + options.query_timeout, ready).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                return Err(StoreError(format!(
-                    "database_url: cannot listen for notifications at {target}: {e}"
-                )));
-            }
-            Ok(Err(_)) | Err(_) => {
-                return Err(StoreError(format!(
-                    "database_url: timed out listening for notifications at {target}"
-                )));
-            }
+            Ok(Ok(Err(reason))) => return Err(StoreError::Listen { target, reason }),
+            Ok(Err(_)) | Err(_) => return Err(StoreError::ListenTimeout { target }),
         }
         Ok(PgStore {
             inner: Arc::new(Inner {
@@ -387,7 +383,7 @@ impl PgStore {
     }
 
     /// Run `f` with a pooled connection, bounded by the query timeout; errors say `what`.
-    async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(Object) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
@@ -398,11 +394,11 @@ impl PgStore {
         };
         match tokio::time::timeout(self.inner.query_timeout, work).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError(format!("{what}: {e}"))),
-            Err(_) => Err(StoreError(format!(
-                "{what}: timed out after {}",
-                humantime::format_duration(self.inner.query_timeout)
-            ))),
+            Ok(Err(e)) => Err(StoreError::Database { what, reason: e.0 }),
+            Err(_) => Err(StoreError::Timeout {
+                what,
+                after: self.inner.query_timeout,
+            }),
         }
     }
 }
@@ -913,19 +909,23 @@ impl fmt::Debug for PgPinger {
 }
 
 impl Pinger for PgPinger {
-    fn ping(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn ping(&self) -> BoxFuture<'_, Result<(), PingError>> {
         Box::pin(async move {
             let work = async {
-                let client = self.pool.get().await?;
-                client.simple_query("SELECT 1").await?;
-                Ok::<_, Failure>(())
+                let client = self
+                    .pool
+                    .get()
+                    .await
+                    .map_err(|e| PingError::Unavailable(Failure::from(e).0))?;
+                client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(|e| PingError::Query(pg_text(&e)))?;
+                Ok(())
             };
             match tokio::time::timeout(self.timeout, work).await {
-                Ok(r) => r.map_err(|e| e.0),
-                Err(_) => Err(format!(
-                    "timed out after {}",
-                    humantime::format_duration(self.timeout)
-                )),
+                Ok(r) => r,
+                Err(_) => Err(PingError::Timeout(self.timeout)),
             }
         })
     }
