@@ -18,8 +18,17 @@
 //!
 //! [`PgPinger`] is the Database check's pinger: a pooled connection and `SELECT 1`.
 
+mod connect;
 mod listen;
+mod migrate;
+mod observations;
+mod pinger;
 mod registry;
+
+use connect::*;
+use migrate::migrate;
+pub use migrate::{MIGRATIONS, Migration};
+pub use pinger::PgPinger;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -58,21 +67,6 @@ const OBSERVATION_LOCK: i64 = 0x7661_6e74_6167_6502;
 /// Advisory lock key serialising event appends.
 const EVENT_LOCK: i64 = 0x7661_6e74_6167_6503;
 
-/// One schema migration, embedded in the binary.
-#[derive(Debug, Clone, Copy)]
-pub struct Migration {
-    pub version: i32,
-    pub name: &'static str,
-    pub sql: &'static str,
-}
-
-/// Every migration, in version order. Append; never edit a released one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../../migrations/0001_initial.sql"),
-}];
-
 /// How to use the database.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
@@ -90,184 +84,6 @@ impl Default for PgOptions {
             pool_size: DEFAULT_POOL_SIZE,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        }
-    }
-}
-
-/// Why a database step failed; never holds the URL.
-struct Failure(String);
-
-impl From<tokio_postgres::Error> for Failure {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Failure(pg_text(&e))
-    }
-}
-
-impl From<PoolError> for Failure {
-    fn from(e: PoolError) -> Self {
-        Failure(match e {
-            PoolError::Timeout(_) => "timed out taking a pooled connection".to_owned(),
-            PoolError::Backend(e) => format!("connecting: {}", pg_text(&e)),
-            PoolError::Closed => "the connection pool is closed".to_owned(),
-            other => format!("taking a pooled connection: {other}"),
-        })
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A driver error as text: the server's message for database errors, the driver's otherwise.
-fn pg_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
-        None => {
-            // The driver's Display leaves the cause out ("error connecting to server").
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            text
-        }
-    }
-}
-
-/// The connection settings from `url`, bounded by `options`. Errors name `database_url` and
-/// never echo it.
-fn pg_config(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Invalid {
-        field: "database_url",
-        reason: format!(
-            "not a valid PostgreSQL URL or connection string ({})",
-            pg_text(&e)
-        ),
-    })?;
-    if config.get_hosts().is_empty() {
-        return Err(StoreError::Invalid {
-            field: "database_url",
-            reason: "names no host (expected e.g. postgres://user@host:5432/db)".into(),
-        });
-    }
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(options.connect_timeout);
-    }
-    let ms = options.query_timeout.as_millis().max(1);
-    let opts = match config.get_options() {
-        Some(o) if o.contains("statement_timeout") => o.to_owned(),
-        Some(o) => format!("{o} -c statement_timeout={ms}"),
-        None => format!("-c statement_timeout={ms}"),
-    };
-    config.options(opts);
-    if config.get_application_name().is_none() {
-        config.application_name("vantaged");
-    }
-    config.keepalives(true);
-    config.keepalives_idle(Duration::from_secs(30));
-    Ok(config)
-}
-
-/// `host:port/dbname` of a config, for messages (no user, no password).
-fn target(config: &tokio_postgres::Config) -> String {
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let host = match h {
-                tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-            };
-            let port = config
-                .get_ports()
-                .get(i)
-                .or_else(|| config.get_ports().first())
-                .copied()
-                .unwrap_or(5432);
-            format!("{host}:{port}")
-        })
-        .collect();
-    let db = config
-        .get_dbname()
-        .or(config.get_user())
-        .unwrap_or("postgres");
-    format!("{}/{db}", hosts.join(","))
-}
-
-fn pool(config: tokio_postgres::Config, options: &PgOptions) -> Result<Pool, StoreError> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(options.pool_size.max(1))
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(options.query_timeout))
-        .create_timeout(Some(options.connect_timeout))
-        .recycle_timeout(Some(options.query_timeout))
-        .build()
-        .map_err(|e| StoreError::Invalid {
-            field: "database_url",
-            reason: format!("building the connection pool: {e}"),
-        })
-}
-
-fn to_i64(what: &str, v: u64) -> Result<i64, Failure> {
-    i64::try_from(v).map_err(|_| Failure(format!("{what} {v} is too large to store")))
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or_default()
-}
-
-fn limit_of(limit: usize) -> i64 {
-    i64::try_from(limit.min(MAX_PAGE)).unwrap_or(i64::MAX)
-}
-
-fn sections_from(names: Vec<String>) -> Vec<Section> {
-    names
-        .into_iter()
-        .filter_map(|n| match Section::from_str(&n) {
-            Ok(s) => Some(s),
-            Err(_) => {
-                tracing::warn!(section = %n, "ignoring an unknown stored section");
-                None
-            }
-        })
-        .collect()
-}
-
-fn section_names(sections: &[Section]) -> Vec<String> {
-    sections
-        .iter()
-        .map(|s| s.settings_name().to_owned())
-        .collect()
-}
-
-fn decode_observation(
-    id: i64,
-    vantage: String,
-    instance_id: String,
-    bytes: &[u8],
-) -> Option<StoredObservation> {
-    match pb::Observation::decode(bytes) {
-        Ok(observation) => Some(StoredObservation {
-            id,
-            vantage,
-            instance_id,
-            observation,
-        }),
-        Err(e) => {
-            tracing::warn!(id, error = %e, "skipping a stored observation that does not decode");
-            None
         }
     }
 }
@@ -401,61 +217,6 @@ impl PgStore {
             }),
         }
     }
-}
-
-/// Apply the migrations not yet applied, in one transaction under [`MIGRATION_LOCK`].
-async fn migrate(client: &mut Object) -> Result<(), Failure> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS vantage_schema_migrations (
-             version integer PRIMARY KEY,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         )",
-    )
-    .await?;
-    let applied: Vec<i32> = tx
-        .query("SELECT version FROM vantage_schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for m in MIGRATIONS {
-        if applied.contains(&m.version) {
-            continue;
-        }
-        tx.batch_execute(m.sql).await.map_err(|e| {
-            Failure(format!(
-                "applying migration {} ({}): {}",
-                m.version,
-                m.name,
-                pg_text(&e)
-            ))
-        })?;
-        tx.execute(
-            "INSERT INTO vantage_schema_migrations (version) VALUES ($1)",
-            &[&m.version],
-        )
-        .await?;
-        tracing::info!(
-            version = m.version,
-            name = m.name,
-            "applied a schema migration"
-        );
-    }
-    if let Some(newer) = applied
-        .iter()
-        .filter(|v| !MIGRATIONS.iter().any(|m| m.version == **v))
-        .max()
-    {
-        tracing::warn!(
-            version = newer,
-            "the database has a newer schema than this server knows; running with it"
-        );
-    }
-    tx.commit().await?;
-    Ok(())
 }
 
 impl Store for PgStore {
@@ -622,117 +383,8 @@ impl Store for PgStore {
         &self,
         observations: Vec<NewObservation>,
     ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
-        Box::pin(self.run("storing observations", move |mut c| async move {
-            if observations.is_empty() {
-                return Ok(Vec::new());
-            }
-            let n = observations.len();
-            let mut vantages = Vec::with_capacity(n);
-            let mut instances = Vec::with_capacity(n);
-            let mut checks = Vec::with_capacity(n);
-            let mut seqs = Vec::with_capacity(n);
-            let mut bodies = Vec::with_capacity(n);
-            for o in &observations {
-                vantages.push(o.vantage.clone());
-                instances.push(o.instance_id.clone());
-                checks.push(o.observation.check_id.clone());
-                seqs.push(to_i64("seq", o.observation.seq)?);
-                bodies.push(o.observation.encode_to_vec());
-            }
-            let applied = applied_by_batch(&observations);
-            let mut a_names = Vec::with_capacity(applied.len());
-            let mut a_instances = Vec::with_capacity(applied.len());
-            let mut a_seqs = Vec::with_capacity(applied.len());
-            for (name, (instance, seq)) in &applied {
-                a_names.push((*name).to_owned());
-                a_instances.push((*instance).to_owned());
-                a_seqs.push(to_i64("seq", *seq)?);
-            }
-
-            let tx = c.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&OBSERVATION_LOCK])
-                .await?;
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO vantage_observation_log
-                         (vantage, instance_id, check_id, seq, observation)
-                     SELECT v, i, c, s, o
-                     FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bytea[])
-                         WITH ORDINALITY AS t(v, i, c, s, o, n)
-                     ORDER BY n
-                     RETURNING id",
-                )
-                .await?;
-            let mut ids: Vec<i64> = tx
-                .query(&insert, &[&vantages, &instances, &checks, &seqs, &bodies])
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            // Ids are drawn in row order; RETURNING's order is not promised.
-            ids.sort_unstable();
-            if ids.len() != n {
-                return Err(Failure(format!(
-                    "the log returned {} ids for {n} observations",
-                    ids.len()
-                )));
-            }
-
-            // The latest per (vantage, check, target): the last of each in this batch.
-            let mut latest: BTreeMap<(&str, String), usize> = BTreeMap::new();
-            for (i, o) in observations.iter().enumerate() {
-                latest.insert((&o.vantage, crate::store::latest_key(&o.observation)), i);
-            }
-            let mut l_vantages = Vec::with_capacity(latest.len());
-            let mut l_checks = Vec::with_capacity(latest.len());
-            let mut l_ids = Vec::with_capacity(latest.len());
-            let mut l_instances = Vec::with_capacity(latest.len());
-            let mut l_bodies = Vec::with_capacity(latest.len());
-            for ((v, check), i) in latest {
-                l_vantages.push(v.to_owned());
-                l_checks.push(check);
-                l_ids.push(ids[i]);
-                l_instances.push(instances[i].clone());
-                l_bodies.push(bodies[i].clone());
-            }
-            let upsert_applied = tx
-                .prepare_cached(
-                    "INSERT INTO vantage_vantages AS v (name, instance_id, applied_seq)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
-                     ON CONFLICT (name) DO UPDATE SET
-                         instance_id = EXCLUDED.instance_id,
-                         applied_seq = CASE WHEN v.instance_id = EXCLUDED.instance_id
-                             THEN GREATEST(v.applied_seq, EXCLUDED.applied_seq)
-                             ELSE EXCLUDED.applied_seq END",
-                )
-                .await?;
-            tx.execute(&upsert_applied, &[&a_names, &a_instances, &a_seqs])
-                .await?;
-            let upsert_latest = tx
-                .prepare_cached(
-                    "INSERT INTO vantage_latest_observations AS l
-                         (vantage, check_id, id, instance_id, observation)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[])
-                     ON CONFLICT (vantage, check_id) DO UPDATE SET
-                         id = EXCLUDED.id,
-                         instance_id = EXCLUDED.instance_id,
-                         observation = EXCLUDED.observation
-                     WHERE l.id < EXCLUDED.id",
-                )
-                .await?;
-            tx.execute(
-                &upsert_latest,
-                &[&l_vantages, &l_checks, &l_ids, &l_instances, &l_bodies],
-            )
-            .await?;
-            let highest = ids.last().copied().unwrap_or_default().to_string();
-            tx.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&CHANNEL_OBSERVATIONS, &highest],
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(ids)
+        Box::pin(self.run("storing observations", move |c| {
+            observations::append(c, observations)
         }))
     }
 
@@ -879,54 +531,5 @@ impl Store for PgStore {
 
     fn listen(&self) -> broadcast::Receiver<Notice> {
         self.inner.notices.subscribe()
-    }
-}
-
-/// The Database check's pinger: take a pooled connection and run `SELECT 1`, bounded by the
-/// query timeout. Builds its pool lazily, so it works (and fails with EDB01) even when the
-/// database is down at start.
-#[derive(Clone)]
-pub struct PgPinger {
-    pool: Pool,
-    timeout: Duration,
-}
-
-impl PgPinger {
-    /// A pinger for `url` (the `database_url` setting); connects on the first ping.
-    pub fn new(url: &str, options: &PgOptions) -> Result<PgPinger, StoreError> {
-        let config = pg_config(url, options)?;
-        Ok(PgPinger {
-            pool: pool(config, options)?,
-            timeout: options.query_timeout,
-        })
-    }
-}
-
-impl fmt::Debug for PgPinger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgPinger").finish_non_exhaustive()
-    }
-}
-
-impl Pinger for PgPinger {
-    fn ping(&self) -> BoxFuture<'_, Result<(), PingError>> {
-        Box::pin(async move {
-            let work = async {
-                let client = self
-                    .pool
-                    .get()
-                    .await
-                    .map_err(|e| PingError::Unavailable(Failure::from(e).0))?;
-                client
-                    .simple_query("SELECT 1")
-                    .await
-                    .map_err(|e| PingError::Query(pg_text(&e)))?;
-                Ok(())
-            };
-            match tokio::time::timeout(self.timeout, work).await {
-                Ok(r) => r,
-                Err(_) => Err(PingError::Timeout(self.timeout)),
-            }
-        })
     }
 }
