@@ -169,199 +169,253 @@ fn usage(msg: &str) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    // Validate arguments before touching the network.
-    let watch_req = if let Command::Watch {
-        json,
-        sections,
-        min_severity,
-        vantages,
-        since,
-        ..
-    } = &cli.command
-    {
-        let mut ids = Vec::new();
-        for s in sections {
-            match s.parse::<Section>() {
-                Ok(sec) => ids.push(pb::Section::from(sec) as i32),
-                Err(e) => return usage(&format!("--section: {e}")),
-            }
+    let Cli {
+        server,
+        token,
+        command,
+    } = cli;
+    match command {
+        Command::Watch {
+            json,
+            sections,
+            min_severity,
+            vantages,
+            since,
+        } => {
+            // Validate arguments before touching the network.
+            let req = match watch_request(json, &sections, min_severity.as_deref(), vantages, since)
+            {
+                Ok(req) => req,
+                Err(code) => return code,
+            };
+            watch(server, token, req, json).await
         }
-        let min = match min_severity
-            .as_deref()
-            .map(str::parse::<Severity>)
-            .transpose()
-        {
-            Ok(m) => m.map_or(0, |m| pb::Severity::from(m) as i32),
-            Err(e) => return usage(&format!("--min-severity: {e}")),
-        };
-        Some(pb::WatchRequest {
-            sections: ids,
-            min_severity: min,
-            vantages: vantages.clone(),
-            since_revision: *since,
-            since_epoch: String::new(),
-            // NDJSON snapshots print the report's JSON.
-            include_json: *json,
-            include_vantages: *json,
-        })
-    } else {
-        None
-    };
-    if let Command::Watch { json, .. } = &cli.command {
-        let req = watch_req.unwrap_or_default();
-        let stream = watch_resuming(cli.server.clone(), cli.token.clone(), req);
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                WatchItem::Event(ev) => {
-                    if *json {
-                        out(&format!("{}\n", table::event_json(&ev)));
-                    } else {
-                        out(&format!("{}\n", table::event(&ev)));
-                    }
-                }
-                WatchItem::Reconnecting {
-                    error,
-                    since,
-                    delay,
-                } => {
-                    eprintln!(
-                        "vantage: watch interrupted ({error}); reconnecting in {delay:?}, resuming after revision {since}"
-                    );
-                }
-            }
+        Command::Netcheck {
+            derp_map,
+            ca_file,
+            node_timeout,
+        } => {
+            netcheck(
+                &server,
+                derp_map.as_deref(),
+                ca_file.as_deref(),
+                node_timeout,
+            )
+            .await
         }
-        return ExitCode::SUCCESS;
-    }
-    if let Command::Netcheck {
-        derp_map,
-        ca_file,
-        node_timeout,
-    } = &cli.command
-    {
-        return netcheck(
-            &cli.server,
-            derp_map.as_deref(),
-            ca_file.as_deref(),
-            *node_timeout,
-        )
-        .await;
-    }
-    let client = match Client::connect(&cli.server, cli.token.as_deref()).await {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    match cli.command {
-        Command::Report { json, force } => match client.report(force).await {
-            Ok(r) => {
-                if json {
-                    match serde_json::from_str::<HealthReport>(&r.json) {
-                        Ok(typed) => out(&String::from_utf8_lossy(&coder_json(&typed))),
-                        Err(e) => {
-                            eprintln!(
-                                "vantage: the server sent a report this client cannot read: {e}"
-                            );
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                } else {
-                    out(&table::report(&r));
-                }
-                let sev = Severity::from_pb(r.severity).unwrap_or(Severity::Error);
-                ExitCode::from(u8::try_from(sev.exit_code()).unwrap_or(2))
-            }
-            Err(e) => fail(&e),
-        },
-        Command::Vantages { action: None } => match client.vantages().await {
-            Ok(list) => {
-                out(&table::vantages(&list));
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&e),
-        },
-        Command::Vantages {
-            action: Some(VantagesAction::Forget { name }),
-        } => match client.forget(&name).await {
-            Ok(()) => {
-                out(&format!("forgot {name}\n"));
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&e),
-        },
-        Command::Settings { action } => {
-            let current = match client.settings().await {
-                Ok(s) => s.dismissed_healthchecks,
+        command => {
+            let client = match Client::connect(&server, token.as_deref()).await {
+                Ok(c) => c,
                 Err(e) => return fail(&e),
             };
-            let updated = match action {
-                None => current,
-                Some(action) => {
-                    let (section, dismiss) = match &action {
-                        SettingsAction::Dismiss { section } => (section, true),
-                        SettingsAction::Undismiss { section } => (section, false),
-                    };
-                    let name = match section.parse::<Section>() {
-                        Ok(s) => s.settings_name().to_owned(),
-                        Err(e) => return usage(&e.to_string()),
-                    };
-                    let mut list: Vec<String> =
-                        current.into_iter().filter(|s| *s != name).collect();
-                    if dismiss {
-                        list.push(name);
-                    }
-                    match client.update_settings(list).await {
-                        Ok(s) => s.dismissed_healthchecks,
-                        Err(e) => return fail(&e),
-                    }
-                }
-            };
-            out(&format!(
-                "dismissed: {}\n",
-                if updated.is_empty() {
-                    "(none)".to_owned()
+            run_connected(&client, command).await
+        }
+    }
+}
+
+/// The subcommands that talk to the server through one connected client.
+async fn run_connected(client: &Client, command: Command) -> ExitCode {
+    match command {
+        Command::Report { json, force } => report(client, json, force).await,
+        Command::Vantages { action: None } => vantages(client).await,
+        Command::Vantages {
+            action: Some(VantagesAction::Forget { name }),
+        } => forget(client, &name).await,
+        Command::Settings { action } => settings(client, action).await,
+        Command::Provisioner { action } => provisioner(client, action).await,
+        Command::Watch { .. } | Command::Netcheck { .. } => ExitCode::SUCCESS,
+    }
+}
+
+/// The `watch` request from its flags, or the usage exit code for a bad flag.
+fn watch_request(
+    json: bool,
+    sections: &[String],
+    min_severity: Option<&str>,
+    vantages: Vec<String>,
+    since: u64,
+) -> Result<pb::WatchRequest, ExitCode> {
+    let mut ids = Vec::new();
+    for s in sections {
+        match s.parse::<Section>() {
+            Ok(sec) => ids.push(pb::Section::from(sec) as i32),
+            Err(e) => return Err(usage(&format!("--section: {e}"))),
+        }
+    }
+    let min = match min_severity.map(str::parse::<Severity>).transpose() {
+        Ok(m) => m.map_or(0, |m| pb::Severity::from(m) as i32),
+        Err(e) => return Err(usage(&format!("--min-severity: {e}"))),
+    };
+    Ok(pb::WatchRequest {
+        sections: ids,
+        min_severity: min,
+        vantages,
+        since_revision: since,
+        since_epoch: String::new(),
+        // NDJSON snapshots print the report's JSON.
+        include_json: json,
+        include_vantages: json,
+    })
+}
+
+/// `vantage watch`: the current state, then one line per change, resuming after a reconnect.
+async fn watch(
+    server: String,
+    token: Option<String>,
+    req: pb::WatchRequest,
+    json: bool,
+) -> ExitCode {
+    let stream = watch_resuming(server, token, req);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            WatchItem::Event(ev) => {
+                if json {
+                    out(&format!("{}\n", table::event_json(&ev)));
                 } else {
-                    updated.join(", ")
+                    out(&format!("{}\n", table::event(&ev)));
                 }
-            ));
+            }
+            WatchItem::Reconnecting {
+                error,
+                since,
+                delay,
+            } => {
+                eprintln!(
+                    "vantage: watch interrupted ({error}); reconnecting in {delay:?}, resuming after revision {since}"
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `vantage report`: a table, or Coder's JSON; the exit code follows the severity.
+async fn report(client: &Client, json: bool, force: bool) -> ExitCode {
+    let r = match client.report(force).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if json {
+        match serde_json::from_str::<HealthReport>(&r.json) {
+            Ok(typed) => out(&String::from_utf8_lossy(&coder_json(&typed))),
+            Err(e) => {
+                eprintln!("vantage: the server sent a report this client cannot read: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        out(&table::report(&r));
+    }
+    let sev = Severity::from_pb(r.severity).unwrap_or(Severity::Error);
+    ExitCode::from(u8::try_from(sev.exit_code()).unwrap_or(2))
+}
+
+/// `vantage vantages`: the list of vantages.
+async fn vantages(client: &Client) -> ExitCode {
+    match client.vantages().await {
+        Ok(list) => {
+            out(&table::vantages(&list));
             ExitCode::SUCCESS
         }
-        Command::Provisioner {
-            action:
-                ProvisionerAction::Heartbeat {
-                    name,
-                    version,
-                    api_version,
-                    provisioners,
-                    tags,
-                },
-        } => {
-            let mut map = std::collections::HashMap::new();
-            for t in tags {
-                match t.split_once('=') {
-                    Some((k, v)) if !k.is_empty() => {
-                        map.insert(k.to_owned(), v.to_owned());
-                    }
-                    _ => return usage(&format!("--tag: invalid tag {t:?}: expected key=value")),
-                }
-            }
-            let req = pb::ProvisionerHeartbeatRequest {
-                name,
-                version,
-                api_version,
-                provisioners,
-                tags: map,
-                organization_id: None,
-            };
-            match client.provisioner_heartbeat(req).await {
-                Ok(r) => {
-                    let d = r.daemon.unwrap_or_default();
-                    out(&format!("heartbeat recorded for {} ({})\n", d.name, d.id));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `vantage vantages forget NAME`.
+async fn forget(client: &Client, name: &str) -> ExitCode {
+    match client.forget(name).await {
+        Ok(()) => {
+            out(&format!("forgot {name}\n"));
+            ExitCode::SUCCESS
         }
-        Command::Watch { .. } | Command::Netcheck { .. } => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// `vantage settings [dismiss|undismiss SECTION]`: prints the dismissed sections (after the
+/// change, if any).
+async fn settings(client: &Client, action: Option<SettingsAction>) -> ExitCode {
+    let current = match client.settings().await {
+        Ok(s) => s.dismissed_healthchecks,
+        Err(e) => return fail(&e),
+    };
+    let updated = match action {
+        None => current,
+        Some(action) => match update_dismissed(client, current, &action).await {
+            Ok(list) => list,
+            Err(code) => return code,
+        },
+    };
+    out(&format!(
+        "dismissed: {}\n",
+        if updated.is_empty() {
+            "(none)".to_owned()
+        } else {
+            updated.join(", ")
+        }
+    ));
+    ExitCode::SUCCESS
+}
+
+/// Applies a dismiss / undismiss to the `current` list on the server and returns the new
+/// list, or the exit code of the failure.
+async fn update_dismissed(
+    client: &Client,
+    current: Vec<String>,
+    action: &SettingsAction,
+) -> Result<Vec<String>, ExitCode> {
+    let (section, dismiss) = match action {
+        SettingsAction::Dismiss { section } => (section, true),
+        SettingsAction::Undismiss { section } => (section, false),
+    };
+    let name = match section.parse::<Section>() {
+        Ok(s) => s.settings_name().to_owned(),
+        Err(e) => return Err(usage(&e.to_string())),
+    };
+    let mut list: Vec<String> = current.into_iter().filter(|s| *s != name).collect();
+    if dismiss {
+        list.push(name);
+    }
+    match client.update_settings(list).await {
+        Ok(s) => Ok(s.dismissed_healthchecks),
+        Err(e) => Err(fail(&e)),
+    }
+}
+
+/// `vantage provisioner heartbeat`: announces a provisioner daemon.
+async fn provisioner(client: &Client, action: ProvisionerAction) -> ExitCode {
+    let ProvisionerAction::Heartbeat {
+        name,
+        version,
+        api_version,
+        provisioners,
+        tags,
+    } = action;
+    let mut map = std::collections::HashMap::new();
+    for t in tags {
+        match t.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                map.insert(k.to_owned(), v.to_owned());
+            }
+            _ => return usage(&format!("--tag: invalid tag {t:?}: expected key=value")),
+        }
+    }
+    let req = pb::ProvisionerHeartbeatRequest {
+        name,
+        version,
+        api_version,
+        provisioners,
+        tags: map,
+        organization_id: None,
+    };
+    match client.provisioner_heartbeat(req).await {
+        Ok(r) => {
+            let d = r.daemon.unwrap_or_default();
+            out(&format!("heartbeat recorded for {} ({})\n", d.name, d.id));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
     }
 }
 

@@ -53,52 +53,24 @@ pub async fn check(
         return result;
     }
     let req_url = format!("{}/healthz-report", base.strip_suffix('/').unwrap_or(base));
-    let endpoint = match url::Url::parse(&req_url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-        Ok(u) => {
-            return unhealthy(
-                result,
-                format!(
-                    "failed to parse proxy url: unsupported scheme {:?} (expected http or https)",
-                    u.scheme()
-                ),
-            );
-        }
-        Err(e) => return unhealthy(result, format!("failed to parse proxy url: {e}")),
+    let endpoint = match report_endpoint(&req_url) {
+        Ok(u) => u,
+        Err(e) => return unhealthy(result, e),
     };
 
     let deadline = Instant::now() + timeout;
-    let sent = tokio::time::timeout_at(deadline, client.get(endpoint).send()).await;
-    let response = match sent {
-        Err(_) => {
+    let response = match send(client, endpoint, &req_url, timeout, deadline).await {
+        Ok(r) => r,
+        Err(error) => {
             result.status = STATUS_UNREACHABLE.to_owned();
-            result.errors.push(format!(
-                "request to proxy failed: Get {req_url:?}: timed out after {}",
-                vantage_proto::report::go_duration(timeout)
-            ));
+            result.errors.push(error);
             return result;
         }
-        Ok(Err(e)) => {
-            result.status = STATUS_UNREACHABLE.to_owned();
-            result
-                .errors
-                .push(format!("request to proxy failed: {}", chain(&e)));
-            return result;
-        }
-        Ok(Ok(r)) => r,
     };
 
     let status = response.status().as_u16();
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
-    let build_version = header(BUILD_VERSION_HEADER);
-    let content_type = header(reqwest::header::CONTENT_TYPE.as_str());
+    let build_version = header(&response, BUILD_VERSION_HEADER);
+    let content_type = header(&response, reqwest::header::CONTENT_TYPE.as_str());
     let body = read_body(response, deadline).await;
 
     if status != 200 {
@@ -121,29 +93,77 @@ pub async fn check(
             result.version = build_version;
             result
         }
-        Err(decode_err) => {
-            let not_proxy = if build_version.is_empty() {
-                format!(
-                    "proxy url {req_url:?} is not a coder proxy instance, verify the url is correct"
-                )
-            } else {
-                format!(
-                    "proxy url {req_url:?} is a coder instance, but unable to decode the response payload. Could this be a primary coderd and not a proxy?"
-                )
-            };
-            let mime = mime_type(&content_type);
-            let detail = if mime == "application/json" {
-                format!(
-                    "received a status code 200, but failed to decode health report body: {decode_err}"
-                )
-            } else {
-                format!(
-                    "attempted to query health at {req_url:?} but got back the incorrect content type: unexpected non-JSON response {content_type:?}"
-                )
-            };
-            unhealthy(result, format!("{not_proxy}\n{detail}"))
-        }
+        Err(decode_err) => unhealthy(
+            result,
+            not_a_report(&req_url, &build_version, &content_type, &decode_err),
+        ),
     }
+}
+
+/// The report URL parsed, or the error for an unusable proxy URL (only http and https).
+fn report_endpoint(req_url: &str) -> Result<url::Url, String> {
+    match url::Url::parse(req_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(u),
+        Ok(u) => Err(format!(
+            "failed to parse proxy url: unsupported scheme {:?} (expected http or https)",
+            u.scheme()
+        )),
+        Err(e) => Err(format!("failed to parse proxy url: {e}")),
+    }
+}
+
+/// Sends the GET before `deadline`; the error is the text of an unreachable proxy.
+async fn send(
+    client: &reqwest::Client,
+    endpoint: url::Url,
+    req_url: &str,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<reqwest::Response, String> {
+    match tokio::time::timeout_at(deadline, client.get(endpoint).send()).await {
+        Err(_) => Err(format!(
+            "request to proxy failed: Get {req_url:?}: timed out after {}",
+            vantage_proto::report::go_duration(timeout)
+        )),
+        Ok(Err(e)) => Err(format!("request to proxy failed: {}", chain(&e))),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+/// A response header as text, `""` when absent or not visible ASCII.
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The two-line error for a 200 whose body is not a health report: whether the answer looks
+/// like a Coder build at all, then why the body was refused (bad JSON, or not JSON).
+fn not_a_report(
+    req_url: &str,
+    build_version: &str,
+    content_type: &str,
+    decode_err: &str,
+) -> String {
+    let not_proxy = if build_version.is_empty() {
+        format!("proxy url {req_url:?} is not a coder proxy instance, verify the url is correct")
+    } else {
+        format!(
+            "proxy url {req_url:?} is a coder instance, but unable to decode the response payload. Could this be a primary coderd and not a proxy?"
+        )
+    };
+    let mime = mime_type(content_type);
+    let detail = if mime == "application/json" {
+        format!("received a status code 200, but failed to decode health report body: {decode_err}")
+    } else {
+        format!(
+            "attempted to query health at {req_url:?} but got back the incorrect content type: unexpected non-JSON response {content_type:?}"
+        )
+    };
+    format!("{not_proxy}\n{detail}")
 }
 
 fn unhealthy(mut result: pb::WorkspaceProxyResult, error: String) -> pb::WorkspaceProxyResult {

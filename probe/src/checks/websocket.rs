@@ -8,7 +8,9 @@ use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{Connector, connect_async_tls_with_config};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,
+};
 use vantage_proto::codes;
 use vantage_proto::pb;
 
@@ -73,91 +75,19 @@ pub async fn check(
     result
 }
 
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A failed step: its code and message.
+type Failure = (&'static str, String);
+
 async fn echo(tls: &Arc<rustls::ClientConfig>, url: &str, result: &mut pb::WebsocketResult) {
-    let connector = Connector::Rustls(tls.clone());
-    let (mut ws, response) =
-        match connect_async_tls_with_config(url, None, false, Some(connector)).await {
-            Ok(ok) => ok,
-            Err(e) => {
-                if let tungstenite::Error::Http(response) = &e {
-                    result.code = i32::from(response.status().as_u16());
-                    if let Some(body) = response.body() {
-                        result.body = String::from_utf8_lossy(body).into_owned();
-                    }
-                }
-                failed(
-                    result,
-                    codes::EWS01,
-                    format!("websocket dial: {}", chain(&e)),
-                );
-                return;
-            }
-        };
-    result.code = i32::from(response.status().as_u16());
+    let Some(mut ws) = dial(tls, url, result).await else {
+        return;
+    };
     for i in 0..3u8 {
-        let want = i.to_string();
-        if let Err(e) = ws.send(Message::text(want.clone())).await {
-            failed(
-                result,
-                codes::EWS02,
-                format!("write message: {}", chain(&e)),
-            );
+        if let Err((code, message)) = echo_one(&mut ws, i.to_string()).await {
+            failed(result, code, message);
             return;
-        }
-        let got = loop {
-            match ws.next().await {
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(m)) => break m,
-                Some(Err(e)) => {
-                    failed(result, codes::EWS02, format!("read message: {}", chain(&e)));
-                    return;
-                }
-                None => {
-                    failed(
-                        result,
-                        codes::EWS02,
-                        "read message: connection closed".to_owned(),
-                    );
-                    return;
-                }
-            }
-        };
-        match got {
-            Message::Text(text) if text.as_str() == want => {}
-            Message::Text(text) => {
-                failed(
-                    result,
-                    codes::EWS03,
-                    format!(
-                        "received incorrect message: wanted {want:?}, got {:?}",
-                        text.as_str()
-                    ),
-                );
-                return;
-            }
-            Message::Close(frame) => {
-                let why = frame
-                    .map(|f| format!("{} {}", u16::from(f.code), f.reason))
-                    .unwrap_or_else(|| "no status".into());
-                failed(
-                    result,
-                    codes::EWS02,
-                    format!("read message: connection closed: {why}"),
-                );
-                return;
-            }
-            other => {
-                let kind = match other {
-                    Message::Binary(_) => "binary",
-                    _ => "frame",
-                };
-                failed(
-                    result,
-                    codes::EWS03,
-                    format!("received incorrect message type: {kind}"),
-                );
-                return;
-            }
         }
     }
     let _ = ws
@@ -166,6 +96,95 @@ async fn echo(tls: &Arc<rustls::ClientConfig>, url: &str, result: &mut pb::Webso
             reason: "goodbye".into(),
         }))
         .await;
+}
+
+/// Dials the echo endpoint and records the HTTP status (and, on a refusal, the body) in
+/// `result`; a failure is recorded as EWS01.
+async fn dial(
+    tls: &Arc<rustls::ClientConfig>,
+    url: &str,
+    result: &mut pb::WebsocketResult,
+) -> Option<Ws> {
+    let connector = Connector::Rustls(tls.clone());
+    match connect_async_tls_with_config(url, None, false, Some(connector)).await {
+        Ok((ws, response)) => {
+            result.code = i32::from(response.status().as_u16());
+            Some(ws)
+        }
+        Err(e) => {
+            if let tungstenite::Error::Http(response) = &e {
+                result.code = i32::from(response.status().as_u16());
+                if let Some(body) = response.body() {
+                    result.body = String::from_utf8_lossy(body).into_owned();
+                }
+            }
+            failed(
+                result,
+                codes::EWS01,
+                format!("websocket dial: {}", chain(&e)),
+            );
+            None
+        }
+    }
+}
+
+/// Sends `want` as a text frame and expects it echoed back.
+async fn echo_one(ws: &mut Ws, want: String) -> Result<(), Failure> {
+    if let Err(e) = ws.send(Message::text(want.clone())).await {
+        return Err((codes::EWS02, format!("write message: {}", chain(&e))));
+    }
+    let got = next_message(ws).await?;
+    check_echo(&want, got)
+}
+
+/// The next frame that is not a Ping or Pong.
+async fn next_message(ws: &mut Ws) -> Result<Message, Failure> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(m)) => return Ok(m),
+            Some(Err(e)) => {
+                return Err((codes::EWS02, format!("read message: {}", chain(&e))));
+            }
+            None => {
+                return Err((codes::EWS02, "read message: connection closed".to_owned()));
+            }
+        }
+    }
+}
+
+/// Whether `got` is the echo of `want`: EWS03 for another text or frame type, EWS02 for a
+/// Close.
+fn check_echo(want: &str, got: Message) -> Result<(), Failure> {
+    match got {
+        Message::Text(text) if text.as_str() == want => Ok(()),
+        Message::Text(text) => Err((
+            codes::EWS03,
+            format!(
+                "received incorrect message: wanted {want:?}, got {:?}",
+                text.as_str()
+            ),
+        )),
+        Message::Close(frame) => {
+            let why = frame
+                .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                .unwrap_or_else(|| "no status".into());
+            Err((
+                codes::EWS02,
+                format!("read message: connection closed: {why}"),
+            ))
+        }
+        other => {
+            let kind = match other {
+                Message::Binary(_) => "binary",
+                _ => "frame",
+            };
+            Err((
+                codes::EWS03,
+                format!("received incorrect message type: {kind}"),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

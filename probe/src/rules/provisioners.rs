@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use vantage_proto::Severity;
 use vantage_proto::codes;
 use vantage_proto::report::{
-    Message, ProvisionerDaemon, ProvisionerDaemonItem, ProvisionerDaemonsReport,
+    Base, Message, ProvisionerDaemon, ProvisionerDaemonItem, ProvisionerDaemonsReport,
 };
 
 /// Coder's `proto.CurrentMajor`: the provisioner API major version the server speaks.
@@ -86,14 +86,9 @@ pub fn section(
     stale_after: Duration,
 ) -> ProvisionerDaemonsReport {
     let mut r = ProvisionerDaemonsReport::default();
-    if server_version.is_empty() {
+    if let Some(error) = developer_error(server_version, api_major) {
         r.base.severity = Severity::Error;
-        r.base.error = Some("Developer error: CurrentVersion is empty!".to_owned());
-        return r;
-    }
-    if api_major == 0 {
-        r.base.severity = Severity::Error;
-        r.base.error = Some("Developer error: CurrentAPIMajorVersion must be non-zero!".to_owned());
+        r.base.error = Some(error.to_owned());
         return r;
     }
 
@@ -105,53 +100,8 @@ pub fn section(
 
     for d in recent {
         let mut warnings = Vec::new();
-        if !is_valid_semver(&d.version) {
-            r.base.raise(Severity::Error);
-            r.base.warnings.push(Message::new(
-                codes::EUNKNOWN,
-                "Some provisioner daemons report invalid version information.",
-            ));
-            warnings.push(Message::new(
-                codes::EUNKNOWN,
-                format!("Invalid version {}", go_quote(&d.version)),
-            ));
-        } else if !versions_match(server_version, &d.version) {
-            r.base.raise(Severity::Warning);
-            r.base.warnings.push(Message::new(
-                codes::EPD02,
-                "Some provisioner daemons report mismatched versions.",
-            ));
-            warnings.push(Message::new(
-                codes::EPD02,
-                format!("Mismatched version {}", go_quote(&d.version)),
-            ));
-        }
-        match parse_api_version(&d.api_version) {
-            Err(e) => {
-                r.base.raise(Severity::Error);
-                r.base.warnings.push(Message::new(
-                    codes::EUNKNOWN,
-                    "Some provisioner daemons report invalid API version information.",
-                ));
-                warnings.push(Message::new(
-                    codes::EUNKNOWN,
-                    format!("Invalid API version: {e}"),
-                ));
-            }
-            Ok((major, _)) if major != i64::from(api_major) => {
-                r.base.raise(Severity::Warning);
-                r.base.warnings.push(Message::new(
-                    codes::EPD03,
-                    "Some provisioner daemons report deprecated major API versions. Consider upgrading!",
-                ));
-                // Coder's quirk: the server's major, not the daemon's.
-                warnings.push(Message::new(
-                    codes::EPD03,
-                    format!("Deprecated major API version {api_major}."),
-                ));
-            }
-            Ok(_) => {}
-        }
+        check_version(&mut r.base, &mut warnings, server_version, &d.version);
+        check_api_version(&mut r.base, &mut warnings, api_major, &d.api_version);
         r.items.push(ProvisionerDaemonItem {
             provisioner_daemon: d.to_report(),
             warnings,
@@ -166,6 +116,86 @@ pub fn section(
         ));
     }
     r
+}
+
+/// Coder's guards against a misconfigured server: an empty build version or a zero API major.
+fn developer_error(server_version: &str, api_major: u32) -> Option<&'static str> {
+    if server_version.is_empty() {
+        return Some("Developer error: CurrentVersion is empty!");
+    }
+    if api_major == 0 {
+        return Some("Developer error: CurrentAPIMajorVersion must be non-zero!");
+    }
+    None
+}
+
+/// A daemon's build version against the server's: invalid semver is an error, another
+/// `vMAJOR.MINOR` a warning (EPD02). The section message goes to `base` (once per daemon, as in
+/// Coder), the daemon's own to `warnings`.
+fn check_version(
+    base: &mut Base,
+    warnings: &mut Vec<Message>,
+    server_version: &str,
+    version: &str,
+) {
+    if !is_valid_semver(version) {
+        base.raise(Severity::Error);
+        base.warnings.push(Message::new(
+            codes::EUNKNOWN,
+            "Some provisioner daemons report invalid version information.",
+        ));
+        warnings.push(Message::new(
+            codes::EUNKNOWN,
+            format!("Invalid version {}", go_quote(version)),
+        ));
+    } else if !versions_match(server_version, version) {
+        base.raise(Severity::Warning);
+        base.warnings.push(Message::new(
+            codes::EPD02,
+            "Some provisioner daemons report mismatched versions.",
+        ));
+        warnings.push(Message::new(
+            codes::EPD02,
+            format!("Mismatched version {}", go_quote(version)),
+        ));
+    }
+}
+
+/// A daemon's provisioner API version against the server's major: unparsable is an error,
+/// another major a warning (EPD03). Messages go to `base` and `warnings` as in
+/// [`check_version`].
+fn check_api_version(
+    base: &mut Base,
+    warnings: &mut Vec<Message>,
+    api_major: u32,
+    api_version: &str,
+) {
+    match parse_api_version(api_version) {
+        Err(e) => {
+            base.raise(Severity::Error);
+            base.warnings.push(Message::new(
+                codes::EUNKNOWN,
+                "Some provisioner daemons report invalid API version information.",
+            ));
+            warnings.push(Message::new(
+                codes::EUNKNOWN,
+                format!("Invalid API version: {e}"),
+            ));
+        }
+        Ok((major, _)) if major != i64::from(api_major) => {
+            base.raise(Severity::Warning);
+            base.warnings.push(Message::new(
+                codes::EPD03,
+                "Some provisioner daemons report deprecated major API versions. Consider upgrading!",
+            ));
+            // Coder's quirk: the server's major, not the daemon's.
+            warnings.push(Message::new(
+                codes::EPD03,
+                format!("Deprecated major API version {api_major}."),
+            ));
+        }
+        Ok(_) => {}
+    }
 }
 
 /// Coder's `buildinfo.VersionsMatch`: equal `vMAJOR.MINOR`, or either is a dev build
