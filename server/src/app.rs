@@ -114,7 +114,7 @@ impl Stores {
                 None,
             ),
         };
-        let proxies = config.workspace_proxies.iter().map(Into::into).collect();
+        let proxies = config.workspace_proxies.clone();
         registry
             .configure_proxies(proxies)
             .await

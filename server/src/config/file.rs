@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::Deserialize;
 
 use super::settings::Settings;
 use super::{ConfigError, Deprecation};
@@ -23,24 +22,9 @@ const DEPRECATED: [(&str, Renames); 1] = [(
     ],
 )];
 
-/// A workspace proxy declared in the configuration file (`[[workspace_proxies]]`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProxyFile {
-    pub name: String,
-    #[serde(default)]
-    pub display_name: String,
-    #[serde(default)]
-    pub url: String,
-    #[serde(default)]
-    pub region: String,
-    #[serde(default)]
-    pub icon_url: String,
-    #[serde(default)]
-    pub derp_enabled: bool,
-    #[serde(default)]
-    pub derp_only: bool,
-}
+/// A workspace proxy declared in the configuration file (`[[workspace_proxies]]`): the
+/// registry's own type, read straight from TOML.
+pub use crate::registry::ProxySpec as ProxyFile;
 
 /// What a configuration file holds.
 #[derive(Debug, Default)]

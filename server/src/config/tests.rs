@@ -333,6 +333,7 @@ fn workspace_proxies_keep_their_shape() {
             icon_url: "/fra.svg".into(),
             derp_enabled: true,
             derp_only: false,
+            version: String::new(),
         }]
     );
 }

@@ -253,17 +253,27 @@ impl TryFrom<pb::ProvisionerHeartbeatRequest> for Heartbeat {
     }
 }
 
-/// A validated workspace proxy, from the configuration or a registration.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A workspace proxy, from the configuration (`[[workspace_proxies]]`, read by serde) or a
+/// registration; [`ProxySpec::validate`] checks it before the registry takes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProxySpec {
     pub name: String,
+    #[serde(default)]
     pub display_name: String,
     /// Empty: not started yet (`unregistered`).
+    #[serde(default)]
     pub url: String,
+    #[serde(default)]
     pub region: String,
+    #[serde(default)]
     pub icon_url: String,
+    #[serde(default)]
     pub derp_enabled: bool,
+    #[serde(default)]
     pub derp_only: bool,
+    /// Reported by a registering proxy; never read from the configuration.
+    #[serde(skip)]
     pub version: String,
 }
 
@@ -279,21 +289,6 @@ impl ProxySpec {
         check_text(&format!("{at}icon_url"), &self.icon_url, MAX_URL)?;
         check_text(&format!("{at}version"), &self.version, MAX_TEXT)?;
         Ok(())
-    }
-}
-
-impl From<&crate::config::ProxyFile> for ProxySpec {
-    fn from(p: &crate::config::ProxyFile) -> ProxySpec {
-        ProxySpec {
-            name: p.name.clone(),
-            display_name: p.display_name.clone(),
-            url: p.url.clone(),
-            region: p.region.clone(),
-            icon_url: p.icon_url.clone(),
-            derp_enabled: p.derp_enabled,
-            derp_only: p.derp_only,
-            version: String::new(),
-        }
     }
 }
 
