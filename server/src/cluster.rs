@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregator::{Aggregator, ClusterCommand};
+use crate::aggregator::{Aggregator, ClusterCommand, Stopped};
 use crate::store::{Notice, Store, VantageRecord};
 
 /// How often the log and the vantages are re-read even without a notification.
@@ -44,125 +44,163 @@ pub struct Follower {
     pub cancel: CancellationToken,
 }
 
-pub async fn follow_store(f: Follower) {
-    let Follower {
-        store,
-        registry,
-        retention,
-        agg,
-        mut last_id,
-        mut last_revision,
-        cancel,
-    } = f;
-    let mut notices = store.listen();
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut prune = tokio::time::interval(PRUNE);
-    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut publish = tokio::time::interval(PUBLISH);
-    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Follow the cluster until `cancel`: notifications and the periodic re-read catch up on the
+/// events and the observation log; vantages are published and pruning runs on their own
+/// timers.
+pub async fn follow_store(mut f: Follower) {
+    let mut notices = f.store.listen();
+    let mut poll = ticker(POLL);
+    let mut prune = ticker(PRUNE);
+    let mut publish = ticker(PUBLISH);
     loop {
         let mut reload_settings = false;
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = f.cancel.cancelled() => return,
             n = notices.recv() => match n {
-                Ok(Notice::Observations(id)) if id <= last_id => continue,
-                Ok(Notice::Events(rev)) if rev <= last_revision => continue,
+                Ok(Notice::Observations(id)) if id <= f.last_id => continue,
+                Ok(Notice::Events(rev)) if rev <= f.last_revision => continue,
                 Ok(Notice::Observations(_) | Notice::Events(_)) => {}
                 Ok(Notice::Settings) => reload_settings = true,
                 Ok(Notice::Reconnected) | Err(RecvError::Lagged(_)) => reload_settings = true,
-                Err(RecvError::Closed) => notices = store.listen(),
+                Err(RecvError::Closed) => notices = f.store.listen(),
             },
             _ = poll.tick() => {
-                match store.load_vantages().await {
-                    Ok(vantages) => {
-                        if !agg.database_ok() && agg.send(ClusterCommand::DatabaseState { ok: true }).await.is_err() {
-                            return;
-                        }
-                        if agg.send(ClusterCommand::RemoteVantages { vantages }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "reading vantages");
-                        if agg.send(ClusterCommand::DatabaseState { ok: false }).await.is_err() {
-                            return;
-                        }
-                    }
+                if f.poll_vantages().await.is_err() {
+                    return;
                 }
             }
             _ = publish.tick() => {
-                publish_vantages(store.as_ref(), &agg).await;
-                if let Err(e) = registry.reload().await {
-                    tracing::debug!(error = %e, "reloading the registry");
-                }
+                f.publish().await;
                 continue;
             }
             _ = prune.tick() => {
-                // Retention: the log and the event history are bounded in the database too.
-                if let Err(e) = store.prune_observation_log(retention.observations).await {
-                    tracing::debug!(error = %e, "pruning the observation log");
-                }
-                if let Err(e) = store.prune_events(retention.events).await {
-                    tracing::debug!(error = %e, "pruning events");
-                }
+                f.prune().await;
                 continue;
             }
         }
-        if reload_settings {
-            match store.load_dismissed().await {
-                Ok(dismissed) => {
-                    if agg.settings(Some(dismissed)).await.is_err() {
-                        return;
-                    }
+        if f.catch_up(reload_settings).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An interval that delays (rather than bursts) after missed ticks.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+impl Follower {
+    /// Re-read the stored vantages and hand them to the aggregator, reporting whether the
+    /// database answered.
+    async fn poll_vantages(&self) -> Result<(), Stopped> {
+        match self.store.load_vantages().await {
+            Ok(vantages) => {
+                if !self.agg.database_ok() {
+                    self.agg
+                        .send(ClusterCommand::DatabaseState { ok: true })
+                        .await?;
                 }
-                Err(e) => tracing::warn!(error = %e, "reloading settings"),
+                self.agg
+                    .send(ClusterCommand::RemoteVantages { vantages })
+                    .await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reading vantages");
+                self.agg
+                    .send(ClusterCommand::DatabaseState { ok: false })
+                    .await
             }
         }
-        // Catch up on the events (the watchers' feed), then on the observation log.
+    }
+
+    /// Publish this replica's attached vantages and reload the registry.
+    async fn publish(&self) {
+        publish_vantages(self.store.as_ref(), &self.agg).await;
+        if let Err(e) = self.registry.reload().await {
+            tracing::debug!(error = %e, "reloading the registry");
+        }
+    }
+
+    /// Retention: the log and the event history are bounded in the database too.
+    async fn prune(&self) {
+        if let Err(e) = self
+            .store
+            .prune_observation_log(self.retention.observations)
+            .await
+        {
+            tracing::debug!(error = %e, "pruning the observation log");
+        }
+        if let Err(e) = self.store.prune_events(self.retention.events).await {
+            tracing::debug!(error = %e, "pruning events");
+        }
+    }
+
+    /// Reload the settings if asked to, then catch up on the events (the watchers' feed),
+    /// then on the observation log.
+    async fn catch_up(&mut self, reload_settings: bool) -> Result<(), Stopped> {
+        if reload_settings {
+            self.reload_settings().await?;
+        }
+        self.read_events().await?;
+        self.read_observations().await
+    }
+
+    /// Hand the stored dismissed sections to the aggregator (a failed read is logged).
+    async fn reload_settings(&self) -> Result<(), Stopped> {
+        match self.store.load_dismissed().await {
+            Ok(dismissed) => self.agg.settings(Some(dismissed)).await.map(drop),
+            Err(e) => {
+                tracing::warn!(error = %e, "reloading settings");
+                Ok(())
+            }
+        }
+    }
+
+    /// Deliver the stored events after `last_revision`, page by page, until caught up (or
+    /// the read fails, logged).
+    async fn read_events(&mut self) -> Result<(), Stopped> {
         loop {
-            match store.events_after(last_revision, PAGE).await {
-                Ok(rows) if rows.is_empty() => break,
+            match self.store.events_after(self.last_revision, PAGE).await {
+                Ok(rows) if rows.is_empty() => return Ok(()),
                 Ok(rows) => {
                     let n = rows.len();
-                    last_revision = rows.last().map_or(last_revision, |r| r.0);
-                    if agg
+                    self.last_revision = rows.last().map_or(self.last_revision, |r| r.0);
+                    self.agg
                         .send(ClusterCommand::StoredEvents { events: rows })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+                        .await?;
                     if n < PAGE {
-                        break;
+                        return Ok(());
                     }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "reading events");
-                    break;
+                    return Ok(());
                 }
             }
         }
+    }
+
+    /// Apply the observation log after `last_id`, page by page, until caught up (or the read
+    /// fails, logged).
+    async fn read_observations(&mut self) -> Result<(), Stopped> {
         loop {
-            match store.observations_after(last_id, PAGE).await {
-                Ok(rows) if rows.is_empty() => break,
+            match self.store.observations_after(self.last_id, PAGE).await {
+                Ok(rows) if rows.is_empty() => return Ok(()),
                 Ok(rows) => {
                     let n = rows.len();
-                    last_id = rows.last().map_or(last_id, |r| r.id);
-                    if agg
+                    self.last_id = rows.last().map_or(self.last_id, |r| r.id);
+                    self.agg
                         .send(ClusterCommand::Remote { observations: rows })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+                        .await?;
                     if n < PAGE {
-                        break;
+                        return Ok(());
                     }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "reading the observation log");
-                    break;
+                    return Ok(());
                 }
             }
         }

@@ -29,14 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VANTAGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     for d in &config.deprecations {
         tracing::warn!(old = %d.old, new = %d.new, "deprecated configuration name");
     }
@@ -47,56 +40,83 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let addr = match config.listen_addr() {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("vantaged: {e}");
-                return ExitCode::from(EX_USAGE);
-            }
-        };
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("vantaged: listen: binding {addr}: {e}");
-                return ExitCode::from(EX_USAGE);
-            }
-        };
-        let ready = |url: &str| {
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{url}");
-            }
-            tracing::info!(url, "serving");
-        };
-        let stun = match config.stun_listen {
-            Some(a) => match tokio::net::UdpSocket::bind(a).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    eprintln!("vantaged: stun_listen: binding UDP {a}: {e}");
-                    return ExitCode::from(EX_USAGE);
-                }
-            },
-            None => None,
-        };
-        match serve(
-            config,
-            listener,
-            stun,
-            vantage_probe::signal::shutdown_signal(),
-            ready,
+    runtime.block_on(run(config))
+}
+
+/// Log to stderr (colours on a terminal), filtered by `VANTAGE_LOG` (default `info`).
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VANTAGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .await
+        .init();
+}
+
+/// Bind, print the base URL once serving, and serve until a shutdown signal; the exit status.
+async fn run(config: Config) -> ExitCode {
+    let (listener, stun) = match bind(&config).await {
+        Ok(sockets) => sockets,
+        Err(code) => return code,
+    };
+    let ready = |url: &str| {
+        #[allow(clippy::print_stdout)]
         {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(ServeError::Config(e)) => {
-                eprintln!("vantaged: {e}");
-                ExitCode::from(EX_USAGE)
-            }
-            Err(e) => {
-                eprintln!("vantaged: {e}");
-                ExitCode::FAILURE
-            }
+            println!("{url}");
         }
-    })
+        tracing::info!(url, "serving");
+    };
+    match serve(
+        config,
+        listener,
+        stun,
+        vantage_probe::signal::shutdown_signal(),
+        ready,
+    )
+    .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::Config(e)) => {
+            eprintln!("vantaged: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(e) => {
+            eprintln!("vantaged: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Bind the TCP listener and, if configured, the STUN UDP socket; a failure is printed and
+/// becomes the exit status (EX_USAGE).
+async fn bind(
+    config: &Config,
+) -> Result<(tokio::net::TcpListener, Option<tokio::net::UdpSocket>), ExitCode> {
+    let addr = match config.listen_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("vantaged: {e}");
+            return Err(ExitCode::from(EX_USAGE));
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("vantaged: listen: binding {addr}: {e}");
+            return Err(ExitCode::from(EX_USAGE));
+        }
+    };
+    let stun = match config.stun_listen {
+        Some(a) => match tokio::net::UdpSocket::bind(a).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("vantaged: stun_listen: binding UDP {a}: {e}");
+                return Err(ExitCode::from(EX_USAGE));
+            }
+        },
+        None => None,
+    };
+    Ok((listener, stun))
 }

@@ -2,8 +2,10 @@
 //! severity that at least `quorum` vantages agree on; failures seen by fewer become an EVNT03
 //! warning naming them; a section nobody fresh covers says EVNT02. No I/O.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use vantage_probe::rules::SectionReport;
-use vantage_proto::report::{Message, SectionBody};
+use vantage_proto::report::{DerpReport, Message, SectionBody};
 use vantage_proto::{Section, Severity, codes};
 
 /// Aggregate `reports` (fresh vantages' reports of `section`, sorted by vantage name).
@@ -135,102 +137,142 @@ fn value_severity(v: &serde_json::Value) -> Severity {
 /// the section-level findings of each vantage (ESTUN01/ESTUN02, naming the vantages), and
 /// EDERP03 when the effective map has no DERP-capable node.
 pub fn aggregate_derp(
-    reports: &[(&str, &vantage_proto::report::DerpReport)],
+    reports: &[(&str, &DerpReport)],
     quorum: usize,
     expected: &[(i64, String)],
     has_derp_nodes: bool,
-) -> vantage_proto::report::DerpReport {
-    use std::collections::{BTreeMap, BTreeSet};
-    use vantage_proto::report::DerpReport;
+) -> DerpReport {
     let mut out = DerpReport {
         healthy: true,
         netcheck_logs: Some(Vec::new()),
         ..Default::default()
     };
-    let mut ids: BTreeSet<i64> = expected.iter().map(|(id, _)| *id).collect();
-    for (_, r) in reports {
-        ids.extend(r.regions.keys().filter_map(|k| k.parse::<i64>().ok()));
-    }
-    for id in ids {
+    for id in derp_region_ids(reports, expected) {
         let key = id.to_string();
         let views: Vec<(&str, &serde_json::Value)> = reports
             .iter()
             .filter_map(|(n, r)| r.regions.get(&key).map(|v| (*n, v)))
             .collect();
         if views.is_empty() {
-            let name = expected
-                .iter()
-                .find(|(e, _)| *e == id)
-                .map_or("", |(_, n)| n.as_str());
-            out.base.warnings.push(Message::new(
-                codes::EVNT02,
-                format!("no fresh vantage covers DERP region {name} ({id})"),
-            ));
-            out.base.raise(Severity::Warning);
-            continue;
+            derp_region_uncovered(&mut out, id, expected);
+        } else {
+            merge_derp_region(&mut out, id, &views, quorum);
         }
-        let sevs: Vec<Severity> = views.iter().map(|(_, v)| value_severity(v)).collect();
-        let level = agreed(&sevs, quorum);
-        let mut region = views
-            .iter()
-            .filter(|(_, v)| value_severity(v) == level)
-            .min_by_key(|(n, _)| preference(n))
-            .map(|(_, v)| (*v).clone())
-            .unwrap_or_else(|| {
-                // Nobody sits exactly at the agreed level: show the mildest, at that level.
-                let mut v = views
-                    .iter()
-                    .min_by_key(|(_, v)| value_severity(v))
-                    .map(|(_, v)| (*v).clone())
-                    .unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("severity".into(), serde_json::json!(level));
-                    o.insert("healthy".into(), serde_json::json!(true));
-                    o.remove("error");
-                    o.insert("warnings".into(), serde_json::json!([]));
-                }
-                v
-            });
-        let below: Vec<String> = views
-            .iter()
-            .filter(|(_, v)| value_severity(v) > level)
-            .map(|(n, v)| format!("{n} ({})", value_severity(v)))
-            .collect();
-        if let Some(ws) = region.get("warnings").and_then(|w| w.as_array()) {
-            for w in ws {
-                if let Ok(m) = serde_json::from_value::<Message>(w.clone()) {
-                    out.base.warnings.push(m);
-                }
+    }
+    fold_derp_findings(&mut out, reports);
+    if !has_derp_nodes {
+        let m = Message::new(
+            codes::EDERP03,
+            "No DERP servers are available: the effective DERP map has no node that can relay traffic.",
+        );
+        out.base.fail(&m);
+        out.base.warnings.push(m);
+        out.healthy = false;
+    }
+    out
+}
+
+/// Every region id to aggregate: the expected ones and any a vantage reported.
+fn derp_region_ids(reports: &[(&str, &DerpReport)], expected: &[(i64, String)]) -> BTreeSet<i64> {
+    let mut ids: BTreeSet<i64> = expected.iter().map(|(id, _)| *id).collect();
+    for (_, r) in reports {
+        ids.extend(r.regions.keys().filter_map(|k| k.parse::<i64>().ok()));
+    }
+    ids
+}
+
+/// Region `id` has no fresh vantage's view: an EVNT02 warning naming it.
+fn derp_region_uncovered(out: &mut DerpReport, id: i64, expected: &[(i64, String)]) {
+    let name = expected
+        .iter()
+        .find(|(e, _)| *e == id)
+        .map_or("", |(_, n)| n.as_str());
+    out.base.warnings.push(Message::new(
+        codes::EVNT02,
+        format!("no fresh vantage covers DERP region {name} ({id})"),
+    ));
+    out.base.raise(Severity::Warning);
+}
+
+/// Merge the vantages' `views` of region `id` under `quorum` into `out`: the agreed region
+/// report, its warnings, EVNT03 for views worse than agreed, healthy and severity.
+fn merge_derp_region(
+    out: &mut DerpReport,
+    id: i64,
+    views: &[(&str, &serde_json::Value)],
+    quorum: usize,
+) {
+    let sevs: Vec<Severity> = views.iter().map(|(_, v)| value_severity(v)).collect();
+    let level = agreed(&sevs, quorum);
+    let mut region = derp_representative(views, level);
+    let below: Vec<String> = views
+        .iter()
+        .filter(|(_, v)| value_severity(v) > level)
+        .map(|(n, v)| format!("{n} ({})", value_severity(v)))
+        .collect();
+    if let Some(ws) = region.get("warnings").and_then(|w| w.as_array()) {
+        for w in ws {
+            if let Ok(m) = serde_json::from_value::<Message>(w.clone()) {
+                out.base.warnings.push(m);
             }
         }
-        if !below.is_empty() {
-            let name = region
-                .pointer("/region/RegionName")
-                .and_then(|n| n.as_str())
-                .unwrap_or("")
-                .to_owned();
-            out.base.warnings.push(Message::new(
-                codes::EVNT03,
-                format!(
-                    "DERP region {name} ({id}): seen by {} of {} vantages, fewer than the quorum of {}: {}",
-                    below.len(),
-                    views.len(),
-                    quorum.max(1),
-                    below.join(", ")
-                ),
-            ));
-            out.base.raise(Severity::Warning);
-        }
-        if region.get("healthy") == Some(&serde_json::Value::Bool(false)) {
-            out.healthy = false;
-        }
-        out.base.raise(level);
-        if let Some(o) = region.as_object_mut() {
-            o.entry("severity").or_insert(serde_json::json!(level));
-        }
-        out.regions.insert(key, region);
     }
-    // Section-level findings, per vantage.
+    if !below.is_empty() {
+        let name = region
+            .pointer("/region/RegionName")
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .to_owned();
+        out.base.warnings.push(Message::new(
+            codes::EVNT03,
+            format!(
+                "DERP region {name} ({id}): seen by {} of {} vantages, fewer than the quorum of {}: {}",
+                below.len(),
+                views.len(),
+                quorum.max(1),
+                below.join(", ")
+            ),
+        ));
+        out.base.raise(Severity::Warning);
+    }
+    if region.get("healthy") == Some(&serde_json::Value::Bool(false)) {
+        out.healthy = false;
+    }
+    out.base.raise(level);
+    if let Some(o) = region.as_object_mut() {
+        o.entry("severity").or_insert(serde_json::json!(level));
+    }
+    out.regions.insert(id.to_string(), region);
+}
+
+/// The region report to show at the agreed `level`: the preferred vantage's at that level,
+/// or else the mildest one, lowered to `level` and cleared of its findings.
+fn derp_representative(views: &[(&str, &serde_json::Value)], level: Severity) -> serde_json::Value {
+    views
+        .iter()
+        .filter(|(_, v)| value_severity(v) == level)
+        .min_by_key(|(n, _)| preference(n))
+        .map(|(_, v)| (*v).clone())
+        .unwrap_or_else(|| {
+            // Nobody sits exactly at the agreed level: show the mildest, at that level.
+            let mut v = views
+                .iter()
+                .min_by_key(|(_, v)| value_severity(v))
+                .map(|(_, v)| (*v).clone())
+                .unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("severity".into(), serde_json::json!(level));
+                o.insert("healthy".into(), serde_json::json!(true));
+                o.remove("error");
+                o.insert("warnings".into(), serde_json::json!([]));
+            }
+            v
+        })
+}
+
+/// The section-level findings (ESTUN01/ESTUN02) of each vantage, one warning per code naming
+/// the vantages that saw it; ESTUN01 raises the section to a warning.
+fn fold_derp_findings(out: &mut DerpReport, reports: &[(&str, &DerpReport)]) {
     let mut findings: BTreeMap<String, (Message, Vec<&str>)> = BTreeMap::new();
     for (name, r) in reports {
         for w in &r.base.warnings {
@@ -252,16 +294,6 @@ pub fn aggregate_derp(
             out.base.raise(Severity::Warning);
         }
     }
-    if !has_derp_nodes {
-        let m = Message::new(
-            codes::EDERP03,
-            "No DERP servers are available: the effective DERP map has no node that can relay traffic.",
-        );
-        out.base.fail(&m);
-        out.base.warnings.push(m);
-        out.healthy = false;
-    }
-    out
 }
 
 /// The WorkspaceProxy section across vantages: each proxy with the worst status that a quorum

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use vantage_proto::backoff::Backoff;
 
 use super::ack;
 use super::command::{ClusterCommand, Command, SessionTx};
@@ -64,7 +65,7 @@ async fn store_events(
     mut rx: mpsc::Receiver<Vec<u8>>,
     agg: mpsc::WeakSender<Command>,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     while let Some(first) = rx.recv().await {
         let mut batch = vec![NewEvent { payload: first }];
         while batch.len() < EVENT_BATCH {
@@ -76,7 +77,7 @@ async fn store_events(
         loop {
             match store.append_events(batch.clone()).await {
                 Ok(_) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     break;
                 }
                 Err(e) => {
@@ -88,8 +89,7 @@ async fn store_events(
                     if agg.send(down).await.is_err() {
                         return;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

@@ -23,6 +23,8 @@ fn esc(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The whole exposition: report and section severities, the vantages, the aggregator's
+/// counters and the open watchers.
 pub fn render(
     report: &HealthReport,
     vantages: &[pb::Vantage],
@@ -30,6 +32,16 @@ pub fn render(
     watchers: usize,
 ) -> String {
     let mut o = String::with_capacity(4096);
+    render_report(&mut o, report);
+    render_section_severities(&mut o, report);
+    render_vantages(&mut o, vantages);
+    render_ingest(&mut o, stats);
+    render_events(&mut o, stats, watchers);
+    o
+}
+
+/// The whole report's severity and Coder's deprecated healthy flag.
+fn render_report(o: &mut String, report: &HealthReport) {
     let _ = writeln!(
         o,
         "# HELP vantage_report_severity Severity of the whole report (0 ok, 1 warning, 2 error)."
@@ -42,6 +54,10 @@ pub fn render(
     );
     let _ = writeln!(o, "# TYPE vantage_report_healthy gauge");
     let _ = writeln!(o, "vantage_report_healthy {}", u8::from(report.healthy));
+}
+
+/// Severity per section: aggregated, and as each vantage sees it.
+fn render_section_severities(o: &mut String, report: &HealthReport) {
     let _ = writeln!(
         o,
         "# HELP vantage_section_severity Aggregated severity per section (0 ok, 1 warning, 2 error)."
@@ -73,6 +89,11 @@ pub fn render(
             );
         }
     }
+}
+
+/// Per vantage: up, connected, applied and replay-dropped (all headers first, then the
+/// samples vantage by vantage), then the count of connected probes.
+fn render_vantages(o: &mut String, vantages: &[pb::Vantage]) {
     let _ = writeln!(
         o,
         "# HELP vantage_vantage_up Whether a vantage is fresh (1) or stale (0)."
@@ -97,23 +118,7 @@ pub fn render(
     );
     let _ = writeln!(o, "# TYPE vantage_vantage_replay_dropped_total counter");
     for v in vantages {
-        let l = format!("vantage=\"{}\",region=\"{}\"", esc(&v.name), esc(&v.region));
-        let _ = writeln!(o, "vantage_vantage_up{{{l}}} {}", u8::from(!v.stale));
-        let _ = writeln!(
-            o,
-            "vantage_vantage_connected{{{l}}} {}",
-            u8::from(v.connected)
-        );
-        let _ = writeln!(
-            o,
-            "vantage_vantage_observations_applied_total{{{l}}} {}",
-            v.applied
-        );
-        let _ = writeln!(
-            o,
-            "vantage_vantage_replay_dropped_total{{{l}}} {}",
-            v.replay_dropped
-        );
+        render_vantage(o, v);
     }
     let _ = writeln!(
         o,
@@ -125,6 +130,31 @@ pub fn render(
         "vantage_connected_probes {}",
         vantages.iter().filter(|v| v.connected).count()
     );
+}
+
+/// One vantage's samples of the per-vantage families.
+fn render_vantage(o: &mut String, v: &pb::Vantage) {
+    let l = format!("vantage=\"{}\",region=\"{}\"", esc(&v.name), esc(&v.region));
+    let _ = writeln!(o, "vantage_vantage_up{{{l}}} {}", u8::from(!v.stale));
+    let _ = writeln!(
+        o,
+        "vantage_vantage_connected{{{l}}} {}",
+        u8::from(v.connected)
+    );
+    let _ = writeln!(
+        o,
+        "vantage_vantage_observations_applied_total{{{l}}} {}",
+        v.applied
+    );
+    let _ = writeln!(
+        o,
+        "vantage_vantage_replay_dropped_total{{{l}}} {}",
+        v.replay_dropped
+    );
+}
+
+/// The aggregator's ingest counters: observations applied and duplicates dropped.
+fn render_ingest(o: &mut String, stats: &Stats) {
     let _ = writeln!(
         o,
         "# HELP vantage_observations_applied_total Observations applied by the aggregator."
@@ -141,6 +171,10 @@ pub fn render(
         "vantage_observations_duplicate_total {}",
         stats.duplicates
     );
+}
+
+/// Events emitted, open watchers, events dropped before storage and the revision.
+fn render_events(o: &mut String, stats: &Stats, watchers: usize) {
     let _ = writeln!(o, "# HELP vantage_events_total Watch events emitted.");
     let _ = writeln!(o, "# TYPE vantage_events_total counter");
     let _ = writeln!(o, "vantage_events_total {}", stats.events);
@@ -156,7 +190,6 @@ pub fn render(
     let _ = writeln!(o, "# HELP vantage_revision Current aggregator revision.");
     let _ = writeln!(o, "# TYPE vantage_revision counter");
     let _ = writeln!(o, "vantage_revision {}", stats.revision);
-    o
 }
 
 /// The write-behind queue's figures (with a database).

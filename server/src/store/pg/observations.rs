@@ -1,6 +1,8 @@
 //! Appending to the observation log: the log rows, the vantages' applied sequence numbers and
 //! the latest observation per (vantage, check, target), in one transaction.
 
+use deadpool_postgres::Transaction;
+
 use super::*;
 
 /// Append `observations` in order; their log ids, ascending.
@@ -11,32 +13,114 @@ pub(super) async fn append(
     if observations.is_empty() {
         return Ok(Vec::new());
     }
-    let n = observations.len();
-    let mut vantages = Vec::with_capacity(n);
-    let mut instances = Vec::with_capacity(n);
-    let mut checks = Vec::with_capacity(n);
-    let mut seqs = Vec::with_capacity(n);
-    let mut bodies = Vec::with_capacity(n);
-    for o in &observations {
-        vantages.push(o.vantage.clone());
-        instances.push(o.instance_id.clone());
-        checks.push(o.observation.check_id.clone());
-        seqs.push(to_i64("seq", o.observation.seq)?);
-        bodies.push(o.observation.encode_to_vec());
-    }
-    let applied = applied_by_batch(&observations);
-    let mut a_names = Vec::with_capacity(applied.len());
-    let mut a_instances = Vec::with_capacity(applied.len());
-    let mut a_seqs = Vec::with_capacity(applied.len());
-    for (name, (instance, seq)) in &applied {
-        a_names.push((*name).to_owned());
-        a_instances.push((*instance).to_owned());
-        a_seqs.push(to_i64("seq", *seq)?);
-    }
+    let log = LogColumns::new(&observations)?;
+    let applied = AppliedColumns::new(&observations)?;
 
     let tx = c.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&OBSERVATION_LOCK])
         .await?;
+    let ids = insert_log(&tx, &log).await?;
+    let latest = LatestColumns::new(&observations, &ids, &log);
+    upsert_applied(&tx, &applied).await?;
+    upsert_latest(&tx, &latest).await?;
+    notify_and_commit(tx, &ids).await?;
+    Ok(ids)
+}
+
+/// The log rows' columns, one entry per observation, in order.
+struct LogColumns {
+    vantages: Vec<String>,
+    instances: Vec<String>,
+    checks: Vec<String>,
+    seqs: Vec<i64>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl LogColumns {
+    /// Split `observations` into columns (a sequence number too large to store fails).
+    fn new(observations: &[NewObservation]) -> Result<LogColumns, Failure> {
+        let n = observations.len();
+        let mut cols = LogColumns {
+            vantages: Vec::with_capacity(n),
+            instances: Vec::with_capacity(n),
+            checks: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+        };
+        for o in observations {
+            cols.vantages.push(o.vantage.clone());
+            cols.instances.push(o.instance_id.clone());
+            cols.checks.push(o.observation.check_id.clone());
+            cols.seqs.push(to_i64("seq", o.observation.seq)?);
+            cols.bodies.push(o.observation.encode_to_vec());
+        }
+        Ok(cols)
+    }
+}
+
+/// Per vantage in the batch: the instance and the highest sequence number it applied.
+struct AppliedColumns {
+    names: Vec<String>,
+    instances: Vec<String>,
+    seqs: Vec<i64>,
+}
+
+impl AppliedColumns {
+    /// The applied sequence per vantage of `observations`, as columns.
+    fn new(observations: &[NewObservation]) -> Result<AppliedColumns, Failure> {
+        let applied = applied_by_batch(observations);
+        let mut cols = AppliedColumns {
+            names: Vec::with_capacity(applied.len()),
+            instances: Vec::with_capacity(applied.len()),
+            seqs: Vec::with_capacity(applied.len()),
+        };
+        for (name, (instance, seq)) in &applied {
+            cols.names.push((*name).to_owned());
+            cols.instances.push((*instance).to_owned());
+            cols.seqs.push(to_i64("seq", *seq)?);
+        }
+        Ok(cols)
+    }
+}
+
+/// The latest observation per (vantage, check, target) of the batch, as columns.
+struct LatestColumns {
+    vantages: Vec<String>,
+    checks: Vec<String>,
+    ids: Vec<i64>,
+    instances: Vec<String>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl LatestColumns {
+    /// The last of each (vantage, check, target) in `observations`, with its log id from
+    /// `ids` (in the batch's order).
+    fn new(observations: &[NewObservation], ids: &[i64], log: &LogColumns) -> LatestColumns {
+        let mut latest: BTreeMap<(&str, String), usize> = BTreeMap::new();
+        for (i, o) in observations.iter().enumerate() {
+            latest.insert((&o.vantage, crate::store::latest_key(&o.observation)), i);
+        }
+        let mut cols = LatestColumns {
+            vantages: Vec::with_capacity(latest.len()),
+            checks: Vec::with_capacity(latest.len()),
+            ids: Vec::with_capacity(latest.len()),
+            instances: Vec::with_capacity(latest.len()),
+            bodies: Vec::with_capacity(latest.len()),
+        };
+        for ((v, check), i) in latest {
+            cols.vantages.push(v.to_owned());
+            cols.checks.push(check);
+            cols.ids.push(ids[i]);
+            cols.instances.push(log.instances[i].clone());
+            cols.bodies.push(log.bodies[i].clone());
+        }
+        cols
+    }
+}
+
+/// Insert the log rows; their ids, ascending (one per row, or a failure).
+async fn insert_log(tx: &Transaction<'_>, log: &LogColumns) -> Result<Vec<i64>, Failure> {
+    let n = log.vantages.len();
     let insert = tx
         .prepare_cached(
             "INSERT INTO vantage_observation_log
@@ -49,7 +133,16 @@ pub(super) async fn append(
         )
         .await?;
     let mut ids: Vec<i64> = tx
-        .query(&insert, &[&vantages, &instances, &checks, &seqs, &bodies])
+        .query(
+            &insert,
+            &[
+                &log.vantages,
+                &log.instances,
+                &log.checks,
+                &log.seqs,
+                &log.bodies,
+            ],
+        )
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -62,24 +155,11 @@ pub(super) async fn append(
             ids.len()
         )));
     }
+    Ok(ids)
+}
 
-    // The latest per (vantage, check, target): the last of each in this batch.
-    let mut latest: BTreeMap<(&str, String), usize> = BTreeMap::new();
-    for (i, o) in observations.iter().enumerate() {
-        latest.insert((&o.vantage, crate::store::latest_key(&o.observation)), i);
-    }
-    let mut l_vantages = Vec::with_capacity(latest.len());
-    let mut l_checks = Vec::with_capacity(latest.len());
-    let mut l_ids = Vec::with_capacity(latest.len());
-    let mut l_instances = Vec::with_capacity(latest.len());
-    let mut l_bodies = Vec::with_capacity(latest.len());
-    for ((v, check), i) in latest {
-        l_vantages.push(v.to_owned());
-        l_checks.push(check);
-        l_ids.push(ids[i]);
-        l_instances.push(instances[i].clone());
-        l_bodies.push(bodies[i].clone());
-    }
+/// Advance the vantages' applied sequence (restarting it for a new instance).
+async fn upsert_applied(tx: &Transaction<'_>, applied: &AppliedColumns) -> Result<(), Failure> {
     let upsert_applied = tx
         .prepare_cached(
             "INSERT INTO vantage_vantages AS v (name, instance_id, applied_seq)
@@ -91,8 +171,16 @@ pub(super) async fn append(
                              ELSE EXCLUDED.applied_seq END",
         )
         .await?;
-    tx.execute(&upsert_applied, &[&a_names, &a_instances, &a_seqs])
-        .await?;
+    tx.execute(
+        &upsert_applied,
+        &[&applied.names, &applied.instances, &applied.seqs],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Replace the latest observations that these are newer than.
+async fn upsert_latest(tx: &Transaction<'_>, latest: &LatestColumns) -> Result<(), Failure> {
     let upsert_latest = tx
                 .prepare_cached(
                     "INSERT INTO vantage_latest_observations AS l
@@ -107,9 +195,20 @@ pub(super) async fn append(
                 .await?;
     tx.execute(
         &upsert_latest,
-        &[&l_vantages, &l_checks, &l_ids, &l_instances, &l_bodies],
+        &[
+            &latest.vantages,
+            &latest.checks,
+            &latest.ids,
+            &latest.instances,
+            &latest.bodies,
+        ],
     )
     .await?;
+    Ok(())
+}
+
+/// Notify the other replicas of the highest new id, and commit.
+async fn notify_and_commit(tx: Transaction<'_>, ids: &[i64]) -> Result<(), Failure> {
     let highest = ids.last().copied().unwrap_or_default().to_string();
     tx.execute(
         "SELECT pg_notify($1, $2)",
@@ -117,5 +216,5 @@ pub(super) async fn append(
     )
     .await?;
     tx.commit().await?;
-    Ok(ids)
+    Ok(())
 }
