@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-
 use super::settings::Settings;
 use super::{ConfigError, Deprecation};
 
