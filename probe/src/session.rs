@@ -301,15 +301,9 @@ impl Session {
                 },
             }
         };
-        // Wait for the welcome.
-        let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, down.message()).await {
-            Err(_) => return Ended::Lost(AttemptError::NoWelcome(WELCOME_TIMEOUT)),
-            Ok(Err(status)) => return Ended::Lost(AttemptError::Attach(status)),
-            Ok(Ok(None)) => return Ended::Lost(AttemptError::Closed),
-            Ok(Ok(Some(pb::ServerMessage {
-                msg: Some(Down::Welcome(w)),
-            }))) => w,
-            Ok(Ok(Some(_))) => return Ended::Lost(AttemptError::Closed),
+        let welcome = match await_welcome(&mut down).await {
+            Ok(w) => w,
+            Err(e) => return Ended::Lost(e),
         };
         backoff.reset();
         self.buffer.ack(welcome.applied_seq);
@@ -328,18 +322,7 @@ impl Session {
             tokio::select! {
                 () = shutdown.as_mut() => return Ended::Shutdown,
                 msg = down.message() => match msg {
-                    Ok(Some(m)) => match m.msg {
-                        Some(Down::Ack(a)) => self.buffer.ack(a.seq),
-                        Some(Down::Assignment(a)) => self.apply_assignment(a),
-                        Some(Down::RunNow(r)) => {
-                            if let Some(s) = self.scheduler.as_mut() {
-                                s.run_now(r.request_id);
-                            } else {
-                                self.pending_complete.push((self.buffer.last_seq(), r.request_id));
-                            }
-                        }
-                        Some(Down::Welcome(_) | Down::Heartbeat(_)) | None => {}
-                    },
+                    Ok(Some(m)) => self.handle_down(m),
                     Ok(None) => return Ended::Lost(AttemptError::Closed),
                     Err(status) => return Ended::Lost(AttemptError::Attach(status)),
                 },
@@ -364,19 +347,40 @@ impl Session {
             }
             // An assignment may have changed the heartbeat interval.
             heartbeat.set_period(self.heartbeat);
-            // Completions whose observations have all been sent.
-            while let Some(&(watermark, id)) = self.pending_complete.first() {
-                if watermark > sent {
-                    break;
+            self.send_completions(&up, sent);
+        }
+    }
+
+    /// What the server sends once attached: acks, new assignments, run-now requests.
+    fn handle_down(&mut self, m: pb::ServerMessage) {
+        match m.msg {
+            Some(Down::Ack(a)) => self.buffer.ack(a.seq),
+            Some(Down::Assignment(a)) => self.apply_assignment(a),
+            Some(Down::RunNow(r)) => {
+                if let Some(s) = self.scheduler.as_mut() {
+                    s.run_now(r.request_id);
+                } else {
+                    self.pending_complete
+                        .push((self.buffer.last_seq(), r.request_id));
                 }
-                let msg = pb::ProbeMessage {
-                    msg: Some(Up::RunComplete(pb::RunComplete { request_id: id })),
-                };
-                if up.try_send(msg).is_err() {
-                    break;
-                }
-                self.pending_complete.remove(0);
             }
+            Some(Down::Welcome(_) | Down::Heartbeat(_)) | None => {}
+        }
+    }
+
+    /// Completions whose observations have all been sent (up to `sent`).
+    fn send_completions(&mut self, up: &mpsc::Sender<pb::ProbeMessage>, sent: u64) {
+        while let Some(&(watermark, id)) = self.pending_complete.first() {
+            if watermark > sent {
+                break;
+            }
+            let msg = pb::ProbeMessage {
+                msg: Some(Up::RunComplete(pb::RunComplete { request_id: id })),
+            };
+            if up.try_send(msg).is_err() {
+                break;
+            }
+            self.pending_complete.remove(0);
         }
     }
 
@@ -400,6 +404,20 @@ impl Session {
         }
         let down = client.attach(request).await?.into_inner();
         Ok((up, down))
+    }
+}
+
+/// The server's first message: the welcome, within [`WELCOME_TIMEOUT`].
+async fn await_welcome(
+    down: &mut tonic::Streaming<pb::ServerMessage>,
+) -> Result<pb::Welcome, AttemptError> {
+    match tokio::time::timeout(WELCOME_TIMEOUT, down.message()).await {
+        Err(_) => Err(AttemptError::NoWelcome(WELCOME_TIMEOUT)),
+        Ok(Err(status)) => Err(AttemptError::Attach(status)),
+        Ok(Ok(Some(pb::ServerMessage {
+            msg: Some(Down::Welcome(w)),
+        }))) => Ok(w),
+        Ok(Ok(_)) => Err(AttemptError::Closed),
     }
 }
 
