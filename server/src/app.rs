@@ -305,10 +305,15 @@ pub(crate) fn router(
         reporter.clone(),
         cancel.clone(),
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vantage_proto::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpcurl 1.8 and Python's grpcio-reflection speak only
+    // v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vantage_proto::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let idle = (config.stale_after * 2).max(Duration::from_secs(30));
     let hub = hub::ProbeHub::new(app.agg.clone(), inventory, idle, cancel.clone());
     let grpc = tonic::service::Routes::new(
@@ -326,7 +331,8 @@ pub(crate) fn router(
         .max_decoding_message_size(MAX_MESSAGE),
     )
     .add_service(health_service)
-    .add_service(reflection)
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha)
     .into_axum_router();
     let mut router = api::http::router(app.clone())
         .merge(api::grpc::watch_codec::router(app))

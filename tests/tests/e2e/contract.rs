@@ -369,6 +369,91 @@ async fn grpc_health_and_reflection_answer() {
     );
 }
 
+#[tokio::test]
+async fn grpc_health_empty_service_is_vantaged_not_the_deployment() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    // The only DERP region's only node is a closed port: the deployment is at error.
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("derp.json");
+    let port = vantage_testkit::closed_tcp_port();
+    std::fs::write(
+        &map,
+        json!({"Regions": {"1": {"RegionID": 1, "RegionCode": "dead", "RegionName": "Dead", "Nodes": [
+            {"Name": "1a", "RegionID": 1, "HostName": "127.0.0.1", "DERPPort": port, "ForceHTTP": true, "STUNPort": -1}
+        ]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--interval",
+        "1h",
+        "--embedded-relay",
+        "false",
+        "--derp-map",
+        map.to_str().unwrap(),
+    ])
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner().status)
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "DERP and the deployment NOT_SERVING",
+        || async {
+            (status("vantage.v1.DERP").await == Some(ServingStatus::NotServing as i32)
+                && status("vantage.v1.Deployment").await == Some(ServingStatus::NotServing as i32))
+            .then_some(())
+        },
+    )
+    .await;
+    let report = server.report().await;
+    assert_eq!(report["severity"], "error", "{report}");
+    assert_eq!(
+        status("").await,
+        Some(ServingStatus::Serving as i32),
+        "service \"\" describes vantaged, which serves"
+    );
+
+    // Reflection answers in v1alpha too (grpcurl 1.8, Python's grpcio-reflection).
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.iter().any(|n| n == "vantage.v1.HealthService"),
+        "{names:?}"
+    );
+}
+
 /// Run `vantaged ARGS`, expect a usage error (exit 64), return what it said.
 async fn usage_error(args: &[&str]) -> String {
     let out = tokio::process::Command::new(vantage_tests::bin("vantaged"))

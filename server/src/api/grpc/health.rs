@@ -1,4 +1,8 @@
-//! `grpc.health.v1`, kept in step with the report: `""` and one service per section.
+//! `grpc.health.v1`. Service `""` is vantaged itself: SERVING from start until shutdown begins
+//! (so Kubernetes gRPC probes and `grpc_health_probe` restart or unready vantaged only when
+//! vantaged is the problem, never because the deployment it watches is unhealthy).
+//! [`DEPLOYMENT_SERVICE`] is the watched deployment's overall health, and each section has a
+//! service of its own; those are SERVING unless at error.
 
 use std::time::Duration;
 
@@ -9,11 +13,16 @@ use vantage_proto::{Section, Severity};
 
 use crate::aggregator::Aggregator;
 
+/// The service that reports the deployment's overall health.
+pub const DEPLOYMENT_SERVICE: &str = "vantage.v1.Deployment";
+
 /// Every service NOT_SERVING (at shutdown, before the listener closes).
 pub async fn not_serving(reporter: &HealthReporter) {
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    for service in ["", DEPLOYMENT_SERVICE] {
+        reporter
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
     for s in Section::ALL {
         reporter
             .set_service_status(s.health_service_name(), ServingStatus::NotServing)
@@ -21,9 +30,13 @@ pub async fn not_serving(reporter: &HealthReporter) {
     }
 }
 
-/// Keep `grpc.health.v1` in step with the report: `""` and one service per section,
-/// SERVING unless at error. Updates are coalesced (at most one per 100 ms).
+/// Keep `grpc.health.v1` in step with the report: the deployment and one service per
+/// section, SERVING unless at error; `""` SERVING while vantaged serves. Updates are coalesced
+/// (at most one per 100 ms).
 pub async fn track(agg: Aggregator, reporter: HealthReporter, cancel: CancellationToken) {
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     let Ok(mut sub) = agg.subscribe(0, "").await else {
         return;
     };
@@ -37,7 +50,7 @@ pub async fn track(agg: Aggregator, reporter: HealthReporter, cancel: Cancellati
                 }
             };
             reporter
-                .set_service_status("", status(report.severity))
+                .set_service_status(DEPLOYMENT_SERVICE, status(report.severity))
                 .await;
             for s in Section::ALL {
                 reporter
