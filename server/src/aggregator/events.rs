@@ -33,6 +33,14 @@ impl std::ops::Deref for SharedEvent {
     }
 }
 
+/// The prefix of a provisional epoch (events delivered from memory while the database is away).
+pub const PROVISIONAL_EPOCH_PREFIX: &str = "degraded-";
+
+/// Whether `epoch` is a provisional one.
+pub fn is_provisional(epoch: &str) -> bool {
+    epoch.starts_with(PROVISIONAL_EPOCH_PREFIX)
+}
+
 /// A new subscription: the receiver is subscribed before the snapshot or backlog is taken,
 /// so nothing falls between them.
 pub struct Subscription {
@@ -116,7 +124,10 @@ impl State {
             return false;
         }
         tracing::warn!("the database is unreachable: delivering events from memory");
-        self.degraded = Some(format!("degraded-{}", uuid::Uuid::new_v4()));
+        self.degraded = Some(format!(
+            "{PROVISIONAL_EPOCH_PREFIX}{}",
+            uuid::Uuid::new_v4()
+        ));
         true
     }
 

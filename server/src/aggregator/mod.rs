@@ -30,7 +30,7 @@ pub use command::{
     AdminCommand, Attached, ClusterCommand, Command, ProbeCommand, Query, SessionTx, SettingsUpdate,
 };
 pub use durable::DurableParts;
-pub use events::{SharedEvent, Subscription};
+pub use events::{PROVISIONAL_EPOCH_PREFIX, SharedEvent, Subscription, is_provisional};
 pub use report::TargetFigure;
 use state::State;
 

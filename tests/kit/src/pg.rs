@@ -155,10 +155,13 @@ struct ProxyState {
     latency: Duration,
     refusing: AtomicBool,
     cut: Mutex<CancellationToken>,
+    /// While `true`, nothing is forwarded and new connections are held unanswered.
+    stalled: tokio::sync::watch::Sender<bool>,
 }
 
 /// A TCP proxy on 127.0.0.1 (a port of its own) to `upstream`, usually PostgreSQL. An outage
-/// is `refuse(true)` then `cut()`; `refuse(false)` ends it.
+/// is `refuse(true)` then `cut()`; `refuse(false)` ends it. A stall (`stall(true)` …
+/// `stall(false)`) black-holes the open connections and holds new ones unanswered.
 pub struct CutProxy {
     pub addr: SocketAddr,
     state: Arc<ProxyState>,
@@ -174,6 +177,7 @@ impl CutProxy {
             latency,
             refusing: AtomicBool::new(false),
             cut: Mutex::new(CancellationToken::new()),
+            stalled: tokio::sync::watch::channel(false).0,
         });
         let s = state.clone();
         let accept = tokio::spawn(async move {
@@ -187,16 +191,35 @@ impl CutProxy {
                 }
                 let token = s.cut.lock().expect("lock").clone();
                 let (upstream, latency) = (s.upstream, s.latency);
+                let stalled = s.stalled.subscribe();
                 tokio::spawn(async move {
+                    // A stalled proxy accepts and answers nothing until the stall ends.
+                    let mut wait = stalled.clone();
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = wait.wait_for(|s| !*s) => {}
+                    }
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
+                    // A connection open when a stall begins is black-holed for good: what
+                    // either side sends is dropped, and it is never closed (a peer that froze).
+                    let frozen = Arc::new(AtomicBool::new(false));
+                    let freeze = {
+                        let (frozen, mut stalled) = (frozen.clone(), stalled);
+                        async move {
+                            let _ = stalled.wait_for(|s| *s).await;
+                            frozen.store(true, Ordering::SeqCst);
+                            std::future::pending::<()>().await;
+                        }
+                    };
                     tokio::select! {
                         _ = token.cancelled() => {}
-                        _ = pump(cr, sw, latency) => {}
-                        _ = pump(sr, cw, latency) => {}
+                        _ = pump(cr, sw, latency, frozen.clone()) => {}
+                        _ = pump(sr, cw, latency, frozen) => {}
+                        _ = freeze => {}
                     }
                 });
             }
@@ -223,6 +246,13 @@ impl CutProxy {
     pub fn refuse(&self, on: bool) {
         self.state.refusing.store(on, Ordering::SeqCst);
     }
+
+    /// Freeze (or thaw) the database: connections open when the stall begins are black-holed
+    /// for good (nothing forwarded, never closed, as with a peer that froze), new ones are
+    /// accepted and left unanswered until the thaw, after which new connections work.
+    pub fn stall(&self, on: bool) {
+        self.state.stalled.send_replace(on);
+    }
 }
 
 impl Drop for CutProxy {
@@ -236,6 +266,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     latency: Duration,
+    frozen: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -243,6 +274,9 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if frozen.load(Ordering::SeqCst) {
+            continue;
+        }
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }

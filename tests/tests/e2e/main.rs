@@ -6,5 +6,6 @@ mod backbone;
 mod cluster;
 mod contract;
 mod derp;
+mod durability;
 mod page;
 mod registry;

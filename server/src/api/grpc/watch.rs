@@ -12,7 +12,7 @@ use vantage_proto::pb;
 use vantage_proto::report::VantageChange;
 use vantage_proto::{Section, Severity};
 
-use crate::aggregator::{Aggregator, SharedEvent, Subscription};
+use crate::aggregator::{Aggregator, SharedEvent, Subscription, is_provisional};
 use crate::api::App;
 
 /// Which events a watcher wants.
@@ -210,6 +210,15 @@ async fn resync(st: &mut WatchState) -> bool {
     true
 }
 
+/// Whether `ev` opens a provisional epoch right after the last revision this watcher has.
+fn continues_into_provisional(st: &WatchState, ev: &SharedEvent) -> bool {
+    !st.epoch.is_empty()
+        && ev.epoch != st.epoch
+        && !is_provisional(&st.epoch)
+        && is_provisional(&ev.epoch)
+        && ev.revision == st.last + 1
+}
+
 /// The stream of one watcher: snapshot or backlog first, then live events; when it falls
 /// behind the broadcast it is sent a fresh snapshot marked `resync`.
 fn watch_outs(
@@ -260,9 +269,20 @@ fn watch_outs(
                 r = st.sub.events.recv() => r,
             };
             match received {
+                Ok(ev) if continues_into_provisional(&st, &ev) => {
+                    // The database went away: the provisional epoch goes on from the last
+                    // revision this watcher has, so it simply follows (one resync per
+                    // outage: when the database's feed takes over again).
+                    st.epoch.clone_from(&ev.epoch);
+                    st.last = ev.revision;
+                    if st.filter.passes(&ev) {
+                        return Some((Ok(Out::Shared(ev)), st));
+                    }
+                }
                 Ok(ev) if !st.epoch.is_empty() && ev.epoch != st.epoch => {
-                    // The revision sequence changed under us (the database went away or came
-                    // back): start over from a fresh snapshot.
+                    // The revision sequence changed under us (the database came back, or a
+                    // provisional epoch this watcher cannot follow without a gap): start over
+                    // from a fresh snapshot.
                     if !resync(&mut st).await {
                         return None;
                     }

@@ -117,8 +117,10 @@ pub(super) fn pool(
     let manager = Manager::from_config(
         config,
         NoTls,
+        // A pooled connection is checked with a round trip before it is handed out again
+        // (bounded by the recycle timeout): one stuck on a frozen peer is replaced, not reused.
         ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            recycling_method: RecyclingMethod::Verified,
         },
     );
     Pool::builder(manager)

@@ -211,10 +211,16 @@ impl PgStore {
         match tokio::time::timeout(self.inner.query_timeout, work).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Database { what, reason: e.0 }),
-            Err(_) => Err(StoreError::Timeout {
-                what,
-                after: self.inner.query_timeout,
-            }),
+            Err(_) => {
+                // The connection that timed out went back to the pool when its future was
+                // dropped; it (and any idle one stuck on the same stalled peer) is discarded so
+                // the next call starts afresh instead of waiting on it again.
+                self.inner.pool.retain(|_, _| false);
+                Err(StoreError::Timeout {
+                    what,
+                    after: self.inner.query_timeout,
+                })
+            }
         }
     }
 }

@@ -45,7 +45,11 @@ impl Pinger for PgPinger {
             };
             match tokio::time::timeout(self.timeout, work).await {
                 Ok(r) => r,
-                Err(_) => Err(PingError::Timeout(self.timeout)),
+                Err(_) => {
+                    // As for the store: the timed-out connection is not reused.
+                    self.pool.retain(|_, _| false);
+                    Err(PingError::Timeout(self.timeout))
+                }
             }
         })
     }
