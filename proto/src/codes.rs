@@ -35,6 +35,7 @@ pub const EPD03: &str = "EPD03";
 pub const EVNT01: &str = "EVNT01";
 pub const EVNT02: &str = "EVNT02";
 pub const EVNT03: &str = "EVNT03";
+pub const EVNT04: &str = "EVNT04";
 
 /// Every code, in documentation order.
 pub const CATALOGUE: &[CodeDoc] = &[
@@ -187,6 +188,12 @@ pub const CATALOGUE: &[CodeDoc] = &[
         section: "any",
         title: "Failure below quorum",
         description: "Fewer than `quorum` vantages see this failure, so it does not set the section's severity; the message names the vantages that see it.",
+    },
+    CodeDoc {
+        code: EVNT04,
+        section: "any",
+        title: "A vantage lost observations",
+        description: "A probe dropped observations from its replay buffer before the server acknowledged them (the server stops acknowledging while its store falls behind, so nothing acknowledged is ever lost; what the probe could not keep is). The message names the vantage and the count. Look at the database's health and at the server's write queue in /metrics; a larger --replay-buffer on the probe rides out longer outages.",
     },
 ];
 

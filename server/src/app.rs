@@ -100,7 +100,11 @@ impl Stores {
                 let epoch = pg.cluster_id().await?;
                 let pinger = pg.pinger();
                 let store: Arc<dyn Store> = Arc::new(pg);
-                let writer = WriteBehind::spawn(store.clone(), WriteBehindOptions::default());
+                let options = WriteBehindOptions {
+                    capacity: config.write_queue,
+                    ..WriteBehindOptions::default()
+                };
+                let writer = WriteBehind::spawn(store.clone(), options);
                 let durable = Durable {
                     writer,
                     pinger,

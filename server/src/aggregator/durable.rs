@@ -3,7 +3,7 @@
 //! batches (their revisions come from the database).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -26,13 +26,17 @@ pub struct DurableParts {
     pub store: Arc<dyn Store>,
 }
 
+/// An ack that waits for its observations to be stored: the session, the sequence it
+/// covers, the write's receipt, and the vantage's stored mark to raise.
+pub(super) type PendingAck = (SessionTx, u64, Receipt, Arc<AtomicU64>);
+
 pub(super) struct Durable {
     /// Whether the database is answering. Written only by the aggregator (on
     /// [`ClusterCommand::DatabaseState`]); while it is not, events are delivered from memory
     /// under a provisional epoch.
     pub(super) db_ok: Arc<AtomicBool>,
     pub(super) writer: WriteBehind,
-    pub(super) acks: mpsc::Sender<(SessionTx, u64, Receipt)>,
+    pub(super) acks: mpsc::Sender<PendingAck>,
     /// Events this replica caused, to store (their revisions come from the database; every
     /// replica's watchers are fed from there, in revision order).
     pub(super) events: mpsc::Sender<Vec<u8>>,
@@ -97,11 +101,13 @@ async fn store_events(
 }
 
 /// Acks waiting for their observations to be stored, in order (the writer stores in order).
-async fn ack_when_stored(mut pending: mpsc::Receiver<(SessionTx, u64, Receipt)>) {
-    while let Some((tx, seq, receipt)) = pending.recv().await {
-        // Stored, or dropped from the full queue (counted there): either way the probe may
-        // let go; a dropped write is reported, never retried forever.
-        let _ = receipt.stored().await;
-        let _ = tx.try_send(ack(seq));
+/// An acknowledgement means stored: a write that was not stored is never acknowledged, so
+/// its observations stay in the probe's replay buffer and are resent after it reconnects.
+async fn ack_when_stored(mut pending: mpsc::Receiver<PendingAck>) {
+    while let Some((tx, seq, receipt, stored)) = pending.recv().await {
+        if receipt.stored().await.is_ok() {
+            stored.fetch_max(seq, Ordering::AcqRel);
+            let _ = tx.try_send(ack(seq));
+        }
     }
 }

@@ -77,6 +77,8 @@ pub struct Stats {
     pub rejected: u64,
     pub events: u64,
     pub revision: u64,
+    /// Batches refused because the write queue was full (not applied, not acknowledged).
+    pub backpressure: u64,
 }
 
 /// A cheap, clonable handle to the aggregator task.

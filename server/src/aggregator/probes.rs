@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::Status;
 use vantage_proto::pb::server_message::Msg as Down;
@@ -16,20 +16,24 @@ use super::vantage::{SeqStats, Vantage};
 use super::{Attached, MAX_REMOTE_OBSERVATIONS, MAX_TARGETS_PER_CHECK, SessionTx, ack};
 use crate::store::NewObservation;
 
+/// How long a refusal may wait for room on a full session queue.
+const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl State {
     pub(super) fn attach(&mut self, hello: pb::Hello, session: SessionTx) -> Attached {
         let session_id = self.next_session;
         self.next_session += 1;
         let name = hello.name.clone();
+        let durable = self.durable.is_some();
         let v = self.vantage_entry(&name);
         v.home = true;
         if v.instance_id != hello.instance_id {
             // A new process: its sequence numbers start afresh.
-            v.instance_id = hello.instance_id.clone();
-            v.seq = SeqStats {
+            let seq = SeqStats {
                 resumed_from: hello.last_acked_seq,
                 ..SeqStats::default()
             };
+            v.new_instance(hello.instance_id.clone(), seq);
         } else {
             v.seq.resumed_from = hello.last_acked_seq;
         }
@@ -46,6 +50,16 @@ impl State {
         if v.seq.applied == 0 {
             // Nothing applied from this instance yet: continue after what it says was acked.
             v.seq.last = v.seq.last.max(hello.last_acked_seq);
+        }
+        if durable {
+            // The welcome promises only what is stored: the probe resends the rest, which is
+            // applied and stored again (what was still queued may be stored twice; the log
+            // keeps both, every reader applies it once).
+            let stored = v.stored_seq();
+            if v.seq.last > stored {
+                v.seq.applied = v.seq.applied.saturating_sub(v.seq.last - stored);
+                v.seq.last = stored;
+            }
         }
         let applied_seq = v.seq.last;
         self.vantage_event(&name, VantageChange::Attached, Cause::Here);
@@ -136,17 +150,49 @@ impl State {
                 })
                 .collect::<Vec<_>>()
         });
+        let stored = v.stored.clone();
+        let Some(d) = &self.durable else {
+            let acked = self.apply(name, observations, Cause::Here);
+            // Cumulative ack; if the session's queue is full a later ack covers this one.
+            let _ = tx.try_send(ack(acked));
+            return;
+        };
+        let batch = to_store.unwrap_or_default();
+        if batch.is_empty() {
+            // Nothing new: acknowledge only what is known stored.
+            let _ = tx.try_send(ack(stored.load(std::sync::atomic::Ordering::Acquire)));
+            return;
+        }
+        // An acknowledgement means stored, so a full write queue is backpressure: nothing of
+        // this batch is applied or acknowledged, the session ends, and the probe resends
+        // from what is stored once it reconnects (keeping the rest in its replay buffer).
+        let receipt = match d.writer.try_submit(batch) {
+            Ok(r) => r,
+            Err(full) => {
+                self.stats.backpressure += 1;
+                tracing::warn!(vantage = %name, error = %full, "not acknowledging: the write queue is full");
+                // The session ends here: a later batch of it must not be applied past the
+                // refused one (that would acknowledge over a hole).
+                if let Some(v) = self.vantages.get_mut(name) {
+                    v.session = None;
+                }
+                let refusal = Err(Status::unavailable(format!(
+                    "{full}: these observations are not acknowledged; resend them after reconnecting"
+                )));
+                if let Err(mpsc::error::TrySendError::Full(refusal)) = tx.try_send(refusal) {
+                    // Never wait here: the refusal waits for room on a task of its own.
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(REFUSAL_WAIT, tx.send(refusal)).await;
+                    });
+                }
+                return;
+            }
+        };
         let acked = self.apply(name, observations, Cause::Here);
-        match (&self.durable, to_store) {
-            (Some(d), Some(batch)) if !batch.is_empty() => {
-                let receipt = d.writer.submit(batch);
-                // If the ack queue is full, a later cumulative ack covers this one.
-                let _ = d.acks.try_send((tx, acked, receipt));
-            }
-            _ => {
-                // Cumulative ack; if the session's queue is full a later ack covers this one.
-                let _ = tx.try_send(ack(acked));
-            }
+        let durable = self.durable.as_ref().map(|d| d.acks.clone());
+        if let Some(acks) = durable {
+            // If the ack queue is full, a later cumulative ack covers this one.
+            let _ = acks.try_send((tx, acked, receipt, stored));
         }
     }
 

@@ -61,8 +61,7 @@ impl State {
                     // Attached here with another instance: this replica's session is the truth.
                     continue;
                 }
-                v.instance_id = instance;
-                v.seq = SeqStats::default();
+                v.new_instance(instance, SeqStats::default());
                 // Its probe now reports through another replica.
                 v.home = false;
             }
@@ -108,12 +107,14 @@ impl State {
             v.version = r.version;
             v.labels = r.labels;
             if v.instance_id != r.instance_id {
-                v.instance_id = r.instance_id;
-                v.seq = SeqStats::default();
+                v.new_instance(r.instance_id, SeqStats::default());
             }
             if r.applied_seq > v.seq.last {
                 v.seq.last = r.applied_seq;
             }
+            // What the store holds is stored, whichever replica wrote it.
+            v.stored
+                .fetch_max(r.applied_seq, std::sync::atomic::Ordering::AcqRel);
             let newer = r
                 .last_seen_at
                 .is_some_and(|t| v.last_seen_at.is_none_or(|mine| t > mine));

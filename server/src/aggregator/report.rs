@@ -132,6 +132,16 @@ impl State {
                 ));
                 vantages.severity = Severity::Warning;
             }
+            if v.seq.replay_dropped > 0 {
+                vantages.warnings.push(Message::new(
+                    codes::EVNT04,
+                    format!(
+                        "vantage {} dropped {} observations from its replay buffer before the server acknowledged them",
+                        v.name, v.seq.replay_dropped
+                    ),
+                ));
+                vantages.severity = Severity::Warning;
+            }
         }
         let fresh: Vec<&Vantage> = self.vantages.values().filter(|v| v.is_fresh()).collect();
         macro_rules! section {

@@ -2,6 +2,8 @@
 //! section reports and alerts, and the bookkeeping of its sequence numbers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
@@ -86,6 +88,10 @@ pub(super) struct Vantage {
     pub(super) sections: HashMap<Section, SectionReport>,
     pub(super) alerts: HashMap<Section, Alert>,
     pub(super) seq: SeqStats,
+    /// With a database: the highest sequence of the current instance known stored (what a
+    /// `Welcome` reports and what acks may cover). Raised by the ack writer once a write is
+    /// stored; a new instance gets a new one, so a late ack of the old one cannot raise it.
+    pub(super) stored: Arc<AtomicU64>,
     /// Its latest session was on this replica.
     pub(super) home: bool,
 }
@@ -108,8 +114,21 @@ impl Vantage {
             sections: HashMap::new(),
             alerts: HashMap::new(),
             seq: SeqStats::default(),
+            stored: Arc::new(AtomicU64::new(0)),
             home: false,
         }
+    }
+
+    /// A new process of this vantage: its sequence numbers start afresh.
+    pub(super) fn new_instance(&mut self, instance_id: String, seq: SeqStats) {
+        self.instance_id = instance_id;
+        self.seq = seq;
+        self.stored = Arc::new(AtomicU64::new(0));
+    }
+
+    /// The highest sequence of the current instance known stored.
+    pub(super) fn stored_seq(&self) -> u64 {
+        self.stored.load(Ordering::Acquire)
     }
 
     pub(super) fn is_fresh(&self) -> bool {

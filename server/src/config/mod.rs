@@ -29,6 +29,8 @@ pub const DEFAULT_QUORUM: usize = 1;
 pub const DEFAULT_RAISE_AFTER: u32 = 1;
 pub const DEFAULT_CLEAR_AFTER: u32 = 1;
 pub const DEFAULT_HISTORY: usize = 10_000;
+/// Default capacity of the write queue, in observations.
+pub const DEFAULT_WRITE_QUEUE: usize = crate::store::WRITE_BEHIND_CAPACITY;
 pub const DEFAULT_DATABASE_THRESHOLD: Duration = Duration::from_millis(15);
 pub const DEFAULT_INSECURE_NO_AUTH: bool = false;
 pub const DEFAULT_FORCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -101,6 +103,7 @@ pub struct Config {
     pub raise_after: u32,
     pub clear_after: u32,
     pub history: usize,
+    pub write_queue: usize,
     pub server_vantage: bool,
     pub force_timeout: Duration,
     pub server_vantage_name: String,
@@ -136,6 +139,7 @@ impl Default for Config {
             raise_after: DEFAULT_RAISE_AFTER,
             clear_after: DEFAULT_CLEAR_AFTER,
             history: DEFAULT_HISTORY,
+            write_queue: DEFAULT_WRITE_QUEUE,
             server_vantage: DEFAULT_SERVER_VANTAGE,
             force_timeout: DEFAULT_FORCE_TIMEOUT,
             server_vantage_name: SERVER_VANTAGE.to_owned(),
@@ -193,6 +197,7 @@ impl Config {
             raise_after: s.raise_after.unwrap_or(DEFAULT_RAISE_AFTER),
             clear_after: s.clear_after.unwrap_or(DEFAULT_CLEAR_AFTER),
             history: s.history.unwrap_or(DEFAULT_HISTORY),
+            write_queue: s.write_queue.unwrap_or(DEFAULT_WRITE_QUEUE),
             server_vantage: s.server_vantage.unwrap_or(DEFAULT_SERVER_VANTAGE),
             force_timeout: s.force_timeout.unwrap_or(DEFAULT_FORCE_TIMEOUT),
             server_vantage_name: s
@@ -248,6 +253,7 @@ impl Config {
             ("raise_after", u64::from(self.raise_after)),
             ("clear_after", u64::from(self.clear_after)),
             ("history", self.history as u64),
+            ("write_queue", self.write_queue as u64),
         ] {
             if v == 0 {
                 return Err(ConfigError::new(

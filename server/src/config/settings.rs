@@ -60,6 +60,10 @@ pub struct Settings {
     /// Events kept for `Watch` resume.
     #[arg(long, env = "VANTAGE_HISTORY", value_name = "N")]
     pub history: Option<usize>,
+    /// With a database: most observations waiting to be written; beyond it probes are not
+    /// acknowledged (backpressure) until the store catches up.
+    #[arg(long, env = "VANTAGE_WRITE_QUEUE", value_name = "N")]
+    pub write_queue: Option<usize>,
     /// How long `?force=true` / `GetReport{force}` waits for every vantage.
     #[arg(long, env = "VANTAGE_FORCE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
@@ -132,7 +136,8 @@ impl Settings {
     pub fn or(self, lower: Settings) -> Settings {
         layer!(self, lower;
             listen, access_url, database_url, database_threshold, insecure_no_auth, interval,
-            stale_after, forget_after, quorum, raise_after, clear_after, history, force_timeout,
+            stale_after, forget_after, quorum, raise_after, clear_after, history, write_queue,
+            force_timeout,
             derp_map, embedded_relay, stun_listen, stun_servers, derp_node_timeout,
             derp_all_vantages, server_checks_derp, proxies_all_vantages,
             provisioner_daemons_required, provisioner_stale_after, event_retention,

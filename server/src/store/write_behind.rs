@@ -94,6 +94,14 @@ impl Shared {
     }
 }
 
+/// The write queue has no room: `queued` observations wait, at most `capacity` may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store is behind: {queued} observations waiting to be written (at most {capacity})")]
+pub struct QueueFull {
+    pub queued: usize,
+    pub capacity: usize,
+}
+
 /// Closes the writer when the last [`WriteBehind`] handle goes.
 struct Closer(Arc<Shared>);
 
@@ -166,6 +174,37 @@ impl WriteBehind {
         drop(q);
         self.shared.wake.notify_one();
         Receipt(rx)
+    }
+
+    /// Like [`WriteBehind::submit`], but never drops: when the queue cannot take all of
+    /// `observations` now, nothing is queued and the error says how full it is.
+    /// A submission larger than the whole queue is taken when the queue is empty (so a
+    /// probe's resend of a large backlog always makes progress).
+    pub fn try_submit(&self, observations: Vec<NewObservation>) -> Result<Receipt, QueueFull> {
+        let n = observations.len();
+        let capacity = self.shared.capacity;
+        let (reply, rx) = oneshot::channel();
+        {
+            let mut q = self.shared.queue.lock().map_err(|_| QueueFull {
+                queued: 0,
+                capacity,
+            })?;
+            if q.len > 0 && q.len + n > capacity {
+                let queued = q.len + self.shared.in_flight.load(Ordering::Relaxed) as usize;
+                return Err(QueueFull { queued, capacity });
+            }
+            if n > 0 {
+                q.len += n;
+                q.waiting.push_back(Submission {
+                    observations,
+                    reply,
+                });
+            } else {
+                let _ = reply.send(Vec::new());
+            }
+        }
+        self.shared.wake.notify_one();
+        Ok(Receipt(rx))
     }
 
     /// Observations waiting or being written.

@@ -88,3 +88,199 @@ async fn a_stalled_database_heals_without_a_restart_and_watchers_resync_at_most_
     assert!(n <= 1, "the watcher resynced {n} times for one outage");
     watcher.abort();
 }
+
+/// Every sequence of `vantage`'s current instance from 1 up to what the store says is applied
+/// (acknowledgements never go beyond it) is in the observation log; the highest such sequence.
+async fn no_hole_below_the_stored_sequence(db: &vantage_testkit::TestDb, vantage: &str) -> i64 {
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT instance_id, applied_seq FROM vantage_vantages WHERE name = $1",
+            &[&vantage],
+        )
+        .await
+        .unwrap();
+    let (instance, applied): (String, i64) = (row.get(0), row.get(1));
+    let missing: i64 = client
+        .query_one(
+            "SELECT count(*) FROM generate_series(1::int8, $2::int8) AS s
+             WHERE NOT EXISTS (SELECT 1 FROM vantage_observation_log l
+                               WHERE l.vantage = $1 AND l.instance_id = $3 AND l.seq = s)",
+            &[&vantage, &applied, &instance],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if missing != 0 {
+        for r in client
+            .query(
+                "SELECT instance_id, count(*), min(seq), max(seq) FROM vantage_observation_log
+                 WHERE vantage = $1 GROUP BY 1",
+                &[&vantage],
+            )
+            .await
+            .unwrap()
+        {
+            let (i, n, lo, hi): (String, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            println!(
+                "log of {vantage}: instance {i}: {n} rows, seq {lo}..={hi} (vantage row: {instance})"
+            );
+        }
+    }
+    assert_eq!(
+        missing, 0,
+        "{missing} acknowledged-or-applied sequences of {vantage} (1..={applied}) are not stored"
+    );
+    applied
+}
+
+async fn metric(server: &Server, name: &str) -> f64 {
+    let body = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_full_write_queue_is_backpressure_and_nothing_acknowledged_is_lost() {
+    let db = test_db!();
+    let proxy = CutProxy::start(db.server_addr(), Duration::ZERO).await;
+    let server = Server::start(&[
+        "--database-url",
+        &db.url_via(proxy.port()),
+        "--interval",
+        "100ms",
+        "--write-queue",
+        "20",
+    ])
+    .await;
+    let _probe = Probe::start(&server.url, "fra-1", "fra");
+    eventually(
+        Duration::from_secs(30),
+        "healthy with the database",
+        || async {
+            let r = server.report().await;
+            (fresh(&r, "fra-1") && r["database"]["severity"] == "ok").then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "fra-1's first writes stored",
+        || async {
+            let client = db.client().await;
+            let row = client
+                .query_opt(
+                    "SELECT applied_seq FROM vantage_vantages WHERE name = 'fra-1'",
+                    &[],
+                )
+                .await
+                .ok()??;
+            (row.get::<_, i64>(0) > 10).then_some(())
+        },
+    )
+    .await;
+    let before = no_hole_below_the_stored_sequence(&db, "fra-1").await;
+
+    // Longer than 20 queued observations last at this rate.
+    proxy.refuse(true);
+    proxy.cut();
+    eventually(
+        Duration::from_secs(30),
+        "the write queue pushes back",
+        || async {
+            (metric(&server, "vantage_ingest_backpressure_total").await > 0.0).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.refuse(false);
+
+    // Once the store answers, the probe's resends fill the log without a hole.
+    let after = eventually(Duration::from_secs(60), "the store catches up", || async {
+        let client = db.client().await;
+        let applied: i64 = client
+            .query_one(
+                "SELECT applied_seq FROM vantage_vantages WHERE name = 'fra-1'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (applied > before + 40).then_some(())
+    })
+    .await;
+    let _ = after;
+    let stored = no_hole_below_the_stored_sequence(&db, "fra-1").await;
+    println!("stored without a hole through seq {stored} (was {before} before the outage)");
+}
+
+/// The stored sequence of `vantage` and its instance, once it has one.
+async fn stored_seq(db: &vantage_testkit::TestDb, vantage: &str) -> Option<(String, i64)> {
+    let row = db
+        .client()
+        .await
+        .query_opt(
+            "SELECT instance_id, applied_seq FROM vantage_vantages WHERE name = $1",
+            &[&vantage],
+        )
+        .await
+        .ok()??;
+    Some((row.get(0), row.get(1)))
+}
+
+#[tokio::test]
+async fn a_reconnect_during_an_outage_then_a_crash_loses_nothing_acknowledged() {
+    let db = test_db!();
+    let proxy = CutProxy::start(db.server_addr(), Duration::ZERO).await;
+    let mut server = Server::start(&[
+        "--database-url",
+        &db.url_via(proxy.port()),
+        "--interval",
+        "100ms",
+        "--write-queue",
+        "20",
+    ])
+    .await;
+    let _probe = Probe::start(&server.url, "fra-1", "fra");
+    let (instance, before) =
+        eventually(Duration::from_secs(30), "fra-1's first writes", || async {
+            stored_seq(&db, "fra-1").await.filter(|(_, s)| *s > 10)
+        })
+        .await;
+    // The database goes away; the full write queue makes the probe reconnect (its session is
+    // refused), more than once, while nothing can be stored.
+    proxy.refuse(true);
+    proxy.cut();
+    eventually(
+        Duration::from_secs(30),
+        "the probe is pushed back",
+        || async {
+            (metric(&server, "vantage_ingest_backpressure_total").await >= 2.0).then_some(())
+        },
+    )
+    .await;
+    // Then the server dies before the database returns.
+    server.kill().await;
+    proxy.refuse(false);
+    server.restart().await;
+    let (after_instance, after) =
+        eventually(Duration::from_secs(60), "the store catches up", || async {
+            stored_seq(&db, "fra-1")
+                .await
+                .filter(|(_, s)| *s > before + 40)
+        })
+        .await;
+    assert_eq!(
+        after_instance, instance,
+        "the same probe process throughout"
+    );
+    let stored = no_hole_below_the_stored_sequence(&db, "fra-1").await;
+    assert!(stored >= after);
+    println!("stored without a hole through seq {stored} across the crash (was {before})");
+}

@@ -171,6 +171,16 @@ fn render_ingest(o: &mut String, stats: &Stats) {
         "vantage_observations_duplicate_total {}",
         stats.duplicates
     );
+    let _ = writeln!(
+        o,
+        "# HELP vantage_ingest_backpressure_total Observation batches refused, not acknowledged, because the write queue was full."
+    );
+    let _ = writeln!(o, "# TYPE vantage_ingest_backpressure_total counter");
+    let _ = writeln!(
+        o,
+        "vantage_ingest_backpressure_total {}",
+        stats.backpressure
+    );
 }
 
 /// Events emitted, open watchers, events dropped before storage and the revision.
