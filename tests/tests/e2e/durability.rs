@@ -202,7 +202,7 @@ async fn a_full_write_queue_is_backpressure_and_nothing_acknowledged_is_lost() {
     proxy.refuse(false);
 
     // Once the store answers, the probe's resends fill the log without a hole.
-    let after = eventually(Duration::from_secs(60), "the store catches up", || async {
+    eventually(Duration::from_secs(60), "the store catches up", || async {
         let client = db.client().await;
         let applied: i64 = client
             .query_one(
@@ -215,7 +215,6 @@ async fn a_full_write_queue_is_backpressure_and_nothing_acknowledged_is_lost() {
         (applied > before + 40).then_some(())
     })
     .await;
-    let _ = after;
     let stored = no_hole_below_the_stored_sequence(&db, "fra-1").await;
     println!("stored without a hole through seq {stored} (was {before} before the outage)");
 }
