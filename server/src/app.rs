@@ -188,7 +188,12 @@ pub(crate) async fn follow_cluster(
     let vantages = store.load_vantages().await?;
     let latest = store.latest_observations().await?;
     let last_id = latest.iter().map(|o| o.id).max().unwrap_or(0);
-    let _ = agg.send(ClusterCommand::RemoteVantages { vantages }).await;
+    let _ = agg
+        .send(ClusterCommand::RemoteVantages {
+            vantages,
+            initial: true,
+        })
+        .await;
     let _ = agg
         .send(ClusterCommand::Restore {
             observations: latest,

@@ -103,7 +103,10 @@ impl Follower {
                         .await?;
                 }
                 self.agg
-                    .send(ClusterCommand::RemoteVantages { vantages })
+                    .send(ClusterCommand::RemoteVantages {
+                        vantages,
+                        initial: false,
+                    })
                     .await
             }
             Err(e) => {

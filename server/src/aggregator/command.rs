@@ -126,8 +126,14 @@ pub enum ClusterCommand {
     Restore {
         observations: Vec<StoredObservation>,
     },
-    /// Vantages as the store knows them (attached elsewhere, or before a restart).
-    RemoteVantages { vantages: Vec<VantageRecord> },
+    /// Vantages as the store knows them (attached elsewhere, or before a restart). `initial`:
+    /// at start, before following the log, so their stored sequences are where this replica
+    /// resumes; later, sequences advance only by applying the log (a record ahead of the log
+    /// must not turn the rows still to come into duplicates).
+    RemoteVantages {
+        vantages: Vec<VantageRecord>,
+        initial: bool,
+    },
     /// The database stopped (or resumed) answering.
     DatabaseState { ok: bool },
     /// Events stored by any replica, in revision order: the watchers' feed in a cluster.

@@ -40,6 +40,8 @@ pub(super) struct Durable {
     /// Events this replica caused, to store (their revisions come from the database; every
     /// replica's watchers are fed from there, in revision order).
     pub(super) events: mpsc::Sender<Vec<u8>>,
+    /// The store, for its clock lease.
+    pub(super) store: Arc<dyn Store>,
 }
 
 impl Durable {
@@ -49,8 +51,9 @@ impl Durable {
         let (acks, pending) = mpsc::channel(ACK_QUEUE);
         tokio::spawn(ack_when_stored(pending));
         let (events, drafts) = mpsc::channel(EVENT_QUEUE);
-        tokio::spawn(store_events(parts.store, drafts, agg));
+        tokio::spawn(store_events(parts.store.clone(), drafts, agg));
         Durable {
+            store: parts.store,
             db_ok: Arc::new(AtomicBool::new(true)),
             writer: parts.writer,
             acks,

@@ -33,6 +33,9 @@ impl std::ops::Deref for SharedEvent {
     }
 }
 
+/// Most events this replica caused that it remembers until the database feeds them back.
+pub(super) const UNCONFIRMED_CAPACITY: usize = 16_384;
+
 /// The prefix of a provisional epoch (events delivered from memory while the database is away).
 pub const PROVISIONAL_EPOCH_PREFIX: &str = "degraded-";
 
@@ -94,11 +97,14 @@ impl State {
                     time: Some(convert::timestamp(Utc::now())),
                     event: Some(event.clone()),
                 };
-                if d.events
-                    .try_send(prost::Message::encode_to_vec(&draft))
-                    .is_err()
-                {
+                let payload = prost::Message::encode_to_vec(&draft);
+                if d.events.try_send(payload.clone()).is_err() {
                     self.stats.events_dropped += 1;
+                } else {
+                    if self.unconfirmed.len() == UNCONFIRMED_CAPACITY {
+                        self.unconfirmed.pop_front();
+                    }
+                    self.unconfirmed.push_back(payload);
                 }
             }
             if d.database_ok() {
@@ -128,6 +134,18 @@ impl State {
             "{PROVISIONAL_EPOCH_PREFIX}{}",
             uuid::Uuid::new_v4()
         ));
+        // What this replica caused but the database has not fed back yet reaches the watchers
+        // first, from memory, so one that follows into the provisional epoch misses nothing.
+        let pending: Vec<Vec<u8>> = self.unconfirmed.iter().cloned().collect();
+        for payload in pending {
+            let Ok(mut ev) = <pb::WatchEvent as prost::Message>::decode(payload.as_slice()) else {
+                continue;
+            };
+            self.revision += 1;
+            ev.revision = self.revision;
+            ev.epoch = self.current_epoch().to_owned();
+            self.publish(SharedEvent::new(ev));
+        }
         true
     }
 
@@ -149,6 +167,10 @@ impl State {
             self.revision = self.db_revision;
         }
         for (revision, payload) in events {
+            if self.unconfirmed.front() == Some(&payload) {
+                // This replica's own event, stored: no longer pending.
+                self.unconfirmed.pop_front();
+            }
             if revision <= self.db_revision {
                 continue;
             }

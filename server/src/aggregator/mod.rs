@@ -131,6 +131,7 @@ impl Aggregator {
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             degraded: None,
             db_revision: 0,
+            unconfirmed: VecDeque::new(),
             history: VecDeque::with_capacity(config.history.min(4096)),
             config,
             vantages: BTreeMap::new(),

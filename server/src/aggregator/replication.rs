@@ -20,7 +20,9 @@ impl State {
         match cmd {
             ClusterCommand::Remote { observations } => self.remote(observations),
             ClusterCommand::Restore { observations } => self.restore(observations),
-            ClusterCommand::RemoteVantages { vantages } => self.remote_vantages(vantages),
+            ClusterCommand::RemoteVantages { vantages, initial } => {
+                self.remote_vantages(vantages, initial)
+            }
             ClusterCommand::StoredEvents { events } => self.stored_events(events),
             ClusterCommand::DatabaseState { ok } => self.database_state(ok),
         }
@@ -94,7 +96,7 @@ impl State {
         self.bump();
     }
 
-    fn remote_vantages(&mut self, records: Vec<VantageRecord>) {
+    fn remote_vantages(&mut self, records: Vec<VantageRecord>, initial: bool) {
         let mut changed = false;
         let stale_after = self.config.stale_after;
         for r in records {
@@ -109,7 +111,7 @@ impl State {
             if v.instance_id != r.instance_id {
                 v.new_instance(r.instance_id, SeqStats::default());
             }
-            if r.applied_seq > v.seq.last {
+            if initial && r.applied_seq > v.seq.last {
                 v.seq.last = r.applied_seq;
             }
             // What the store holds is stored, whichever replica wrote it.

@@ -39,6 +39,9 @@ pub(super) struct State {
     pub(super) degraded: Option<String>,
     /// The last revision received from the database.
     pub(super) db_revision: u64,
+    /// Encoded events this replica caused and queued for storage that the database has not
+    /// fed back yet, oldest first (bounded): delivered from memory if it goes away first.
+    pub(super) unconfirmed: VecDeque<Vec<u8>>,
     pub(super) config: AggregatorConfig,
     pub(super) rules: rules::RulesContext,
     /// Random per aggregator start: revisions compare only within one epoch.
@@ -329,18 +332,19 @@ impl State {
     }
 
     /// Mark vantages silent too long stale, and forget long-stale ones. Each event is stored
-    /// once: by the replica the vantage was attached to.
+    /// once: by the replica that holds the clock lease.
     fn check_staleness(&mut self) {
         let now = Instant::now();
         let mut newly_stale = Vec::new();
         let mut forget = Vec::new();
+        // In a cluster the replica holding the clock lease stores what time causes, whether or
+        // not the vantage's own replica still lives; alone, this replica does.
+        let cause = match &self.durable {
+            Some(d) if !d.store.clock_leader() => Cause::Elsewhere,
+            _ => Cause::Here,
+        };
         for v in self.vantages.values_mut() {
             let silent = now.saturating_duration_since(v.last_seen);
-            let cause = if v.home {
-                Cause::Here
-            } else {
-                Cause::Elsewhere
-            };
             if v.is_fresh() && silent > self.config.stale_after {
                 v.stale_since = Some(Utc::now());
                 newly_stale.push((v.name.clone(), cause));

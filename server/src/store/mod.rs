@@ -212,6 +212,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Changes announced by this store (and, for a shared database, by other replicas).
     fn listen(&self) -> broadcast::Receiver<Notice>;
+
+    /// Whether this replica keeps the cluster's clock: stores the events time alone causes
+    /// (staleness), so each is stored once. A store no other replica shares always does.
+    fn clock_leader(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

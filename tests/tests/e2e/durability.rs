@@ -283,3 +283,61 @@ async fn a_reconnect_during_an_outage_then_a_crash_loses_nothing_acknowledged() 
     assert!(stored >= after);
     println!("stored without a hole through seq {stored} across the crash (was {before})");
 }
+
+#[tokio::test]
+async fn a_dead_replicas_vantages_go_stale_for_the_watchers_of_the_living_one() {
+    let db = test_db!();
+    let replica = |name: &'static str| {
+        let url = db.url();
+        async move {
+            Server::start(&[
+                "--database-url",
+                &url,
+                "--interval",
+                "300ms",
+                "--server-vantage-name",
+                name,
+            ])
+            .await
+        }
+    };
+    let mut a = replica("server-a").await;
+    let b = replica("server-b").await;
+    let _probe = Probe::start(&a.url, "fra-1", "fra");
+    eventually(Duration::from_secs(30), "B hears of fra-1", || async {
+        fresh(&b.report().await, "fra-1").then_some(())
+    })
+    .await;
+    // B follows A's observations through the log and applies each once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client_b = vantage_client::Client::connect(&b.url, None).await.unwrap();
+    let on_b = client_b.vantages().await.unwrap();
+    let fra = on_b.iter().find(|v| v.name == "fra-1").unwrap();
+    assert!(fra.applied > 0, "{fra:?}");
+    assert_eq!(
+        fra.duplicates, 0,
+        "B counts none of A's observations twice: {fra:?}"
+    );
+
+    let mut watch = Box::pin(client_b.watch(pb::WatchRequest::default()).await.unwrap());
+    let _snapshot = watch.next().await.unwrap().unwrap();
+    a.kill().await;
+    let mut stale = std::collections::BTreeSet::new();
+    let saw = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(ev)) = watch.next().await {
+            if let Some(pb::watch_event::Event::VantageChange(c)) = &ev.event
+                && c.change == "stale"
+            {
+                stale.insert(c.vantage.clone());
+                if stale.contains("fra-1") && stale.contains("server-a") {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        saw.is_ok(),
+        "a watcher on B hears that A's vantages went stale; heard only {stale:?}"
+    );
+}

@@ -19,6 +19,7 @@
 //! [`PgPinger`] is the Database check's pinger: a pooled connection and `SELECT 1`.
 
 mod connect;
+mod leader;
 mod listen;
 mod migrate;
 mod observations;
@@ -93,6 +94,8 @@ struct Inner {
     query_timeout: Duration,
     target: String,
     notices: broadcast::Sender<Notice>,
+    /// Whether this replica holds the clock lease (`leader` module).
+    clock_leader: Arc<std::sync::atomic::AtomicBool>,
     _listener: DropGuard,
 }
 
@@ -138,10 +141,17 @@ impl PgStore {
         let (notices, _) = broadcast::channel(NOTICE_CAPACITY);
         let stop = CancellationToken::new();
         let ready = listen::spawn(
-            config,
+            config.clone(),
             options.connect_timeout,
             options.query_timeout,
             notices.clone(),
+            stop.clone(),
+        );
+        let clock_leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        leader::spawn(
+            config.clone(),
+            options.query_timeout.max(options.connect_timeout),
+            clock_leader.clone(),
             stop.clone(),
         );
         let guard = stop.drop_guard();
@@ -156,6 +166,7 @@ impl PgStore {
                 query_timeout: options.query_timeout,
                 target,
                 notices,
+                clock_leader,
                 _listener: guard,
             }),
         })
@@ -537,5 +548,11 @@ impl Store for PgStore {
 
     fn listen(&self) -> broadcast::Receiver<Notice> {
         self.inner.notices.subscribe()
+    }
+
+    fn clock_leader(&self) -> bool {
+        self.inner
+            .clock_leader
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 }
