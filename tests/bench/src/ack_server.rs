@@ -1,7 +1,7 @@
 //! The ingestion baseline: a bare `ProbeService` that does nothing but acknowledge. It reads the
 //! hello, answers with a welcome (an assignment with one access-URL check), then acks every
 //! observation batch cumulatively, over the same transport stack as `vantaged` (tonic routes in
-//! an axum router served by `axum::serve`) and the same session-queue semantics (bounded, a
+//! an axum router served by `axum::serve`, TCP_NODELAY, jemalloc) and the same session-queue semantics (bounded, a
 //! full queue skips an ack that a later one covers).
 
 use std::pin::Pin;
@@ -102,5 +102,9 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let svc = pb::probe_service_server::ProbeServiceServer::new(AckOnly { access_url: url })
         .max_decoding_message_size(MAX_MESSAGE);
     let app = tonic::service::Routes::new(svc).into_axum_router();
+    // The same socket options as vantaged: no Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await
 }

@@ -53,9 +53,26 @@ pub struct IngestRow {
     pub anomalies: u64,
 }
 
+/// vantaged may not be faster than its baseline by more than this: the baseline is meant to be
+/// a ceiling (same transport, socket options, allocator, codec limits, ack policy), so a faster
+/// vantaged means the baseline is handicapped, not that vantaged is good.
+pub const BASELINE_TOLERANCE: f64 = 1.05;
+
 impl IngestRow {
     pub fn ratio(&self) -> f64 {
         self.vantaged.obs_per_sec / self.baseline.obs_per_sec.max(f64::EPSILON)
+    }
+
+    /// The ratio, or `None` when vantaged beat its baseline by more than the tolerance.
+    pub fn honest_ratio(&self) -> Option<f64> {
+        let r = self.ratio();
+        (r <= BASELINE_TOLERANCE).then_some(r)
+    }
+
+    /// The ratio as shown: a number, or "baseline defect".
+    pub fn shown_ratio(&self) -> String {
+        self.honest_ratio()
+            .map_or_else(|| "baseline defect".to_owned(), |r| format!("{r:.3}"))
     }
 }
 
@@ -192,7 +209,7 @@ pub fn render(rows: &[IngestRow]) -> String {
                 r.probes.to_string(),
                 format!("{:.0}", r.baseline.obs_per_sec),
                 format!("{:.0}", r.vantaged.obs_per_sec),
-                format!("{:.3}", r.ratio()),
+                r.shown_ratio(),
                 format!(
                     "{:.2}",
                     r.baseline.server_cpu / r.baseline.acked.max(1) as f64 * 1e6
