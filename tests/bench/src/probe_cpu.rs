@@ -211,7 +211,60 @@ fn listening_port(pid: u32) -> anyhow::Result<Option<u16>> {
     Ok(None)
 }
 
+/// The Debian package that ships the reference prober.
+const BLACKBOX_PACKAGE: &str = "prometheus-blackbox-exporter";
+
+/// Install blackbox_exporter from Debian's packages if it is missing (as root, with apt-get),
+/// stopping the service the package starts; otherwise say exactly what to run.
+async fn ensure_blackbox() -> anyhow::Result<()> {
+    let present = |p: &str| std::path::Path::new(p).exists();
+    if present("/usr/bin/prometheus-blackbox-exporter") {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .await
+        .map(|o| o.stdout == b"0\n");
+    if !root.unwrap_or(false) || !present("/usr/bin/apt-get") {
+        bail!(
+            "{BLACKBOX_PACKAGE} is not installed: run `apt-get install {BLACKBOX_PACKAGE}` as root (or pass --no-blackbox)"
+        );
+    }
+    eprintln!("installing {BLACKBOX_PACKAGE} (the reference prober) from Debian's packages");
+    for args in [
+        vec!["update", "-qq"],
+        vec![
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            BLACKBOX_PACKAGE,
+        ],
+    ] {
+        let status = Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+    }
+    // The package starts its own service; this benchmark runs its own instance.
+    let _ = Command::new("service")
+        .args([BLACKBOX_PACKAGE, "stop"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    Ok(())
+}
+
 async fn blackbox(cfg: &ProbeCpuConfig, t: &Target) -> anyhow::Result<CpuRow> {
+    ensure_blackbox().await?;
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("blackbox.yml");
     std::fs::write(
