@@ -307,8 +307,8 @@ pub(crate) fn router(
     stores: &Stores,
     inventory: Arc<Inventory>,
     cancel: &CancellationToken,
-) -> Result<(tonic_health::server::HealthReporter, axum::Router), ServeError> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+) -> Result<(api::grpc::health::HealthReporter, axum::Router), ServeError> {
+    let (reporter, health_service) = api::grpc::health::health_service(cancel.clone());
     tokio::spawn(api::grpc::health::track(
         app.agg.clone(),
         reporter.clone(),
@@ -391,7 +391,7 @@ impl Server {
     pub(crate) async fn run_until(
         mut self,
         shutdown: impl Future<Output = ()>,
-        health: &tonic_health::server::HealthReporter,
+        health: &api::grpc::health::HealthReporter,
         cancel: &CancellationToken,
     ) -> Result<(), ServeError> {
         tokio::select! {
@@ -399,7 +399,7 @@ impl Server {
             () = shutdown => {}
         }
         tracing::info!("shutting down");
-        api::grpc::health::not_serving(health).await;
+        health.not_serving();
         cancel.cancel();
         let _ = self.stop.send(true);
         match tokio::time::timeout(SHUTDOWN_GRACE, self.serving).await {

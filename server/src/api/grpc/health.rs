@@ -1,14 +1,23 @@
-//! `grpc.health.v1`. Service `""` is vantaged itself: SERVING from start until shutdown begins
-//! (so Kubernetes gRPC probes and `grpc_health_probe` restart or unready vantaged only when
-//! vantaged is the problem, never because the deployment it watches is unhealthy).
-//! [`DEPLOYMENT_SERVICE`] is the watched deployment's overall health, and each section has a
-//! service of its own; those are SERVING unless at error.
+//! `grpc.health.v1`, served by vantaged itself (so its `Watch` streams end cleanly at shutdown
+//! instead of holding connections open until the grace period cuts them). Service `""` is
+//! vantaged itself: SERVING from start until shutdown begins (so Kubernetes gRPC probes and
+//! `grpc_health_probe` restart or unready vantaged only when vantaged is the problem, never
+//! because the deployment it watches is unhealthy). [`DEPLOYMENT_SERVICE`] is the watched
+//! deployment's overall health, and each section has a service of its own; those are SERVING
+//! unless at error.
 
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use vantage_proto::{Section, Severity};
 
 use crate::aggregator::Aggregator;
@@ -16,49 +25,157 @@ use crate::aggregator::Aggregator;
 /// The service that reports the deployment's overall health.
 pub const DEPLOYMENT_SERVICE: &str = "vantage.v1.Deployment";
 
-/// Every service NOT_SERVING (at shutdown, before the listener closes).
-pub async fn not_serving(reporter: &HealthReporter) {
-    for service in ["", DEPLOYMENT_SERVICE] {
-        reporter
-            .set_service_status(service, ServingStatus::NotServing)
-            .await;
+/// Every service name served, and its status.
+type Statuses = BTreeMap<String, ServingStatus>;
+
+/// The writing side: what each service's status is.
+#[derive(Clone)]
+pub struct HealthReporter {
+    statuses: Arc<watch::Sender<Statuses>>,
+}
+
+impl HealthReporter {
+    pub fn set(&self, service: &str, status: ServingStatus) {
+        self.statuses.send_if_modified(|s| {
+            if s.get(service) == Some(&status) {
+                return false;
+            }
+            s.insert(service.to_owned(), status);
+            true
+        });
     }
-    for s in Section::ALL {
-        reporter
-            .set_service_status(s.health_service_name(), ServingStatus::NotServing)
-            .await;
+
+    /// Every service NOT_SERVING (when shutdown begins, before the listener closes).
+    pub fn not_serving(&self) {
+        self.statuses.send_modify(|s| {
+            for status in s.values_mut() {
+                *status = ServingStatus::NotServing;
+            }
+        });
+    }
+}
+
+/// The reporter, and the service that serves what it reports; the service's `Watch` streams
+/// end (with `UNAVAILABLE`, "vantaged is shutting down") once `shutdown` is cancelled.
+pub fn health_service(shutdown: CancellationToken) -> (HealthReporter, HealthServer<HealthApi>) {
+    let mut initial = Statuses::new();
+    for service in [String::new(), DEPLOYMENT_SERVICE.to_owned()]
+        .into_iter()
+        .chain(Section::ALL.into_iter().map(Section::health_service_name))
+    {
+        initial.insert(service, ServingStatus::Serving);
+    }
+    let (tx, rx) = watch::channel(initial);
+    let reporter = HealthReporter {
+        statuses: Arc::new(tx),
+    };
+    (reporter, HealthServer::new(HealthApi { rx, shutdown }))
+}
+
+/// `grpc.health.v1.Health`.
+pub struct HealthApi {
+    rx: watch::Receiver<Statuses>,
+    shutdown: CancellationToken,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+fn response(status: ServingStatus) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: status as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl Health for HealthApi {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let service = &request.get_ref().service;
+        match self.rx.borrow().get(service) {
+            Some(status) => Ok(Response::new(response(*status))),
+            None => Err(Status::not_found(format!("no service named {service:?}"))),
+        }
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let service = request.into_inner().service;
+        let mut rx = self.rx.clone();
+        let shutdown = self.shutdown.clone();
+        // As the protocol says: an unknown service is SERVICE_UNKNOWN, not an error.
+        let current = |rx: &watch::Receiver<Statuses>, service: &str| {
+            rx.borrow()
+                .get(service)
+                .copied()
+                .unwrap_or(ServingStatus::ServiceUnknown)
+        };
+        let first = current(&rx, &service);
+        rx.mark_unchanged();
+        let stream = futures::stream::unfold(
+            (rx, shutdown, service, Some(first), false),
+            move |(mut rx, shutdown, service, mut next, ended)| async move {
+                if ended {
+                    return None;
+                }
+                let mut last = next;
+                loop {
+                    if let Some(status) = next.take() {
+                        let state = (rx, shutdown, service, None, false);
+                        return Some((Ok(response(status)), state));
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => {
+                            let end = Status::unavailable("vantaged is shutting down");
+                            return Some((Err(end), (rx, shutdown, service, None, true)));
+                        }
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                return None;
+                            }
+                            let status = current(&rx, &service);
+                            if Some(status) != last {
+                                last = Some(status);
+                                next = Some(status);
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
 /// Keep `grpc.health.v1` in step with the report: the deployment and one service per
-/// section, SERVING unless at error; `""` SERVING while vantaged serves. Updates are coalesced
-/// (at most one per 100 ms).
+/// section, SERVING unless at error (`""` stays SERVING while vantaged serves). Updates are
+/// coalesced (at most one per 100 ms).
 pub async fn track(agg: Aggregator, reporter: HealthReporter, cancel: CancellationToken) {
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
     let Ok(mut sub) = agg.subscribe(0, "").await else {
         return;
     };
-    loop {
-        if let Ok((report, _)) = agg.report().await {
-            let status = |sev: Severity| {
-                if sev == Severity::Error {
-                    ServingStatus::NotServing
-                } else {
-                    ServingStatus::Serving
-                }
-            };
-            reporter
-                .set_service_status(DEPLOYMENT_SERVICE, status(report.severity))
-                .await;
-            for s in Section::ALL {
-                reporter
-                    .set_service_status(s.health_service_name(), status(report.base(s).severity))
-                    .await;
-            }
+    let status = |sev: Severity| {
+        if sev == Severity::Error {
+            ServingStatus::NotServing
         } else {
+            ServingStatus::Serving
+        }
+    };
+    loop {
+        let Ok((report, _)) = agg.report().await else {
             return;
+        };
+        if cancel.is_cancelled() {
+            return;
+        }
+        reporter.set(DEPLOYMENT_SERVICE, status(report.severity));
+        for s in Section::ALL {
+            reporter.set(&s.health_service_name(), status(report.base(s).severity));
         }
         tokio::select! {
             () = cancel.cancelled() => return,
