@@ -119,10 +119,12 @@ impl Client {
             .vantages)
     }
 
-    pub async fn forget(&self, name: &str) -> Result<(), ClientError> {
+    /// Forget a stale, disconnected vantage; with `force` a live one too.
+    pub async fn forget(&self, name: &str, force: bool) -> Result<(), ClientError> {
         let mut c = self.health.clone();
         c.forget_vantage(self.request(pb::ForgetVantageRequest {
             name: name.to_owned(),
+            force,
         }))
         .await?;
         Ok(())

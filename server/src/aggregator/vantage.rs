@@ -77,6 +77,10 @@ pub(super) struct Vantage {
     pub(super) labels: BTreeMap<String, String>,
     pub(super) instance_id: String,
     pub(super) session: Option<(u64, SessionTx)>,
+    /// The peer address of its current session (empty for the own vantage and remote ones).
+    pub(super) peer: String,
+    /// When it last ran a forced run (force is coalesced per vantage).
+    pub(super) forced_at: Option<Instant>,
     pub(super) last_seen: Instant,
     pub(super) last_seen_at: Option<DateTime<Utc>>,
     pub(super) stale_since: Option<DateTime<Utc>>,
@@ -100,6 +104,8 @@ impl Vantage {
             labels: BTreeMap::new(),
             instance_id: String::new(),
             session: None,
+            peer: String::new(),
+            forced_at: None,
             last_seen: Instant::now(),
             last_seen_at: None,
             stale_since: None,

@@ -60,16 +60,18 @@ pub fn dismissed_names(dismissed: &[Section]) -> Vec<String> {
 }
 
 impl App {
-    /// Ask every connected vantage to run now; wait (bounded) until all have reported.
-    pub async fn force(&self) -> Result<(), ForceError> {
-        let mut pending = self.agg.force().await.map_err(|_| ForceError::Stopped)?;
+    /// Ask every connected vantage to run now; wait (bounded) until all have reported, except
+    /// those that did not answer the previous forced run: their names are returned.
+    pub async fn force(&self) -> Result<Vec<String>, ForceError> {
+        let started = self.agg.force().await.map_err(|_| ForceError::Stopped)?;
+        let mut pending = started.pending;
         let done = tokio::time::timeout(self.force_timeout, async {
             // An error means the run's sender is gone (the server stops): nothing to wait for.
             let _ = pending.wait_for(BTreeSet::is_empty).await;
         })
         .await;
         match done {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(started.silent),
             Err(_) => Err(ForceError::TimedOut(pending.borrow().clone())),
         }
     }

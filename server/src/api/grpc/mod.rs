@@ -7,6 +7,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 use vantage_proto::{Section, pb};
 
+use crate::aggregator::ForgetOutcome;
 use crate::api::{App, ForceError};
 use watch::{Filter, watch_stream};
 
@@ -26,7 +27,14 @@ impl pb::health_service_server::HealthService for HealthApi {
     ) -> Result<Response<pb::Report>, Status> {
         if request.get_ref().force {
             match self.app.force().await {
-                Ok(()) => {}
+                Ok(silent) => {
+                    if !silent.is_empty() {
+                        tracing::info!(
+                            ?silent,
+                            "forced report: not waited for vantages that did not answer the previous forced run"
+                        );
+                    }
+                }
                 Err(ForceError::Stopped) => {
                     return Err(Status::unavailable("the server is shutting down"));
                 }
@@ -100,7 +108,20 @@ impl pb::health_service_server::HealthService for HealthApi {
         &self,
         request: Request<pb::ForgetVantageRequest>,
     ) -> Result<Response<pb::ForgetVantageResponse>, Status> {
-        let name = request.into_inner().name;
+        let req = request.into_inner();
+        let name = req.name;
+        match self.app.agg.forget(name.clone(), req.force).await? {
+            ForgetOutcome::Forgotten => {}
+            ForgetOutcome::NotFound => {
+                return Err(Status::not_found(format!("no vantage named {name:?}")));
+            }
+            ForgetOutcome::Live { connected } => {
+                return Err(Status::failed_precondition(format!(
+                    "vantage {name:?} is {}: only a stale, disconnected vantage is forgotten (force: true forgets it anyway and closes its stream)",
+                    if connected { "connected" } else { "fresh" }
+                )));
+            }
+        }
         if self.app.store.is_durable() {
             self.app
                 .store
@@ -111,11 +132,7 @@ impl pb::health_service_server::HealthService for HealthApi {
                     Status::unavailable("the vantage could not be forgotten in the store")
                 })?;
         }
-        if self.app.agg.forget(name.clone()).await? {
-            Ok(Response::new(pb::ForgetVantageResponse {}))
-        } else {
-            Err(Status::not_found(format!("no vantage named {name:?}")))
-        }
+        Ok(Response::new(pb::ForgetVantageResponse {}))
     }
 }
 fn settings_pb(dismissed: &[Section]) -> pb::Settings {
