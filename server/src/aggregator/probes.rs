@@ -355,7 +355,11 @@ impl State {
             if v.forced_at
                 .is_some_and(|t| now.saturating_duration_since(t) < FORCE_COALESCE)
             {
+                // Ran one moments ago: not asked again (still silent if it did not answer).
                 self.stats.guard.force_coalesced += 1;
+                if unanswered.contains(&v.name) {
+                    silent.push(v.name.clone());
+                }
                 continue;
             }
             let msg = pb::ServerMessage {
@@ -370,6 +374,7 @@ impl State {
                 }
             }
         }
+        tracing::debug!(request_id, ?pending, ?silent, "forced run");
         let (tx, rx) = watch::channel(pending);
         self.force = Some(ForceRun {
             pending: tx,

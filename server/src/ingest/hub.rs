@@ -99,9 +99,7 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
         &self,
         request: Request<Streaming<pb::ProbeMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let peer = peer_of(&request);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
@@ -251,6 +249,16 @@ async fn session(
             return "the server is shutting down".into();
         }
     }
+}
+
+/// The peer address of a request: axum's connection info (the shared listener), else tonic's.
+fn peer_of<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| request.remote_addr())
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
 }
 
 /// Maximum wait to queue the status a stream ends with.

@@ -27,14 +27,7 @@ impl pb::health_service_server::HealthService for HealthApi {
     ) -> Result<Response<pb::Report>, Status> {
         if request.get_ref().force {
             match self.app.force().await {
-                Ok(silent) => {
-                    if !silent.is_empty() {
-                        tracing::info!(
-                            ?silent,
-                            "forced report: not waited for vantages that did not answer the previous forced run"
-                        );
-                    }
-                }
+                Ok(()) => {}
                 Err(ForceError::Stopped) => {
                     return Err(Status::unavailable("the server is shutting down"));
                 }

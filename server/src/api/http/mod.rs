@@ -92,7 +92,7 @@ async fn health(State(app): State<App>, Query(q): Query<HashMap<String, String>>
     };
     if force {
         match app.force().await {
-            Ok(_silent) => {}
+            Ok(()) => {}
             Err(ForceError::Stopped) => return unavailable(),
             Err(ForceError::TimedOut(names)) => {
                 return api_error(
