@@ -290,8 +290,11 @@ impl State {
             };
             let (limit, per_check) = if remote {
                 (MAX_REMOTE_OBSERVATIONS, MAX_REMOTE_OBSERVATIONS)
-            } else {
+            } else if section == Section::Derp {
                 (MAX_REMOTE_OBSERVATIONS, MAX_TARGETS_PER_CHECK)
+            } else {
+                // One target per check (its URL, the database, the proxy).
+                (MAX_REMOTE_OBSERVATIONS, 1)
             };
             if !v.observations.put(obs, limit, per_check) {
                 // A check has at most so many targets (DERP nodes of a region).

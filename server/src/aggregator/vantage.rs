@@ -42,6 +42,13 @@ impl Latest {
                 *slot = obs;
                 return true;
             }
+            if per_check == 1 && targets.len() == 1 {
+                // A check of one target (all but DERP regions): its latest target replaces
+                // the previous one, so a probe cannot grow it by naming new targets.
+                targets.clear();
+                targets.insert(obs.target.clone(), obs);
+                return true;
+            }
             if targets.len() >= per_check || self.len >= limit {
                 return false;
             }

@@ -251,3 +251,25 @@ async fn force_is_coalesced_and_a_silent_vantage_holds_nobody_twice() {
     assert!(run_nows(&mut good.rx).is_empty() && run_nows(&mut silent.rx).is_empty());
     assert_eq!(agg.stats().guard.force_coalesced, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_cannot_grow_a_one_target_check_by_naming_new_targets() {
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
+    let p = attach(&agg, "fra-1", "a", 0).await;
+    let many = (1..=300)
+        .map(|seq| pb::Observation {
+            target: format!("http://target-{seq}"),
+            ..obs(seq, 200)
+        })
+        .collect();
+    ingest(&agg, &p, many).await;
+    let kept: Vec<_> = agg
+        .targets()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.vantage == "fra-1")
+        .collect();
+    assert_eq!(kept.len(), 1, "only the latest target is kept");
+    assert_eq!(kept[0].target, "http://target-300");
+}

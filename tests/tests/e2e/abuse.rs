@@ -631,3 +631,74 @@ async fn proxy_urls_to_metadata_or_with_credentials_are_refused() {
         .await
         .expect("allowed by allowed_proxy_networks");
 }
+
+#[tokio::test]
+async fn oversized_bodies_are_not_kept() {
+    let server = Server::start(&["--interval", "1h"]).await;
+    let before = rss_bytes(server.pid());
+    let mut held = Vec::new();
+    for i in 0..60 {
+        let mut raw = attach(&server.url, vec![hello(&format!("fat-{i}"), "i")]).await;
+        let welcome = raw.welcome().await;
+        let check = welcome
+            .assignment
+            .unwrap()
+            .checks
+            .into_iter()
+            .find(|c| c.section == pb::Section::AccessUrl as i32)
+            .unwrap();
+        let fat = pb::Observation {
+            seq: 1,
+            check_id: check.id,
+            section: pb::Section::AccessUrl as i32,
+            target: server.url.clone(),
+            result: Some(pb::observation::Result::AccessUrl(pb::AccessUrlResult {
+                reachable: true,
+                status_code: 200,
+                healthz_response: "x".repeat(900_000),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        raw.up
+            .send(pb::ProbeMessage {
+                msg: Some(Up::Observations(pb::ObservationBatch {
+                    observations: vec![fat],
+                })),
+            })
+            .await
+            .unwrap();
+        held.push(raw);
+    }
+    eventually(WAIT, "every fat body to be rejected", || async {
+        let m = metrics(&server).await;
+        (metric(
+            &m,
+            "vantage_observations_rejected_total{reason=\"body_size\"}",
+        ) == 60.0)
+            .then_some(())
+    })
+    .await;
+    let after = rss_bytes(server.pid());
+    let report = reqwest::get(format!("{}/api/v2/debug/health", server.url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    println!(
+        "60 vantages with 900 kB bodies: RSS {} -> {} MiB, report {} KiB",
+        before >> 20,
+        after >> 20,
+        report.len() >> 10
+    );
+    assert!(report.len() < 1 << 20, "report {} bytes", report.len());
+    // Nothing is kept; what remains is each open stream's decode buffer (up to one 1 MiB
+    // message each) — 243 MB before the server enforced the body cap.
+    assert!(
+        after.saturating_sub(before) < 100 << 20,
+        "RSS grew by {} MiB",
+        (after - before) >> 20
+    );
+    drop(held);
+}
