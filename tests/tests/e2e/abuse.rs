@@ -702,3 +702,38 @@ async fn oversized_bodies_are_not_kept() {
     );
     drop(held);
 }
+
+#[tokio::test]
+async fn big_echo_messages_do_not_grow_memory() {
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(&["--interval", "1h"]).await;
+    let ws_url = format!("ws://127.0.0.1:{}/api/v2/debug/ws", server.port);
+    let before = rss_bytes(server.pid());
+    let closes = futures::future::join_all((0..16).map(|_| {
+        let ws_url = ws_url.clone();
+        async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+            let _ = tokio::time::timeout(WAIT, ws.send(Message::binary(vec![7u8; 4 << 20]))).await;
+            match tokio::time::timeout(WAIT, ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(frame))))) => Some(u16::from(frame.code)),
+                _ => None,
+            }
+        }
+    }))
+    .await;
+    let after = rss_bytes(server.pid());
+    println!(
+        "16 echo sockets sending 4 MiB messages: RSS {} -> {} MiB, closes {closes:?}",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        closes.iter().all(|c| *c == Some(1009)),
+        "closed as too big: {closes:?}"
+    );
+    assert!(
+        after.saturating_sub(before) < 32 << 20,
+        "RSS grew by {} MiB",
+        (after - before) >> 20
+    );
+}
