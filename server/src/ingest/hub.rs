@@ -200,26 +200,9 @@ async fn session(
         };
         let cmd = match msg.msg {
             Some(Up::Observations(batch)) => {
-                if batch.observations.len() > MAX_BATCH {
-                    let status = Status::resource_exhausted(format!(
-                        "observations: {} in one message, at most {MAX_BATCH}",
-                        batch.observations.len()
-                    ));
+                if let Err((status, reason)) = check_batch(&batch) {
                     end_with(tx, status).await;
-                    return "oversized batch".into();
-                }
-                if let Some(bad) = batch
-                    .observations
-                    .iter()
-                    .find(|o| o.seq == 0 || o.result.is_none())
-                {
-                    let _ = tx.try_send(Err(Status::invalid_argument(format!(
-                        "observation {:?}: seq must be >= 1 and a result is required (seq {}, result {})",
-                        bad.check_id,
-                        bad.seq,
-                        if bad.result.is_some() { "present" } else { "missing" }
-                    ))));
-                    return "invalid observation".into();
+                    return reason.into();
                 }
                 ProbeCommand::Ingest {
                     name: name.to_owned(),
@@ -259,6 +242,36 @@ fn peer_of<T>(request: &Request<T>) -> String {
         .map(|c| c.0)
         .or_else(|| request.remote_addr())
         .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+}
+
+/// A batch the hub forwards: at most [`MAX_BATCH`] observations, each numbered and with a
+/// result; otherwise the status the stream ends with and the reason logged.
+fn check_batch(batch: &pb::ObservationBatch) -> Result<(), (Status, &'static str)> {
+    if batch.observations.len() > MAX_BATCH {
+        let status = Status::resource_exhausted(format!(
+            "observations: {} in one message, at most {MAX_BATCH}",
+            batch.observations.len()
+        ));
+        return Err((status, "oversized batch"));
+    }
+    if let Some(bad) = batch
+        .observations
+        .iter()
+        .find(|o| o.seq == 0 || o.result.is_none())
+    {
+        let status = Status::invalid_argument(format!(
+            "observation {:?}: seq must be >= 1 and a result is required (seq {}, result {})",
+            bad.check_id,
+            bad.seq,
+            if bad.result.is_some() {
+                "present"
+            } else {
+                "missing"
+            }
+        ));
+        return Err((status, "invalid observation"));
+    }
+    Ok(())
 }
 
 /// Maximum wait to queue the status a stream ends with.
