@@ -310,6 +310,20 @@ mod tests {
     }
 
     #[test]
+    fn decode_errors_become_client_errors() {
+        let big = inbound_error(Status::out_of_range("decoded message length too large"));
+        assert_eq!(big.code(), tonic::Code::ResourceExhausted);
+        let utf8 = inbound_error(Status::internal(
+            "failed to decode Protobuf message: Hello.name: invalid string value: data is not UTF-8 encoded",
+        ));
+        assert_eq!(utf8.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            inbound_error(Status::cancelled("gone")).code(),
+            tonic::Code::Cancelled
+        );
+    }
+
+    #[test]
     fn hello_validation_names_the_field() {
         assert!(validate_hello(&hello("fra-1")).is_ok());
         for (h, field) in [
