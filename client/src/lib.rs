@@ -16,6 +16,10 @@ use vantage_proto::transport::{self, Bearer, KeepAlive};
 pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// Largest message the client decodes: the bound on the report and the vantage list
+/// (docs/behaviour.md, "Security and bad input": `max_vantages` × what one vantage adds).
+pub const MAX_DECODE: usize = 256 << 20;
+
 /// Why a call failed: could not connect (exit 3) or the server said no.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -67,8 +71,9 @@ impl Client {
             .map(|t| Bearer::new(t).map_err(|_| ClientError::Token))
             .transpose()?;
         Ok(Client {
-            registry: pb::registry_service_client::RegistryServiceClient::new(channel.clone()),
-            health: HealthServiceClient::new(channel),
+            registry: pb::registry_service_client::RegistryServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_DECODE),
+            health: HealthServiceClient::new(channel).max_decoding_message_size(MAX_DECODE),
             token,
             url: url.to_owned(),
         })
@@ -119,10 +124,12 @@ impl Client {
             .vantages)
     }
 
-    pub async fn forget(&self, name: &str) -> Result<(), ClientError> {
+    /// Forget a stale, disconnected vantage; with `force` a live one too.
+    pub async fn forget(&self, name: &str, force: bool) -> Result<(), ClientError> {
         let mut c = self.health.clone();
         c.forget_vantage(self.request(pb::ForgetVantageRequest {
             name: name.to_owned(),
+            force,
         }))
         .await?;
         Ok(())

@@ -120,8 +120,13 @@ enum ProvisionerAction {
 
 #[derive(Debug, Subcommand)]
 enum VantagesAction {
-    /// Forget a (decommissioned) vantage at once.
-    Forget { name: String },
+    /// Forget a (decommissioned) vantage: only a stale, disconnected one unless `--force`.
+    Forget {
+        name: String,
+        /// Forget it even while connected or fresh (closes its stream).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,8 +224,8 @@ async fn run_connected(client: &Client, command: Command) -> ExitCode {
         Command::Report { json, force } => report(client, json, force).await,
         Command::Vantages { action: None } => vantages(client).await,
         Command::Vantages {
-            action: Some(VantagesAction::Forget { name }),
-        } => forget(client, &name).await,
+            action: Some(VantagesAction::Forget { name, force }),
+        } => forget(client, &name, force).await,
         Command::Settings { action } => settings(client, action).await,
         Command::Provisioner { action } => provisioner(client, action).await,
         Command::Watch { .. } | Command::Netcheck { .. } => ExitCode::SUCCESS,
@@ -322,9 +327,9 @@ async fn vantages(client: &Client) -> ExitCode {
     }
 }
 
-/// `vantage vantages forget NAME`.
-async fn forget(client: &Client, name: &str) -> ExitCode {
-    match client.forget(name).await {
+/// `vantage vantages forget NAME [--force]`.
+async fn forget(client: &Client, name: &str, force: bool) -> ExitCode {
+    match client.forget(name, force).await {
         Ok(()) => {
             out(&format!("forgot {name}\n"));
             ExitCode::SUCCESS

@@ -221,6 +221,9 @@ pub async fn run(
         let attempt = session.attempt(&mut backoff, &mut shutdown);
         match attempt.await {
             Ended::Shutdown => return,
+            Ended::Lost(AttemptError::Attach(status)) if refused(&status) => {
+                tracing::error!(code = ?status.code(), reason = %status.message(), server = %session.cfg.server, "the server refused this probe; retrying with backoff");
+            }
             Ended::Lost(e) => {
                 tracing::warn!(error = %e, server = %session.cfg.server, buffered = session.buffer.len(), "session lost; reconnecting");
             }
@@ -235,6 +238,21 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Whether the server refused the session for what it is (its name, its input, its token),
+/// rather than lost it: logged at error level.
+fn refused(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::AlreadyExists
+            | Code::ResourceExhausted
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    )
 }
 
 impl Session {

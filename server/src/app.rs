@@ -42,6 +42,8 @@ pub(crate) fn refuse_unauthenticated(config: &Config, addr: SocketAddr) -> Resul
 /// What the checks target: the access URL and the effective DERP map.
 pub(crate) struct Targets {
     access_url: String,
+    /// The listen URL.
+    base: String,
     map: DerpMap,
     derp_regions: Vec<DerpRegion>,
 }
@@ -65,6 +67,7 @@ impl Targets {
         let derp_regions = map.regions.values().map(DerpRegion::from_map).collect();
         Ok(Targets {
             access_url,
+            base: base.to_owned(),
             map,
             derp_regions,
         })
@@ -118,6 +121,7 @@ impl Stores {
                 None,
             ),
         };
+        let registry = registry.allow_proxy_networks(config.allowed_proxy_networks.clone());
         let proxies = config.workspace_proxies.clone();
         registry
             .configure_proxies(proxies)
@@ -141,6 +145,9 @@ impl Stores {
         self.durable.as_ref().map(|d| d.writer.clone())
     }
 }
+
+/// The probes' heartbeat interval (their assignment says it).
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn start_aggregator(
     config: &Config,
@@ -168,6 +175,10 @@ pub(crate) async fn start_aggregator(
         derp_has_nodes: targets.map.has_derp_nodes(),
         epoch: stores.durable.as_ref().map(|d| d.epoch.clone()),
         dedicated_thread: true,
+        max_vantages: config.max_vantages,
+        // The heartbeat interval (5 s) and half of it again for a late heartbeat.
+        holder_silence: HEARTBEAT * 3 / 2,
+        force_join: config.force_timeout,
     };
     let dismissed = stores.store.load_dismissed().await?;
     let durable = stores.durable.as_ref().map(|d| DurableParts {
@@ -239,7 +250,7 @@ pub(crate) fn follow_inventory(
         access_url: targets.access_url.clone(),
         interval: config.interval,
         database_threshold: config.database_threshold,
-        heartbeat: Duration::from_secs(5),
+        heartbeat: HEARTBEAT,
         derp_regions: targets.derp_regions.clone(),
         derp_node_timeout: config.derp_node_timeout,
         derp_all_vantages: config.derp_all_vantages,
@@ -343,7 +354,8 @@ pub(crate) fn router(
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha)
     .into_axum_router();
-    let mut router = api::http::router(app.clone())
+    let served = api::http::guard::Served::new(&[&targets.base, &targets.access_url]);
+    let mut router = api::http::router(app.clone(), served)
         .merge(api::grpc::watch_codec::router(app))
         .merge(grpc)
         .merge(api::http::derp_map_router(Arc::new(targets.map.to_json())));
@@ -352,6 +364,8 @@ pub(crate) fn router(
             vantage_derp::Relay::new(),
         )));
     }
+    // Unknown paths: 404 (gRPC requests: UNIMPLEMENTED), not tonic's gRPC answer to all.
+    let router = router.fallback(api::http::guard::not_found);
     Ok((reporter, router))
 }
 

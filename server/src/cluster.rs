@@ -213,7 +213,7 @@ impl Follower {
 /// Store the vantages attached to this replica (region, version, last seen), so other
 /// replicas list them as fresh.
 async fn publish_vantages(store: &dyn Store, agg: &Aggregator) {
-    let Ok(list) = agg.vantages().await else {
+    let Ok(list) = agg.vantages_internal().await else {
         return;
     };
     let records: Vec<VantageRecord> = list

@@ -115,9 +115,51 @@ impl Probe {
         }
     }
 
+    /// Like [`Probe::start`], its log (stderr) written to `log`.
+    pub fn start_logged(server: &str, name: &str, region: &str, log: &std::path::Path) -> Probe {
+        let file = std::fs::File::create(log).unwrap();
+        let child = Command::new(bin("vantage-probe"))
+            .args(["--server", server, "--name", name, "--region", region])
+            .env("VANTAGE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Probe {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// A process's resident memory in bytes (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The value of one sample line of a Prometheus text body (`name{labels}`), 0 when absent.
+pub fn metric(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 /// The vantage entry named `name` in a report.

@@ -294,7 +294,25 @@ struct Validation {
     detail: String,
 }
 
-/// The multi-line error for a non-200 answer (shown where newlines are respected).
+/// Most bytes of one piece of a proxy's error body copied into the report.
+const MAX_ERROR_TEXT: usize = 256;
+/// Most validations of a proxy's error body copied into the report.
+const MAX_VALIDATIONS: usize = 8;
+
+/// At most [`MAX_ERROR_TEXT`] bytes of `s` (cut on a character boundary, marked with `…`).
+fn cut(s: &str) -> String {
+    if s.len() <= MAX_ERROR_TEXT {
+        return s.to_owned();
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The multi-line error for a non-200 answer (shown where newlines are respected). What the
+/// proxy sent is cut to a few hundred bytes per piece.
 fn status_error(status: u16, req_url: &str, body: &Result<Vec<u8>, BodyError>) -> String {
     let mut out = format!(
         "unexpected status code {status}. \nEncountered error, send a request to {req_url:?} from the host of the vantage that reported this, to debug this issue."
@@ -308,19 +326,22 @@ fn status_error(status: u16, req_url: &str, body: &Result<Vec<u8>, BodyError>) -
     };
     match serde_json::from_slice::<ApiError>(bytes) {
         Ok(api) => {
+            let (message, detail) = (cut(&api.message), cut(&api.detail));
             out.push_str(&format!(
-                "\nError Message: {}\nError Detail: {}",
-                api.message, api.detail
+                "\nError Message: {message}\nError Detail: {detail}"
             ));
-            for v in &api.validations {
-                out.push_str(&format!("\n\tValidation: {}={}", v.field, v.detail));
+            for v in api.validations.iter().take(MAX_VALIDATIONS) {
+                out.push_str(&format!(
+                    "\n\tValidation: {}={}",
+                    cut(&v.field),
+                    cut(&v.detail)
+                ));
             }
             out.push_str(&format!(
-                "\nError: unexpected status code {status}: {}",
-                api.message
+                "\nError: unexpected status code {status}: {message}"
             ));
             if !api.detail.is_empty() {
-                out.push_str(&format!("\n\tError: {}", api.detail));
+                out.push_str(&format!("\n\tError: {detail}"));
             }
         }
         Err(_) => {
@@ -331,14 +352,9 @@ fn status_error(status: u16, req_url: &str, body: &Result<Vec<u8>, BodyError>) -
                     "\nError: unexpected status code {status}: empty body"
                 ));
             } else {
-                let snippet: String = text.chars().take(512).collect();
-                let cut = if snippet.len() < text.len() {
-                    "…"
-                } else {
-                    ""
-                };
                 out.push_str(&format!(
-                    "\nError: unexpected status code {status}: {snippet}{cut}"
+                    "\nError: unexpected status code {status}: {}",
+                    cut(text)
                 ));
             }
         }
@@ -531,6 +547,20 @@ mod tests {
         let e = &r.errors[0];
         assert!(e.starts_with("unexpected status code 404. \n"), "{e}");
         assert!(!e.contains("Error Message:"), "{e}");
+    }
+
+    #[test]
+    fn error_bodies_are_cut_to_a_few_hundred_bytes() {
+        let long = "é".repeat(10_000);
+        let api = format!(
+            "{{\"message\":\"{long}\",\"detail\":\"{long}\",\"validations\":[{}]}}",
+            vec![format!("{{\"field\":\"f\",\"detail\":\"{long}\"}}"); 100].join(",")
+        );
+        for body in [api.into_bytes(), long.clone().into_bytes()] {
+            let e = status_error(502, "http://p/healthz-report", &Ok(body));
+            assert!(e.len() < 6 * 1024, "{} bytes", e.len());
+            assert!(e.contains('…'), "the cut is marked");
+        }
     }
 
     #[tokio::test]

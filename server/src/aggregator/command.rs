@@ -2,10 +2,9 @@
 //! server's own vantage), the report surfaces' reads, operators' and server components'
 //! changes, and what the store tells of other replicas.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use vantage_probe::rules::SectionReport;
 use vantage_probe::rules::workspace_proxy::ProxyInput;
@@ -46,7 +45,9 @@ pub enum ProbeCommand {
     Attach {
         hello: pb::Hello,
         session: SessionTx,
-        reply: oneshot::Sender<Attached>,
+        /// The session's peer address, named in a refusal of another session.
+        peer: String,
+        reply: oneshot::Sender<Result<Attached, super::guard::Refusal>>,
     },
     Detach {
         name: String,
@@ -86,7 +87,10 @@ pub enum Query {
     Settings {
         reply: oneshot::Sender<SettingsUpdate>,
     },
+    /// With `internal`, instance ids are kept (the cluster publishes them); readers get them
+    /// blank.
     Vantages {
+        internal: bool,
         reply: oneshot::Sender<Vec<pb::Vantage>>,
     },
     /// The latest check of every target of every fresh vantage, for `/metrics`.
@@ -98,16 +102,19 @@ pub enum Query {
 /// Changes by an operator (settings, forget, force) or by a server-side component.
 pub enum AdminCommand {
     Force {
-        reply: oneshot::Sender<watch::Receiver<BTreeSet<String>>>,
+        reply: oneshot::Sender<super::ForceStarted>,
     },
     /// Dismiss exactly these sections (already persisted).
     Dismiss {
         dismissed: Vec<Section>,
         reply: oneshot::Sender<SettingsUpdate>,
     },
+    /// Forget a vantage; a live (fresh or connected) one only with `force`, which also
+    /// closes its stream.
     Forget {
         name: String,
-        reply: oneshot::Sender<bool>,
+        force: bool,
+        reply: oneshot::Sender<super::ForgetOutcome>,
     },
     /// Replace what a server-computed section shows (provisioner daemons).
     ServerSection { report: SectionReport },

@@ -19,6 +19,7 @@ mod alert;
 mod command;
 mod durable;
 mod events;
+mod guard;
 mod probes;
 mod replication;
 mod report;
@@ -31,6 +32,9 @@ pub use command::{
 };
 pub use durable::DurableParts;
 pub use events::{PROVISIONAL_EPOCH_PREFIX, SharedEvent, Subscription, is_provisional};
+pub use guard::{
+    GuardStats, MAX_BODY, MAX_ELAPSED, MAX_FUTURE_SKEW, MAX_OBSERVATION, Refusal, SEQ_WINDOW,
+};
 pub use report::TargetFigure;
 use state::State;
 
@@ -40,6 +44,39 @@ pub const COMMAND_CAPACITY: usize = 4096;
 const MAX_REMOTE_OBSERVATIONS: usize = 1024;
 /// Most targets one check may report (the nodes of a DERP region).
 pub const MAX_TARGETS_PER_CHECK: usize = 256;
+/// Most vantages kept by default (`max_vantages`).
+pub const DEFAULT_MAX_VANTAGES: usize = 10_000;
+/// A vantage that ran a forced run this recently is not asked again (force is coalesced).
+pub const FORCE_COALESCE: Duration = Duration::from_secs(5);
+
+/// A forced run as started: the names still running, and those not waited for because they
+/// did not answer the previous forced run (they are asked again all the same).
+#[derive(Debug, Clone)]
+pub struct ForceStarted {
+    pub pending: watch::Receiver<BTreeSet<String>>,
+    pub silent: Vec<String>,
+}
+
+/// What a forget did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForgetOutcome {
+    Forgotten,
+    NotFound,
+    /// Refused: the vantage is connected or fresh (forget it with `force`).
+    Live {
+        connected: bool,
+    },
+}
+
+/// Why an attach did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
 /// Capacity of the event broadcast; a subscriber further behind is told to resync.
 pub const EVENT_CAPACITY: usize = 4096;
 
@@ -65,6 +102,14 @@ pub struct AggregatorConfig {
     /// The revision epoch: shared by the replicas of one database; `None`: a random one (an
     /// in-memory server's revisions mean nothing after it restarts).
     pub epoch: Option<String>,
+    /// Most vantages kept; a hello of a new name beyond it is refused.
+    pub max_vantages: usize,
+    /// A session silent this long (its heartbeat interval and a margin) no longer holds its
+    /// name against a new session.
+    pub holder_silence: Duration,
+    /// A force joins the run in flight only while it is younger than this (the force
+    /// timeout); after that the run's silent vantages are no longer waited for.
+    pub force_join: Duration,
 }
 
 /// Figures the aggregator keeps about itself, for `/metrics`.
@@ -79,6 +124,8 @@ pub struct Stats {
     pub revision: u64,
     /// Batches refused because the write queue was full (not applied, not acknowledged).
     pub backpressure: u64,
+    /// Refusals and rejections by reason.
+    pub guard: GuardStats,
 }
 
 /// A cheap, clonable handle to the aggregator task.
@@ -147,6 +194,7 @@ impl Aggregator {
             force: None,
             stats: Stats::default(),
             stats_tx,
+            refusal_log: guard::LogLimit::default(),
         };
         if state.config.dedicated_thread {
             // A single-threaded runtime of its own; its timers and I/O are this thread's.
@@ -176,13 +224,29 @@ impl Aggregator {
         rx.await.map_err(|_| Stopped)
     }
 
-    pub async fn attach(&self, hello: pb::Hello, session: SessionTx) -> Result<Attached, Stopped> {
-        self.ask(|reply| ProbeCommand::Attach {
-            hello,
-            session,
-            reply,
-        })
-        .await
+    pub async fn attach(
+        &self,
+        hello: pb::Hello,
+        session: SessionTx,
+    ) -> Result<Attached, AttachError> {
+        self.attach_from(hello, session, String::new()).await
+    }
+
+    /// Attach a session from `peer` (named when another session for its name is refused).
+    pub async fn attach_from(
+        &self,
+        hello: pb::Hello,
+        session: SessionTx,
+        peer: String,
+    ) -> Result<Attached, AttachError> {
+        Ok(self
+            .ask(|reply| ProbeCommand::Attach {
+                hello,
+                session,
+                peer,
+                reply,
+            })
+            .await??)
     }
 
     pub async fn report(&self) -> Result<(Arc<HealthReport>, Arc<pb::Report>), Stopped> {
@@ -215,16 +279,33 @@ impl Aggregator {
         self.ask(|reply| Query::Targets { reply }).await
     }
 
+    /// The vantages as readers see them (instance ids blank).
     pub async fn vantages(&self) -> Result<Vec<pb::Vantage>, Stopped> {
-        self.ask(|reply| Query::Vantages { reply }).await
+        self.ask(|reply| Query::Vantages {
+            internal: false,
+            reply,
+        })
+        .await
     }
 
-    pub async fn forget(&self, name: String) -> Result<bool, Stopped> {
-        self.ask(|reply| AdminCommand::Forget { name, reply }).await
+    /// The vantages with their instance ids (what the cluster publishes).
+    pub async fn vantages_internal(&self) -> Result<Vec<pb::Vantage>, Stopped> {
+        self.ask(|reply| Query::Vantages {
+            internal: true,
+            reply,
+        })
+        .await
     }
 
-    /// Ask every connected vantage to run now; the receiver holds the names still running.
-    pub async fn force(&self) -> Result<watch::Receiver<BTreeSet<String>>, Stopped> {
+    /// Forget a stale, disconnected vantage; with `force` a live one too (closing its stream).
+    pub async fn forget(&self, name: String, force: bool) -> Result<ForgetOutcome, Stopped> {
+        self.ask(|reply| AdminCommand::Forget { name, force, reply })
+            .await
+    }
+
+    /// Ask every connected vantage to run now (coalesced per vantage); the receiver holds
+    /// the names still running.
+    pub async fn force(&self) -> Result<ForceStarted, Stopped> {
         self.ask(|reply| AdminCommand::Force { reply }).await
     }
 

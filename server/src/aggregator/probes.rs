@@ -11,16 +11,69 @@ use vantage_proto::pb::server_message::Msg as Down;
 use vantage_proto::report::VantageChange;
 use vantage_proto::{Section, pb};
 
+use super::guard::{Refusal, observation_fault};
 use super::state::{Cause, ForceRun, State};
 use super::vantage::{SeqStats, Vantage};
-use super::{Attached, MAX_REMOTE_OBSERVATIONS, MAX_TARGETS_PER_CHECK, SessionTx, ack};
+use super::{
+    Attached, FORCE_COALESCE, ForceStarted, ForgetOutcome, MAX_REMOTE_OBSERVATIONS,
+    MAX_TARGETS_PER_CHECK, SessionTx, ack,
+};
 use crate::store::NewObservation;
 
 /// How long a refusal may wait for room on a full session queue.
 const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl State {
-    pub(super) fn attach(&mut self, hello: pb::Hello, session: SessionTx) -> Attached {
+    /// Whether a hello for `name` may attach: not while a live session holds the name (its
+    /// stream open and heard from within `holder_silence`), and not as a new vantage beyond
+    /// `max_vantages`. Refusals are counted, and logged at most once a minute per name.
+    fn admit(&mut self, name: &str) -> Result<(), Refusal> {
+        let refusal = match self.vantages.get(name) {
+            Some(v) => {
+                let silent = Instant::now().saturating_duration_since(v.last_seen);
+                match &v.session {
+                    Some((_, tx)) if !tx.is_closed() && silent <= self.config.holder_silence => {
+                        self.stats.guard.refused_held += 1;
+                        Refusal::Held {
+                            name: name.to_owned(),
+                            region: v.region.clone(),
+                            peer: if v.peer.is_empty() {
+                                "in-process".to_owned()
+                            } else {
+                                v.peer.clone()
+                            },
+                            silence: self.config.holder_silence,
+                        }
+                    }
+                    _ => return Ok(()),
+                }
+            }
+            None if self.vantages.len() >= self.config.max_vantages => {
+                self.stats.guard.refused_full += 1;
+                Refusal::Full {
+                    name: name.to_owned(),
+                    max: self.config.max_vantages,
+                }
+            }
+            None => return Ok(()),
+        };
+        let key = match refusal {
+            Refusal::Held { .. } => name,
+            Refusal::Full { .. } => "",
+        };
+        if self.refusal_log.allow(key) {
+            tracing::warn!(vantage = %name, error = %refusal, "attach refused (logged once a minute per name)");
+        }
+        Err(refusal)
+    }
+
+    pub(super) fn attach(
+        &mut self,
+        hello: pb::Hello,
+        session: SessionTx,
+        peer: String,
+    ) -> Result<Attached, Refusal> {
+        self.admit(&hello.name)?;
         let session_id = self.next_session;
         self.next_session += 1;
         let name = hello.name.clone();
@@ -41,6 +94,7 @@ impl State {
         v.region = hello.region;
         v.version = hello.version;
         v.labels = hello.labels.into_iter().collect();
+        v.peer = peer;
         if let Some((_, old)) = v.session.replace((session_id, session)) {
             tracing::warn!(vantage = %name, "a new session replaces the previous one");
             let _ = old.try_send(Err(Status::aborted(
@@ -65,10 +119,34 @@ impl State {
         self.vantage_event(&name, VantageChange::Attached, Cause::Here);
         self.seen(&name, Cause::Here);
         self.bump();
-        Attached {
+        Ok(Attached {
             session_id,
             applied_seq,
+        })
+    }
+
+    /// Forget `name`: only a stale, disconnected vantage unless `force`, which also closes
+    /// its stream.
+    pub(super) fn forget(&mut self, name: &str, force: bool) -> ForgetOutcome {
+        let Some(v) = self.vantages.get(name) else {
+            return ForgetOutcome::NotFound;
+        };
+        let connected = v.session.is_some();
+        if !force && (connected || v.is_fresh()) {
+            return ForgetOutcome::Live { connected };
         }
+        if let Some(v) = self.vantages.remove(name)
+            && let Some((_, tx)) = v.session
+        {
+            let _ = tx.try_send(Err(Status::aborted(format!(
+                "vantage {name:?} was forgotten by an operator"
+            ))));
+        }
+        self.run_complete(name);
+        self.vantage_event(name, VantageChange::Forgotten, Cause::Here);
+        self.reaggregate_all(Cause::Here);
+        self.bump();
+        ForgetOutcome::Forgotten
     }
 
     pub(super) fn detach(&mut self, name: &str, session_id: u64) {
@@ -216,6 +294,17 @@ impl State {
                 self.stats.duplicates += 1;
                 continue;
             }
+            let fault = if remote {
+                None
+            } else {
+                observation_fault(&obs, v.seq.last)
+            };
+            if fault == Some("seq_window") {
+                // Refused, not applied: the sequence stays where it was.
+                self.stats.guard.reject("seq_window");
+                self.stats.rejected += 1;
+                continue;
+            }
             if v.seq.applied > 0 && obs.seq > v.seq.last + 1 {
                 v.seq.gaps += obs.seq - v.seq.last - 1;
             }
@@ -233,18 +322,29 @@ impl State {
                     .copied()
                     .filter(|s| Section::from_pb(obs.section) == Some(*s))
             };
+            if let Some(reason) = fault {
+                // Consumed (its number is taken), kept nowhere.
+                self.stats.guard.reject(reason);
+                self.stats.rejected += 1;
+                continue;
+            }
             let Some(section) = section else {
                 // Not (or no longer) assigned: counted as applied, kept nowhere.
+                self.stats.guard.reject("unassigned");
                 self.stats.rejected += 1;
                 continue;
             };
             let (limit, per_check) = if remote {
                 (MAX_REMOTE_OBSERVATIONS, MAX_REMOTE_OBSERVATIONS)
-            } else {
+            } else if section == Section::Derp {
                 (MAX_REMOTE_OBSERVATIONS, MAX_TARGETS_PER_CHECK)
+            } else {
+                // One target per check (its URL, the database, the proxy).
+                (MAX_REMOTE_OBSERVATIONS, 1)
             };
             if !v.observations.put(obs, limit, per_check) {
                 // A check has at most so many targets (DERP nodes of a region).
+                self.stats.guard.reject("too_many_targets");
                 self.stats.rejected += 1;
                 continue;
             }
@@ -268,37 +368,78 @@ impl State {
             .or_insert_with(|| Vantage::new(name))
     }
 
-    /// Ask every attached vantage to run now; joins a run in flight.
-    pub(super) fn force(&mut self) -> watch::Receiver<BTreeSet<String>> {
+    /// Ask every attached vantage to run now; joins a run in flight (younger than
+    /// `force_join`). A vantage that ran a forced run in the last [`FORCE_COALESCE`] is not
+    /// asked again; one that did not answer the previous run is asked but not waited for.
+    pub(super) fn force(&mut self) -> ForceStarted {
+        let join = self.config.force_join;
         if let Some(run) = self
             .force
             .as_ref()
-            .filter(|r| !r.pending.borrow().is_empty())
+            .filter(|r| !r.pending.borrow().is_empty() && r.started.elapsed() < join)
         {
             // Join the run in flight (single flight).
-            return run.pending.subscribe();
+            return ForceStarted {
+                pending: run.pending.subscribe(),
+                silent: run.silent.clone(),
+            };
         }
+        // Who did not answer the previous run is not waited for this time.
+        let unanswered: BTreeSet<String> = self
+            .force
+            .take()
+            .map(|r| {
+                let mut left = r.pending.borrow().clone();
+                left.extend(r.silent);
+                left
+            })
+            .unwrap_or_default();
         let request_id = self.next_request;
         self.next_request += 1;
+        let now = Instant::now();
         let mut pending = BTreeSet::new();
-        for v in self.vantages.values() {
-            if let Some((_, tx)) = &v.session {
-                let msg = pb::ServerMessage {
-                    msg: Some(Down::RunNow(pb::RunNow { request_id })),
-                };
-                if tx.try_send(Ok(msg)).is_ok() {
+        let mut silent = Vec::new();
+        for v in self.vantages.values_mut() {
+            let Some((_, tx)) = &v.session else { continue };
+            if v.forced_at
+                .is_some_and(|t| now.saturating_duration_since(t) < FORCE_COALESCE)
+            {
+                // Ran one moments ago: not asked again (still silent if it did not answer).
+                self.stats.guard.force_coalesced += 1;
+                if unanswered.contains(&v.name) {
+                    silent.push(v.name.clone());
+                }
+                continue;
+            }
+            let msg = pb::ServerMessage {
+                msg: Some(Down::RunNow(pb::RunNow { request_id })),
+            };
+            if tx.try_send(Ok(msg)).is_ok() {
+                v.forced_at = Some(now);
+                if unanswered.contains(&v.name) {
+                    silent.push(v.name.clone());
+                } else {
                     pending.insert(v.name.clone());
                 }
             }
         }
+        tracing::debug!(request_id, ?pending, ?silent, "forced run");
         let (tx, rx) = watch::channel(pending);
-        self.force = Some(ForceRun { pending: tx });
-        rx
+        self.force = Some(ForceRun {
+            pending: tx,
+            silent: silent.clone(),
+            started: now,
+        });
+        ForceStarted {
+            pending: rx,
+            silent,
+        }
     }
 
     pub(super) fn run_complete(&mut self, name: &str) {
-        if let Some(run) = &self.force {
+        if let Some(run) = &mut self.force {
             run.pending.send_if_modified(|p| p.remove(name));
+            run.silent.retain(|n| n != name);
         }
     }
 }

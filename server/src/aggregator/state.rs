@@ -22,6 +22,8 @@ use vantage_proto::report::VantageChange;
 
 pub(super) struct ForceRun {
     pub(super) pending: watch::Sender<BTreeSet<String>>,
+    pub(super) silent: Vec<String>,
+    pub(super) started: Instant,
 }
 
 /// Where a change was caused. In a cluster each event is stored once, by the replica that
@@ -60,6 +62,8 @@ pub(super) struct State {
     pub(super) force: Option<ForceRun>,
     pub(super) stats: Stats,
     pub(super) stats_tx: watch::Sender<Stats>,
+    /// Refusals are logged at most once a minute per name.
+    pub(super) refusal_log: super::guard::LogLimit,
 }
 
 impl State {
@@ -78,7 +82,9 @@ impl State {
             }
             self.stats.revision = self.revision;
             self.stats_tx.send_if_modified(|s| {
-                let changed = s.revision != self.stats.revision || s.applied != self.stats.applied;
+                let changed = s.revision != self.stats.revision
+                    || s.applied != self.stats.applied
+                    || s.guard != self.stats.guard;
                 if changed {
                     *s = self.stats.clone();
                 }
@@ -101,9 +107,10 @@ impl State {
             ProbeCommand::Attach {
                 hello,
                 session,
+                peer,
                 reply,
             } => {
-                let attached = self.attach(hello, session);
+                let attached = self.attach(hello, session, peer);
                 let _ = reply.send(attached);
             }
             ProbeCommand::Detach { name, session_id } => self.detach(&name, session_id),
@@ -150,8 +157,18 @@ impl State {
                     dismissed: self.dismissed.clone(),
                 });
             }
-            Query::Vantages { reply } => {
-                let list = self.vantages.values().map(|v| self.vantage_pb(v)).collect();
+            Query::Vantages { internal, reply } => {
+                let list = self
+                    .vantages
+                    .values()
+                    .map(|v| {
+                        let mut pb = self.vantage_pb(v);
+                        if !internal {
+                            pb.instance_id.clear();
+                        }
+                        pb
+                    })
+                    .collect();
                 let _ = reply.send(list);
             }
             Query::Targets { reply } => {
@@ -182,13 +199,8 @@ impl State {
                     dismissed: self.dismissed.clone(),
                 });
             }
-            AdminCommand::Forget { name, reply } => {
-                let found = self.vantages.remove(&name).is_some();
-                if found {
-                    self.vantage_event(&name, VantageChange::Forgotten, Cause::Here);
-                    self.reaggregate_all(Cause::Here);
-                }
-                let _ = reply.send(found);
+            AdminCommand::Forget { name, force, reply } => {
+                let _ = reply.send(self.forget(&name, force));
             }
             AdminCommand::Proxies { proxies } => {
                 self.rules.proxies = proxies;

@@ -44,6 +44,13 @@ impl Latest {
                 *slot = obs;
                 return true;
             }
+            if per_check == 1 && targets.len() == 1 {
+                // A check of one target (all but DERP regions): its latest target replaces
+                // the previous one, so a probe cannot grow it by naming new targets.
+                targets.clear();
+                targets.insert(obs.target.clone(), obs);
+                return true;
+            }
             if targets.len() >= per_check || self.len >= limit {
                 return false;
             }
@@ -79,6 +86,10 @@ pub(super) struct Vantage {
     pub(super) labels: BTreeMap<String, String>,
     pub(super) instance_id: String,
     pub(super) session: Option<(u64, SessionTx)>,
+    /// The peer address of its current session (empty for the own vantage and remote ones).
+    pub(super) peer: String,
+    /// When it last ran a forced run (force is coalesced per vantage).
+    pub(super) forced_at: Option<Instant>,
     pub(super) last_seen: Instant,
     pub(super) last_seen_at: Option<DateTime<Utc>>,
     pub(super) stale_since: Option<DateTime<Utc>>,
@@ -106,6 +117,8 @@ impl Vantage {
             labels: BTreeMap::new(),
             instance_id: String::new(),
             session: None,
+            peer: String::new(),
+            forced_at: None,
             last_seen: Instant::now(),
             last_seen_at: None,
             stale_since: None,

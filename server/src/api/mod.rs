@@ -60,17 +60,29 @@ pub fn dismissed_names(dismissed: &[Section]) -> Vec<String> {
 }
 
 impl App {
-    /// Ask every connected vantage to run now; wait (bounded) until all have reported.
+    /// Ask every connected vantage to run now; wait (bounded) until all have reported. Those
+    /// that did not answer the previous forced run are asked but not waited for: once the
+    /// others have answered, the run ends at once as timed out, naming them.
     pub async fn force(&self) -> Result<(), ForceError> {
-        let mut pending = self.agg.force().await.map_err(|_| ForceError::Stopped)?;
+        let started = self.agg.force().await.map_err(|_| ForceError::Stopped)?;
+        let mut pending = started.pending;
         let done = tokio::time::timeout(self.force_timeout, async {
             // An error means the run's sender is gone (the server stops): nothing to wait for.
             let _ = pending.wait_for(BTreeSet::is_empty).await;
         })
         .await;
         match done {
+            // Those that did not answer the previous run were not waited for; the answer is
+            // prompt, and names them as still running.
+            Ok(()) if !started.silent.is_empty() => {
+                Err(ForceError::TimedOut(started.silent.into_iter().collect()))
+            }
             Ok(()) => Ok(()),
-            Err(_) => Err(ForceError::TimedOut(pending.borrow().clone())),
+            Err(_) => {
+                let mut left = pending.borrow().clone();
+                left.extend(started.silent);
+                Err(ForceError::TimedOut(left))
+            }
         }
     }
 

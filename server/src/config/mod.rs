@@ -56,6 +56,16 @@ pub fn is_server_vantage(name: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('-'))
 }
 
+/// One `allowed_proxy_networks` entry: a CIDR such as `169.254.10.0/24` or `fe80::/64`.
+fn parse_network(v: &str) -> Result<ipnet::IpNet, ConfigError> {
+    v.trim().parse().map_err(|e| {
+        ConfigError::new(
+            "allowed_proxy_networks",
+            format!("{v:?} is not a network: {e} (expected a CIDR such as 169.254.10.0/24)"),
+        )
+    })
+}
+
 /// A configuration error: names the field, the value and what was expected. Exit status 64.
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -120,6 +130,8 @@ pub struct Config {
     pub provisioner_daemons_required: bool,
     pub provisioner_stale_after: Duration,
     pub workspace_proxies: Vec<ProxyFile>,
+    pub max_vantages: usize,
+    pub allowed_proxy_networks: Vec<ipnet::IpNet>,
     /// The deprecated names the configuration used, for `main` to log.
     pub deprecations: Vec<Deprecation>,
 }
@@ -156,6 +168,8 @@ impl Default for Config {
             provisioner_daemons_required: DEFAULT_PROVISIONER_DAEMONS_REQUIRED,
             provisioner_stale_after: DEFAULT_PROVISIONER_STALE_AFTER,
             workspace_proxies: Vec::new(),
+            max_vantages: crate::aggregator::DEFAULT_MAX_VANTAGES,
+            allowed_proxy_networks: Vec::new(),
             deprecations: Vec::new(),
         }
     }
@@ -228,6 +242,15 @@ impl Config {
                 .provisioner_stale_after
                 .unwrap_or(DEFAULT_PROVISIONER_STALE_AFTER),
             workspace_proxies,
+            max_vantages: s
+                .max_vantages
+                .unwrap_or(crate::aggregator::DEFAULT_MAX_VANTAGES),
+            allowed_proxy_networks: s
+                .allowed_proxy_networks
+                .unwrap_or_default()
+                .iter()
+                .map(|n| parse_network(n))
+                .collect::<Result<_, _>>()?,
             deprecations,
         })
     }
@@ -254,6 +277,7 @@ impl Config {
             ("clear_after", u64::from(self.clear_after)),
             ("history", self.history as u64),
             ("write_queue", self.write_queue as u64),
+            ("max_vantages", self.max_vantages as u64),
         ] {
             if v == 0 {
                 return Err(ConfigError::new(

@@ -119,6 +119,18 @@ pub struct Settings {
     /// Run the server's own vantage (access URL and websocket from the server).
     #[arg(long, env = "VANTAGE_SERVER_VANTAGE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub server_vantage: Option<bool>,
+    /// Most vantages kept; a probe with a new name beyond it is refused (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "VANTAGE_MAX_VANTAGES", value_name = "N")]
+    pub max_vantages: Option<usize>,
+    /// Link-local or metadata networks (CIDR, repeatable or comma-separated) that workspace
+    /// proxy URLs may point at all the same.
+    #[arg(
+        long,
+        env = "VANTAGE_ALLOWED_PROXY_NETWORKS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allowed_proxy_networks: Option<Vec<String>>,
 }
 
 /// Layers `$upper` over `$lower`, field by field; the destructuring is exhaustive, so a new
@@ -141,7 +153,8 @@ impl Settings {
             derp_map, embedded_relay, stun_listen, stun_servers, derp_node_timeout,
             derp_all_vantages, server_checks_derp, proxies_all_vantages,
             provisioner_daemons_required, provisioner_stale_after, event_retention,
-            observation_retention, server_vantage_name, server_vantage,
+            observation_retention, server_vantage_name, server_vantage, max_vantages,
+            allowed_proxy_networks,
         )
     }
 

@@ -108,6 +108,7 @@ fn samples(arg: &clap::Arg) -> Vec<(String, String)> {
         "FILE|URL" => &["/etc/vantage/derp.json"],
         "HOST:PORT" => &["stun.example.com:3478"],
         "NAME" => &["server-b"],
+        "CIDR" => &["169.254.10.0/24"],
         other => panic!(
             "--{:?}: add samples for the value name {other:?}",
             arg.get_long()
@@ -336,4 +337,26 @@ fn workspace_proxies_keep_their_shape() {
             version: String::new(),
         }]
     );
+}
+
+#[test]
+fn bounds_and_networks_are_validated_naming_the_field() {
+    let c = load_args(&[
+        "--max-vantages",
+        "20",
+        "--allowed-proxy-networks",
+        "169.254.7.0/24,fe80::/64",
+    ])
+    .unwrap();
+    assert_eq!(c.max_vantages, 20);
+    assert_eq!(c.allowed_proxy_networks.len(), 2);
+    assert_eq!(Config::default().max_vantages, 10_000);
+    let e = load_args(&["--allowed-proxy-networks", "nope"]).unwrap_err();
+    assert_eq!(e.field, "allowed_proxy_networks");
+    assert!(
+        e.message.contains("\"nope\"") && e.message.contains("CIDR"),
+        "{e}"
+    );
+    let e = load_args(&["--max-vantages", "0"]).unwrap_err();
+    assert_eq!(e.field, "max_vantages");
 }

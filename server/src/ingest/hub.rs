@@ -12,7 +12,7 @@ use vantage_proto::pb;
 use vantage_proto::pb::probe_message::Msg as Up;
 use vantage_proto::pb::server_message::Msg as Down;
 
-use crate::aggregator::{Aggregator, ProbeCommand};
+use crate::aggregator::{Aggregator, AttachError, ProbeCommand};
 use crate::config::SERVER_VANTAGE;
 use crate::ingest::inventory::{self, Assignments, Inventory};
 
@@ -62,7 +62,7 @@ fn valid_name(field: &str, value: &str, allow_empty: bool) -> Result<(), Status>
 fn validate_hello(h: &pb::Hello) -> Result<(), Status> {
     valid_name("name", &h.name, false)?;
     valid_name("region", &h.region, true)?;
-    if crate::config::is_server_vantage(&h.name) {
+    if crate::config::is_server_vantage(&h.name.to_ascii_lowercase()) {
         return Err(Status::invalid_argument(format!(
             "hello.name: {:?}: \"{SERVER_VANTAGE}\" and \"{SERVER_VANTAGE}-...\" are reserved for the servers' own vantages",
             h.name
@@ -99,10 +99,11 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
         &self,
         request: Request<Streaming<pb::ProbeMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = peer_of(&request);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
-            Ok(Err(status)) => return Err(status),
+            Ok(Err(status)) => return Err(inbound_error(status)),
             Ok(Ok(Some(pb::ProbeMessage {
                 msg: Some(Up::Hello(h)),
             }))) => h,
@@ -123,9 +124,12 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
         let name = hello.name.clone();
         let attached = self
             .agg
-            .attach(hello, tx.clone())
+            .attach_from(hello, tx.clone(), peer)
             .await
-            .map_err(|_| Status::unavailable("the server is shutting down"))?;
+            .map_err(|e| match e {
+                AttachError::Refused(r) => Status::from(r),
+                AttachError::Stopped(_) => Status::unavailable("the server is shutting down"),
+            })?;
         let check_ids = inventory::check_ids(&assignment);
         self.agg
             .send(ProbeCommand::Assigned {
@@ -185,31 +189,20 @@ async fn session(
         };
         let msg = match msg {
             Err(_) => return format!("silent for {idle:?}"),
-            Ok(Err(status)) => return format!("stream error: {}", status.message()),
+            Ok(Err(status)) => {
+                let status = inbound_error(status);
+                let reason = format!("stream error: {}", status.message());
+                end_with(tx, status).await;
+                return reason;
+            }
             Ok(Ok(None)) => return "the probe closed the stream".into(),
             Ok(Ok(Some(m))) => m,
         };
         let cmd = match msg.msg {
             Some(Up::Observations(batch)) => {
-                if batch.observations.len() > MAX_BATCH {
-                    let _ = tx.try_send(Err(Status::resource_exhausted(format!(
-                        "observations: {} in one message, at most {MAX_BATCH}",
-                        batch.observations.len()
-                    ))));
-                    return "oversized batch".into();
-                }
-                if let Some(bad) = batch
-                    .observations
-                    .iter()
-                    .find(|o| o.seq == 0 || o.result.is_none())
-                {
-                    let _ = tx.try_send(Err(Status::invalid_argument(format!(
-                        "observation {:?}: seq must be >= 1 and a result is required (seq {}, result {})",
-                        bad.check_id,
-                        bad.seq,
-                        if bad.result.is_some() { "present" } else { "missing" }
-                    ))));
-                    return "invalid observation".into();
+                if let Err((status, reason)) = check_batch(&batch) {
+                    end_with(tx, status).await;
+                    return reason.into();
                 }
                 ProbeCommand::Ingest {
                     name: name.to_owned(),
@@ -226,11 +219,81 @@ async fn session(
                 name: name.to_owned(),
                 request_id: r.request_id,
             },
-            Some(Up::Hello(_)) | None => continue,
+            Some(Up::Hello(_)) => {
+                let status = Status::failed_precondition(
+                    "hello: a second hello on one stream is refused (attach again on a new stream)",
+                );
+                end_with(tx, status).await;
+                return "a second hello".into();
+            }
+            None => continue,
         };
         if agg.send(cmd).await.is_err() {
             return "the server is shutting down".into();
         }
+    }
+}
+
+/// The peer address of a request: axum's connection info (the shared listener), else tonic's.
+fn peer_of<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| request.remote_addr())
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+}
+
+/// A batch the hub forwards: at most [`MAX_BATCH`] observations, each numbered and with a
+/// result; otherwise the status the stream ends with and the reason logged.
+fn check_batch(batch: &pb::ObservationBatch) -> Result<(), (Status, &'static str)> {
+    if batch.observations.len() > MAX_BATCH {
+        let status = Status::resource_exhausted(format!(
+            "observations: {} in one message, at most {MAX_BATCH}",
+            batch.observations.len()
+        ));
+        return Err((status, "oversized batch"));
+    }
+    if let Some(bad) = batch
+        .observations
+        .iter()
+        .find(|o| o.seq == 0 || o.result.is_none())
+    {
+        let status = Status::invalid_argument(format!(
+            "observation {:?}: seq must be >= 1 and a result is required (seq {}, result {})",
+            bad.check_id,
+            bad.seq,
+            if bad.result.is_some() {
+                "present"
+            } else {
+                "missing"
+            }
+        ));
+        return Err((status, "invalid observation"));
+    }
+    Ok(())
+}
+
+/// Maximum wait to queue the status a stream ends with.
+const END_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// End the stream with `status` (the client sees it, not OK): queued behind what is already
+/// on its way, bounded in time.
+async fn end_with(tx: &mpsc::Sender<Result<pb::ServerMessage, Status>>, status: Status) {
+    let _ = tokio::time::timeout(END_TIMEOUT, tx.send(Err(status))).await;
+}
+
+/// What the client is told of a message that did not decode: bad bytes (invalid UTF-8 in a
+/// string, a broken message) are `INVALID_ARGUMENT`, an oversized one `RESOURCE_EXHAUSTED`.
+/// tonic reports them as `INTERNAL` and `OUT_OF_RANGE`.
+fn inbound_error(status: Status) -> Status {
+    let msg = status.message();
+    match status.code() {
+        tonic::Code::OutOfRange => Status::resource_exhausted(format!("message too large: {msg}")),
+        tonic::Code::Internal if msg.contains("decode") || msg.contains("UTF-8") => {
+            Status::invalid_argument(format!("message does not decode: {msg}"))
+        }
+        _ => status,
     }
 }
 
@@ -247,12 +310,28 @@ mod tests {
     }
 
     #[test]
+    fn decode_errors_become_client_errors() {
+        let big = inbound_error(Status::out_of_range("decoded message length too large"));
+        assert_eq!(big.code(), tonic::Code::ResourceExhausted);
+        let utf8 = inbound_error(Status::internal(
+            "failed to decode Protobuf message: Hello.name: invalid string value: data is not UTF-8 encoded",
+        ));
+        assert_eq!(utf8.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            inbound_error(Status::cancelled("gone")).code(),
+            tonic::Code::Cancelled
+        );
+    }
+
+    #[test]
     fn hello_validation_names_the_field() {
         assert!(validate_hello(&hello("fra-1")).is_ok());
         for (h, field) in [
             (hello(""), "hello.name"),
             (hello("has space"), "hello.name"),
             (hello(SERVER_VANTAGE), "reserved"),
+            (hello("Server"), "reserved"),
+            (hello("SERVER-a"), "reserved"),
             (
                 pb::Hello {
                     region: "x/y".into(),

@@ -49,6 +49,8 @@ pub struct Registry {
     state: RwLock<State>,
     clock: Clock,
     max_entries: usize,
+    /// Link-local and metadata networks proxy URLs may point at all the same.
+    allowed_proxy_networks: Vec<ipnet::IpNet>,
     /// Bumped on every change, so assignments and sections can follow.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -69,8 +71,15 @@ impl Registry {
             state: RwLock::new(state),
             clock: Arc::new(Utc::now),
             max_entries: MAX_ENTRIES,
+            allowed_proxy_networks: Vec::new(),
             changes: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Allow proxy URLs in these link-local or metadata networks (`allowed_proxy_networks`).
+    pub fn allow_proxy_networks(mut self, networks: Vec<ipnet::IpNet>) -> Registry {
+        self.allowed_proxy_networks = networks;
+        self
     }
 
     /// An empty registry over a [`MemoryRegistryStore`].
@@ -80,6 +89,7 @@ impl Registry {
             state: RwLock::new(State::default()),
             clock: Arc::new(Utc::now),
             max_entries: MAX_ENTRIES,
+            allowed_proxy_networks: Vec::new(),
             changes: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -205,6 +215,7 @@ impl Registry {
     /// empty; the entry stays configured.
     pub async fn register_proxy(&self, spec: ProxySpec) -> Result<ProxyRecord, RegistryError> {
         spec.validate("")?;
+        check_proxy_network("url", &spec.url, &self.allowed_proxy_networks)?;
         let now = self.now();
         let record = {
             let mut state = self.state.write().await;
@@ -278,6 +289,11 @@ impl Registry {
         let mut names = HashSet::new();
         for (i, s) in specs.iter().enumerate() {
             s.validate(&format!("workspace_proxies[{i}]."))?;
+            check_proxy_network(
+                &format!("workspace_proxies[{i}].url"),
+                &s.url,
+                &self.allowed_proxy_networks,
+            )?;
             if !names.insert(s.name.as_str()) {
                 return Err(invalid(
                     format!("workspace_proxies[{i}].name"),

@@ -377,5 +377,71 @@ fn check_proxy_url(field: &str, v: &str) -> Result<(), RegistryError> {
     if u.query().is_some() || u.fragment().is_some() {
         return Err(invalid(field, "must not have a query or fragment"));
     }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(invalid(
+            field,
+            "must not carry user information (user:password@); probes would send it to the proxy",
+        ));
+    }
+    Ok(())
+}
+
+/// Host names of cloud metadata services, refused like their addresses.
+const METADATA_HOSTS: [&str; 3] = [
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata.azure.internal",
+];
+
+/// Addresses probes must not be sent to unless an operator allows them: link-local
+/// (169.254.0.0/16, fe80::/10, where cloud metadata services answer) and the metadata
+/// addresses outside those ranges (AWS's fd00:ec2::254, Alibaba's 100.100.100.200).
+fn forbidden_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let v4 = |a: Ipv4Addr| a.is_link_local() || a == Ipv4Addr::new(100, 100, 100, 200);
+    match ip {
+        IpAddr::V4(a) => v4(a),
+        IpAddr::V6(a) => {
+            a.to_ipv4_mapped().is_some_and(v4)
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+                || a == Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
+}
+
+/// A proxy URL's host is not a link-local or metadata address (or metadata host name),
+/// unless its address is in one of `allowed` (`allowed_proxy_networks`).
+pub fn check_proxy_network(
+    field: &str,
+    v: &str,
+    allowed: &[ipnet::IpNet],
+) -> Result<(), RegistryError> {
+    let Ok(u) = url::Url::parse(v) else {
+        return Ok(());
+    };
+    let refused = match u.host() {
+        Some(url::Host::Ipv4(a)) => {
+            let ip = std::net::IpAddr::V4(a);
+            forbidden_ip(ip) && !allowed.iter().any(|n| n.contains(&ip))
+        }
+        Some(url::Host::Ipv6(a)) => {
+            let ip = std::net::IpAddr::V6(a);
+            forbidden_ip(ip) && !allowed.iter().any(|n| n.contains(&ip))
+        }
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            METADATA_HOSTS.contains(&d.as_str())
+        }
+        None => false,
+    };
+    if refused {
+        return Err(invalid(
+            field,
+            format!(
+                "{} points at a link-local or cloud metadata address (169.254.0.0/16, fe80::/10, metadata services); list its network in allowed_proxy_networks to allow it",
+                shown(v)
+            ),
+        ));
+    }
     Ok(())
 }

@@ -18,6 +18,8 @@ use vantage_server::api::App;
 use vantage_server::api::grpc::watch::{Filter, watch_stream};
 use vantage_server::store::MemoryStore;
 
+mod guard;
+
 fn config() -> AggregatorConfig {
     AggregatorConfig {
         quorum: 1,
@@ -32,6 +34,9 @@ fn config() -> AggregatorConfig {
         derp_has_nodes: true,
         epoch: None,
         dedicated_thread: false,
+        max_vantages: 10_000,
+        holder_silence: Duration::from_secs(7),
+        force_join: Duration::from_secs(30),
     }
 }
 
@@ -135,9 +140,11 @@ async fn observations_apply_exactly_once_by_sequence() {
     );
     assert_eq!(last_ack(&mut p), 7);
 
-    // The same instance reattaching is told what was applied.
-    let p2 = attach(&agg, "fra-1", "inst-a", 5).await;
+    // The same instance reattaching (its connection gone) is told what was applied.
+    p.rx.close();
+    let mut p2 = attach(&agg, "fra-1", "inst-a", 5).await;
     assert_eq!(p2.applied_seq, 7);
+    p2.rx.close();
 
     // A server that lost its state (here: a new instance) continues after the probe's ack.
     let p3 = attach(&agg, "fra-1", "inst-b", 0).await;
@@ -154,7 +161,8 @@ async fn observations_apply_exactly_once_by_sequence() {
 #[tokio::test]
 async fn a_stale_session_cannot_ingest() {
     let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
-    let old = attach(&agg, "fra-1", "i", 0).await;
+    let mut old = attach(&agg, "fra-1", "i", 0).await;
+    old.rx.close();
     let new = attach(&agg, "fra-1", "i", 0).await;
     ingest(&agg, &old, vec![obs(1, 503)]).await;
     assert_eq!(vantage(&agg, "fra-1").await.applied, 0);
@@ -256,7 +264,7 @@ async fn quorum_two_turns_a_lone_failure_into_a_named_warning() {
 async fn force_asks_every_session_and_waits_for_completion() {
     let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
     let mut a = attach(&agg, "fra-1", "a", 0).await;
-    let mut pending = agg.force().await.unwrap();
+    let mut pending = agg.force().await.unwrap().pending;
     assert_eq!(
         pending.borrow().iter().cloned().collect::<Vec<_>>(),
         vec!["fra-1".to_owned()]

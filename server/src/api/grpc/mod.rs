@@ -7,6 +7,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 use vantage_proto::{Section, pb};
 
+use crate::aggregator::ForgetOutcome;
 use crate::api::{App, ForceError};
 use watch::{Filter, watch_stream};
 
@@ -100,7 +101,20 @@ impl pb::health_service_server::HealthService for HealthApi {
         &self,
         request: Request<pb::ForgetVantageRequest>,
     ) -> Result<Response<pb::ForgetVantageResponse>, Status> {
-        let name = request.into_inner().name;
+        let req = request.into_inner();
+        let name = req.name;
+        match self.app.agg.forget(name.clone(), req.force).await? {
+            ForgetOutcome::Forgotten => {}
+            ForgetOutcome::NotFound => {
+                return Err(Status::not_found(format!("no vantage named {name:?}")));
+            }
+            ForgetOutcome::Live { connected } => {
+                return Err(Status::failed_precondition(format!(
+                    "vantage {name:?} is {}: only a stale, disconnected vantage is forgotten (force: true forgets it anyway and closes its stream)",
+                    if connected { "connected" } else { "fresh" }
+                )));
+            }
+        }
         if self.app.store.is_durable() {
             self.app
                 .store
@@ -111,11 +125,7 @@ impl pb::health_service_server::HealthService for HealthApi {
                     Status::unavailable("the vantage could not be forgotten in the store")
                 })?;
         }
-        if self.app.agg.forget(name.clone()).await? {
-            Ok(Response::new(pb::ForgetVantageResponse {}))
-        } else {
-            Err(Status::not_found(format!("no vantage named {name:?}")))
-        }
+        Ok(Response::new(pb::ForgetVantageResponse {}))
     }
 }
 fn settings_pb(dismissed: &[Section]) -> pb::Settings {

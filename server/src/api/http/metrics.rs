@@ -37,7 +37,44 @@ pub fn render(
     render_vantages(&mut o, vantages);
     render_ingest(&mut o, stats);
     render_events(&mut o, stats, watchers);
+    render_guard(&mut o, &stats.guard);
     o
+}
+
+/// Refused attaches and rejected observations by reason, and coalesced forced runs.
+fn render_guard(o: &mut String, g: &crate::aggregator::GuardStats) {
+    let _ = writeln!(
+        o,
+        "# HELP vantage_attach_refused_total Probe attaches refused, by reason (held: a live session holds the name; max_vantages: the cap is reached)."
+    );
+    let _ = writeln!(o, "# TYPE vantage_attach_refused_total counter");
+    let _ = writeln!(
+        o,
+        "vantage_attach_refused_total{{reason=\"held\"}} {}",
+        g.refused_held
+    );
+    let _ = writeln!(
+        o,
+        "vantage_attach_refused_total{{reason=\"max_vantages\"}} {}",
+        g.refused_full
+    );
+    let _ = writeln!(
+        o,
+        "# HELP vantage_observations_rejected_total Observations not applied, by reason."
+    );
+    let _ = writeln!(o, "# TYPE vantage_observations_rejected_total counter");
+    for (reason, n) in &g.rejected {
+        let _ = writeln!(
+            o,
+            "vantage_observations_rejected_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vantage_force_coalesced_total Forced runs a vantage was spared because it ran one moments before."
+    );
+    let _ = writeln!(o, "# TYPE vantage_force_coalesced_total counter");
+    let _ = writeln!(o, "vantage_force_coalesced_total {}", g.force_coalesced);
 }
 
 /// The whole report's severity and Coder's deprecated healthy flag.

@@ -2,13 +2,14 @@
 //! WebSocket echo), the `/health` page, code docs and `/metrics`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
@@ -17,21 +18,32 @@ use serde_json::json;
 
 use crate::api::{App, ForceError};
 
+pub mod guard;
 mod metrics;
 mod page;
 
 /// How long the echo endpoint waits for each message.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn router(app: App) -> Router {
+/// The HTTP routes; settings changes are accepted for the hosts in `served`.
+pub fn router(app: App, served: guard::Served) -> Router {
+    let sockets = Arc::new(tokio::sync::Semaphore::new(guard::MAX_ECHO_SOCKETS));
     Router::new()
         .route("/healthz", get(|| async { "OK" }))
         .route("/api/v2/debug/health", get(health))
         .route(
             "/api/v2/debug/health/settings",
-            get(get_settings).put(put_settings),
+            get(get_settings).put(move |state, peer, headers: HeaderMap, body| {
+                let served = served.clone();
+                async move {
+                    match served.check_write(&headers) {
+                        Ok(()) => put_settings(state, peer, body).await,
+                        Err(refused) => *refused,
+                    }
+                }
+            }),
         )
-        .route("/api/v2/debug/ws", get(echo))
+        .route("/api/v2/debug/ws", get(move |ws| echo(ws, sockets.clone())))
         .route("/health", get(health_page))
         .route("/health/codes", get(codes_page))
         .route("/metrics", get(metrics))
@@ -74,7 +86,11 @@ async fn health(State(app): State<App>, Query(q): Query<HashMap<String, String>>
             "Allowed values are: \"json\", \"text\".",
         );
     }
-    if q.get("force").map(String::as_str) == Some("true") {
+    let force = match guard::bool_param("force", q.get("force")) {
+        Ok(f) => f,
+        Err(refused) => return *refused,
+    };
+    if force {
         match app.force().await {
             Ok(()) => {}
             Err(ForceError::Stopped) => return unavailable(),
@@ -176,15 +192,42 @@ pub fn derp_map_router(map_json: std::sync::Arc<String>) -> Router {
     )
 }
 
-async fn echo(ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(echo_loop)
+/// At most [`guard::MAX_ECHO_SOCKETS`] at once, messages up to [`guard::MAX_ECHO_MESSAGE`].
+async fn echo(ws: WebSocketUpgrade, sockets: Arc<tokio::sync::Semaphore>) -> Response {
+    let Ok(permit) = sockets.try_acquire_owned() else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many WebSocket echo connections.",
+            &format!("at most {} at once", guard::MAX_ECHO_SOCKETS),
+        );
+    };
+    ws.max_message_size(guard::MAX_ECHO_MESSAGE)
+        .max_frame_size(guard::MAX_ECHO_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            echo_loop(socket).await;
+            drop(permit);
+        })
 }
 
-/// Echo each message back with its type; 10 s per message; close "going away" / `goodbye`.
+/// Echo each message back with its type; 10 s per message; close "going away" / `goodbye`,
+/// or 1009 "message too big" past the cap.
 async fn echo_loop(mut socket: WebSocket) {
     loop {
         let msg = match tokio::time::timeout(ECHO_TIMEOUT, socket.recv()).await {
             Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) if is_too_big(&e) => {
+                let _ = socket
+                    .send(WsMessage::Close(Some(CloseFrame {
+                        code: 1009,
+                        reason: format!(
+                            "message too big: at most {} bytes",
+                            guard::MAX_ECHO_MESSAGE
+                        )
+                        .into(),
+                    })))
+                    .await;
+                return;
+            }
             _ => break,
         };
         let reply = match msg {
@@ -206,6 +249,12 @@ async fn echo_loop(mut socket: WebSocket) {
             reason: "goodbye".into(),
         })))
         .await;
+}
+
+/// Whether a WebSocket error is a message or frame over the size cap.
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("too long") || text.contains("too big") || text.contains("Space limit")
 }
 
 async fn health_page() -> Html<&'static str> {
