@@ -216,6 +216,7 @@ pub(crate) fn follow_inventory(
     cancel: &CancellationToken,
 ) -> Arc<Inventory> {
     let (proxies_tx, proxies_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let coder_daemons = attach_coder(config, stores, agg, cancel);
     tokio::spawn(crate::registry::follow::follow(
         stores.registry.clone(),
         agg.clone(),
@@ -224,6 +225,7 @@ pub(crate) fn follow_inventory(
             required: config.provisioner_daemons_required,
             stale_after: config.provisioner_stale_after,
         },
+        coder_daemons,
         cancel.clone(),
     ));
     Arc::new(Inventory {
@@ -238,6 +240,40 @@ pub(crate) fn follow_inventory(
         proxies_all_vantages: config.proxies_all_vantages,
         proxies: proxies_rx,
     })
+}
+
+/// Attach mode (`--coder-url`): import and follow the Coder deployment. Returns what the
+/// ProvisionerDaemons section takes from it (always `None` when not attached).
+fn attach_coder(
+    config: &Config,
+    stores: &Stores,
+    agg: &Aggregator,
+    cancel: &CancellationToken,
+) -> tokio::sync::watch::Receiver<Option<Arc<crate::ingest::coder::CoderDaemons>>> {
+    use crate::ingest::coder::{Importer, client::CoderClient};
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let Some(url) = &config.coder_url else {
+        return rx;
+    };
+    match CoderClient::new(url.clone(), config.coder_token.clone()) {
+        Ok(client) => {
+            tracing::info!(url = %url, "attached to Coder");
+            tokio::spawn(
+                Importer {
+                    client,
+                    registry: stores.registry.clone(),
+                    agg: agg.clone(),
+                    daemons: tx,
+                    refresh: config.coder_refresh,
+                    proxy_regions: config.coder.proxy_regions.clone(),
+                    cancel: cancel.clone(),
+                }
+                .run(),
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "cannot attach to Coder"),
+    }
+    rx
 }
 
 /// What the gRPC and HTTP surfaces share.

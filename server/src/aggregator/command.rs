@@ -113,6 +113,10 @@ pub enum AdminCommand {
     ServerSection { report: SectionReport },
     /// The registry's workspace proxies changed.
     Proxies { proxies: Vec<ProxyInput> },
+    /// What the Coder importer found (the report's `coder` block).
+    Coder {
+        report: vantage_proto::report::CoderReport,
+    },
 }
 
 /// What the store tells: other replicas' work, and this replica's from before a restart.

@@ -46,6 +46,8 @@ pub(super) struct State {
     pub(super) vantages: BTreeMap<String, Vantage>,
     pub(super) aggregates: HashMap<Section, (SectionReport, Alert)>,
     pub(super) server_sections: HashMap<Section, SectionReport>,
+    /// What the Coder importer last found (attach mode only).
+    pub(super) coder: Option<vantage_proto::report::CoderReport>,
     pub(super) revision: u64,
     pub(super) changed_at: DateTime<Utc>,
     pub(super) events: broadcast::Sender<Arc<SharedEvent>>,
@@ -195,6 +197,12 @@ impl State {
                 }
                 self.reaggregate(Section::WorkspaceProxy, Cause::Here);
                 self.bump();
+            }
+            AdminCommand::Coder { report } => {
+                if self.coder.as_ref() != Some(&report) {
+                    self.coder = Some(report);
+                    self.bump();
+                }
             }
             AdminCommand::ServerSection { report } => {
                 let section = report.section();

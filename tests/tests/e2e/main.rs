@@ -4,6 +4,7 @@
 
 mod backbone;
 mod cluster;
+mod coder;
 mod contract;
 mod derp;
 mod page;

@@ -1,0 +1,139 @@
+//! Attach mode (`--coder-url`): imports a live Coder deployment's inventory and keeps following
+//! it — its version (what `coder_version` and EPD02/EPD03 compare against), its workspace
+//! proxies (into the registry, source `coder`, so probes of their regions check them), its
+//! provisioner daemons (judged with Coder's rules, no heartbeat needed) and its replicas.
+//! Every `refresh` (jittered); each round's outcome is the report's `coder` block. The last
+//! good inventory is kept when a round fails, never replaced by nothing.
+
+pub mod client;
+pub mod import;
+pub mod model;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use vantage_probe::rules::provisioners::DaemonInput;
+use vantage_proto::backoff::Backoff;
+use vantage_proto::report::{CoderReplica, CoderReport, Message};
+use vantage_proto::{Severity, codes};
+
+use self::client::CoderClient;
+use self::import::{ImportedProxy, ProxyRegions, Round};
+use crate::aggregator::{AdminCommand, Aggregator};
+use crate::registry::Registry;
+
+/// What the ProvisionerDaemons section takes from Coder: the deployment version and its daemons.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoderDaemons {
+    pub version: String,
+    pub daemons: Vec<DaemonInput>,
+}
+
+/// The importer's parts.
+pub struct Importer {
+    pub client: CoderClient,
+    pub registry: Arc<Registry>,
+    pub agg: Aggregator,
+    pub daemons: watch::Sender<Option<Arc<CoderDaemons>>>,
+    pub refresh: Duration,
+    pub proxy_regions: ProxyRegions,
+    pub cancel: CancellationToken,
+}
+
+/// The last good inventory.
+#[derive(Default)]
+struct Last {
+    version: String,
+    proxies: Vec<ImportedProxy>,
+    daemons: Vec<DaemonInput>,
+    replicas: Vec<CoderReplica>,
+    imported_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl Importer {
+    /// Import at once, then every `refresh` (±10 %), until cancelled.
+    pub async fn run(self) {
+        let mut last = Last::default();
+        let mut every = Backoff::new(self.refresh, self.refresh).jitter(0.1);
+        loop {
+            let round = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                r = import::round(&self.client, &self.proxy_regions) => r,
+            };
+            let report = self.apply(round, &mut last).await;
+            if self.agg.send(AdminCommand::Coder { report }).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(every.next_delay()) => {}
+            }
+        }
+    }
+
+    /// Keep what this round read, push it to the registry and the daemons' section, and
+    /// build the `coder` block.
+    async fn apply(&self, round: Round, last: &mut Last) -> CoderReport {
+        let now = Utc::now();
+        let complete = round.complete();
+        let mut warnings = round.warnings;
+        if let Some(v) = round.version {
+            last.version = v;
+        }
+        if let Some(p) = round.proxies {
+            let specs = p.iter().map(|p| p.spec.clone()).collect();
+            match self.registry.sync_coder_proxies(specs).await {
+                Ok(skipped) => {
+                    for s in skipped {
+                        warnings.push(Message::new(
+                            codes::ECDR03,
+                            format!("a workspace proxy from Coder was not imported: {s}"),
+                        ));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "storing Coder's workspace proxies"),
+            }
+            last.proxies = p;
+        }
+        if let Some(d) = round.daemons {
+            last.daemons = d;
+        }
+        if let Some(r) = round.replicas {
+            last.replicas = r;
+        }
+        if complete {
+            last.imported_at = Some(now);
+        }
+        if !last.version.is_empty() {
+            let feed = Arc::new(CoderDaemons {
+                version: last.version.clone(),
+                daemons: last.daemons.clone(),
+            });
+            self.daemons.send_if_modified(|old| {
+                if old.as_deref() == Some(&*feed) {
+                    return false;
+                }
+                *old = Some(feed);
+                true
+            });
+        }
+        CoderReport {
+            url: self.client.base().to_string(),
+            version: last.version.clone(),
+            imported_at: last.imported_at,
+            attempted_at: Some(now),
+            severity: if warnings.is_empty() {
+                Severity::Ok
+            } else {
+                Severity::Warning
+            },
+            warnings,
+            unavailable: round.unavailable,
+            proxies: last.proxies.iter().map(|p| p.coder.clone()).collect(),
+            replicas: last.replicas.clone(),
+        }
+    }
+}
