@@ -113,6 +113,12 @@ pub enum AdminCommand {
     ServerSection { report: SectionReport },
     /// The registry's workspace proxies changed.
     Proxies { proxies: Vec<ProxyInput> },
+    /// The effective DERP map's regions changed (an attached Coder's map): (id, name) each,
+    /// and whether any region has a DERP node.
+    DerpRegions {
+        regions: Vec<(i64, String)>,
+        has_nodes: bool,
+    },
     /// What the Coder importer found (the report's `coder` block).
     Coder {
         report: vantage_proto::report::CoderReport,

@@ -198,6 +198,14 @@ impl State {
                 self.reaggregate(Section::WorkspaceProxy, Cause::Here);
                 self.bump();
             }
+            AdminCommand::DerpRegions { regions, has_nodes } => {
+                if self.config.derp_regions != regions || self.config.derp_has_nodes != has_nodes {
+                    self.config.derp_regions = regions;
+                    self.config.derp_has_nodes = has_nodes;
+                    self.reaggregate(Section::Derp, Cause::Here);
+                    self.bump();
+                }
+            }
             AdminCommand::Coder { report } => {
                 if self.coder.as_ref() != Some(&report) {
                     self.coder = Some(report);

@@ -122,6 +122,8 @@ pub struct Config {
     pub coder_url: Option<url::Url>,
     pub coder_token: Option<Secret>,
     pub coder_refresh: Duration,
+    /// The embedded relay's region ID, when given (`--embedded-relay-region`).
+    pub embedded_relay_region: Option<i64>,
     /// The rest of `[coder]`: proxy regions and the WebSocket token.
     pub coder: CoderFile,
     /// The deprecated names the configuration used, for `main` to log.
@@ -162,6 +164,7 @@ impl Default for Config {
             coder_url: None,
             coder_token: None,
             coder_refresh: DEFAULT_CODER_REFRESH,
+            embedded_relay_region: None,
             coder: CoderFile::default(),
             deprecations: Vec::new(),
         }
@@ -242,6 +245,7 @@ impl Config {
                 .transpose()?,
             coder_token: s.coder_token,
             coder_refresh: s.coder_refresh.unwrap_or(DEFAULT_CODER_REFRESH),
+            embedded_relay_region: s.embedded_relay_region,
             coder: CoderFile::default(),
             deprecations,
         })
@@ -283,6 +287,12 @@ impl Config {
                     "{:?} must be \"server\" or start with \"server-\"",
                     self.server_vantage_name
                 ),
+            ));
+        }
+        if let Some(id) = self.embedded_relay_region.filter(|id| *id <= 0) {
+            return Err(ConfigError::new(
+                "embedded_relay_region",
+                format!("{id} is not a region ID (expected a positive integer, e.g. 900)"),
             ));
         }
         if self.coder_refresh < Duration::from_millis(100) {

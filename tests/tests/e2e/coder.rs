@@ -90,7 +90,17 @@ async fn an_enterprise_deployment_is_imported_followed_and_its_failures_are_data
         "[coder]\nproxy_regions = { \"fra-2\" = \"fra\" }\n",
     )
     .unwrap();
-    let server = attach(&coder, OWNER_TOKEN, &["--config", config.to_str().unwrap()]).await;
+    let server = attach(
+        &coder,
+        OWNER_TOKEN,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--embedded-relay-region",
+            "900",
+        ],
+    )
+    .await;
     let _fra = Probe::start(&server.url, "fra-1", "fra");
     let _iad = Probe::start(&server.url, "iad-1", "iad");
     let report = eventually(
@@ -238,7 +248,12 @@ async fn an_open_source_deployment_with_a_member_token_stays_ok() {
     });
     let db = vantage_testkit::test_db!();
     let url = db.url();
-    let server = attach(&coder, MEMBER_TOKEN, &["--database-url", &url]).await;
+    let server = attach(
+        &coder,
+        MEMBER_TOKEN,
+        &["--database-url", &url, "--embedded-relay-region", "900"],
+    )
+    .await;
     let report = eventually(Duration::from_secs(30), "imported and checked", || async {
         let r = server.report().await;
         (r["coder"]["imported_at"].is_string()
@@ -317,4 +332,82 @@ async fn missing_permissions_give_ecdr03_only_where_vantage_needs_them() {
     assert_eq!(block["proxies"][0]["name"], "syd");
     assert_eq!(block["proxies"][0]["coder_status"], "");
     assert_eq!(block["severity"], "warning");
+}
+
+fn derp_region(id: i64, code: &str, port: u16) -> Value {
+    json!({
+        "RegionID": id, "RegionCode": code, "RegionName": code.to_uppercase(), "EmbeddedRelay": false,
+        "Nodes": [{"Name": format!("{id}a"), "RegionID": id, "HostName": "127.0.0.1",
+                   "DERPPort": port, "STUNPort": -1, "ForceHTTP": true}]
+    })
+}
+
+fn derp_node<'a>(report: &'a Value, vantage: &str, region: &str) -> Option<&'a Value> {
+    report["derp"]["vantage_reports"][vantage]["regions"][region]["node_reports"].get(0)
+}
+
+#[tokio::test]
+async fn coders_derp_map_is_followed_and_checked_by_the_probes_of_each_region() {
+    let coder = CoderStandIn::start("v2.26.0").await;
+    coder.with(|d| {
+        d.derp_map = json!({"Regions": {"999": {
+            "RegionID": 999, "RegionCode": "coder", "RegionName": "Coder Embedded Relay",
+            "EmbeddedRelay": true, "Nodes": []}}})
+    });
+    let server = attach(&coder, OWNER_TOKEN, &["--server-checks-derp", "false"]).await;
+    let _fra = Probe::start(&server.url, "fra-1", "fra");
+    let _iad = Probe::start(&server.url, "iad-1", "iad");
+    // Coder's 999 wins: vantage's own embedded relay is not in the effective map.
+    let map = eventually(Duration::from_secs(20), "Coder's map served", || async {
+        let m = server.get_json("/api/v2/debug/derp-map").await;
+        (m["Regions"]["999"]["RegionCode"] == "coder").then_some(m)
+    })
+    .await;
+    assert_eq!(map["Regions"].as_object().unwrap().len(), 1, "{map}");
+    // Regions added at Coder: fra's node is vantaged's real relay, iad's a dead port.
+    let dead = closed_tcp_port();
+    coder.with(|d| {
+        d.derp_map["Regions"]["1"] = derp_region(1, "fra", server.port);
+        d.derp_map["Regions"]["2"] = derp_region(2, "iad", dead);
+    });
+    let report = eventually(Duration::from_secs(30), "both regions checked", || async {
+        let r = server.report().await;
+        (derp_node(&r, "fra-1", "1").is_some() && derp_node(&r, "iad-1", "2").is_some())
+            .then_some(r)
+    })
+    .await;
+    assert_eq!(
+        derp_node(&report, "fra-1", "1").unwrap()["can_exchange_messages"],
+        true
+    );
+    assert_eq!(
+        derp_node(&report, "iad-1", "2").unwrap()["can_exchange_messages"],
+        false
+    );
+    // Each region only by the probes of its code.
+    assert!(derp_node(&report, "fra-1", "2").is_none());
+    assert!(derp_node(&report, "iad-1", "1").is_none());
+    assert_eq!(
+        report["derp"]["regions"]["1"]["region"]["RegionName"],
+        "FRA"
+    );
+}
+
+#[tokio::test]
+async fn the_embedded_relay_joins_an_attached_map_with_a_free_region_id() {
+    let coder = CoderStandIn::start("v2.26.0").await;
+    let server = attach(&coder, OWNER_TOKEN, &["--embedded-relay-region", "900"]).await;
+    let report = eventually(Duration::from_secs(30), "the relay checked", || async {
+        let r = server.report().await;
+        r["derp"]["regions"]["900"]["node_reports"][0]["can_exchange_messages"]
+            .as_bool()
+            .filter(|ok| *ok)
+            .map(|_| r)
+    })
+    .await;
+    assert_eq!(
+        report["derp"]["regions"]["900"]["region"]["EmbeddedRelay"],
+        true
+    );
+    assert!(report["derp"]["regions"].get("999").is_none());
 }

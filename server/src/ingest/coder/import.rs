@@ -14,6 +14,7 @@ use super::model::{self, PRIMARY};
 use crate::registry::ProxySpec;
 
 pub const BUILDINFO: &str = "/api/v2/buildinfo";
+pub const CONNECTION: &str = "/api/v2/workspaceagents/connection";
 pub const WORKSPACE_PROXIES: &str = "/api/v2/workspaceproxies";
 pub const REGIONS: &str = "/api/v2/regions";
 pub const ORGANIZATIONS: &str = "/api/v2/organizations";
@@ -30,6 +31,8 @@ pub struct ImportedProxy {
 #[derive(Debug, Default)]
 pub struct Round {
     pub version: Option<String>,
+    /// Coder's DERP map and whether it forces WebSockets.
+    pub derp: Option<(vantage_derp::map::DerpMap, bool)>,
     pub proxies: Option<Vec<ImportedProxy>>,
     pub daemons: Option<Vec<DaemonInput>>,
     pub replicas: Option<Vec<CoderReplica>>,
@@ -70,6 +73,7 @@ async fn round_inner(
         Err(e) => return Err(stop(r, BUILDINFO, &e)),
     };
     r.version = Some(info.version);
+    r.derp = derp_map(client, r).await?;
     r.proxies = proxies(client, regions, r).await?;
     r.daemons = daemons(client, r).await?;
     r.replicas = replicas(client, r).await?;
@@ -122,6 +126,34 @@ fn unavailable(r: &mut Round, part: &str, endpoint: &str, reason: String) {
         endpoint: endpoint.to_owned(),
         reason,
     });
+}
+
+async fn derp_map(
+    client: &CoderClient,
+    r: &mut Round,
+) -> Result<Option<(vantage_derp::map::DerpMap, bool)>, Stop> {
+    let conn: model::Connection = match client.get(CONNECTION).await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(s) = fatal(r, CONNECTION, &e) {
+                return Err(s);
+            }
+            lacks(r, CONNECTION, "the permission to read the DERP map", &e);
+            return Ok(None);
+        }
+    };
+    match vantage_derp::map::DerpMap::parse(&conn.derp_map.to_string()) {
+        Ok(map) => Ok(Some((map, conn.derp_force_websockets))),
+        Err(e) => {
+            r.warnings.push(Message::new(
+                codes::ECDR01,
+                format!(
+                    "GET {CONNECTION}: Coder's DERP map is not valid: {e}; keeping the last one"
+                ),
+            ));
+            Ok(None)
+        }
+    }
 }
 
 async fn proxies(

@@ -1,5 +1,5 @@
 //! Attach mode (`--coder-url`): imports a live Coder deployment's inventory and keeps following
-//! it — its version (what `coder_version` and EPD02/EPD03 compare against), its workspace
+//! it — its DERP map (over the configured one; Coder wins region-ID clashes), its version (what `coder_version` and EPD02/EPD03 compare against), its workspace
 //! proxies (into the registry, source `coder`, so probes of their regions check them), its
 //! provisioner daemons (judged with Coder's rules, no heartbeat needed) and its replicas.
 //! Every `refresh` (jittered); each round's outcome is the report's `coder` block. The last
@@ -23,7 +23,10 @@ use vantage_proto::{Severity, codes};
 use self::client::CoderClient;
 use self::import::{ImportedProxy, ProxyRegions, Round};
 use crate::aggregator::{AdminCommand, Aggregator};
+use crate::ingest::derpmap;
+use crate::ingest::inventory::DerpRegion;
 use crate::registry::Registry;
+use vantage_derp::map::DerpMap;
 
 /// What the ProvisionerDaemons section takes from Coder: the deployment version and its daemons.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,12 +35,21 @@ pub struct CoderDaemons {
     pub daemons: Vec<DaemonInput>,
 }
 
+/// Where Coder's DERP map goes: merged over the configured map (Coder wins every region-ID
+/// clash), into the assignments, the aggregator and `/api/v2/debug/derp-map`.
+pub struct DerpFollow {
+    pub base: DerpMap,
+    pub regions: Arc<watch::Sender<Arc<Vec<DerpRegion>>>>,
+    pub map_json: Arc<watch::Sender<Arc<String>>>,
+}
+
 /// The importer's parts.
 pub struct Importer {
     pub client: CoderClient,
     pub registry: Arc<Registry>,
     pub agg: Aggregator,
     pub daemons: watch::Sender<Option<Arc<CoderDaemons>>>,
+    pub derp: DerpFollow,
     pub refresh: Duration,
     pub proxy_regions: ProxyRegions,
     pub cancel: CancellationToken,
@@ -74,6 +86,37 @@ impl Importer {
         }
     }
 
+    /// Put Coder's map over the configured one; a change re-sends assignments at once.
+    async fn follow_derp(&self, coder: &DerpMap, force_websockets: bool) {
+        let map = derpmap::merge_coder(&self.derp.base, coder);
+        let regions = DerpRegion::all(&map, force_websockets);
+        let same = {
+            let old = self.derp.regions.borrow();
+            old.len() == regions.len()
+                && old.iter().zip(&regions).all(|(a, b)| {
+                    a.id == b.id && a.json == b.json && a.force_websockets == b.force_websockets
+                })
+        };
+        if same {
+            return;
+        }
+        let names = map
+            .regions
+            .values()
+            .map(|r| (r.region_id, r.region_name.clone()))
+            .collect();
+        let has_nodes = map.has_derp_nodes();
+        self.derp.regions.send_replace(Arc::new(regions));
+        self.derp.map_json.send_replace(Arc::new(map.to_json()));
+        let _ = self
+            .agg
+            .send(AdminCommand::DerpRegions {
+                regions: names,
+                has_nodes,
+            })
+            .await;
+    }
+
     /// Keep what this round read, push it to the registry and the daemons' section, and
     /// build the `coder` block.
     async fn apply(&self, round: Round, last: &mut Last) -> CoderReport {
@@ -97,6 +140,9 @@ impl Importer {
                 Err(e) => tracing::warn!(error = %e, "storing Coder's workspace proxies"),
             }
             last.proxies = p;
+        }
+        if let Some((map, force_websockets)) = round.derp {
+            self.follow_derp(&map, force_websockets).await;
         }
         if let Some(d) = round.daemons {
             last.daemons = d;

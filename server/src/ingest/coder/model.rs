@@ -16,6 +16,14 @@ pub struct BuildInfo {
     pub dashboard_url: String,
 }
 
+/// `GET /api/v2/workspaceagents/connection`: the DERP map as agents get it.
+#[derive(Debug, Deserialize)]
+pub struct Connection {
+    pub derp_map: serde_json::Value,
+    #[serde(default)]
+    pub derp_force_websockets: bool,
+}
+
 /// `GET /api/v2/workspaceproxies`: current servers wrap the list, older ones send it bare.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
