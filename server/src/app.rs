@@ -321,7 +321,13 @@ pub(crate) fn start_own_vantage(
         .map_err(|e| ServeError::OwnVantage(e.to_string()))?;
     let mut ctx =
         CheckContext::new(tls).map_err(|e| ServeError::OwnVantage(format!("HTTP client: {e}")))?;
-    if let Some(d) = &stores.durable {
+    if let Some(url) = &config.check_database_url {
+        let pinger = PgPinger::new(url, &PgOptions::default()).map_err(|e| ConfigError {
+            field: "check_database_url".into(),
+            message: e.to_string(),
+        })?;
+        ctx.database = Some(Arc::new(pinger));
+    } else if let Some(d) = &stores.durable {
         ctx.database = Some(Arc::new(d.pinger.clone()));
     }
     tokio::spawn(own::run(

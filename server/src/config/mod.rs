@@ -122,6 +122,8 @@ pub struct Config {
     pub coder_url: Option<url::Url>,
     pub coder_token: Option<Secret>,
     pub coder_refresh: Duration,
+    /// The database the Database section pings, when not the store's.
+    pub check_database_url: Option<String>,
     /// The embedded relay's region ID, when given (`--embedded-relay-region`).
     pub embedded_relay_region: Option<i64>,
     /// The rest of `[coder]`: proxy regions and the WebSocket token.
@@ -165,6 +167,7 @@ impl Default for Config {
             coder_token: None,
             coder_refresh: DEFAULT_CODER_REFRESH,
             embedded_relay_region: None,
+            check_database_url: None,
             coder: CoderFile::default(),
             deprecations: Vec::new(),
         }
@@ -246,6 +249,7 @@ impl Config {
             coder_token: s.coder_token,
             coder_refresh: s.coder_refresh.unwrap_or(DEFAULT_CODER_REFRESH),
             embedded_relay_region: s.embedded_relay_region,
+            check_database_url: s.check_database_url,
             coder: CoderFile::default(),
             deprecations,
         })

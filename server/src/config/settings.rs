@@ -115,6 +115,15 @@ pub struct Settings {
     /// Run the server's own vantage (access URL and websocket from the server).
     #[arg(long, env = "VANTAGE_SERVER_VANTAGE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub server_vantage: Option<bool>,
+    /// The database the Database section pings (e.g. Coder's PostgreSQL; a `SELECT 1`), apart
+    /// from vantage's own store (default: the store of `--database-url`).
+    #[arg(
+        long,
+        env = "VANTAGE_CHECK_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub check_database_url: Option<String>,
     /// The region ID of the embedded relay (default 999). When attached to Coder, whose own
     /// embedded region is 999 too, the relay is checked only when given a free ID here.
     #[arg(long, env = "VANTAGE_EMBEDDED_RELAY_REGION", value_name = "N")]
@@ -179,7 +188,7 @@ impl Settings {
             derp_all_vantages, server_checks_derp, proxies_all_vantages,
             provisioner_daemons_required, provisioner_stale_after, event_retention,
             observation_retention, server_vantage_name, server_vantage, coder_url, coder_token,
-            coder_refresh, embedded_relay_region,
+            coder_refresh, embedded_relay_region, check_database_url,
         )
     }
 

@@ -411,3 +411,35 @@ async fn the_embedded_relay_joins_an_attached_map_with_a_free_region_id() {
     );
     assert!(report["derp"]["regions"].get("999").is_none());
 }
+
+#[tokio::test]
+async fn the_database_section_pings_the_database_it_is_given() {
+    let db = vantage_testkit::test_db!();
+    let url = db.url();
+    // vantage's own store stays in memory; the Database section pings the given database.
+    let server = Server::start(&["--interval", "500ms", "--check-database-url", &url]).await;
+    let section = eventually(Duration::from_secs(20), "the database pinged", || async {
+        let r = server.report().await;
+        (r["database"]["reachable"] == true).then(|| r["database"].clone())
+    })
+    .await;
+    assert_eq!(section["severity"], "ok", "{section}");
+    assert!(
+        !section["warnings"].to_string().contains("EDB03"),
+        "{section}"
+    );
+    let closed = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        closed_tcp_port()
+    );
+    let server = Server::start(&["--interval", "500ms", "--check-database-url", &closed]).await;
+    let section = eventually(Duration::from_secs(20), "EDB01", || async {
+        let r = server.report().await;
+        r["database"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("EDB01"))
+            .then(|| r["database"].clone())
+    })
+    .await;
+    assert_eq!(section["severity"], "error", "{section}");
+}
