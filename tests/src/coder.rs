@@ -44,6 +44,8 @@ pub struct Deployment {
     pub proxies: Vec<Value>,
     pub daemons: Vec<Value>,
     pub replicas: Vec<Value>,
+    /// What Coder's own check says of its database: `None` healthy, else the EDB01 error.
+    pub database_error: Option<String>,
     /// Requests seen, by path, and whether each carried a token.
     pub requests: Vec<(String, bool)>,
 }
@@ -75,6 +77,7 @@ impl CoderStandIn {
             proxies: Vec::new(),
             daemons: Vec::new(),
             replicas: Vec::new(),
+            database_error: None,
             requests: Vec::new(),
         }));
         let app = Router::new()
@@ -88,6 +91,7 @@ impl CoderStandIn {
                 get(provisioner_daemons),
             )
             .route("/api/v2/replicas", get(replicas))
+            .route("/api/v2/debug/health", get(debug_health))
             .fallback(|State(s): State<Arc<Mutex<Deployment>>>| async move {
                 let version = lock(&s).version.clone();
                 envelope(&version, StatusCode::NOT_FOUND, "Route not found.", None)
@@ -348,6 +352,38 @@ async fn provisioner_daemons(
     }
     let list = lock(&s).daemons.clone();
     ok(&version, StatusCode::OK, json!(list))
+}
+
+/// Coder's own report: Owner only (the debug routes answer 403 to everyone else).
+async fn debug_health(State(s): Shared, headers: HeaderMap) -> Response {
+    let (role, version) = match auth(&s, "/api/v2/debug/health", &headers) {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    if role != Role::Owner {
+        return envelope(&version, StatusCode::FORBIDDEN, "Forbidden.", None);
+    }
+    let d = lock(&s);
+    let now = chrono::Utc::now().to_rfc3339();
+    let db = match &d.database_error {
+        None => json!({"healthy": true, "severity": "ok", "warnings": [], "dismissed": false,
+                       "reachable": true, "latency": "1.2ms", "latency_ms": 1, "threshold_ms": 15}),
+        Some(e) => {
+            json!({"healthy": false, "severity": "error", "warnings": [], "dismissed": false,
+                          "error": e, "reachable": false, "latency": "", "latency_ms": 0, "threshold_ms": 15})
+        }
+    };
+    let body = json!({
+        "time": now, "healthy": d.database_error.is_none(),
+        "severity": if d.database_error.is_none() { "ok" } else { "error" },
+        "access_url": {"healthy": true, "severity": "ok", "warnings": [], "dismissed": false,
+                       "access_url": "https://coder.example.com", "reachable": true, "status_code": 200,
+                       "healthz_response": "OK"},
+        "database": db,
+        "websocket": {"healthy": true, "severity": "ok", "warnings": [], "dismissed": false, "body": "", "code": 0},
+        "coder_version": d.version
+    });
+    ok(&version, StatusCode::OK, body)
 }
 
 async fn replicas(State(s): Shared, headers: HeaderMap) -> Response {

@@ -119,6 +119,12 @@ pub enum AdminCommand {
         regions: Vec<(i64, String)>,
         has_nodes: bool,
     },
+    /// A vantage whose sections were computed elsewhere (Coder's own report, as `coderd`).
+    ExternalVantage {
+        name: String,
+        version: String,
+        sections: Vec<SectionReport>,
+    },
     /// What the Coder importer found (the report's `coder` block).
     Coder {
         report: vantage_proto::report::CoderReport,

@@ -88,6 +88,9 @@ pub(super) struct Vantage {
     pub(super) seq: SeqStats,
     /// Its latest session was on this replica.
     pub(super) home: bool,
+    /// Its sections come whole from outside (Coder's own report as `coderd`), not from
+    /// observations.
+    pub(super) external: bool,
 }
 
 impl Vantage {
@@ -109,6 +112,7 @@ impl Vantage {
             alerts: HashMap::new(),
             seq: SeqStats::default(),
             home: false,
+            external: false,
         }
     }
 

@@ -164,6 +164,32 @@ async fn an_enterprise_deployment_is_imported_followed_and_its_failures_are_data
         "ok"
     );
 
+    // Coder's own report is one more vantage, `coderd`, beside the regions'.
+    let report = eventually(
+        Duration::from_secs(10),
+        "coderd's database failing",
+        || async {
+            coder.with(|d| d.database_error = Some("EDB01: ping: connection refused".into()));
+            let r = server.report().await;
+            r["database"]["vantage_reports"]["coderd"]["reachable"]
+                .as_bool()
+                .is_some_and(|ok| !ok)
+                .then_some(r)
+        },
+    )
+    .await;
+    assert!(vantage_tests::vantage(&report, "coderd").is_some());
+    assert_eq!(
+        report["access_url"]["vantage_reports"]["coderd"]["status_code"],
+        200
+    );
+    assert_eq!(
+        report["database"]["severity"], "error",
+        "{}",
+        report["database"]
+    );
+    coder.with(|d| d.database_error = None);
+
     // A proxy added at Coder is assigned and polled within a refresh or so.
     let fra2 = healthy_proxy().await;
     coder.with(|d| {
@@ -271,7 +297,11 @@ async fn an_open_source_deployment_with_a_member_token_stays_ok() {
         .iter()
         .map(|u| u["part"].as_str().unwrap())
         .collect();
-    assert_eq!(parts, vec!["workspace_proxies", "replicas"], "{block}");
+    assert_eq!(
+        parts,
+        vec!["workspace_proxies", "replicas", "coderd_report"],
+        "{block}"
+    );
     assert!(
         block["unavailable"]
             .to_string()
@@ -314,6 +344,13 @@ async fn missing_permissions_give_ecdr03_only_where_vantage_needs_them() {
     .await;
     assert!(codes(&block).is_empty(), "{block}");
     assert_eq!(block["unavailable"][0]["part"], "replicas", "{block}");
+    assert_eq!(block["unavailable"][1]["part"], "coderd_report", "{block}");
+    assert!(
+        block["unavailable"][1]["reason"]
+            .to_string()
+            .contains("403"),
+        "{block}"
+    );
     assert_eq!(block["proxies"][0]["coder_status"], "ok");
     // A role without workspace_proxy:read: the proxies come from /regions, without status.
     let limited = attach(&coder, NO_PROXY_TOKEN, &[]).await;

@@ -12,6 +12,7 @@ use vantage_proto::report::{CoderProxy, CoderReplica, Message, Unavailable};
 use super::client::{CoderClient, CoderError};
 use super::model::{self, PRIMARY};
 use crate::registry::ProxySpec;
+use vantage_probe::rules::SectionReport;
 
 pub const BUILDINFO: &str = "/api/v2/buildinfo";
 pub const CONNECTION: &str = "/api/v2/workspaceagents/connection";
@@ -19,6 +20,7 @@ pub const WORKSPACE_PROXIES: &str = "/api/v2/workspaceproxies";
 pub const REGIONS: &str = "/api/v2/regions";
 pub const ORGANIZATIONS: &str = "/api/v2/organizations";
 pub const REPLICAS: &str = "/api/v2/replicas";
+pub const DEBUG_HEALTH: &str = "/api/v2/debug/health";
 
 /// A workspace proxy as imported: what the registry takes and Coder's status of it.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +38,8 @@ pub struct Round {
     pub proxies: Option<Vec<ImportedProxy>>,
     pub daemons: Option<Vec<DaemonInput>>,
     pub replicas: Option<Vec<CoderReplica>>,
+    /// Coder's own health report, section by section (Owner only).
+    pub coderd: Option<Vec<SectionReport>>,
     pub warnings: Vec<Message>,
     pub unavailable: Vec<Unavailable>,
 }
@@ -77,6 +81,7 @@ async fn round_inner(
     r.proxies = proxies(client, regions, r).await?;
     r.daemons = daemons(client, r).await?;
     r.replicas = replicas(client, r).await?;
+    r.coderd = coderd_report(client, r).await?;
     Ok(())
 }
 
@@ -169,12 +174,12 @@ async fn proxies(
         return Err(s);
     }
     if !matches!(first.status(), Some(403 | 404)) {
-        lacks(
-            r,
-            WORKSPACE_PROXIES,
-            "nothing known (unexpected answer)",
-            &first,
-        );
+        r.warnings.push(Message::new(
+            codes::ECDR01,
+            format!(
+                "Coder answered GET {WORKSPACE_PROXIES} with {first}; keeping the last proxies"
+            ),
+        ));
         return Ok(None);
     }
     // The user's view of the regions: every member may read it.
@@ -276,6 +281,37 @@ async fn daemons(client: &CoderClient, r: &mut Round) -> Result<Option<Vec<Daemo
         }
     }
     Ok(complete.then_some(all))
+}
+
+/// Coder's own report, each section as Coder computed it; a section whose JSON this version
+/// cannot read is left out.
+async fn coderd_report(
+    client: &CoderClient,
+    r: &mut Round,
+) -> Result<Option<Vec<SectionReport>>, Stop> {
+    let body: serde_json::Value = match client.get(DEBUG_HEALTH).await {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(s) = fatal(r, DEBUG_HEALTH, &e) {
+                return Err(s);
+            }
+            let reason = format!("{e}: Coder's own health report needs an Owner token");
+            unavailable(r, "coderd_report", DEBUG_HEALTH, reason);
+            return Ok(None);
+        }
+    };
+    fn section<T: serde::de::DeserializeOwned>(body: &serde_json::Value, key: &str) -> Option<T> {
+        serde_json::from_value(body.get(key)?.clone()).ok()
+    }
+    let sections = [
+        section(&body, "access_url").map(SectionReport::AccessUrl),
+        section(&body, "database").map(SectionReport::Database),
+        section(&body, "derp").map(SectionReport::Derp),
+        section(&body, "websocket").map(SectionReport::Websocket),
+        section(&body, "workspace_proxy").map(SectionReport::WorkspaceProxy),
+        section(&body, "provisioner_daemons").map(SectionReport::ProvisionerDaemons),
+    ];
+    Ok(Some(sections.into_iter().flatten().collect()))
 }
 
 async fn replicas(client: &CoderClient, r: &mut Round) -> Result<Option<Vec<CoderReplica>>, Stop> {

@@ -1,7 +1,8 @@
 //! Attach mode (`--coder-url`): imports a live Coder deployment's inventory and keeps following
 //! it — its DERP map (over the configured one; Coder wins region-ID clashes), its version (what `coder_version` and EPD02/EPD03 compare against), its workspace
 //! proxies (into the registry, source `coder`, so probes of their regions check them), its
-//! provisioner daemons (judged with Coder's rules, no heartbeat needed) and its replicas.
+//! provisioner daemons (judged with Coder's rules, no heartbeat needed), its replicas and, with
+//! an Owner token, Coder's own health report as one more vantage named `coderd`.
 //! Every `refresh` (jittered); each round's outcome is the report's `coder` block. The last
 //! good inventory is kept when a round fails, never replaced by nothing.
 
@@ -16,9 +17,9 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vantage_probe::rules::provisioners::DaemonInput;
+use vantage_proto::Severity;
 use vantage_proto::backoff::Backoff;
-use vantage_proto::report::{CoderReplica, CoderReport, Message};
-use vantage_proto::{Severity, codes};
+use vantage_proto::report::{CoderReplica, CoderReport, Unavailable};
 
 use self::client::CoderClient;
 use self::import::{ImportedProxy, ProxyRegions, Round};
@@ -27,6 +28,9 @@ use crate::ingest::derpmap;
 use crate::ingest::inventory::DerpRegion;
 use crate::registry::Registry;
 use vantage_derp::map::DerpMap;
+
+/// The vantage that carries Coder's own health report.
+pub const CODERD: &str = "coderd";
 
 /// What the ProvisionerDaemons section takes from Coder: the deployment version and its daemons.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,7 +126,8 @@ impl Importer {
     async fn apply(&self, round: Round, last: &mut Last) -> CoderReport {
         let now = Utc::now();
         let complete = round.complete();
-        let mut warnings = round.warnings;
+        let warnings = round.warnings;
+        let mut unavailable = round.unavailable;
         if let Some(v) = round.version {
             last.version = v;
         }
@@ -130,11 +135,12 @@ impl Importer {
             let specs = p.iter().map(|p| p.spec.clone()).collect();
             match self.registry.sync_coder_proxies(specs).await {
                 Ok(skipped) => {
-                    for s in skipped {
-                        warnings.push(Message::new(
-                            codes::ECDR03,
-                            format!("a workspace proxy from Coder was not imported: {s}"),
-                        ));
+                    for reason in skipped {
+                        unavailable.push(Unavailable {
+                            part: "workspace_proxies".into(),
+                            endpoint: import::WORKSPACE_PROXIES.into(),
+                            reason: format!("a proxy Coder lists was not imported: {reason}"),
+                        });
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "storing Coder's workspace proxies"),
@@ -143,6 +149,16 @@ impl Importer {
         }
         if let Some((map, force_websockets)) = round.derp {
             self.follow_derp(&map, force_websockets).await;
+        }
+        if let Some(sections) = round.coderd {
+            let _ = self
+                .agg
+                .send(AdminCommand::ExternalVantage {
+                    name: CODERD.to_owned(),
+                    version: last.version.clone(),
+                    sections,
+                })
+                .await;
         }
         if let Some(d) = round.daemons {
             last.daemons = d;
@@ -177,7 +193,7 @@ impl Importer {
                 Severity::Warning
             },
             warnings,
-            unavailable: round.unavailable,
+            unavailable,
             proxies: last.proxies.iter().map(|p| p.coder.clone()).collect(),
             replicas: last.replicas.clone(),
         }
