@@ -37,6 +37,8 @@ pub async fn follow(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_targets: Option<Vec<ProxyTarget>> = None;
     let mut last_inputs = None;
+    // Without Coder the importer's sender is gone at once: stop listening to it, go on.
+    let mut coder_live = true;
     loop {
         let records = registry.proxies(None).await;
         let targets: Vec<ProxyTarget> = records
@@ -93,7 +95,7 @@ pub async fn follow(
         tokio::select! {
             () = cancel.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
-            r = coder.changed() => if r.is_err() { return },
+            r = coder.changed(), if coder_live => coder_live = r.is_ok(),
             _ = tick.tick() => {}
         }
     }

@@ -277,7 +277,14 @@ async fn an_open_source_deployment_with_a_member_token_stays_ok() {
     let server = attach(
         &coder,
         MEMBER_TOKEN,
-        &["--database-url", &url, "--embedded-relay-region", "900"],
+        &[
+            "--database-url",
+            &url,
+            "--embedded-relay-region",
+            "900",
+            "--database-threshold",
+            "5s",
+        ],
     )
     .await;
     let report = eventually(Duration::from_secs(30), "imported and checked", || async {
@@ -454,7 +461,15 @@ async fn the_database_section_pings_the_database_it_is_given() {
     let db = vantage_testkit::test_db!();
     let url = db.url();
     // vantage's own store stays in memory; the Database section pings the given database.
-    let server = Server::start(&["--interval", "500ms", "--check-database-url", &url]).await;
+    let server = Server::start(&[
+        "--interval",
+        "500ms",
+        "--check-database-url",
+        &url,
+        "--database-threshold",
+        "5s",
+    ])
+    .await;
     let section = eventually(Duration::from_secs(20), "the database pinged", || async {
         let r = server.report().await;
         (r["database"]["reachable"] == true).then(|| r["database"].clone())
