@@ -341,7 +341,10 @@ async fn missing_permissions_give_ecdr03_only_where_vantage_needs_them() {
     let coder = CoderStandIn::start("v2.26.0").await;
     coder.with(|d| d.proxies = vec![proxy("syd", "http://127.0.0.1:9", "ok", &[])]);
     // A Member may read the proxies and daemons; the replicas are hidden from it (404).
-    let member = attach(&coder, MEMBER_TOKEN, &[]).await;
+    // With a database: the imported proxies are stored in the registry like the others.
+    let db = vantage_testkit::test_db!();
+    let url = db.url();
+    let member = attach(&coder, MEMBER_TOKEN, &["--database-url", &url]).await;
     let block = eventually(Duration::from_secs(20), "imported", || async {
         let r = member.report().await;
         r["coder"]["imported_at"]
@@ -359,6 +362,12 @@ async fn missing_permissions_give_ecdr03_only_where_vantage_needs_them() {
         "{block}"
     );
     assert_eq!(block["proxies"][0]["coder_status"], "ok");
+    let report = member.report().await;
+    assert!(
+        section_proxy(&report, "syd").is_some(),
+        "{}",
+        report["workspace_proxy"]
+    );
     // A role without workspace_proxy:read: the proxies come from /regions, without status.
     let limited = attach(&coder, NO_PROXY_TOKEN, &[]).await;
     let block = eventually(Duration::from_secs(20), "ECDR03", || async {
