@@ -41,6 +41,8 @@ pub struct Deployment {
     /// `/workspaceproxies` answers a bare array (older servers).
     pub bare_proxy_list: bool,
     pub derp_map: Value,
+    /// `derp_force_websockets` of `/workspaceagents/connection`.
+    pub derp_force_websockets: bool,
     pub proxies: Vec<Value>,
     pub daemons: Vec<Value>,
     pub replicas: Vec<Value>,
@@ -74,6 +76,7 @@ impl CoderStandIn {
             away: false,
             bare_proxy_list: false,
             derp_map: json!({"Regions": {}}),
+            derp_force_websockets: false,
             proxies: Vec::new(),
             daemons: Vec::new(),
             replicas: Vec::new(),
@@ -240,11 +243,14 @@ async fn connection(State(s): Shared, headers: HeaderMap) -> Response {
         Ok(r) => r,
         Err(e) => return *e,
     };
-    let map = lock(&s).derp_map.clone();
+    let (map, force) = {
+        let d = lock(&s);
+        (d.derp_map.clone(), d.derp_force_websockets)
+    };
     ok(
         &version,
         StatusCode::OK,
-        json!({"derp_map": map, "derp_force_websockets": false, "disable_direct_connections": false}),
+        json!({"derp_map": map, "derp_force_websockets": force, "disable_direct_connections": false}),
     )
 }
 

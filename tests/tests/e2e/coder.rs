@@ -444,6 +444,27 @@ async fn coders_derp_map_is_followed_and_checked_by_the_probes_of_each_region() 
         report["derp"]["regions"]["1"]["region"]["RegionName"],
         "FRA"
     );
+    assert_eq!(
+        derp_node(&report, "fra-1", "1").unwrap()["uses_websocket"],
+        false
+    );
+    // Coder forces WebSockets: the probes connect the way Coder's agents would.
+    coder.with(|d| d.derp_force_websockets = true);
+    eventually(
+        Duration::from_secs(20),
+        "the relay used over WebSocket",
+        || async {
+            let r = server.report().await;
+            derp_node(&r, "fra-1", "1")
+                .is_some_and(|n| {
+                    n["client_logs"].to_string().contains("over WebSocket")
+                        && !n["client_logs"].to_string().contains("Upgrade: DERP")
+                        && n["can_exchange_messages"] == true
+                })
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
