@@ -36,6 +36,11 @@ pub const EVNT01: &str = "EVNT01";
 pub const EVNT02: &str = "EVNT02";
 pub const EVNT03: &str = "EVNT03";
 pub const EVNT04: &str = "EVNT04";
+pub const ECDR01: &str = "ECDR01";
+pub const ECDR02: &str = "ECDR02";
+pub const ECDR03: &str = "ECDR03";
+pub const ECDR04: &str = "ECDR04";
+pub const ECDR05: &str = "ECDR05";
 
 /// Every code, in documentation order.
 pub const CATALOGUE: &[CodeDoc] = &[
@@ -194,6 +199,36 @@ pub const CATALOGUE: &[CodeDoc] = &[
         section: "any",
         title: "A vantage lost observations",
         description: "A probe dropped observations from its replay buffer before the server acknowledged them (the server stops acknowledging while its store falls behind, so nothing acknowledged is ever lost; what the probe could not keep is). The message names the vantage and the count. Look at the database's health and at the server's write queue in /metrics; a larger --replay-buffer on the probe rides out longer outages.",
+    },
+    CodeDoc {
+        code: ECDR01,
+        section: "coder",
+        title: "Coder unreachable",
+        description: "vantaged could not reach the Coder deployment given with --coder-url, or it answered with a 5xx status. The last inventory imported is kept (its time is imported_at) until Coder answers again. Check the URL and that coderd is up.",
+    },
+    CodeDoc {
+        code: ECDR02,
+        section: "coder",
+        title: "Coder refused the token",
+        description: "Coder answered 401: the token given with --coder-token (or [coder] token / token_file) is missing, expired or revoked. Mint a new one with `coder tokens create` and restart vantaged with it. The last inventory imported is kept meanwhile.",
+    },
+    CodeDoc {
+        code: ECDR03,
+        section: "coder",
+        title: "The token lacks a permission vantage needs",
+        description: "Coder answered 403 for a part of the inventory the deployment has and vantage needs (the DERP map, the provisioner daemons, the workspace proxies); the message names the endpoint and what the token lacks. Use a token of a user with a role that may read it.",
+    },
+    CodeDoc {
+        code: ECDR04,
+        section: "coder",
+        title: "A coderd replica reports an error",
+        description: "GET /api/v2/replicas lists a replica whose error is set (typically a failed mesh dial between replicas). The message names the replica and its error.",
+    },
+    CodeDoc {
+        code: ECDR05,
+        section: "coder",
+        title: "Coder and the probes disagree about a workspace proxy",
+        description: "Coder's own status of a workspace proxy differs from what the probes of its region saw (one says ok, the other does not). Look at both: the proxy may be reachable from coderd but not from the region, or the other way round.",
     },
 ];
 

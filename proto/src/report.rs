@@ -344,6 +344,67 @@ pub struct HealthReport {
     pub vantages: VantagesReport,
     /// Additive: the aggregator revision this report reflects.
     pub revision: u64,
+    /// Additive: the Coder deployment vantaged is attached to (`--coder-url`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coder: Option<CoderReport>,
+}
+
+/// The `coder` block: what the import from the attached Coder deployment found. Counts toward
+/// the report's severity like a section (ECDR01…ECDR05).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoderReport {
+    pub url: String,
+    /// The deployment's version (build info); empty before the first import.
+    pub version: String,
+    /// When the inventory shown was last imported in full; `None` before the first import.
+    pub imported_at: Option<DateTime<Utc>>,
+    /// When the importer last asked Coder.
+    pub attempted_at: Option<DateTime<Utc>>,
+    pub severity: Severity,
+    pub warnings: Vec<Message>,
+    /// Parts this deployment or token does not offer, each with the reason.
+    pub unavailable: Vec<Unavailable>,
+    /// The workspace proxies with Coder's status (the probes' is added by the server).
+    pub proxies: Vec<CoderProxy>,
+    /// The coderd replicas (enterprise, where the token may read them).
+    pub replicas: Vec<CoderReplica>,
+}
+
+/// A part of the import that is not available, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unavailable {
+    /// e.g. `workspace_proxies`, `replicas`.
+    pub part: String,
+    pub endpoint: String,
+    pub reason: String,
+}
+
+/// One workspace proxy: Coder's view beside the probes'.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoderProxy {
+    pub name: String,
+    /// The probe region that checks it.
+    pub region: String,
+    /// Coder's `status.status` (`ok`, `unreachable`, `unhealthy`, `unregistered`, `unknown`);
+    /// empty when only `/api/v2/regions` could be read.
+    pub coder_status: String,
+    pub coder_errors: Vec<String>,
+    pub coder_warnings: Vec<String>,
+    pub coder_checked_at: Option<DateTime<Utc>>,
+    /// What the probes of its region saw (the aggregated proxy's status); empty when no probe
+    /// checked it yet.
+    pub probe_status: String,
+}
+
+/// One coderd replica.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoderReplica {
+    pub id: String,
+    pub hostname: String,
+    pub region_id: i64,
+    pub relay_address: String,
+    pub error: String,
+    pub database_latency: i64,
 }
 
 impl HealthReport {

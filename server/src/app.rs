@@ -39,13 +39,16 @@ pub(crate) fn refuse_unauthenticated(config: &Config, addr: SocketAddr) -> Resul
     })
 }
 
-/// What the checks target: the access URL and the effective DERP map.
+/// What the checks target: the access URL and the effective DERP map (the configured one, and
+/// an attached Coder's over it, kept current by the importer).
 pub(crate) struct Targets {
     access_url: String,
     /// The listen URL.
     base: String,
+    /// The map from the configuration: `--derp-map`, the embedded relay, STUN servers.
     map: DerpMap,
-    derp_regions: Vec<DerpRegion>,
+    derp_regions: Arc<tokio::sync::watch::Sender<Arc<Vec<DerpRegion>>>>,
+    map_json: Arc<tokio::sync::watch::Sender<Arc<String>>>,
 }
 
 impl Targets {
@@ -58,18 +61,25 @@ impl Targets {
             field: "access_url".into(),
             message: format!("{access_url:?}: {e}"),
         })?;
-        let map = derpmap::effective(
-            config.derp_map.as_deref(),
-            config.embedded_relay.then_some(&access),
-            &config.stun_servers,
-        )
-        .await?;
-        let derp_regions = map.regions.values().map(DerpRegion::from_map).collect();
+        // Attached, Coder's own embedded region is 999 too: ours needs a free ID.
+        let embedded_id = match (&config.coder_url, config.embedded_relay_region) {
+            (_, Some(id)) => Some(id),
+            (None, None) => Some(derpmap::EMBEDDED_REGION_ID),
+            (Some(_), None) => None,
+        };
+        let embedded = embedded_id
+            .filter(|_| config.embedded_relay)
+            .map(|id| (&access, id));
+        let map =
+            derpmap::effective(config.derp_map.as_deref(), embedded, &config.stun_servers).await?;
+        let (derp_regions, _) = tokio::sync::watch::channel(Arc::new(DerpRegion::all(&map, false)));
+        let (map_json, _) = tokio::sync::watch::channel(Arc::new(map.to_json()));
         Ok(Targets {
             access_url,
             base: base.to_owned(),
             map,
-            derp_regions,
+            derp_regions: Arc::new(derp_regions),
+            map_json: Arc::new(map_json),
         })
     }
 }
@@ -168,9 +178,10 @@ pub(crate) async fn start_aggregator(
         version: vantage_probe::VERSION.to_owned(),
         expected,
         derp_regions: targets
-            .derp_regions
-            .iter()
-            .map(|r| (r.id, r.name.clone()))
+            .map
+            .regions
+            .values()
+            .map(|r| (r.region_id, r.region_name.clone()))
             .collect(),
         derp_has_nodes: targets.map.has_derp_nodes(),
         epoch: stores.durable.as_ref().map(|d| d.epoch.clone()),
@@ -236,6 +247,7 @@ pub(crate) fn follow_inventory(
     cancel: &CancellationToken,
 ) -> Arc<Inventory> {
     let (proxies_tx, proxies_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let coder_daemons = attach_coder(config, targets, stores, agg, cancel);
     tokio::spawn(crate::registry::follow::follow(
         stores.registry.clone(),
         agg.clone(),
@@ -244,6 +256,7 @@ pub(crate) fn follow_inventory(
             required: config.provisioner_daemons_required,
             stale_after: config.provisioner_stale_after,
         },
+        coder_daemons,
         cancel.clone(),
     ));
     Arc::new(Inventory {
@@ -251,13 +264,53 @@ pub(crate) fn follow_inventory(
         interval: config.interval,
         database_threshold: config.database_threshold,
         heartbeat: HEARTBEAT,
-        derp_regions: targets.derp_regions.clone(),
+        derp_regions: targets.derp_regions.subscribe(),
         derp_node_timeout: config.derp_node_timeout,
         derp_all_vantages: config.derp_all_vantages,
         server_checks_derp: config.server_checks_derp,
         proxies_all_vantages: config.proxies_all_vantages,
         proxies: proxies_rx,
     })
+}
+
+/// Attach mode (`--coder-url`): import and follow the Coder deployment. Returns what the
+/// ProvisionerDaemons section takes from it (always `None` when not attached).
+fn attach_coder(
+    config: &Config,
+    targets: &Targets,
+    stores: &Stores,
+    agg: &Aggregator,
+    cancel: &CancellationToken,
+) -> tokio::sync::watch::Receiver<Option<Arc<crate::ingest::coder::CoderDaemons>>> {
+    use crate::ingest::coder::{DerpFollow, Importer, client::CoderClient};
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let Some(url) = &config.coder_url else {
+        return rx;
+    };
+    match CoderClient::new(url.clone(), config.coder_token.clone()) {
+        Ok(client) => {
+            tracing::info!(url = %url, "attached to Coder");
+            tokio::spawn(
+                Importer {
+                    client,
+                    registry: stores.registry.clone(),
+                    agg: agg.clone(),
+                    daemons: tx,
+                    derp: DerpFollow {
+                        base: targets.map.clone(),
+                        regions: targets.derp_regions.clone(),
+                        map_json: targets.map_json.clone(),
+                    },
+                    refresh: config.coder_refresh,
+                    proxy_regions: config.coder.proxy_regions.clone(),
+                    cancel: cancel.clone(),
+                }
+                .run(),
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "cannot attach to Coder"),
+    }
+    rx
 }
 
 /// What the gRPC and HTTP surfaces share.
@@ -288,7 +341,13 @@ pub(crate) fn start_own_vantage(
         .map_err(|e| ServeError::OwnVantage(e.to_string()))?;
     let mut ctx =
         CheckContext::new(tls).map_err(|e| ServeError::OwnVantage(format!("HTTP client: {e}")))?;
-    if let Some(d) = &stores.durable {
+    if let Some(url) = &config.check_database_url {
+        let pinger = PgPinger::new(url, &PgOptions::default()).map_err(|e| ConfigError {
+            field: "check_database_url".into(),
+            message: e.to_string(),
+        })?;
+        ctx.database = Some(Arc::new(pinger));
+    } else if let Some(d) = &stores.durable {
         ctx.database = Some(Arc::new(d.pinger.clone()));
     }
     tokio::spawn(own::run(
@@ -358,7 +417,7 @@ pub(crate) fn router(
     let mut router = api::http::router(app.clone(), served)
         .merge(api::grpc::watch_codec::router(app))
         .merge(grpc)
-        .merge(api::http::derp_map_router(Arc::new(targets.map.to_json())));
+        .merge(api::http::derp_map_router(targets.map_json.subscribe()));
     if config.embedded_relay {
         router = router.merge(vantage_derp::relay::router(Arc::new(
             vantage_derp::Relay::new(),

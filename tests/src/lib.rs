@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use vantage_testkit::{ReadyChild, ReadyError};
 
+pub mod coder;
+
 /// Where cargo put the workspace's binaries (`target/<profile>/`, beside the test's `deps/`).
 pub fn bin(name: &str) -> PathBuf {
     vantage_testkit::cargo_bin(name).unwrap_or_else(|e| {

@@ -39,6 +39,7 @@ pub async fn check(ctx: &CheckContext, target: &pb::DerpRegionTarget) -> Vec<(St
         ..NodeCheckOptions::default()
     };
     opts.client.extra_ca_pem.clone_from(&ctx.extra_ca_pem);
+    opts.client.force_websocket = target.force_websockets;
     let checks = region.nodes.iter().map(|node| {
         let (region, node, opts) = (region.clone(), node.clone(), opts.clone());
         async move {

@@ -120,6 +120,22 @@ pub enum AdminCommand {
     ServerSection { report: SectionReport },
     /// The registry's workspace proxies changed.
     Proxies { proxies: Vec<ProxyInput> },
+    /// The effective DERP map's regions changed (an attached Coder's map): (id, name) each,
+    /// and whether any region has a DERP node.
+    DerpRegions {
+        regions: Vec<(i64, String)>,
+        has_nodes: bool,
+    },
+    /// A vantage whose sections were computed elsewhere (Coder's own report, as `coderd`).
+    ExternalVantage {
+        name: String,
+        version: String,
+        sections: Vec<SectionReport>,
+    },
+    /// What the Coder importer found (the report's `coder` block).
+    Coder {
+        report: vantage_proto::report::CoderReport,
+    },
 }
 
 /// What the store tells: other replicas' work, and this replica's from before a restart.

@@ -184,6 +184,7 @@ impl Aggregator {
             vantages: BTreeMap::new(),
             aggregates: HashMap::new(),
             server_sections: HashMap::new(),
+            coder: None,
             revision: 0,
             changed_at: Utc::now(),
             events,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use vantage_probe::rules::SectionReport;
 use vantage_proto::pb;
 use vantage_proto::report::{
-    Aggregated, HealthReport, Message, VantageInfo, VantageState, VantagesReport,
+    Aggregated, CoderReport, HealthReport, Message, VantageInfo, VantageState, VantagesReport,
 };
 use vantage_proto::{Section, Severity, codes, convert};
 
@@ -173,12 +173,21 @@ impl State {
             database: section!(Section::Database, Database),
             workspace_proxy: section!(Section::WorkspaceProxy, WorkspaceProxy),
             provisioner_daemons: section!(Section::ProvisionerDaemons, ProvisionerDaemons),
-            coder_version: self.config.version.clone(),
+            coder_version: self
+                .coder
+                .as_ref()
+                .filter(|c| !c.version.is_empty())
+                .map_or_else(|| self.config.version.clone(), |c| c.version.clone()),
             vantages,
             revision: self.revision,
+            coder: None,
         };
+        report.coder = self.coder.as_ref().map(|c| coder_block(c, &report));
         report.apply_dismissed(&self.dismissed);
         let mut severity = report.vantages.severity;
+        if let Some(c) = &report.coder {
+            severity = severity.max(c.severity);
+        }
         let mut healthy = true;
         for s in Section::ALL {
             let sev = report.base(s).severity;
@@ -191,4 +200,34 @@ impl State {
         report.healthy = healthy;
         report
     }
+}
+
+/// The `coder` block as the importer found it, with what the probes saw of each proxy beside
+/// Coder's status, and a warning (ECDR05) where the two disagree.
+fn coder_block(found: &CoderReport, report: &HealthReport) -> CoderReport {
+    let mut block = found.clone();
+    let seen = &report.workspace_proxy.report.workspace_proxies.regions;
+    for p in &mut block.proxies {
+        let Some(probed) = seen.iter().find(|s| s.name == p.name) else {
+            continue;
+        };
+        // A proxy no probe has polled yet is `unknown`: nothing to compare.
+        if probed.status.status == "unknown" {
+            continue;
+        }
+        p.probe_status = probed.status.status.clone();
+        if !p.coder_status.is_empty() && (p.coder_status == "ok") != (p.probe_status == "ok") {
+            block.warnings.push(Message::new(
+                codes::ECDR05,
+                format!(
+                    "workspace proxy {}: Coder says {}, the probes of region {:?} saw {}",
+                    p.name, p.coder_status, p.region, p.probe_status
+                ),
+            ));
+        }
+    }
+    if !block.warnings.is_empty() {
+        block.severity = block.severity.max(Severity::Warning);
+    }
+    block
 }

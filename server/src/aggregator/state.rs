@@ -51,6 +51,8 @@ pub(super) struct State {
     pub(super) vantages: BTreeMap<String, Vantage>,
     pub(super) aggregates: HashMap<Section, (SectionReport, Alert)>,
     pub(super) server_sections: HashMap<Section, SectionReport>,
+    /// What the Coder importer last found (attach mode only).
+    pub(super) coder: Option<vantage_proto::report::CoderReport>,
     pub(super) revision: u64,
     pub(super) changed_at: DateTime<Utc>,
     pub(super) events: broadcast::Sender<Arc<SharedEvent>>,
@@ -211,6 +213,25 @@ impl State {
                 self.reaggregate(Section::WorkspaceProxy, Cause::Here);
                 self.bump();
             }
+            AdminCommand::DerpRegions { regions, has_nodes } => {
+                if self.config.derp_regions != regions || self.config.derp_has_nodes != has_nodes {
+                    self.config.derp_regions = regions;
+                    self.config.derp_has_nodes = has_nodes;
+                    self.reaggregate(Section::Derp, Cause::Here);
+                    self.bump();
+                }
+            }
+            AdminCommand::ExternalVantage {
+                name,
+                version,
+                sections,
+            } => self.external_vantage(&name, version, sections),
+            AdminCommand::Coder { report } => {
+                if self.coder.as_ref() != Some(&report) {
+                    self.coder = Some(report);
+                    self.bump();
+                }
+            }
             AdminCommand::ServerSection { report } => {
                 let section = report.section();
                 if self.server_sections.get(&section) != Some(&report) {
@@ -234,9 +255,13 @@ impl State {
 
     /// Recompute one vantage's report of `section` from its observations, then the aggregate.
     pub(super) fn recompute(&mut self, name: &str, section: Section, cause: Cause) {
-        let Some(v) = self.vantages.get_mut(name) else {
+        let Some(v) = self.vantages.get(name) else {
             return;
         };
+        // An external vantage's sections come whole from outside, never from observations.
+        if v.external {
+            return;
+        }
         let report = rules::section_report(
             section,
             v.observations
@@ -244,6 +269,20 @@ impl State {
                 .filter(|o| Section::from_pb(o.section) == Some(section)),
             &self.rules,
         );
+        self.put_section(name, section, report, cause);
+    }
+
+    /// Keep `report` as the vantage's `section` (alerts, events, the aggregate).
+    pub(super) fn put_section(
+        &mut self,
+        name: &str,
+        section: Section,
+        report: Option<SectionReport>,
+        cause: Cause,
+    ) {
+        let Some(v) = self.vantages.get_mut(name) else {
+            return;
+        };
         // The common case on the ingest path: the same result again. Nothing to re-aggregate
         // and no alert to advance (unless one is waiting for consecutive evaluations).
         let pending = v.alerts.get(&section).is_some_and(|a| a.count > 0)
@@ -270,6 +309,28 @@ impl State {
         if fresh {
             self.reaggregate(section, cause);
         }
+    }
+
+    /// Keep an external vantage's sections, as a probe's would be after its observations.
+    fn external_vantage(&mut self, name: &str, version: String, sections: Vec<SectionReport>) {
+        let v = self.vantage_entry(name);
+        v.external = true;
+        v.home = true;
+        v.version = version;
+        v.last_seen = tokio::time::Instant::now();
+        v.last_seen_at = Some(Utc::now());
+        let was_stale = v.stale_since.take().is_some();
+        if was_stale {
+            self.vantage_event(name, VantageChange::Fresh, Cause::Here);
+        }
+        for report in sections {
+            let section = report.section();
+            self.put_section(name, section, Some(report), Cause::Here);
+        }
+        if was_stale {
+            self.reaggregate_all(Cause::Here);
+        }
+        self.bump();
     }
 
     pub(super) fn reaggregate_all(&mut self, cause: Cause) {

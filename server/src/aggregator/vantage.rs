@@ -105,6 +105,9 @@ pub(super) struct Vantage {
     pub(super) stored: Arc<AtomicU64>,
     /// Its latest session was on this replica.
     pub(super) home: bool,
+    /// Its sections come whole from outside (Coder's own report as `coderd`), not from
+    /// observations.
+    pub(super) external: bool,
 }
 
 impl Vantage {
@@ -129,6 +132,7 @@ impl Vantage {
             seq: SeqStats::default(),
             stored: Arc::new(AtomicU64::new(0)),
             home: false,
+            external: false,
         }
     }
 

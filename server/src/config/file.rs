@@ -25,11 +25,30 @@ const DEPRECATED: [(&str, Renames); 1] = [(
 /// registry's own type, read straight from TOML.
 pub use crate::registry::ProxySpec as ProxyFile;
 
+/// The `[coder]` table: `url`, `token` and `refresh` are the settings `coder_url`,
+/// `coder_token` and `coder_refresh`; `token_file` reads the token from a file.
+const CODER: &str = "coder";
+const CODER_SETTINGS: Renames = &[
+    ("url", "coder_url"),
+    ("token", "coder_token"),
+    ("refresh", "coder_refresh"),
+];
+
 /// What a configuration file holds.
 #[derive(Debug, Default)]
 pub(super) struct FileConfig {
     pub settings: Settings,
     pub workspace_proxies: Vec<ProxyFile>,
+    pub coder: CoderFile,
+}
+
+/// The keys of `[coder]` that are not settings.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CoderFile {
+    /// Coder proxy name → the probe region that checks it.
+    pub proxy_regions: std::collections::BTreeMap<String, String>,
+    /// An Owner's token for Coder's WebSocket echo, handed to probes over TLS only.
+    pub websocket_token: Option<super::settings::Secret>,
 }
 
 /// Read and parse the file at `path`.
@@ -57,7 +76,8 @@ fn parse(
             .map_err(|e: toml::de::Error| ConfigError::new(WORKSPACE_PROXIES, e.message()))?,
         None => Vec::new(),
     };
-    let old_names = lift_deprecated(&mut table, deprecations)?;
+    let mut old_names = lift_deprecated(&mut table, deprecations)?;
+    let coder = lift_coder(&mut table, &mut old_names)?;
     let keys = Settings::keys();
     let mut settings = Settings::default();
     for (key, value) in table {
@@ -66,7 +86,7 @@ fn parse(
             return Err(ConfigError::new(
                 &field,
                 format!(
-                    "unknown key in {} (expected one of {}, {WORKSPACE_PROXIES})",
+                    "unknown key in {} (expected one of {}, {WORKSPACE_PROXIES}, [{CODER}])",
                     path.display(),
                     keys.join(", ")
                 ),
@@ -80,7 +100,80 @@ fn parse(
     Ok(FileConfig {
         settings,
         workspace_proxies,
+        coder,
     })
+}
+
+/// Move `[coder] url/token/refresh` to their settings, read `token_file`, and return the rest.
+fn lift_coder(
+    table: &mut toml::Table,
+    old_names: &mut HashMap<String, String>,
+) -> Result<CoderFile, ConfigError> {
+    let Some(value) = table.remove(CODER) else {
+        return Ok(CoderFile::default());
+    };
+    let toml::Value::Table(entries) = value else {
+        return Err(ConfigError::new(
+            CODER,
+            format!("{value} is not a table (expected [{CODER}])"),
+        ));
+    };
+    let mut coder = CoderFile::default();
+    for (key, value) in entries {
+        let at = format!("{CODER}.{key}");
+        let new = match key.as_str() {
+            "token_file" => {
+                let toml::Value::String(path) = &value else {
+                    return Err(ConfigError::new(
+                        &at,
+                        format!("{value} is not a path (expected a string)"),
+                    ));
+                };
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new(&at, format!("reading {path:?}: {e}")))?;
+                ("coder_token", toml::Value::String(token.trim().to_owned()))
+            }
+            "proxy_regions" => {
+                coder.proxy_regions = value.try_into().map_err(|e: toml::de::Error| {
+                    ConfigError::new(
+                        &at,
+                        format!(
+                            "{} (expected a table of proxy name = \"region\")",
+                            e.message().trim()
+                        ),
+                    )
+                })?;
+                continue;
+            }
+            "websocket_token" => {
+                coder.websocket_token = Some(value.try_into().map_err(|e: toml::de::Error| {
+                    ConfigError::new(&at, format!("{} (expected a string)", e.message().trim()))
+                })?);
+                continue;
+            }
+            _ => match CODER_SETTINGS.iter().find(|(k, _)| *k == key) {
+                Some(&(_, new)) => (new, value),
+                None => {
+                    return Err(ConfigError::new(
+                        &at,
+                        "unknown key (expected one of url, token, token_file, refresh, proxy_regions, websocket_token)",
+                    ));
+                }
+            },
+        };
+        let (new, value) = new;
+        if table.contains_key(new) || old_names.contains_key(new) {
+            return Err(ConfigError::new(
+                &at,
+                format!(
+                    "{new} is given twice (expected one of {new}, {CODER}.url/token/token_file/refresh)"
+                ),
+            ));
+        }
+        table.insert(new.to_owned(), value);
+        old_names.insert(new.to_owned(), at);
+    }
+    Ok(coder)
 }
 
 /// Move the deprecated `[table] key`s to their keys; returns new key → old name, so that an

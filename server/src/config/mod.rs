@@ -16,9 +16,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use file::ProxyFile;
+pub use file::{CoderFile, ProxyFile};
 pub use flags::{DeprecatedFlags, Flags};
-pub use settings::Settings;
+pub use settings::{Secret, Settings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
@@ -44,6 +44,7 @@ pub const DEFAULT_SERVER_CHECKS_DERP: bool = true;
 pub const DEFAULT_PROXIES_ALL_VANTAGES: bool = false;
 pub const DEFAULT_PROVISIONER_DAEMONS_REQUIRED: bool = false;
 pub const DEFAULT_PROVISIONER_STALE_AFTER: Duration = Duration::from_secs(90);
+pub const DEFAULT_CODER_REFRESH: Duration = Duration::from_secs(30);
 /// The name of the server's own vantage (replicas sharing a database name theirs
 /// `server-<something>` with `--server-vantage-name`); the default `server_vantage_name`.
 pub const SERVER_VANTAGE: &str = "server";
@@ -132,6 +133,16 @@ pub struct Config {
     pub workspace_proxies: Vec<ProxyFile>,
     pub max_vantages: usize,
     pub allowed_proxy_networks: Vec<ipnet::IpNet>,
+    /// The Coder deployment to attach to (`--coder-url`), its token and refresh.
+    pub coder_url: Option<url::Url>,
+    pub coder_token: Option<Secret>,
+    pub coder_refresh: Duration,
+    /// The database the Database section pings, when not the store's.
+    pub check_database_url: Option<String>,
+    /// The embedded relay's region ID, when given (`--embedded-relay-region`).
+    pub embedded_relay_region: Option<i64>,
+    /// The rest of `[coder]`: proxy regions and the WebSocket token.
+    pub coder: CoderFile,
     /// The deprecated names the configuration used, for `main` to log.
     pub deprecations: Vec<Deprecation>,
 }
@@ -170,6 +181,12 @@ impl Default for Config {
             workspace_proxies: Vec::new(),
             max_vantages: crate::aggregator::DEFAULT_MAX_VANTAGES,
             allowed_proxy_networks: Vec::new(),
+            coder_url: None,
+            coder_token: None,
+            coder_refresh: DEFAULT_CODER_REFRESH,
+            embedded_relay_region: None,
+            check_database_url: None,
+            coder: CoderFile::default(),
             deprecations: Vec::new(),
         }
     }
@@ -184,7 +201,8 @@ impl Config {
             None => file::FileConfig::default(),
         };
         let settings = flags.into_settings(&mut deprecations)?.or(file.settings);
-        let config = Config::resolve(settings, file.workspace_proxies, deprecations)?;
+        let mut config = Config::resolve(settings, file.workspace_proxies, deprecations)?;
+        config.coder = file.coder;
         config.validate()?;
         Ok(config)
     }
@@ -251,6 +269,16 @@ impl Config {
                 .iter()
                 .map(|n| parse_network(n))
                 .collect::<Result<_, _>>()?,
+            coder_url: s
+                .coder_url
+                .as_deref()
+                .map(|u| parse_url("coder_url", u))
+                .transpose()?,
+            coder_token: s.coder_token,
+            coder_refresh: s.coder_refresh.unwrap_or(DEFAULT_CODER_REFRESH),
+            embedded_relay_region: s.embedded_relay_region,
+            check_database_url: s.check_database_url,
+            coder: CoderFile::default(),
             deprecations,
         })
     }
@@ -295,6 +323,21 @@ impl Config {
                 ),
             ));
         }
+        if let Some(id) = self.embedded_relay_region.filter(|id| *id <= 0) {
+            return Err(ConfigError::new(
+                "embedded_relay_region",
+                format!("{id} is not a region ID (expected a positive integer, e.g. 900)"),
+            ));
+        }
+        if self.coder_refresh < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "coder_refresh",
+                format!(
+                    "{:?} is too short (expected at least 100ms)",
+                    self.coder_refresh
+                ),
+            ));
+        }
         if self.derp_node_timeout.is_zero() || self.derp_node_timeout > Duration::from_secs(30) {
             return Err(ConfigError::new(
                 "derp_node_timeout",
@@ -322,15 +365,19 @@ impl Config {
 }
 
 fn parse_access_url(s: &str) -> Result<url::Url, ConfigError> {
+    parse_url("access_url", s)
+}
+
+fn parse_url(field: &str, s: &str) -> Result<url::Url, ConfigError> {
     let u = url::Url::parse(s).map_err(|e| {
         ConfigError::new(
-            "access_url",
+            field,
             format!("{s:?} is not a URL: {e} (expected e.g. https://coder.example.com)"),
         )
     })?;
     if !matches!(u.scheme(), "http" | "https") {
         return Err(ConfigError::new(
-            "access_url",
+            field,
             format!("{s:?}: scheme must be http or https"),
         ));
     }

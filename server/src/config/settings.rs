@@ -131,6 +131,57 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub allowed_proxy_networks: Option<Vec<String>>,
+    /// The database the Database section pings (e.g. Coder's PostgreSQL; a `SELECT 1`), apart
+    /// from vantage's own store (default: the store of `--database-url`).
+    #[arg(
+        long,
+        env = "VANTAGE_CHECK_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub check_database_url: Option<String>,
+    /// The region ID of the embedded relay (default 999). When attached to Coder, whose own
+    /// embedded region is 999 too, the relay is checked only when given a free ID here.
+    #[arg(long, env = "VANTAGE_EMBEDDED_RELAY_REGION", value_name = "N")]
+    pub embedded_relay_region: Option<i64>,
+    /// Attach to this Coder deployment: import and follow its version, workspace proxies,
+    /// provisioner daemons and replicas (TOML: `[coder] url`).
+    #[arg(long, env = "VANTAGE_CODER_URL", value_name = "URL")]
+    pub coder_url: Option<String>,
+    /// The Coder session token the importer sends (as `Coder-Session-Token`, to the Coder URL
+    /// only; TOML: `[coder] token` or `token_file`).
+    #[arg(long, env = "VANTAGE_CODER_TOKEN", value_name = "TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub coder_token: Option<Secret>,
+    /// How often the Coder inventory is imported again (jittered; TOML: `[coder] refresh`).
+    #[arg(long, env = "VANTAGE_CODER_REFRESH", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub coder_refresh: Option<Duration>,
+}
+
+/// A credential: compared and cloned like a string, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The credential itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret(s.to_owned()))
 }
 
 /// Layers `$upper` over `$lower`, field by field; the destructuring is exhaustive, so a new
@@ -154,7 +205,8 @@ impl Settings {
             derp_all_vantages, server_checks_derp, proxies_all_vantages,
             provisioner_daemons_required, provisioner_stale_after, event_retention,
             observation_retention, server_vantage_name, server_vantage, max_vantages,
-            allowed_proxy_networks,
+            allowed_proxy_networks, coder_url, coder_token, coder_refresh, embedded_relay_region,
+            check_database_url,
         )
     }
 

@@ -109,6 +109,7 @@ fn samples(arg: &clap::Arg) -> Vec<(String, String)> {
         "HOST:PORT" => &["stun.example.com:3478"],
         "NAME" => &["server-b"],
         "CIDR" => &["169.254.10.0/24"],
+        "TOKEN" => &["abcdefghij-0123456789012345678901"],
         other => panic!(
             "--{:?}: add samples for the value name {other:?}",
             arg.get_long()
@@ -359,4 +360,39 @@ fn bounds_and_networks_are_validated_naming_the_field() {
     );
     let e = load_args(&["--max-vantages", "0"]).unwrap_err();
     assert_eq!(e.field, "max_vantages");
+}
+
+#[test]
+fn the_coder_table_is_read_and_the_token_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "abcdefghij-0123456789012345678901\n").unwrap();
+    let text = format!(
+        "[coder]\nurl = \"https://coder.example.com\"\ntoken_file = {:?}\nrefresh = \"10s\"\n\
+         proxy_regions = {{ \"sydney\" = \"syd\" }}\nwebsocket_token = \"owner-secret\"\n",
+        token_file.to_str().unwrap()
+    );
+    let c = load_toml(&text).unwrap();
+    assert_eq!(
+        c.coder_url.as_ref().unwrap().as_str(),
+        "https://coder.example.com/"
+    );
+    assert_eq!(
+        c.coder_token.as_ref().unwrap().expose(),
+        "abcdefghij-0123456789012345678901"
+    );
+    assert_eq!(c.coder_refresh, Duration::from_secs(10));
+    assert_eq!(c.coder.proxy_regions["sydney"], "syd");
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("0123456789012345678901") && !shown.contains("owner-secret"));
+    // The flag beats the file, and errors name the key as written.
+    let e = load_toml("[coder]\ncolour = 1\n").unwrap_err();
+    assert_eq!(e.field, "coder.colour");
+    let e = load_toml("coder_url = \"https://a\"\n[coder]\nurl = \"https://b\"\n").unwrap_err();
+    assert_eq!(e.field, "coder.url");
+    let e = load_toml("[coder]\nurl = \"ftp://a\"\n").unwrap_err();
+    assert_eq!(e.field, "coder_url");
+    assert!(e.message.contains("http or https"), "{e}");
+    let e = load_toml("[coder]\nproxy_regions = 3\n").unwrap_err();
+    assert_eq!(e.field, "coder.proxy_regions");
 }

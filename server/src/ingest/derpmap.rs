@@ -59,20 +59,20 @@ pub async fn load(source: &str) -> Result<DerpMap, ConfigError> {
 /// Build the effective map.
 pub async fn effective(
     source: Option<&str>,
-    embedded: Option<&url::Url>,
+    embedded: Option<(&url::Url, i64)>,
     stun_servers: &[String],
 ) -> Result<DerpMap, ConfigError> {
     let mut map = match source {
         Some(s) => load(s).await?,
         None => DerpMap::default(),
     };
-    if let Some(access_url) = embedded {
-        let region = embedded_region(access_url, EMBEDDED_REGION_ID, EMBEDDED_REGION_NAME)
-            .map_err(|e| ConfigError {
+    if let Some((access_url, id)) = embedded {
+        let region =
+            embedded_region(access_url, id, EMBEDDED_REGION_NAME).map_err(|e| ConfigError {
                 field: "access_url".into(),
                 message: e.to_string(),
             })?;
-        map.regions.insert(EMBEDDED_REGION_ID, region);
+        map.regions.insert(id, region);
     }
     for (i, addr) in stun_servers.iter().enumerate() {
         let id = EMBEDDED_REGION_ID + 1 + i64::try_from(i).unwrap_or(0);
@@ -85,6 +85,15 @@ pub async fn effective(
     Ok(map)
 }
 
+/// An attached Coder's map over `base`: Coder's regions win every region-ID clash.
+pub fn merge_coder(base: &DerpMap, coder: &DerpMap) -> DerpMap {
+    let mut map = base.clone();
+    for (id, region) in &coder.regions {
+        map.regions.insert(*id, region.clone());
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,9 +101,13 @@ mod tests {
     #[tokio::test]
     async fn embedded_and_stun_regions_join_the_map() {
         let url = url::Url::parse("http://127.0.0.1:7080").unwrap();
-        let map = effective(None, Some(&url), &["127.0.0.1:3478".into()])
-            .await
-            .unwrap();
+        let map = effective(
+            None,
+            Some((&url, EMBEDDED_REGION_ID)),
+            &["127.0.0.1:3478".into()],
+        )
+        .await
+        .unwrap();
         let ids: Vec<i64> = map.regions.keys().copied().collect();
         assert_eq!(ids, vec![999, 1000]);
         assert_eq!(map.regions[&999].region_name, "Embedded Relay");

@@ -25,6 +25,8 @@ pub struct DerpRegion {
     pub code: String,
     pub name: String,
     pub json: String,
+    /// Connect over WebSocket only (an attached Coder's `derp_force_websockets`).
+    pub force_websockets: bool,
 }
 
 impl DerpRegion {
@@ -34,7 +36,19 @@ impl DerpRegion {
             code: r.region_code.clone(),
             name: r.region_name.clone(),
             json: serde_json::to_string(r).unwrap_or_default(),
+            force_websockets: false,
         }
+    }
+
+    /// Every region of `map`.
+    pub fn all(map: &vantage_derp::map::DerpMap, force_websockets: bool) -> Vec<DerpRegion> {
+        map.regions
+            .values()
+            .map(|r| DerpRegion {
+                force_websockets,
+                ..DerpRegion::from_map(r)
+            })
+            .collect()
     }
 }
 
@@ -45,7 +59,8 @@ pub struct Inventory {
     pub interval: Duration,
     pub database_threshold: Duration,
     pub heartbeat: Duration,
-    pub derp_regions: Vec<DerpRegion>,
+    /// The effective DERP map's regions, kept current (an attached Coder's map changes).
+    pub derp_regions: watch::Receiver<Arc<Vec<DerpRegion>>>,
     pub derp_node_timeout: Duration,
     /// Every DERP region to every vantage (default: a probe gets the regions whose
     /// RegionCode equals its region).
@@ -106,7 +121,7 @@ impl Inventory {
                 }),
             ));
         }
-        for r in &self.derp_regions {
+        for r in self.derp_regions.borrow().iter() {
             let mine = if is_server {
                 self.server_checks_derp
             } else {
@@ -120,6 +135,7 @@ impl Inventory {
                     Target::DerpRegion(pb::DerpRegionTarget {
                         region_json: r.json.clone(),
                         node_timeout: Some(convert::duration(self.derp_node_timeout)),
+                        force_websockets: r.force_websockets,
                     }),
                 ));
             }
@@ -153,10 +169,12 @@ impl Inventory {
 }
 
 /// One vantage's view of the inventory: its assignment now, and each new one when what it
-/// must check changes (the registry's proxies). Shared by probe sessions and the own vantage.
+/// must check changes (the registry's proxies, the DERP map's regions). Shared by probe
+/// sessions and the own vantage.
 pub struct Assignments {
     inventory: Arc<Inventory>,
     proxies: watch::Receiver<Arc<Vec<ProxyTarget>>>,
+    derp: watch::Receiver<Arc<Vec<DerpRegion>>>,
     name: String,
     region: String,
     generation: u64,
@@ -172,6 +190,7 @@ impl Assignments {
         let current = inventory.assignment_for(name, region);
         let follow = Assignments {
             proxies: inventory.proxies.clone(),
+            derp: inventory.derp_regions.clone(),
             inventory,
             name: name.to_owned(),
             region: region.to_owned(),
@@ -184,7 +203,10 @@ impl Assignments {
     /// longer kept (the server stops). Cancel-safe.
     pub async fn changed(&mut self) -> Option<pb::Assignment> {
         loop {
-            self.proxies.changed().await.ok()?;
+            tokio::select! {
+                r = self.proxies.changed() => r.ok()?,
+                r = self.derp.changed() => r.ok()?,
+            }
             let a = self.inventory.assignment_for(&self.name, &self.region);
             if a.generation != self.generation {
                 self.generation = a.generation;
@@ -207,28 +229,39 @@ mod tests {
     use super::*;
     use crate::config::SERVER_VANTAGE;
 
-    fn inv(proxies: Vec<ProxyTarget>) -> (Inventory, watch::Sender<Arc<Vec<ProxyTarget>>>) {
+    type Senders = (
+        watch::Sender<Arc<Vec<ProxyTarget>>>,
+        watch::Sender<Arc<Vec<DerpRegion>>>,
+    );
+
+    fn inv(proxies: Vec<ProxyTarget>) -> (Inventory, Senders) {
         let (tx, rx) = watch::channel(Arc::new(proxies));
         let region = |id: i64, code: &str| DerpRegion {
             id,
             code: code.into(),
             name: code.into(),
             json: "{}".into(),
+            force_websockets: false,
         };
+        let (derp_tx, derp_rx) = watch::channel(Arc::new(vec![
+            region(1, "fra"),
+            region(2, "iad"),
+            region(999, "vantage"),
+        ]));
         (
             Inventory {
                 access_url: "http://127.0.0.1:1".into(),
                 interval: Duration::from_secs(30),
                 database_threshold: Duration::from_millis(15),
                 heartbeat: Duration::from_secs(5),
-                derp_regions: vec![region(1, "fra"), region(2, "iad"), region(999, "vantage")],
+                derp_regions: derp_rx,
                 derp_node_timeout: Duration::from_secs(10),
                 derp_all_vantages: false,
                 server_checks_derp: true,
                 proxies_all_vantages: false,
                 proxies: rx,
             },
-            tx,
+            (tx, derp_tx),
         )
     }
 
@@ -243,7 +276,7 @@ mod tests {
             url: format!("http://{n}"),
             region: r.into(),
         };
-        let (inv, tx) = inv(vec![proxy("p-fra", "fra"), proxy("p-iad", "iad")]);
+        let (inv, (tx, derp_tx)) = inv(vec![proxy("p-fra", "fra"), proxy("p-iad", "iad")]);
         assert_eq!(
             ids(&inv.assignment_for("fra-1", "fra")),
             vec!["access_url", "websocket", "derp/1", "proxy/p-fra"]
@@ -274,5 +307,41 @@ mod tests {
             inv.assignment_for("iad-1", "iad").generation,
             inv.assignment_for("iad-2", "iad").generation
         );
+        // A region added to the DERP map goes to the probes of its code.
+        derp_tx.send_modify(|r| {
+            let mut more = (**r).clone();
+            more.push(DerpRegion {
+                id: 10001,
+                code: "syd".into(),
+                name: "Sydney".into(),
+                json: "{}".into(),
+                force_websockets: false,
+            });
+            *r = Arc::new(more);
+        });
+        assert_eq!(
+            ids(&inv.assignment_for("syd-1", "syd")),
+            vec!["access_url", "websocket", "derp/10001"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_follower_hears_of_a_new_derp_region() {
+        let (inv, (_tx, derp_tx)) = inv(vec![]);
+        let (mut follow, first) = Assignments::follow(Arc::new(inv), "syd-1", "syd");
+        assert_eq!(ids(&first), vec!["access_url", "websocket"]);
+        derp_tx.send_modify(|r| {
+            let mut more = (**r).clone();
+            more.push(DerpRegion {
+                id: 7,
+                code: "syd".into(),
+                name: "Sydney".into(),
+                json: "{}".into(),
+                force_websockets: false,
+            });
+            *r = Arc::new(more);
+        });
+        let next = follow.changed().await.unwrap();
+        assert_eq!(ids(&next), vec!["access_url", "websocket", "derp/7"]);
     }
 }

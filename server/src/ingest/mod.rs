@@ -1,6 +1,8 @@
 //! What comes in: probe sessions ([`hub`]), the server's own vantage ([`own`]), and what there
-//! is to check ([`inventory`], built from the configuration and the [`derpmap`]).
+//! is to check ([`inventory`], built from the configuration and the [`derpmap`]), and the
+//! inventory of an attached Coder deployment ([`coder`]).
 
+pub mod coder;
 pub mod derpmap;
 pub mod hub;
 pub mod inventory;

@@ -1,5 +1,6 @@
 //! Keeps the rest of the server in step with the registry: the probes' proxy targets, the
-//! WorkspaceProxy rules' inputs and the ProvisionerDaemons section.
+//! WorkspaceProxy rules' inputs and the ProvisionerDaemons section (judged against the attached
+//! Coder deployment's version and with its daemons, when there is one).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use vantage_probe::rules::{SectionReport, provisioners};
 
 use super::Registry;
 use crate::aggregator::{AdminCommand, Aggregator};
+use crate::ingest::coder::CoderDaemons;
 use crate::ingest::inventory::ProxyTarget;
 
 /// What the ProvisionerDaemons section requires.
@@ -25,6 +27,7 @@ pub async fn follow(
     agg: Aggregator,
     proxies: tokio::sync::watch::Sender<Arc<Vec<ProxyTarget>>>,
     policy: ProvisionerPolicy,
+    mut coder: tokio::sync::watch::Receiver<Option<Arc<CoderDaemons>>>,
     cancel: CancellationToken,
 ) {
     let mut changes = registry.subscribe();
@@ -34,6 +37,8 @@ pub async fn follow(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_targets: Option<Vec<ProxyTarget>> = None;
     let mut last_inputs = None;
+    // Without Coder the importer's sender is gone at once: stop listening to it, go on.
+    let mut coder_live = true;
     loop {
         let records = registry.proxies(None).await;
         let targets: Vec<ProxyTarget> = records
@@ -61,10 +66,20 @@ pub async fn follow(
             }
             last_inputs = Some(inputs);
         }
+        // Heartbeats still count beside Coder's own daemons.
+        let mut daemons = registry.provisioner_inputs().await;
+        let attached = coder.borrow_and_update().clone();
+        let version = match &attached {
+            Some(c) => {
+                daemons.extend(c.daemons.iter().cloned());
+                c.version.as_str()
+            }
+            None => vantage_probe::VERSION,
+        };
         let section = provisioners::section(
-            &registry.provisioner_inputs().await,
+            &daemons,
             registry.now(),
-            vantage_probe::VERSION,
+            version,
             provisioners::CURRENT_API_MAJOR,
             policy.required,
             policy.stale_after,
@@ -80,6 +95,7 @@ pub async fn follow(
         tokio::select! {
             () = cancel.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
+            r = coder.changed(), if coder_live => coder_live = r.is_ok(),
             _ = tick.tick() => {}
         }
     }

@@ -370,6 +370,75 @@ impl Registry {
         Ok(())
     }
 
+    /// Make the proxies imported from Coder exactly `specs` (each import): new ones are added,
+    /// changed ones updated (keeping id and creation time), ones Coder no longer lists
+    /// removed. A configured or registered proxy of the same name wins over Coder's (skipped).
+    /// Invalid specs are skipped and named in the result.
+    pub async fn sync_coder_proxies(
+        &self,
+        specs: Vec<ProxySpec>,
+    ) -> Result<Vec<String>, RegistryError> {
+        let now = self.now();
+        let mut skipped = Vec::new();
+        let (saves, deletes) = {
+            let mut state = self.state.write().await;
+            let mut names = HashSet::new();
+            let mut saves = Vec::new();
+            for spec in specs {
+                if let Err(e) = spec.validate("") {
+                    skipped.push(e.to_string());
+                    continue;
+                }
+                let old = state.proxies.get(&spec.name);
+                if old.is_some_and(|o| o.source != ProxySource::Coder) {
+                    continue;
+                }
+                names.insert(spec.name.clone());
+                let fresh = match old {
+                    Some(o) => ProxyRecord {
+                        id: o.id.clone(),
+                        created_at: o.created_at,
+                        updated_at: o.updated_at,
+                        ..proxy_record(spec, now, ProxySource::Coder)
+                    },
+                    None if state.proxies.len() >= self.max_entries => {
+                        return Err(full_proxies(state.proxies.len()));
+                    }
+                    None => proxy_record(spec, now, ProxySource::Coder),
+                };
+                if old == Some(&fresh) {
+                    continue;
+                }
+                let record = ProxyRecord {
+                    updated_at: now,
+                    ..fresh
+                };
+                state.proxies.insert(record.name.clone(), record.clone());
+                saves.push(record);
+            }
+            let removed: Vec<String> = state
+                .proxies
+                .values()
+                .filter(|p| p.source == ProxySource::Coder && !names.contains(&p.name))
+                .map(|p| p.name.clone())
+                .collect();
+            for n in &removed {
+                state.proxies.remove(n);
+            }
+            (saves, removed)
+        };
+        if !saves.is_empty() || !deletes.is_empty() {
+            self.changed();
+        }
+        for name in deletes {
+            self.store.delete_proxy(name).await?;
+        }
+        for record in saves {
+            self.store.save_proxy(record).await?;
+        }
+        Ok(skipped)
+    }
+
     /// Every daemon, stale ones included, by name.
     pub async fn daemons(&self) -> Vec<DaemonRecord> {
         self.state.read().await.daemons.values().cloned().collect()

@@ -116,6 +116,8 @@ pub enum ProxySource {
     Config,
     /// `RegisterWorkspaceProxy`.
     Registered,
+    /// Imported from the attached Coder deployment (`--coder-url`); replaced on every import.
+    Coder,
 }
 
 impl ProxySource {
@@ -123,6 +125,7 @@ impl ProxySource {
         match self {
             ProxySource::Config => "config",
             ProxySource::Registered => "registered",
+            ProxySource::Coder => "coder",
         }
     }
 }

@@ -795,7 +795,19 @@ async fn registry_store_keeps_the_newer_entry() {
 
     let snap = store.load_registry().await.expect("load");
     assert_eq!(snap.daemons, vec![daemon]);
-    assert_eq!(snap.proxies, vec![newer]);
+    assert_eq!(snap.proxies, vec![newer.clone()]);
+    // A proxy imported from Coder keeps its source across a reload.
+    let imported = ProxyRecord {
+        source: ProxySource::Coder,
+        updated_at: t + TimeDelta::seconds(2),
+        ..newer
+    };
+    store
+        .save_proxy(imported.clone())
+        .await
+        .expect("coder save");
+    let snap = store.load_registry().await.expect("load");
+    assert_eq!(snap.proxies, vec![imported]);
 
     store
         .delete_daemons(vec!["d1".into(), "nope".into()])

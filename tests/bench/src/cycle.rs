@@ -94,6 +94,7 @@ async fn targets(derp_nodes: usize, access_urls: usize) -> anyhow::Result<pb::As
             interval: Some(duration(Duration::from_secs(30))),
             timeout: Some(duration(Duration::from_secs(30))),
             target: Some(pb::check::Target::DerpRegion(pb::DerpRegionTarget {
+                force_websockets: false,
                 region_json: serde_json::to_string(&region)?,
                 node_timeout: Some(duration(Duration::from_secs(10))),
             })),

@@ -5,6 +5,7 @@
 mod abuse;
 mod backbone;
 mod cluster;
+mod coder;
 mod contract;
 mod derp;
 mod durability;

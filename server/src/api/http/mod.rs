@@ -175,11 +175,11 @@ async fn put_settings(
 
 /// `GET /api/v2/debug/derp-map`: the effective DERP map (Tailscale JSON), for
 /// `vantage netcheck` and for operators.
-pub fn derp_map_router(map_json: std::sync::Arc<String>) -> Router {
+pub fn derp_map_router(map_json: tokio::sync::watch::Receiver<std::sync::Arc<String>>) -> Router {
     Router::new().route(
         "/api/v2/debug/derp-map",
         get(move || {
-            let map_json = map_json.clone();
+            let map_json = map_json.borrow().clone();
             async move {
                 let mut r = (*map_json).clone().into_response();
                 r.headers_mut().insert(

@@ -19,6 +19,7 @@ fn source(s: &str) -> Result<ProxySource, Failure> {
     match s {
         "config" => Ok(ProxySource::Config),
         "registered" => Ok(ProxySource::Registered),
+        "coder" => Ok(ProxySource::Coder),
         other => Err(Failure(format!("unknown proxy source {other:?}"))),
     }
 }

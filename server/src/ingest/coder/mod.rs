@@ -1,0 +1,201 @@
+//! Attach mode (`--coder-url`): imports a live Coder deployment's inventory and keeps following
+//! it — its DERP map (over the configured one; Coder wins region-ID clashes), its version (what `coder_version` and EPD02/EPD03 compare against), its workspace
+//! proxies (into the registry, source `coder`, so probes of their regions check them), its
+//! provisioner daemons (judged with Coder's rules, no heartbeat needed), its replicas and, with
+//! an Owner token, Coder's own health report as one more vantage named `coderd`.
+//! Every `refresh` (jittered); each round's outcome is the report's `coder` block. The last
+//! good inventory is kept when a round fails, never replaced by nothing.
+
+pub mod client;
+pub mod import;
+pub mod model;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use vantage_probe::rules::provisioners::DaemonInput;
+use vantage_proto::Severity;
+use vantage_proto::backoff::Backoff;
+use vantage_proto::report::{CoderReplica, CoderReport, Unavailable};
+
+use self::client::CoderClient;
+use self::import::{ImportedProxy, ProxyRegions, Round};
+use crate::aggregator::{AdminCommand, Aggregator};
+use crate::ingest::derpmap;
+use crate::ingest::inventory::DerpRegion;
+use crate::registry::Registry;
+use vantage_derp::map::DerpMap;
+
+/// The vantage that carries Coder's own health report.
+pub const CODERD: &str = "coderd";
+
+/// What the ProvisionerDaemons section takes from Coder: the deployment version and its daemons.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoderDaemons {
+    pub version: String,
+    pub daemons: Vec<DaemonInput>,
+}
+
+/// Where Coder's DERP map goes: merged over the configured map (Coder wins every region-ID
+/// clash), into the assignments, the aggregator and `/api/v2/debug/derp-map`.
+pub struct DerpFollow {
+    pub base: DerpMap,
+    pub regions: Arc<watch::Sender<Arc<Vec<DerpRegion>>>>,
+    pub map_json: Arc<watch::Sender<Arc<String>>>,
+}
+
+/// The importer's parts.
+pub struct Importer {
+    pub client: CoderClient,
+    pub registry: Arc<Registry>,
+    pub agg: Aggregator,
+    pub daemons: watch::Sender<Option<Arc<CoderDaemons>>>,
+    pub derp: DerpFollow,
+    pub refresh: Duration,
+    pub proxy_regions: ProxyRegions,
+    pub cancel: CancellationToken,
+}
+
+/// The last good inventory.
+#[derive(Default)]
+struct Last {
+    version: String,
+    proxies: Vec<ImportedProxy>,
+    daemons: Vec<DaemonInput>,
+    replicas: Vec<CoderReplica>,
+    imported_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl Importer {
+    /// Import at once, then every `refresh` (±10 %), until cancelled.
+    pub async fn run(self) {
+        let mut last = Last::default();
+        let mut every = Backoff::new(self.refresh, self.refresh).jitter(0.1);
+        loop {
+            let round = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                r = import::round(&self.client, &self.proxy_regions) => r,
+            };
+            let report = self.apply(round, &mut last).await;
+            if self.agg.send(AdminCommand::Coder { report }).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(every.next_delay()) => {}
+            }
+        }
+    }
+
+    /// Put Coder's map over the configured one; a change re-sends assignments at once.
+    async fn follow_derp(&self, coder: &DerpMap, force_websockets: bool) {
+        let map = derpmap::merge_coder(&self.derp.base, coder);
+        let regions = DerpRegion::all(&map, force_websockets);
+        let same = {
+            let old = self.derp.regions.borrow();
+            old.len() == regions.len()
+                && old.iter().zip(&regions).all(|(a, b)| {
+                    a.id == b.id && a.json == b.json && a.force_websockets == b.force_websockets
+                })
+        };
+        if same {
+            return;
+        }
+        let names = map
+            .regions
+            .values()
+            .map(|r| (r.region_id, r.region_name.clone()))
+            .collect();
+        let has_nodes = map.has_derp_nodes();
+        self.derp.regions.send_replace(Arc::new(regions));
+        self.derp.map_json.send_replace(Arc::new(map.to_json()));
+        let _ = self
+            .agg
+            .send(AdminCommand::DerpRegions {
+                regions: names,
+                has_nodes,
+            })
+            .await;
+    }
+
+    /// Keep what this round read, push it to the registry and the daemons' section, and
+    /// build the `coder` block.
+    async fn apply(&self, round: Round, last: &mut Last) -> CoderReport {
+        let now = Utc::now();
+        let complete = round.complete();
+        let warnings = round.warnings;
+        let mut unavailable = round.unavailable;
+        if let Some(v) = round.version {
+            last.version = v;
+        }
+        if let Some(p) = round.proxies {
+            let specs = p.iter().map(|p| p.spec.clone()).collect();
+            match self.registry.sync_coder_proxies(specs).await {
+                Ok(skipped) => {
+                    for reason in skipped {
+                        unavailable.push(Unavailable {
+                            part: "workspace_proxies".into(),
+                            endpoint: import::WORKSPACE_PROXIES.into(),
+                            reason: format!("a proxy Coder lists was not imported: {reason}"),
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "storing Coder's workspace proxies"),
+            }
+            last.proxies = p;
+        }
+        if let Some((map, force_websockets)) = round.derp {
+            self.follow_derp(&map, force_websockets).await;
+        }
+        if let Some(sections) = round.coderd {
+            let _ = self
+                .agg
+                .send(AdminCommand::ExternalVantage {
+                    name: CODERD.to_owned(),
+                    version: last.version.clone(),
+                    sections,
+                })
+                .await;
+        }
+        if let Some(d) = round.daemons {
+            last.daemons = d;
+        }
+        if let Some(r) = round.replicas {
+            last.replicas = r;
+        }
+        if complete {
+            last.imported_at = Some(now);
+        }
+        if !last.version.is_empty() {
+            let feed = Arc::new(CoderDaemons {
+                version: last.version.clone(),
+                daemons: last.daemons.clone(),
+            });
+            self.daemons.send_if_modified(|old| {
+                if old.as_deref() == Some(&*feed) {
+                    return false;
+                }
+                *old = Some(feed);
+                true
+            });
+        }
+        CoderReport {
+            url: self.client.base().to_string(),
+            version: last.version.clone(),
+            imported_at: last.imported_at,
+            attempted_at: Some(now),
+            severity: if warnings.is_empty() {
+                Severity::Ok
+            } else {
+                Severity::Warning
+            },
+            warnings,
+            unavailable,
+            proxies: last.proxies.iter().map(|p| p.coder.clone()).collect(),
+            replicas: last.replicas.clone(),
+        }
+    }
+}
