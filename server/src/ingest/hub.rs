@@ -91,6 +91,14 @@ fn welcome(applied_seq: u64, assignment: pb::Assignment) -> Result<pb::ServerMes
     })
 }
 
+/// The address a session comes from, as the listener saw it (for the log).
+fn peer_of<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string())
+}
+
 #[tonic::async_trait]
 impl pb::probe_service_server::ProbeService for ProbeHub {
     type AttachStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
@@ -99,6 +107,7 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
         &self,
         request: Request<Streaming<pb::ProbeMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = peer_of(&request);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
@@ -136,7 +145,7 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
             .map_err(|_| Status::unavailable("the server is shutting down"))?;
         tx.try_send(welcome(attached.applied_seq, assignment))
             .map_err(|_| Status::internal("session queue full at welcome"))?;
-        tracing::info!(vantage = %name, session = attached.session_id, applied = attached.applied_seq, "probe attached");
+        tracing::info!(vantage = %name, %peer, session = attached.session_id, applied = attached.applied_seq, "probe attached");
         let agg = self.agg.clone();
         let idle = self.idle_timeout;
         let session_id = attached.session_id;

@@ -5,6 +5,8 @@
 mod backbone;
 mod cluster;
 mod contract;
+mod deploy;
 mod derp;
+mod fleet;
 mod page;
 mod registry;

@@ -1,4 +1,6 @@
-//! `grpc.health.v1`, kept in step with the report: `""` and one service per section.
+//! `grpc.health.v1`: `""` is vantaged itself (SERVING until shutdown, so liveness and
+//! readiness checks never restart it for the deployment's sake); [`DEPLOYMENT_SERVICE`] and one
+//! service per section are kept in step with the report.
 
 use std::time::Duration;
 
@@ -9,10 +11,16 @@ use vantage_proto::{Section, Severity};
 
 use crate::aggregator::Aggregator;
 
+/// The service that follows the deployment's overall severity.
+pub const DEPLOYMENT_SERVICE: &str = "vantage.v1.Deployment";
+
 /// Every service NOT_SERVING (at shutdown, before the listener closes).
 pub async fn not_serving(reporter: &HealthReporter) {
     reporter
         .set_service_status("", ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status(DEPLOYMENT_SERVICE, ServingStatus::NotServing)
         .await;
     for s in Section::ALL {
         reporter
@@ -21,9 +29,12 @@ pub async fn not_serving(reporter: &HealthReporter) {
     }
 }
 
-/// Keep `grpc.health.v1` in step with the report: `""` and one service per section,
-/// SERVING unless at error. Updates are coalesced (at most one per 100 ms).
+/// `""` SERVING, then keep the deployment's service and one service per section in step with
+/// the report, SERVING unless at error. Updates are coalesced (at most one per 100 ms).
 pub async fn track(agg: Aggregator, reporter: HealthReporter, cancel: CancellationToken) {
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     let Ok(mut sub) = agg.subscribe(0, "").await else {
         return;
     };
@@ -37,7 +48,7 @@ pub async fn track(agg: Aggregator, reporter: HealthReporter, cancel: Cancellati
                 }
             };
             reporter
-                .set_service_status("", status(report.severity))
+                .set_service_status(DEPLOYMENT_SERVICE, status(report.severity))
                 .await;
             for s in Section::ALL {
                 reporter
