@@ -91,12 +91,13 @@ fn welcome(applied_seq: u64, assignment: pb::Assignment) -> Result<pb::ServerMes
     })
 }
 
-/// The address a session comes from, as the listener saw it (for the log).
+/// The address a session comes from, as the listener saw it (empty when it is not known).
 fn peer_of<T>(request: &Request<T>) -> String {
     request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string())
+        .map(|c| c.0.to_string())
+        .unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -135,6 +136,13 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
             .attach(hello, tx.clone())
             .await
             .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        let source = ProbeCommand::Source {
+            name: name.clone(),
+            address: peer.clone(),
+        };
+        if self.agg.send(source).await.is_err() {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
         let check_ids = inventory::check_ids(&assignment);
         self.agg
             .send(ProbeCommand::Assigned {

@@ -246,7 +246,11 @@ async fn a_regional_fleet_in_network_namespaces() {
         r["access_url"]["vantage_reports"]["iad-1"]["severity"],
         "ok"
     );
-    // Each probe came from its own host's address.
+    // Each probe came from its own host's address: in the report, and in vantaged's log.
+    for (name, addr) in [("fra-1", "10.77.0.2:"), ("iad-1", "10.77.0.3:")] {
+        let v = vantage(&r, name).unwrap();
+        assert!(v["address"].as_str().unwrap().starts_with(addr), "{v}");
+    }
     let logged = std::fs::read_to_string(&log).unwrap();
     for (name, addr) in [("fra-1", "10.77.0.2"), ("iad-1", "10.77.0.3")] {
         assert!(
