@@ -143,45 +143,41 @@ fn seen<'a>(r: &'a Value, name: &str, id: &str) -> &'a Value {
     &r["derp"]["vantage_reports"][name]["regions"][id]
 }
 
-#[tokio::test]
-async fn a_regional_fleet_in_network_namespaces() {
-    let ns = network("fleet");
-    let dir = tempfile::tempdir().unwrap();
+/// `args`, then the server's authentication flags.
+fn server_args(args: &[&str]) -> Vec<String> {
+    args.iter()
+        .map(|a| (*a).to_owned())
+        .chain(Auth::server_args())
+        .collect()
+}
 
-    // No tokens and no --insecure-no-auth: a non-loopback address is refused.
+/// No tokens and no `--insecure-no-auth`: vantaged refuses the core address, exit status 64.
+async fn assert_refused_without_auth(ns: &Netns) {
     let listen = format!("{CORE}:{PORT}");
-    let refused = tokio::time::timeout(
-        Duration::from_secs(30),
-        ns.command("core", bin("vantaged"))
-            .args(["--listen", &listen])
-            .output(),
-    )
-    .await
-    .expect("vantaged did not exit within 30s")
-    .unwrap();
+    let mut cmd = ns.command("core", bin("vantaged"));
+    cmd.args(["--listen", &listen]);
+    let refused = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("vantaged did not exit within 30s")
+        .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(64), "{stderr}");
     assert!(
         stderr.contains(&format!("{listen} is not a loopback address")),
         "{stderr}"
     );
+}
 
-    let edge_args: Vec<String> = [
-        "--listen",
-        &format!("{EDGE}:{PORT}"),
-        "--server-vantage",
-        "false",
-    ]
-    .map(str::to_owned)
-    .into_iter()
-    .chain(Auth::server_args())
-    .collect();
-    let edge = vantaged(&ns, "edge", &edge_args, &dir.path().join("edge.log")).await;
-    let map = dir.path().join("derp-map.json");
+/// The edge relay, then vantaged on core with a DERP map naming the relay; its log is `log`.
+async fn start_servers(ns: &Netns, dir: &Path, log: &Path) -> (ReadyChild, ReadyChild) {
+    let edge_listen = format!("{EDGE}:{PORT}");
+    let edge_args = server_args(&["--listen", &edge_listen, "--server-vantage", "false"]);
+    let edge = vantaged(ns, "edge", &edge_args, &dir.join("edge.log")).await;
+    let map = dir.join("derp-map.json");
     std::fs::write(&map, edge_map(&edge.url)).unwrap();
+    let listen = format!("{CORE}:{PORT}");
     let stun = format!("{CORE}:3478");
-    let log = dir.path().join("vantaged.log");
-    let core_args: Vec<String> = [
+    let core_args = server_args(&[
         "--listen",
         &listen,
         "--interval",
@@ -199,21 +195,19 @@ async fn a_regional_fleet_in_network_namespaces() {
         "--derp-all-vantages",
         "--server-checks-derp",
         "false",
-    ]
-    .map(str::to_owned)
-    .into_iter()
-    .chain(Auth::server_args())
-    .collect();
-    let core = vantaged(&ns, "core", &core_args, &log).await;
+    ]);
+    let core = vantaged(ns, "core", &core_args, log).await;
     assert_eq!(core.url, Auth::url(CORE));
-    let mut fra = probe(&ns, "fra", "fra-1");
-    let _iad = probe(&ns, "iad", "iad-1");
+    (core, edge)
+}
 
-    let r = eventually(
+/// Both probes fresh, each with its view of the edge region and of the STUN region.
+async fn both_regions_report(ns: &Netns) -> Value {
+    eventually(
         Duration::from_secs(60),
         "both regions report every region",
         || async {
-            let r = report(&ns).await;
+            let r = report(ns).await;
             let done = ["fra-1", "iad-1"].iter().all(|n| {
                 state(&r, n) == "fresh"
                     && seen(&r, n, "1")["severity"].is_string()
@@ -222,15 +216,18 @@ async fn a_regional_fleet_in_network_namespaces() {
             done.then_some(r)
         },
     )
-    .await;
-    // The relay only fra is linked to: healthy from fra, unreachable from iad.
-    let from_fra = &seen(&r, "fra-1", "1")["node_reports"][0];
+    .await
+}
+
+/// The relay only fra is linked to is healthy from fra and unreachable from iad, and the
+/// aggregate (quorum 2) names who sees what; each probe came from its own host's address.
+fn assert_who_sees_what(r: &Value, log: &Path) {
+    let from_fra = &seen(r, "fra-1", "1")["node_reports"][0];
     assert_eq!(from_fra["can_exchange_messages"], true, "{from_fra}");
-    assert_eq!(seen(&r, "fra-1", "1")["severity"], "ok");
-    let from_iad = &seen(&r, "iad-1", "1")["node_reports"][0];
+    assert_eq!(seen(r, "fra-1", "1")["severity"], "ok");
+    let from_iad = &seen(r, "iad-1", "1")["node_reports"][0];
     assert_eq!(from_iad["can_exchange_messages"], false, "{from_iad}");
-    assert_eq!(seen(&r, "iad-1", "1")["severity"], "error");
-    // The aggregate (quorum 2) names who sees what.
+    assert_eq!(seen(r, "iad-1", "1")["severity"], "error");
     let warnings = r["derp"]["warnings"].to_string();
     assert!(
         warnings.contains("EVNT03") && warnings.contains("iad-1 (error)"),
@@ -238,21 +235,19 @@ async fn a_regional_fleet_in_network_namespaces() {
     );
     assert!(!warnings.contains("fra-1"), "{warnings}");
     assert_eq!(r["derp"]["regions"]["1"]["severity"], "ok");
-    assert_eq!(
-        r["access_url"]["vantage_reports"]["fra-1"]["severity"],
-        "ok"
-    );
-    assert_eq!(
-        r["access_url"]["vantage_reports"]["iad-1"]["severity"],
-        "ok"
-    );
-    // Each probe came from its own host's address: in the report, and in vantaged's log.
-    for (name, addr) in [("fra-1", "10.77.0.2:"), ("iad-1", "10.77.0.3:")] {
-        let v = vantage(&r, name).unwrap();
-        assert!(v["address"].as_str().unwrap().starts_with(addr), "{v}");
+    for name in ["fra-1", "iad-1"] {
+        assert_eq!(r["access_url"]["vantage_reports"][name]["severity"], "ok");
     }
-    let logged = std::fs::read_to_string(&log).unwrap();
+    let logged = std::fs::read_to_string(log).unwrap();
     for (name, addr) in [("fra-1", "10.77.0.2"), ("iad-1", "10.77.0.3")] {
+        let v = vantage(r, name).unwrap();
+        assert!(
+            v["address"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{addr}:")),
+            "{v}"
+        );
         assert!(
             logged.lines().any(|l| l.contains("probe attached")
                 && l.contains(&format!("vantage={name} "))
@@ -260,11 +255,13 @@ async fn a_regional_fleet_in_network_namespaces() {
             "{name} attached from {addr}: {logged}"
         );
     }
+}
 
-    // Cut fra's link: fra-1 goes stale, and nobody else.
+/// Cut fra's link: fra-1 goes stale, and nobody else. Restore it: fresh again.
+async fn cut_and_restore_fra(ns: &Netns) {
     ns.set_link("sw", "fra", false).unwrap();
     let r = eventually(Duration::from_secs(30), "fra-1 stale", || async {
-        let r = report(&ns).await;
+        let r = report(ns).await;
         (state(&r, "fra-1") == "stale").then_some(r)
     })
     .await;
@@ -277,18 +274,36 @@ async fn a_regional_fleet_in_network_namespaces() {
     );
     assert!(!evnt01.contains("iad-1"), "{evnt01}");
 
-    // Restore it: fra-1 is fresh again, with the same processes.
     ns.set_link("sw", "fra", true).unwrap();
     eventually(Duration::from_secs(90), "fra-1 fresh again", || async {
-        let r = report(&ns).await;
+        let r = report(ns).await;
         (state(&r, "fra-1") == "fresh" && state(&r, "iad-1") == "fresh").then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_regional_fleet_in_network_namespaces() {
+    let ns = network("fleet");
+    let dir = tempfile::tempdir().unwrap();
+    assert_refused_without_auth(&ns).await;
+    let log = dir.path().join("vantaged.log");
+    let (mut core, edge) = start_servers(&ns, dir.path(), &log).await;
+    let mut fra = probe(&ns, "fra", "fra-1");
+    let _iad = probe(&ns, "iad", "iad-1");
+    let r = both_regions_report(&ns).await;
+    assert_who_sees_what(&r, &log);
+    cut_and_restore_fra(&ns).await;
+    // Nothing restarted.
     assert!(
         fra.try_wait().unwrap().is_none(),
         "the fra probe kept running"
     );
-    drop((core, edge));
+    assert!(
+        core.child.try_wait().unwrap().is_none(),
+        "vantaged kept running"
+    );
+    drop(edge);
 }
 
 #[test]
