@@ -13,6 +13,11 @@ need=()
 [ -x /usr/bin/turnserver ] || need+=(coturn)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v pg_isready >/dev/null 2>&1 || need+=(postgresql postgresql-client)
+# The deploy/ checks and the multi-host (network namespace) test.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   $SUDO apt-get update -qq
@@ -22,6 +27,14 @@ fi
 for svc in nginx coturn; do
   if command -v service >/dev/null 2>&1; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
 done
+
+# kubernetes-validate (PyPI; validates objects against bundled Kubernetes schemas, offline) in
+# a virtual environment under target/, where the deploy test looks for it.
+venv=target/tools-venv
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q kubernetes-validate
+fi
 
 # PostgreSQL on 127.0.0.1:5432 with trust auth (the database tests fail, not skip, without it).
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then

@@ -247,6 +247,9 @@ pub struct VantageInfo {
     pub version: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The address the vantage's session comes from, as the server saw it (`ip:port`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
     pub connected: bool,
     pub state: VantageState,
     pub last_seen: Option<DateTime<Utc>>,

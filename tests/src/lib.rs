@@ -1,8 +1,11 @@
 //! End-to-end test support: real processes of our own binaries (`vantaged`, `vantage-probe`,
-//! the `vantage` CLI) on port 0, read for their readiness line, killed when dropped. Real
+//! the `vantage` CLI) on port 0, read for their readiness line, killed when dropped, and
+//! [`netns`], Linux network namespaces for tests across several network hosts. Real
 //! third-party peers, PostgreSQL and `eventually` come from `vantage-testkit`.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+pub mod netns;
 
 use std::path::PathBuf;
 use std::process::Stdio;

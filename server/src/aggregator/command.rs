@@ -63,6 +63,11 @@ pub enum ProbeCommand {
         session_id: u64,
         replay_dropped: u64,
     },
+    /// The address its session comes from, as this server's listener saw it.
+    Source {
+        name: String,
+        address: String,
+    },
     /// The checks its assignment holds (what its observations may be about).
     Assigned {
         name: String,

@@ -149,6 +149,18 @@ impl State {
         ForgetOutcome::Forgotten
     }
 
+    /// Where vantage `name`'s session comes from (kept after it detaches).
+    pub(super) fn source(&mut self, name: &str, address: String) {
+        let Some(v) = self.vantages.get_mut(name) else {
+            return;
+        };
+        if v.address != address {
+            v.address = address;
+            // Shown in the report, but not a change of health: no revision.
+            self.cached = None;
+        }
+    }
+
     pub(super) fn detach(&mut self, name: &str, session_id: u64) {
         let Some(v) = self.vantages.get_mut(name) else {
             return;

@@ -111,6 +111,7 @@ impl State {
                 region: v.region.clone(),
                 version: v.version.clone(),
                 labels: v.labels.clone(),
+                address: v.address.clone(),
                 connected: v.session.is_some(),
                 state: if v.is_fresh() {
                     VantageState::Fresh

@@ -127,6 +127,7 @@ impl State {
                 replay_dropped,
             } => self.heartbeat(&name, session_id, replay_dropped),
             ProbeCommand::Assigned { name, check_ids } => self.assigned(&name, check_ids),
+            ProbeCommand::Source { name, address } => self.source(&name, address),
             ProbeCommand::RunComplete {
                 name,
                 request_id: _,

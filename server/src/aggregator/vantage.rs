@@ -84,6 +84,8 @@ pub(super) struct Vantage {
     pub(super) region: String,
     pub(super) version: String,
     pub(super) labels: BTreeMap<String, String>,
+    /// The address its last session came from, as this replica saw it (empty: unknown).
+    pub(super) address: String,
     pub(super) instance_id: String,
     pub(super) session: Option<(u64, SessionTx)>,
     /// The peer address of its current session (empty for the own vantage and remote ones).
@@ -118,6 +120,7 @@ impl Vantage {
             region: String::new(),
             version: String::new(),
             labels: BTreeMap::new(),
+            address: String::new(),
             instance_id: String::new(),
             session: None,
             peer: String::new(),

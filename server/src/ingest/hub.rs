@@ -91,6 +91,7 @@ fn welcome(applied_seq: u64, assignment: pb::Assignment) -> Result<pb::ServerMes
     })
 }
 
+
 #[tonic::async_trait]
 impl pb::probe_service_server::ProbeService for ProbeHub {
     type AttachStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
@@ -124,12 +125,19 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
         let name = hello.name.clone();
         let attached = self
             .agg
-            .attach_from(hello, tx.clone(), peer)
+            .attach_from(hello, tx.clone(), peer.clone())
             .await
             .map_err(|e| match e {
                 AttachError::Refused(r) => Status::from(r),
                 AttachError::Stopped(_) => Status::unavailable("the server is shutting down"),
             })?;
+        let source = ProbeCommand::Source {
+            name: name.clone(),
+            address: peer.clone(),
+        };
+        if self.agg.send(source).await.is_err() {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
         let check_ids = inventory::check_ids(&assignment);
         self.agg
             .send(ProbeCommand::Assigned {
@@ -140,7 +148,7 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
             .map_err(|_| Status::unavailable("the server is shutting down"))?;
         tx.try_send(welcome(attached.applied_seq, assignment))
             .map_err(|_| Status::internal("session queue full at welcome"))?;
-        tracing::info!(vantage = %name, session = attached.session_id, applied = attached.applied_seq, "probe attached");
+        tracing::info!(vantage = %name, %peer, session = attached.session_id, applied = attached.applied_seq, "probe attached");
         let agg = self.agg.clone();
         let idle = self.idle_timeout;
         let session_id = attached.session_id;

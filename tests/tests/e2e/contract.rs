@@ -300,6 +300,7 @@ async fn grpc_health_and_reflection_answer() {
             "Websocket",
             "WorkspaceProxy",
             "ProvisionerDaemons",
+            "Deployment",
         ]
         .map(|s| format!("vantage.v1.{s}")),
     );
