@@ -108,6 +108,7 @@ fn samples(arg: &clap::Arg) -> Vec<(String, String)> {
         "FILE|URL" => &["/etc/vantage/derp.json"],
         "HOST:PORT" => &["stun.example.com:3478"],
         "NAME" => &["server-b"],
+        "FILE" => &["/etc/vantage/tls.pem"],
         other => panic!(
             "--{:?}: add samples for the value name {other:?}",
             arg.get_long()

@@ -8,3 +8,4 @@ mod contract;
 mod derp;
 mod page;
 mod registry;
+mod security;
