@@ -519,7 +519,11 @@ async fn served_cert(addr: &str, ca: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn a_certificate_reload_keeps_open_connections_working() {
     let pki = Pki::new();
-    let args = pki.server_args();
+    let (admin, entry) = new_token(&["--name", "ops", "--role", "admin"]).await;
+    let token_file = pki.path("tokens.toml");
+    std::fs::write(&token_file, &entry).unwrap();
+    let mut args = pki.server_args();
+    args.extend(["--token-file".into(), token_file.display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start(&args).await;
     let addr = server.url.trim_start_matches("https://").to_owned();
@@ -531,7 +535,7 @@ async fn a_certificate_reload_keeps_open_connections_working() {
         },
     )
     .unwrap();
-    let client = vantage_client::Client::connect_to(&target, None)
+    let client = vantage_client::Client::connect_to(&target, Some(&admin))
         .await
         .unwrap();
     client.vantages().await.unwrap();
@@ -546,6 +550,47 @@ async fn a_certificate_reload_keeps_open_connections_working() {
     )
     .await;
     // The connection opened before the reload still answers.
+    client.vantages().await.unwrap();
+
+    // SIGHUP reloads (and does not stop the server); a token added to the file is accepted.
+    let (reader, more) = new_token(&["--name", "dash", "--role", "reader"]).await;
+    let ca_pem = pki.s("ca.pem");
+    let refused = cli(&[
+        "--server",
+        &server.url,
+        "--ca-file",
+        &ca_pem,
+        "--token",
+        &reader,
+        "vantages",
+    ])
+    .await;
+    assert_eq!(code(&refused), 4, "{}", stderr(&refused));
+    std::fs::write(&token_file, format!("{entry}\n{more}")).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(hup.success());
+    eventually(
+        Duration::from_secs(15),
+        "the new token accepted",
+        || async {
+            let out = cli(&[
+                "--server",
+                &server.url,
+                "--ca-file",
+                &ca_pem,
+                "--token",
+                &reader,
+                "vantages",
+            ])
+            .await;
+            (code(&out) == 0).then_some(())
+        },
+    )
+    .await;
     client.vantages().await.unwrap();
 }
 
