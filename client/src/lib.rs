@@ -41,9 +41,11 @@ impl ClientError {
         match self {
             ClientError::Unreachable { .. } => true,
             // A connection the server broke off (e.g. at the TLS handshake, for want of a
-            // client certificate) ends calls as cancelled or unavailable.
+            // client certificate) ends calls as cancelled, unavailable, or unknown with the
+            // transport failure as the source (a status the server sent has none).
             ClientError::Status(s) => {
                 matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+                    || (s.code() == tonic::Code::Unknown && std::error::Error::source(s).is_some())
             }
             _ => false,
         }

@@ -264,10 +264,25 @@ pub(crate) fn start_own_vantage(
     agg: &Aggregator,
     inventory: &Arc<Inventory>,
 ) -> Result<(), ServeError> {
-    let tls = vantage_probe::tls::client_config(&[])
+    // The own vantage trusts the certificate this server serves (a self-signed one, or a
+    // chain that includes its CA), beside the system roots.
+    let own_cert = match &config.tls_cert {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| ServeError::OwnVantage(format!("{}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let extra = match &config.tls_cert {
+        Some(p) => vantage_probe::tls::load_pem_certs(p)
+            .map_err(|e| ServeError::OwnVantage(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let tls = vantage_probe::tls::client_config(&extra)
         .map_err(|e| ServeError::OwnVantage(e.to_string()))?;
     let mut ctx =
         CheckContext::new(tls).map_err(|e| ServeError::OwnVantage(format!("HTTP client: {e}")))?;
+    ctx.extra_ca_pem = own_cert;
     if let Some(d) = &stores.durable {
         ctx.database = Some(Arc::new(d.pinger.clone()));
     }

@@ -49,7 +49,8 @@ impl Pki {
         self.path(name).display().to_string()
     }
 
-    /// `NAME.pem` and `NAME.key`, for localhost and 127.0.0.1; the certificate's DER.
+    /// `NAME.pem` (the certificate, then the CA's) and `NAME.key`, for localhost and
+    /// 127.0.0.1; the certificate's DER.
     fn issue(&self, name: &str, usage: ExtendedKeyUsagePurpose) -> Vec<u8> {
         let mut params =
             CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
@@ -57,7 +58,8 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
         std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
-        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
+        let chain = format!("{}{}", cert.pem(), self.ca.pem());
+        std::fs::write(self.path(&format!("{name}.pem")), chain).unwrap();
         cert.der().to_vec()
     }
 
