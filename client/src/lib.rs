@@ -10,7 +10,7 @@ use tonic::{Request, Status};
 use vantage_proto::backoff::Backoff;
 use vantage_proto::pb;
 use vantage_proto::pb::health_service_client::HealthServiceClient;
-use vantage_proto::transport::{self, Bearer, KeepAlive};
+use vantage_proto::transport::{Bearer, KeepAlive, Target, TargetError, TlsFiles};
 
 /// First delay before a resuming watch reconnects; doubles up to [`WATCH_BACKOFF_MAX`].
 pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -32,6 +32,9 @@ pub enum ClientError {
     Url(String),
     #[error("invalid token: not a valid header value")]
     Token,
+    /// A server URL or TLS file that cannot be used (exit 64).
+    #[error(transparent)]
+    Target(TargetError),
     #[error("{}", .0.message())]
     Status(#[from] Status),
 }
@@ -41,10 +44,45 @@ impl ClientError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             ClientError::Unreachable { .. } => true,
-            ClientError::Status(s) => s.code() == tonic::Code::Unavailable,
+            // A connection the server broke off (e.g. at the TLS handshake, for want of a
+            // client certificate) ends calls as cancelled, unavailable, or unknown with the
+            // transport failure as the source (a status the server sent has none).
+            ClientError::Status(s) => {
+                matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+                    || (s.code() == tonic::Code::Unknown && std::error::Error::source(s).is_some())
+            }
             _ => false,
         }
     }
+
+    /// Whether the server refused the token: missing, unknown or lacking the role (exit 4).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, ClientError::Status(s) if is_refusal(s))
+    }
+
+    /// Whether the command line was at fault: the URL, a TLS file or the token (exit 64).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Target(_) | ClientError::Url(_) | ClientError::Token
+        )
+    }
+}
+
+/// `UNAUTHENTICATED` or `PERMISSION_DENIED`.
+pub fn is_refusal(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
+}
+
+/// The checked target of `url` with `files`; an unusable URL is [`ClientError::Url`].
+pub fn target(url: &str, files: &TlsFiles) -> Result<Target, ClientError> {
+    Target::new(url, files).map_err(|e| match e {
+        TargetError::Url(u) => ClientError::Url(u),
+        other => ClientError::Target(other),
+    })
 }
 
 /// A connected client.
@@ -57,11 +95,17 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connect to `url`: plaintext for a loopback `http://`, TLS for `https://` (see
+    /// [`Client::connect_to`] for the TLS files and `--insecure-plaintext`).
     pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
-        let endpoint = transport::endpoint(url, KeepAlive::WhileBusy)
-            .map_err(|_| ClientError::Url(url.to_owned()))?;
-        let channel = endpoint
-            .connect()
+        Client::connect_to(&target(url, &TlsFiles::default())?, token).await
+    }
+
+    /// Connect to a checked target.
+    pub async fn connect_to(target: &Target, token: Option<&str>) -> Result<Client, ClientError> {
+        let url = target.url();
+        let channel = target
+            .connect(KeepAlive::WhileBusy)
             .await
             .map_err(|source| ClientError::Unreachable {
                 url: url.to_owned(),
@@ -159,6 +203,8 @@ impl Client {
 #[derive(Debug)]
 pub enum WatchItem {
     Event(pb::WatchEvent),
+    /// The server refused the token (the watch ends).
+    Refused(String),
     /// The stream broke; reconnecting after the given delay, resuming from `since`.
     Reconnecting {
         error: String,
@@ -171,15 +217,39 @@ pub enum WatchItem {
 pub fn watch_resuming(
     url: String,
     token: Option<String>,
+    req: pb::WatchRequest,
+) -> impl Stream<Item = WatchItem> {
+    watch_resuming_to(
+        target(&url, &TlsFiles::default()).map_err(|e| e.to_string()),
+        token,
+        req,
+    )
+}
+
+/// [`watch_resuming`] to a checked target; it ends with [`WatchItem::Refused`] when the
+/// server refuses the token.
+pub fn watch_resuming_to(
+    target: Result<Target, String>,
+    token: Option<String>,
     mut req: pb::WatchRequest,
 ) -> impl Stream<Item = WatchItem> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         let mut backoff = Backoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
         loop {
-            let error = match Client::connect(&url, token.as_deref()).await {
-                Err(e) => e.to_string(),
+            let connected = match &target {
+                Ok(t) => Client::connect_to(t, token.as_deref())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.clone()),
+            };
+            let error = match connected {
+                Err(e) => e,
                 Ok(client) => match client.watch(req.clone()).await {
+                    Err(e) if e.is_refused() => {
+                        let _ = tx.send(WatchItem::Refused(e.to_string())).await;
+                        return;
+                    }
                     Err(e) => e.to_string(),
                     Ok(stream) => {
                         backoff.reset();
@@ -197,6 +267,11 @@ pub fn watch_resuming(
                                     if tx.send(WatchItem::Event(ev)).await.is_err() {
                                         return;
                                     }
+                                }
+                                Err(s) if is_refusal(&s) => {
+                                    let _ =
+                                        tx.send(WatchItem::Refused(s.message().to_owned())).await;
+                                    return;
                                 }
                                 Err(s) => {
                                     err = s.message().to_owned();

@@ -1,15 +1,19 @@
 //! `vantage`: the command line for people and scripts. `report` exits 0 ok, 1 warning,
-//! 2 error, 3 when the server cannot be reached; errors go to stderr, data to stdout.
+//! 2 error; every command exits 3 when the server cannot be reached or verified (connection,
+//! TLS verification, missing client certificate), 4 when it refuses the token (missing,
+//! unknown or lacking the role) and 64 on a usage error. Errors go to stderr, data to stdout.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use vantage_client::{Client, ClientError, WatchItem, table, watch_resuming};
+use vantage_client::{Client, ClientError, WatchItem, table, watch_resuming_to};
 use vantage_proto::report::{HealthReport, coder_json};
+use vantage_proto::transport::{Target, TlsFiles};
 use vantage_proto::{Section, Severity, pb};
 
 const EX_UNREACHABLE: u8 = 3;
+const EX_REFUSED: u8 = 4;
 const EX_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
@@ -30,6 +34,29 @@ struct Cli {
     /// Bearer token.
     #[arg(long, global = true, env = "VANTAGE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Extra CA certificates (PEM) trusted beside the system roots: for an https:// server
+    /// and for the relays' TLS in `netcheck`.
+    #[arg(long, global = true, env = "VANTAGE_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a server that requires mutual TLS.
+    #[arg(
+        long,
+        global = true,
+        env = "VANTAGE_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "VANTAGE_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
+    /// Allow a plaintext http:// server URL whose host is not loopback.
+    #[arg(long, global = true, env = "VANTAGE_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,9 +110,6 @@ enum Command {
         /// A DERP map (file or URL) instead of the server's effective map.
         #[arg(long, env = "VANTAGE_DERP_MAP")]
         derp_map: Option<String>,
-        /// Extra CA certificates (PEM) for the relays' TLS.
-        #[arg(long, env = "VANTAGE_CA_FILE")]
-        ca_file: Option<std::path::PathBuf>,
         /// Per-node deadline.
         #[arg(long, env = "VANTAGE_DERP_NODE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
         node_timeout: std::time::Duration,
@@ -163,6 +187,10 @@ fn fail(e: &ClientError) -> ExitCode {
     eprintln!("vantage: {e}");
     if e.is_unreachable() {
         ExitCode::from(EX_UNREACHABLE)
+    } else if e.is_refused() {
+        ExitCode::from(EX_REFUSED)
+    } else if e.is_usage() {
+        ExitCode::from(EX_USAGE)
     } else {
         ExitCode::FAILURE
     }
@@ -177,8 +205,23 @@ async fn run(cli: Cli) -> ExitCode {
     let Cli {
         server,
         token,
+        ca_file,
+        client_cert,
+        client_key,
+        insecure_plaintext,
         command,
     } = cli;
+    let files = TlsFiles {
+        ca_file: ca_file.clone(),
+        client_cert,
+        client_key,
+        insecure_plaintext,
+    };
+    // The URL and the TLS files are checked before anything touches the network.
+    let target = match vantage_client::target(&server, &files) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
     match command {
         Command::Watch {
             json,
@@ -193,15 +236,15 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(req) => req,
                 Err(code) => return code,
             };
-            watch(server, token, req, json).await
+            watch(target, token, req, json).await
         }
         Command::Netcheck {
             derp_map,
-            ca_file,
             node_timeout,
         } => {
             netcheck(
-                &server,
+                &target,
+                token.as_deref(),
                 derp_map.as_deref(),
                 ca_file.as_deref(),
                 node_timeout,
@@ -209,7 +252,7 @@ async fn run(cli: Cli) -> ExitCode {
             .await
         }
         command => {
-            let client = match Client::connect(&server, token.as_deref()).await {
+            let client = match Client::connect_to(&target, token.as_deref()).await {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
@@ -265,12 +308,12 @@ fn watch_request(
 
 /// `vantage watch`: the current state, then one line per change, resuming after a reconnect.
 async fn watch(
-    server: String,
+    target: Target,
     token: Option<String>,
     req: pb::WatchRequest,
     json: bool,
 ) -> ExitCode {
-    let stream = watch_resuming(server, token, req);
+    let stream = watch_resuming_to(Ok(target), token, req);
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
         match item {
@@ -280,6 +323,10 @@ async fn watch(
                 } else {
                     out(&format!("{}\n", table::event(&ev)));
                 }
+            }
+            WatchItem::Refused(why) => {
+                eprintln!("vantage: the server refused the token: {why}");
+                return ExitCode::from(EX_REFUSED);
             }
             WatchItem::Reconnecting {
                 error,
@@ -426,23 +473,26 @@ async fn provisioner(client: &Client, action: ProvisionerAction) -> ExitCode {
 
 /// `vantage netcheck`: the DERP section computed on this machine, like `coder netcheck`.
 async fn netcheck(
-    server: &str,
+    target: &Target,
+    token: Option<&str>,
     derp_map: Option<&str>,
     ca_file: Option<&std::path::Path>,
     node_timeout: std::time::Duration,
 ) -> ExitCode {
     use vantage_derp::health::{NodeCheckOptions, check_map};
     let text = match derp_map {
-        Some(src) if src.starts_with("http://") || src.starts_with("https://") => fetch(src).await,
+        Some(src) if src.starts_with("http://") || src.starts_with("https://") => {
+            fetch(src, None, None).await
+        }
         Some(path) => {
             std::fs::read_to_string(path).map_err(|e| format!("--derp-map: reading {path}: {e}"))
         }
         None => {
-            fetch(&format!(
+            let url = format!(
                 "{}/api/v2/debug/derp-map",
-                server.trim_end_matches('/')
-            ))
-            .await
+                target.url().trim_end_matches('/')
+            );
+            fetch(&url, Some(target), token).await
         }
     };
     let text = match text {
@@ -481,13 +531,20 @@ async fn netcheck(
     ExitCode::from(sev)
 }
 
-async fn fetch(url: &str) -> Result<String, String> {
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
-    let resp = client
-        .get(url)
+/// GET `url`; from our server (`target`) with its TLS configuration and the token.
+async fn fetch(url: &str, target: Option<&Target>, token: Option<&str>) -> Result<String, String> {
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+    if let Some(tls) = target.and_then(Target::tls) {
+        let mut config = (**tls).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        builder = builder.use_preconfigured_tls(config);
+    }
+    let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+    let mut request = client.get(url);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let resp = request
         .send()
         .await
         .map_err(|e| format!("fetching {url}: {e}"))?;

@@ -12,6 +12,10 @@ use vantage_probe::session::{self, SessionConfig};
 
 /// Exit status for bad configuration (EX_USAGE).
 const EX_USAGE: u8 = 64;
+/// `--once`: the server could not be reached or verified.
+const EX_UNREACHABLE: u8 = 3;
+/// `--once`: the server refused the token or the name.
+const EX_REFUSED: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(name = "vantage-probe", version, about = "vantage probe worker")]
@@ -31,9 +35,19 @@ struct Args {
     /// Bearer token presented to the server.
     #[arg(long, env = "VANTAGE_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Extra CA certificates (PEM) trusted by the checks, beside the system roots.
+    /// Extra CA certificates (PEM) trusted beside the system roots, by the checks and for
+    /// an https:// server.
     #[arg(long, env = "VANTAGE_CA_FILE")]
     ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires mutual TLS.
+    #[arg(long, env = "VANTAGE_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, env = "VANTAGE_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Allow a plaintext http:// server URL whose host is not loopback.
+    #[arg(long, env = "VANTAGE_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     /// Capacity of the replay buffer of unacknowledged observations.
     #[arg(long, env = "VANTAGE_BUFFER", default_value_t = session::DEFAULT_BUFFER)]
     buffer: usize,
@@ -82,7 +96,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vantage-probe: {e:#}");
-            ExitCode::from(3)
+            let refused = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<tonic::Status>())
+                .any(session::is_refusal);
+            ExitCode::from(if refused { EX_REFUSED } else { EX_UNREACHABLE })
         }
     }
 }
@@ -90,6 +108,17 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.name.trim().is_empty() {
         eprintln!("vantage-probe: --name: must not be empty");
+        return Ok(ExitCode::from(EX_USAGE));
+    }
+    let files = vantage_proto::transport::TlsFiles {
+        ca_file: args.ca_file.clone(),
+        client_cert: args.client_cert.clone(),
+        client_key: args.client_key.clone(),
+        insecure_plaintext: args.insecure_plaintext,
+    };
+    // The URL and the TLS files are checked once before anything else.
+    if let Err(e) = vantage_proto::transport::Target::new(&args.server, &files) {
+        eprintln!("vantage-probe: {e}");
         return Ok(ExitCode::from(EX_USAGE));
     }
     let extra = match &args.ca_file {
@@ -118,6 +147,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
         token: args.token,
         buffer: args.buffer,
+        tls: files,
     };
     if args.once {
         let assignment = vantage_probe::once::fetch_assignment(&cfg).await?;

@@ -28,9 +28,8 @@ pub struct VantageView {
 /// Ask the server for this vantage's assignment without registering as a vantage.
 pub async fn fetch_assignment(cfg: &SessionConfig) -> anyhow::Result<pb::Assignment> {
     use anyhow::Context as _;
-    let channel = transport::endpoint(&cfg.server, KeepAlive::Off)
-        .with_context(|| format!("invalid server URL {:?}", cfg.server))?
-        .connect()
+    let channel = transport::Target::new(&cfg.server, &cfg.tls)?
+        .connect(KeepAlive::Off)
         .await
         .with_context(|| format!("connecting to {}", cfg.server))?;
     let mut client = ProbeServiceClient::new(channel);

@@ -160,6 +160,8 @@ pub struct SessionConfig {
     pub labels: BTreeMap<String, String>,
     pub token: Option<String>,
     pub buffer: usize,
+    /// The CA, client certificate and plaintext opt-in of the connection to the server.
+    pub tls: transport::TlsFiles,
 }
 
 /// Why a session attempt ended.
@@ -173,7 +175,7 @@ enum AttemptError {
     NoWelcome(Duration),
     #[error("the server closed the stream")]
     Closed,
-    #[error("invalid server URL {0:?}")]
+    #[error("{0}")]
     Url(String),
 }
 
@@ -221,8 +223,8 @@ pub async fn run(
         let attempt = session.attempt(&mut backoff, &mut shutdown);
         match attempt.await {
             Ended::Shutdown => return,
-            Ended::Lost(AttemptError::Attach(status)) if refused(&status) => {
-                tracing::error!(code = ?status.code(), reason = %status.message(), server = %session.cfg.server, "the server refused this probe; retrying with backoff");
+            Ended::Lost(AttemptError::Attach(s)) if refused(&s) => {
+                tracing::error!(reason = %s.message(), code = ?s.code(), server = %session.cfg.server, "the server refused this probe; retrying with backoff");
             }
             Ended::Lost(e) => {
                 tracing::warn!(error = %e, server = %session.cfg.server, buffered = session.buffer.len(), "session lost; reconnecting");
@@ -298,9 +300,12 @@ impl Session {
     }
 
     async fn connect(&self) -> Result<ProbeServiceClient<Channel>, AttemptError> {
-        let endpoint = transport::endpoint(&self.cfg.server, KeepAlive::Always)
-            .map_err(|_| AttemptError::Url(self.cfg.server.clone()))?;
-        Ok(ProbeServiceClient::new(endpoint.connect().await?))
+        // Built per attempt, so a rotated client certificate is picked up on reconnect.
+        let target = transport::Target::new(&self.cfg.server, &self.cfg.tls)
+            .map_err(|e| AttemptError::Url(e.to_string()))?;
+        Ok(ProbeServiceClient::new(
+            target.connect(KeepAlive::Always).await?,
+        ))
     }
 
     async fn attempt(
@@ -423,6 +428,15 @@ impl Session {
         let down = client.attach(request).await?.into_inner();
         Ok((up, down))
     }
+}
+
+/// Whether the server refused the token or the name: `UNAUTHENTICATED` or
+/// `PERMISSION_DENIED` (`--once` exits 4 on it).
+pub fn is_refusal(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
 }
 
 /// The server's first message: the welcome, within [`WELCOME_TIMEOUT`].

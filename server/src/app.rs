@@ -28,7 +28,7 @@ pub use crate::registry::follow::ProvisionerPolicy;
 
 /// Without tokens, only a loopback listener (unless the operator insists).
 pub(crate) fn refuse_unauthenticated(config: &Config, addr: SocketAddr) -> Result<(), ConfigError> {
-    if addr.ip().is_loopback() || config.insecure_no_auth {
+    if addr.ip().is_loopback() || config.insecure_no_auth || config.token_file.is_some() {
         return Ok(());
     }
     Err(ConfigError {
@@ -337,10 +337,25 @@ pub(crate) fn start_own_vantage(
     agg: &Aggregator,
     inventory: &Arc<Inventory>,
 ) -> Result<(), ServeError> {
-    let tls = vantage_probe::tls::client_config(&[])
+    // The own vantage trusts the certificate this server serves (a self-signed one, or a
+    // chain that includes its CA), beside the system roots.
+    let own_cert = match &config.tls_cert {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| ServeError::OwnVantage(format!("{}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let extra = match &config.tls_cert {
+        Some(p) => vantage_probe::tls::load_pem_certs(p)
+            .map_err(|e| ServeError::OwnVantage(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let tls = vantage_probe::tls::client_config(&extra)
         .map_err(|e| ServeError::OwnVantage(e.to_string()))?;
     let mut ctx =
         CheckContext::new(tls).map_err(|e| ServeError::OwnVantage(format!("HTTP client: {e}")))?;
+    ctx.extra_ca_pem = own_cert;
     if let Some(url) = &config.check_database_url {
         let pinger = PgPinger::new(url, &PgOptions::default()).map_err(|e| ConfigError {
             field: "check_database_url".into(),
@@ -437,22 +452,21 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) fn start(listener: TcpListener, router: axum::Router) -> Server {
-        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
-        // No Nagle: DERP packets, acks and watch events are small and latency-bound (with it,
-        // a small write behind an unacknowledged one waits for the peer's delayed ACK, ~40 ms).
-        let listener =
-            axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-                let _ = tcp.set_nodelay(true);
-            });
-        let serving = axum::serve(
+    /// Serve `router` on `listener` (TLS when `security` says so), with `TCP_NODELAY`: DERP
+    /// packets, acks and watch events are small and latency-bound.
+    pub(crate) fn start(
+        listener: TcpListener,
+        router: axum::Router,
+        security: &crate::security::Security,
+    ) -> Server {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let serving = crate::security::accept::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        })
-        .into_future();
+            router,
+            security.tls.clone(),
+            security.counters.clone(),
+            stop_rx,
+        );
         Server {
             serving: Box::pin(serving),
             stop,

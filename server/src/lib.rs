@@ -4,7 +4,8 @@
 //! The data flow is the module tree: [`config`] → [`ingest`] (probe sessions, the server's
 //! own vantage, the inventory) → [`aggregator`] (the one owner of health state, using the pure
 //! rules of [`aggregate`]) → [`api`] (gRPC and HTTP). [`store`] keeps state durable, [`registry`]
-//! knows the announced components, `cluster` follows other replicas, and `app` composes it all.
+//! knows the announced components, `cluster` follows other replicas, [`security`] is TLS and
+//! tokens on the listener, and `app` composes it all.
 //!
 //! Libraries take a bound listener and a shutdown future; only `main.rs` binds, reads the
 //! environment and installs logging.
@@ -17,6 +18,7 @@ mod cluster;
 pub mod config;
 pub mod ingest;
 pub mod registry;
+pub mod security;
 pub mod store;
 
 use std::future::Future;
@@ -69,7 +71,8 @@ pub async fn serve(
     config.validate()?;
     let addr = listener.local_addr()?;
     app::refuse_unauthenticated(&config, addr)?;
-    let base = base_url(addr);
+    let security = security::Security::load(&config)?;
+    let base = format!("{}://{addr}", security.scheme());
     let targets = app::Targets::from_config(&config, &base).await?;
     let stores = app::Stores::open(&config).await?;
     let agg = app::start_aggregator(&config, &targets, &stores).await?;
@@ -86,7 +89,8 @@ pub async fn serve(
         app::answer_stun(socket, &cancel);
     }
     let (health, router) = app::router(&config, &targets, surface, &stores, inventory, &cancel)?;
-    let server = app::Server::start(listener, router);
+    security.spawn_background(&config, &cancel);
+    let server = app::Server::start(listener, security.guard(router), &security);
     ready(&base);
     server.run_until(shutdown, &health, &cancel).await
 }

@@ -13,7 +13,61 @@ use vantage_server::{ServeError, serve};
 /// Exit status for bad configuration (EX_USAGE).
 const EX_USAGE: u8 = 64;
 
+/// `vantaged token new`: make a token.
+#[derive(Debug, clap::Parser)]
+#[command(name = "vantaged token", about = "Make tokens for --token-file")]
+enum TokenCommand {
+    /// Print a new secret alone on the first line, then the `[[tokens]]` entry to paste.
+    New {
+        /// The token's name (shown in logs and refusals).
+        #[arg(long)]
+        name: String,
+        /// reader, probe, provisioner or admin.
+        #[arg(long)]
+        role: vantage_server::security::Role,
+        /// For probe tokens: a glob of the vantage names it may claim (repeatable).
+        #[arg(long = "vantage")]
+        vantages: Vec<String>,
+    },
+}
+
+fn token_command(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cmd = match <TokenCommand as clap::Parser>::try_parse_from(
+        std::iter::once("vantaged token".into()).chain(args),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let TokenCommand::New {
+        name,
+        role,
+        vantages,
+    } = cmd;
+    match vantage_server::security::tokens::new_token(&name, role, vantages) {
+        Ok((secret, entry)) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{secret}");
+                print!("{entry}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vantaged token new: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1).peekable();
+    if args.peek().is_some_and(|a| a == "token") {
+        return token_command(args.skip(1));
+    }
     let flags = match Flags::try_parse_args(std::env::args_os()) {
         Ok(f) => f,
         Err(e) => {

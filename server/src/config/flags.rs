@@ -15,7 +15,8 @@ use super::{ConfigError, Deprecation};
 #[command(
     name = "vantaged",
     version,
-    about = "vantage server: deployment health from many vantage points"
+    about = "vantage server: deployment health from many vantage points",
+    after_help = "Tokens for --token-file: vantaged token new --name NAME --role reader|probe|provisioner|admin [--vantage GLOB]..."
 )]
 pub struct Flags {
     /// TOML configuration file: its keys are the flags below, in snake_case.

@@ -107,6 +107,13 @@ pub struct Config {
     pub database_url: Option<String>,
     pub database_threshold: Duration,
     pub insecure_no_auth: bool,
+    /// TLS on the listener: the certificate chain and key (PEM), and the CAs of client
+    /// certificates (mutual TLS).
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Tokens with roles; without it only loopback listeners are allowed.
+    pub token_file: Option<std::path::PathBuf>,
     pub interval: Duration,
     pub stale_after: Duration,
     pub forget_after: Duration,
@@ -155,6 +162,10 @@ impl Default for Config {
             database_url: None,
             database_threshold: DEFAULT_DATABASE_THRESHOLD,
             insecure_no_auth: DEFAULT_INSECURE_NO_AUTH,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            token_file: None,
             interval: DEFAULT_INTERVAL,
             stale_after: DEFAULT_INTERVAL * DEFAULT_STALE_AFTER_INTERVALS,
             forget_after: DEFAULT_FORGET_AFTER,
@@ -220,6 +231,10 @@ impl Config {
             database_url: s.database_url,
             database_threshold: s.database_threshold.unwrap_or(DEFAULT_DATABASE_THRESHOLD),
             insecure_no_auth: s.insecure_no_auth.unwrap_or(DEFAULT_INSECURE_NO_AUTH),
+            tls_cert: s.tls_cert,
+            tls_key: s.tls_key,
+            tls_client_ca: s.tls_client_ca,
+            token_file: s.token_file,
             interval,
             stale_after: s
                 .stale_after

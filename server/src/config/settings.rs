@@ -36,6 +36,18 @@ pub struct Settings {
     /// Allow listening on a non-loopback address without tokens.
     #[arg(long, env = "VANTAGE_INSECURE_NO_AUTH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub insecure_no_auth: Option<bool>,
+    /// TLS certificate chain (PEM) served on the listener; reloaded when it changes or on SIGHUP.
+    #[arg(long, env = "VANTAGE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "VANTAGE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by these CAs (PEM) at the handshake: mutual TLS.
+    #[arg(long, env = "VANTAGE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Tokens with roles (TOML `[[tokens]]`); reloaded when it changes or on SIGHUP.
+    #[arg(long, env = "VANTAGE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Interval between two runs of each check.
     #[arg(long, env = "VANTAGE_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
@@ -198,9 +210,9 @@ impl Settings {
     /// `self`'s values, and `lower`'s where `self` has none.
     pub fn or(self, lower: Settings) -> Settings {
         layer!(self, lower;
-            listen, access_url, database_url, database_threshold, insecure_no_auth, interval,
-            stale_after, forget_after, quorum, raise_after, clear_after, history, write_queue,
-            force_timeout,
+            listen, access_url, database_url, database_threshold, insecure_no_auth, tls_cert,
+            tls_key, tls_client_ca, token_file, interval, stale_after, forget_after, quorum,
+            raise_after, clear_after, history, write_queue, force_timeout,
             derp_map, embedded_relay, stun_listen, stun_servers, derp_node_timeout,
             derp_all_vantages, server_checks_derp, proxies_all_vantages,
             provisioner_daemons_required, provisioner_stale_after, event_retention,

@@ -110,6 +110,7 @@ fn samples(arg: &clap::Arg) -> Vec<(String, String)> {
         "NAME" => &["server-b"],
         "CIDR" => &["169.254.10.0/24"],
         "TOKEN" => &["abcdefghij-0123456789012345678901"],
+        "FILE" => &["/etc/vantage/tls.pem"],
         other => panic!(
             "--{:?}: add samples for the value name {other:?}",
             arg.get_long()

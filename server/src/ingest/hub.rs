@@ -101,7 +101,7 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
         request: Request<Streaming<pb::ProbeMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let peer = peer_of(&request);
-        let mut inbound = request.into_inner();
+        let (_, extensions, mut inbound) = request.into_parts();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
             Ok(Err(status)) => return Err(inbound_error(status)),
@@ -115,6 +115,8 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
             }
         };
         validate_hello(&hello)?;
+        // A probe token claims only the names its globs match.
+        crate::security::layer::may_claim(&extensions, &hello.name)?;
         let (follow, assignment) =
             Assignments::follow(self.inventory.clone(), &hello.name, &hello.region);
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);

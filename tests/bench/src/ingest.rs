@@ -19,7 +19,7 @@ use vantage_proto::pb::server_message::Msg as Down;
 use vantage_testkit::ReadyChild;
 
 use crate::wire::{self, BATCH, BatchEncoder};
-use crate::{channels, cpu_seconds, start_vantaged};
+use crate::{channels_tls, cpu_seconds, start_vantaged};
 
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -31,6 +31,8 @@ pub struct IngestConfig {
     /// Attach streams sharing one HTTP/2 connection.
     pub streams_per_channel: usize,
     pub ack_server: PathBuf,
+    /// Serve `vantaged` over TLS (the baseline stays plaintext).
+    pub tls: bool,
 }
 
 /// One load run against one server.
@@ -116,8 +118,9 @@ pub async fn load(
     server_pid: u32,
     n: usize,
     cfg: &IngestConfig,
+    ca: Option<&std::path::Path>,
 ) -> anyhow::Result<LoadFigures> {
-    let chans = channels(url, n.div_ceil(cfg.streams_per_channel.max(1))).await?;
+    let chans = channels_tls(url, n.div_ceil(cfg.streams_per_channel.max(1)), ca).await?;
     let attached: Vec<anyhow::Result<wire::Attached>> = futures::stream::iter((0..n).map(|i| {
         let ch = chans[i % chans.len()].clone();
         async move { wire::attach(ch, &format!("bench-{i}"), 16).await }
@@ -161,9 +164,9 @@ pub async fn load(
 }
 
 /// Sum of `applied` and of `gaps + duplicates` over every vantage.
-pub async fn vantage_totals(url: &str) -> anyhow::Result<(u64, u64)> {
-    let mut client =
-        pb::health_service_client::HealthServiceClient::connect(url.to_owned()).await?;
+pub async fn vantage_totals(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<(u64, u64)> {
+    let channel = channels_tls(url, 1, ca).await?.remove(0);
+    let mut client = pb::health_service_client::HealthServiceClient::new(channel);
     let list = client
         .list_vantages(pb::ListVantagesRequest {})
         .await?
@@ -175,6 +178,15 @@ pub async fn vantage_totals(url: &str) -> anyhow::Result<(u64, u64)> {
 
 /// Run the baseline and `vantaged` for every N; fresh server processes for each run.
 pub async fn run(cfg: &IngestConfig) -> anyhow::Result<Vec<IngestRow>> {
+    let dir = tempfile::tempdir()?;
+    let [ca, cert, key] = crate::test_pki(dir.path())?;
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let tls_args: Vec<&str> = if cfg.tls {
+        vec!["--tls-cert", &cert, "--tls-key", &key]
+    } else {
+        Vec::new()
+    };
+    let ca = cfg.tls.then_some(ca.as_path());
     let mut rows = Vec::new();
     for &n in &cfg.probes {
         let mut row = IngestRow {
@@ -184,16 +196,16 @@ pub async fn run(cfg: &IngestConfig) -> anyhow::Result<Vec<IngestRow>> {
         let mut cmd = Command::new(&cfg.ack_server);
         cmd.stderr(std::process::Stdio::inherit());
         let baseline = ReadyChild::spawn(cmd, "bench_ack_server").await?;
-        row.baseline = load(&baseline.url, baseline.pid()?, n, cfg)
+        row.baseline = load(&baseline.url, baseline.pid()?, n, cfg, None)
             .await
             .context("baseline")?;
         baseline.stop().await;
 
-        let server = start_vantaged(&[]).await?;
-        row.vantaged = load(&server.url, server.pid()?, n, cfg)
+        let server = start_vantaged(&tls_args).await?;
+        row.vantaged = load(&server.url, server.pid()?, n, cfg, ca)
             .await
             .context("vantaged")?;
-        (row.applied, row.anomalies) = vantage_totals(&server.url).await?;
+        (row.applied, row.anomalies) = vantage_totals(&server.url, ca).await?;
         server.stop().await;
         rows.push(row);
     }

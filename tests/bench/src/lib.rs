@@ -57,6 +57,34 @@ pub async fn start_vantaged(extra: &[&str]) -> anyhow::Result<ReadyChild> {
 
 /// `n` gRPC channels to `url`, each a separate HTTP/2 connection.
 pub async fn channels(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    if url.starts_with("https://") {
+        anyhow::bail!("{url}: use channels_tls for an https:// server");
+    }
+    channels_tls(url, n, None).await
+}
+
+/// Like [`channels`]; an `https://` URL is TLS (ALPN h2) verified against `ca`.
+pub async fn channels_tls(
+    url: &str,
+    n: usize,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<Channel>> {
+    if url.starts_with("https://") {
+        let files = vantage_proto::transport::TlsFiles {
+            ca_file: ca.map(ToOwned::to_owned),
+            ..Default::default()
+        };
+        let target = vantage_proto::transport::Target::new(url, &files)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            let ch = target
+                .connect(vantage_proto::transport::KeepAlive::Off)
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            out.push(ch);
+        }
+        return Ok(out);
+    }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
         let ch = Endpoint::from_shared(url.to_owned())?
@@ -67,6 +95,28 @@ pub async fn channels(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
         out.push(ch);
     }
     Ok(out)
+}
+
+/// A CA and a certificate for `localhost` and 127.0.0.1 it signed, as PEM files in `dir`:
+/// (`ca.pem`, `server.pem`, `server.key`).
+pub fn test_pki(dir: &std::path::Path) -> anyhow::Result<[PathBuf; 3]> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    let paths = [
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    ];
+    std::fs::write(&paths[0], ca.pem())?;
+    std::fs::write(&paths[1], cert.pem())?;
+    std::fs::write(&paths[2], key.serialize_pem())?;
+    Ok(paths)
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).

@@ -21,6 +21,7 @@ async fn ingest_produces_figures() {
         window: 256,
         streams_per_channel: 50,
         ack_server: exe(env!("CARGO_BIN_EXE_bench_ack_server")),
+        tls: false,
     };
     let rows = ingest::run(&cfg).await.unwrap();
     assert_eq!(rows.len(), 1);
@@ -30,6 +31,24 @@ async fn ingest_produces_figures() {
     assert!(r.applied >= r.vantaged.acked, "{r:?}");
     assert_eq!(r.anomalies, 0, "{r:?}");
     assert!(ingest::render(&rows).contains("| 2 |"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_over_tls_produces_figures() {
+    let cfg = ingest::IngestConfig {
+        probes: vec![2],
+        warmup: Duration::from_millis(200),
+        measure: Duration::from_millis(500),
+        window: 256,
+        streams_per_channel: 50,
+        ack_server: exe(env!("CARGO_BIN_EXE_bench_ack_server")),
+        tls: true,
+    };
+    let rows = ingest::run(&cfg).await.unwrap();
+    let r = &rows[0];
+    assert!(r.vantaged.acked > 0, "{r:?}");
+    assert!(r.applied >= r.vantaged.acked, "{r:?}");
+    assert_eq!(r.anomalies, 0, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,3 +13,4 @@ mod durability;
 mod fleet;
 mod page;
 mod registry;
+mod security;

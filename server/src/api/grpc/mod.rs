@@ -26,6 +26,8 @@ impl pb::health_service_server::HealthService for HealthApi {
         request: Request<pb::GetReportRequest>,
     ) -> Result<Response<pb::Report>, Status> {
         if request.get_ref().force {
+            // Forcing runs every vantage's checks: an admin's call.
+            crate::security::layer::require(request.extensions(), crate::security::Role::Admin)?;
             match self.app.force().await {
                 Ok(()) => {}
                 Err(ForceError::Stopped) => {

@@ -77,6 +77,24 @@ fn render_guard(o: &mut String, g: &crate::aggregator::GuardStats) {
     let _ = writeln!(o, "vantage_force_coalesced_total {}", g.force_coalesced);
 }
 
+/// Refusals of the security layer, by reason (every reason, zeros included).
+pub fn render_refusals(o: &mut String, counters: &crate::security::Counters) {
+    use crate::security::Refusal;
+    let _ = writeln!(
+        o,
+        "# HELP vantage_auth_refusals_total Requests and connections refused by the security layer, by reason."
+    );
+    let _ = writeln!(o, "# TYPE vantage_auth_refusals_total counter");
+    for r in Refusal::ALL {
+        let _ = writeln!(
+            o,
+            "vantage_auth_refusals_total{{reason=\"{}\"}} {}",
+            r.label(),
+            counters.get(r)
+        );
+    }
+}
+
 /// The whole report's severity and Coder's deprecated healthy flag.
 fn render_report(o: &mut String, report: &HealthReport) {
     let _ = writeln!(

@@ -265,7 +265,10 @@ async fn codes_page() -> Html<String> {
     Html(page::codes_page())
 }
 
-async fn metrics(State(app): State<App>) -> Response {
+async fn metrics(
+    State(app): State<App>,
+    refusals: Option<axum::Extension<std::sync::Arc<crate::security::Counters>>>,
+) -> Response {
     let Ok((report, _)) = app.agg.report().await else {
         return unavailable();
     };
@@ -281,6 +284,9 @@ async fn metrics(State(app): State<App>) -> Response {
     }
     if let Some(w) = &app.writer {
         metrics::render_writer(&mut body, w);
+    }
+    if let Some(axum::Extension(c)) = refusals {
+        metrics::render_refusals(&mut body, &c);
     }
     let mut r = body.into_response();
     r.headers_mut().insert(

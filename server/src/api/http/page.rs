@@ -44,10 +44,13 @@ let report=null, current=(location.hash||"#access_url").slice(1);
 function esc(s){return String(s??"").replace(/[&<>"]/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]))}
 function dot(sev){return `<span class="dot ${esc(sev)}" title="${esc(sev)}"></span>`}
 function msgs(ws){return (ws||[]).map(w=>`<div class="alert warning"><b>${esc(w.code)}</b>: ${esc(w.message)} <a href="/health/codes#${esc((w.code||"EUNKNOWN").toLowerCase())}">Docs for ${esc(w.code)}</a></div>`).join("")}
+// With --token-file the data needs a reader token: kept in localStorage, asked for on a 401.
+function authed(o){o=o||{};const t=localStorage.getItem("vantage_token");if(t)o.headers=Object.assign({},o.headers,{Authorization:"Bearer "+t});return o}
+async function api(path,o){let r=await fetch(path,authed(o));if(r.status===401){const t=prompt("This server needs a token (role reader, or admin to change settings):");if(t){localStorage.setItem("vantage_token",t.trim());r=await fetch(path,authed(o));}}return r}
 async function load(force){
   const btn=document.getElementById("refresh"); btn.disabled=true; btn.textContent=force?"Refreshing…":"Refresh";
   try{
-    const r=await fetch("/api/v2/debug/health"+(force?"?force=true":""));
+    const r=await api("/api/v2/debug/health"+(force?"?force=true":""));
     const body=await r.json();
     if(!r.ok) throw new Error(body.message+" "+(body.detail||""));
     report=body; document.getElementById("error").style.display="none"; render();
@@ -55,9 +58,9 @@ async function load(force){
   finally{btn.disabled=false; btn.textContent="Refresh";}
 }
 async function toggleDismiss(name,dismiss){
-  const cur=await (await fetch("/api/v2/debug/health/settings")).json();
+  const cur=await (await api("/api/v2/debug/health/settings")).json();
   let list=cur.dismissed_healthchecks.filter(s=>s!==name); if(dismiss) list.push(name);
-  await fetch("/api/v2/debug/health/settings",{method:"PUT",headers:{"Content-Type":"application/json"},body:JSON.stringify({dismissed_healthchecks:list})});
+  await api("/api/v2/debug/health/settings",{method:"PUT",headers:{"Content-Type":"application/json"},body:JSON.stringify({dismissed_healthchecks:list})});
   await load(false);
 }
 function render(){

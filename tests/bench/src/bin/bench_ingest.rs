@@ -1,7 +1,9 @@
 //! Figure 1 of BENCHMARKS.md: ingestion throughput of `vantaged` against a bare acking tonic
 //! server, N = 1, 100, 1000 simulated probes.
 //!
-//! `target/release/bench_ingest [--probes 1,100,1000] [--seconds 5] [--warmup 1] [--window 4096]`
+//! `target/release/bench_ingest [--probes 1,100,1000] [--seconds 5] [--warmup 1] [--window 4096] [--tls]`
+//!
+//! `--tls` serves `vantaged` over TLS (a test CA made at start); the baseline stays plaintext.
 #![allow(clippy::print_stdout)] // The figures are this binary's output.
 
 use std::time::Duration;
@@ -18,9 +20,11 @@ async fn main() -> anyhow::Result<()> {
         window: bench::arg(&a, "window", 4096),
         streams_per_channel: bench::arg(&a, "streams-per-channel", 50),
         ack_server: bench::sibling_bin("bench_ack_server")?,
+        tls: a.iter().any(|(k, _)| k == "tls"),
     };
     println!(
-        "ingest: window {} observations, {} per message, {} streams per connection, {:?} measured after {:?}",
+        "ingest{}: window {} observations, {} per message, {} streams per connection, {:?} measured after {:?}",
+        if cfg.tls { " (vantaged over TLS)" } else { "" },
         cfg.window,
         bench::wire::BATCH,
         cfg.streams_per_channel,
