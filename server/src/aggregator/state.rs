@@ -68,6 +68,9 @@ pub(super) struct State {
     pub(super) refusal_log: super::guard::LogLimit,
 }
 
+/// How long taking over the clock lease may take (the lease is tried for every second).
+const LEASE_TAKEOVER: Duration = Duration::from_secs(3);
+
 impl State {
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let tick_every =
@@ -417,9 +420,16 @@ impl State {
             Some(d) if !d.store.clock_leader() => Cause::Elsewhere,
             _ => Cause::Here,
         };
+        // A replica without the lease waits a little longer, so that when the lease holder
+        // has just died, the replica taking the lease over is the one that sees the vantage
+        // go stale (and stores it), not one that is still waiting for it.
+        let stale_after = match cause {
+            Cause::Here => self.config.stale_after,
+            Cause::Elsewhere => self.config.stale_after + LEASE_TAKEOVER,
+        };
         for v in self.vantages.values_mut() {
             let silent = now.saturating_duration_since(v.last_seen);
-            if v.is_fresh() && silent > self.config.stale_after {
+            if v.is_fresh() && silent > stale_after {
                 v.stale_since = Some(Utc::now());
                 newly_stale.push((v.name.clone(), cause));
             } else if !v.is_fresh() && silent > self.config.forget_after {
