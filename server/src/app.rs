@@ -254,7 +254,41 @@ pub(crate) fn surface(
         force_timeout: config.force_timeout,
         watchers: Arc::new(AtomicUsize::new(0)),
         cancel: cancel.clone(),
+        alerts: None,
     }
+}
+
+/// The Alertmanager sender, when one is configured: its links point at this server, its
+/// `deployment` label is the configured name or the access URL's host:port.
+pub(crate) fn start_alerts(
+    config: &Config,
+    targets: &Targets,
+    base: &str,
+    agg: &Aggregator,
+    cancel: &CancellationToken,
+) -> Result<Option<crate::alerts::AlertStats>, ServeError> {
+    let deployment = config.alerting.deployment_name.clone().unwrap_or_else(|| {
+        url::Url::parse(&targets.access_url)
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?.to_owned();
+                Some(match u.port_or_known_default() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| targets.access_url.clone())
+    });
+    let ctx = crate::alerts::Context {
+        base: base.trim_end_matches('/').to_owned(),
+        deployment,
+    };
+    Ok(crate::alerts::start(
+        &config.alerting,
+        ctx,
+        agg.clone(),
+        cancel,
+    )?)
 }
 
 /// The server's own vantage: the probe's checks, run in-process.

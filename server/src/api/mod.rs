@@ -33,6 +33,8 @@ pub struct App {
     pub watchers: Arc<AtomicUsize>,
     /// Cancelled at shutdown: ends every watch stream.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// The Alertmanager sender's figures, when one is configured.
+    pub alerts: Option<crate::alerts::AlertStats>,
 }
 
 /// Why a forced report did not complete.

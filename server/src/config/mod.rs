@@ -6,6 +6,7 @@
 //! and the deprecated flags, `file.rs` reads the TOML file (with `[[workspace_proxies]]` and the
 //! deprecated keys), and [`Config::load`] layers them and validates.
 
+mod alerting;
 mod file;
 mod flags;
 mod settings;
@@ -15,6 +16,8 @@ mod tests;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+pub use alerting::{AlertAuth, AlertingConfig, DEFAULT_ALERT_RESEND, Secret};
 
 pub use file::ProxyFile;
 pub use flags::{DeprecatedFlags, Flags};
@@ -117,6 +120,8 @@ pub struct Config {
     pub provisioner_daemons_required: bool,
     pub provisioner_stale_after: Duration,
     pub workspace_proxies: Vec<ProxyFile>,
+    /// Where alerts are pushed (`config/alerting.rs`).
+    pub alerting: AlertingConfig,
     /// The deprecated names the configuration used, for `main` to log.
     pub deprecations: Vec<Deprecation>,
 }
@@ -152,6 +157,7 @@ impl Default for Config {
             provisioner_daemons_required: DEFAULT_PROVISIONER_DAEMONS_REQUIRED,
             provisioner_stale_after: DEFAULT_PROVISIONER_STALE_AFTER,
             workspace_proxies: Vec::new(),
+            alerting: AlertingConfig::default(),
             deprecations: Vec::new(),
         }
     }
@@ -178,6 +184,7 @@ impl Config {
         deprecations: Vec<Deprecation>,
     ) -> Result<Config, ConfigError> {
         let interval = s.interval.unwrap_or(DEFAULT_INTERVAL);
+        let alerting = alerting::resolve(&s)?;
         Ok(Config {
             listen: s.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
             access_url: s.access_url.as_deref().map(parse_access_url).transpose()?,
@@ -223,6 +230,7 @@ impl Config {
                 .provisioner_stale_after
                 .unwrap_or(DEFAULT_PROVISIONER_STALE_AFTER),
             workspace_proxies,
+            alerting,
             deprecations,
         })
     }

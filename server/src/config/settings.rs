@@ -115,6 +115,43 @@ pub struct Settings {
     /// Run the server's own vantage (access URL and websocket from the server).
     #[arg(long, env = "VANTAGE_SERVER_VANTAGE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub server_vantage: Option<bool>,
+    /// Alertmanager to push alerts to (repeatable, or comma-separated, for a cluster).
+    #[arg(
+        long,
+        env = "VANTAGE_ALERTMANAGER_URL",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub alertmanager_url: Option<Vec<String>>,
+    /// PEM file of the CA that signs the Alertmanagers' certificates (default: the system's).
+    #[arg(long, env = "VANTAGE_ALERTMANAGER_CA_FILE", value_name = "FILE")]
+    pub alertmanager_ca_file: Option<String>,
+    /// User name of HTTP basic authentication to the Alertmanagers.
+    #[arg(long, env = "VANTAGE_ALERTMANAGER_USERNAME", value_name = "NAME")]
+    pub alertmanager_username: Option<String>,
+    /// Password of HTTP basic authentication to the Alertmanagers.
+    #[arg(
+        long,
+        env = "VANTAGE_ALERTMANAGER_PASSWORD",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub alertmanager_password: Option<String>,
+    /// Bearer token sent to the Alertmanagers (instead of basic authentication).
+    #[arg(
+        long,
+        env = "VANTAGE_ALERTMANAGER_BEARER_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub alertmanager_bearer_token: Option<String>,
+    /// How often every active alert is re-sent to the Alertmanagers.
+    #[arg(long, env = "VANTAGE_ALERT_RESEND", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub alert_resend: Option<Duration>,
+    /// The `deployment` label of every alert (default: the access URL's host:port).
+    #[arg(long, env = "VANTAGE_DEPLOYMENT_NAME", value_name = "NAME")]
+    pub deployment_name: Option<String>,
 }
 
 /// Layers `$upper` over `$lower`, field by field; the destructuring is exhaustive, so a new
@@ -137,6 +174,8 @@ impl Settings {
             derp_all_vantages, server_checks_derp, proxies_all_vantages,
             provisioner_daemons_required, provisioner_stale_after, event_retention,
             observation_retention, server_vantage_name, server_vantage,
+            alertmanager_url, alertmanager_ca_file, alertmanager_username,
+            alertmanager_password, alertmanager_bearer_token, alert_resend, deployment_name,
         )
     }
 

@@ -287,6 +287,7 @@ fn app(agg: &Aggregator) -> App {
         force_timeout: Duration::from_secs(30),
         watchers: Arc::new(AtomicUsize::new(0)),
         cancel: CancellationToken::new(),
+        alerts: None,
     }
 }
 

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod alerts;
 mod backbone;
 mod cluster;
 mod contract;

@@ -251,3 +251,41 @@ pub fn render_targets(o: &mut String, targets: &[crate::aggregator::TargetFigure
         );
     }
 }
+
+/// The Alertmanager sender's figures: alerts firing, and per Alertmanager the alerts sent,
+/// failed (per failed attempt) and dropped (queue full, or every retry failed).
+pub fn render_alerts(o: &mut String, a: &crate::alerts::AlertStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        o,
+        "# HELP vantage_alerts_firing Alerts vantage is sending as firing."
+    );
+    let _ = writeln!(o, "# TYPE vantage_alerts_firing gauge");
+    let _ = writeln!(o, "vantage_alerts_firing {}", a.firing.load(Relaxed));
+    for (name, help) in [
+        ("sent", "Alerts an Alertmanager accepted."),
+        (
+            "failed",
+            "Alerts in requests an Alertmanager refused or did not answer (retried).",
+        ),
+        (
+            "dropped",
+            "Alerts given up: the queue was full or every retry failed.",
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP vantage_alerts_{name}_total {help}");
+        let _ = writeln!(o, "# TYPE vantage_alerts_{name}_total counter");
+        for (url, c) in a.targets.iter() {
+            let v = match name {
+                "sent" => c.sent.load(Relaxed),
+                "failed" => c.failed.load(Relaxed),
+                _ => c.dropped.load(Relaxed),
+            };
+            let _ = writeln!(
+                o,
+                "vantage_alerts_{name}_total{{alertmanager=\"{}\"}} {v}",
+                esc(url)
+            );
+        }
+    }
+}

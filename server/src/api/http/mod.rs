@@ -233,6 +233,9 @@ async fn metrics(State(app): State<App>) -> Response {
     if let Some(w) = &app.writer {
         metrics::render_writer(&mut body, w);
     }
+    if let Some(a) = &app.alerts {
+        metrics::render_alerts(&mut body, a);
+    }
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,0 +1,414 @@
+//! Alerts that page someone: vantaged pushing to a real Alertmanager (0.25, Debian) on
+//! loopback, and a real Prometheus scraping `/metrics` with the shipped rules.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vantage_testkit::{CutProxy, PromChild, eventually, prom};
+use vantage_tests::Server;
+
+/// `--alert-resend` of these tests.
+const RESEND: Duration = Duration::from_secs(1);
+
+/// The firing alerts Alertmanager holds named `alertname`.
+async fn am_alerts(am: &PromChild, alertname: &str) -> Vec<Value> {
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v2/alerts", am.url))
+        .query(&[("filter", format!("alertname=\"{alertname}\""))])
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json::<Vec<Value>>().await.unwrap()
+}
+
+/// A sample of a `/metrics` body whose line starts with `prefix` (name and labels).
+fn sample(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn metrics(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A DERP region (id 1, code `edge`) whose one node is a relay reached through a proxy the
+/// test can make refuse connections: the region goes down and comes back on command.
+struct Region {
+    _relay: Server,
+    proxy: CutProxy,
+    _dir: tempfile::TempDir,
+    map: PathBuf,
+}
+
+impl Region {
+    async fn start() -> Region {
+        let relay = Server::start(&["--interval", "1h", "--server-vantage", "false"]).await;
+        let upstream = relay.url.trim_start_matches("http://").parse().unwrap();
+        let proxy = CutProxy::start(upstream, Duration::ZERO).await;
+        let dir = tempfile::tempdir().unwrap();
+        let map = dir.path().join("derp.json");
+        let json = serde_json::json!({"Regions": {"1": {"RegionID": 1, "RegionCode": "edge", "RegionName": "Edge", "Nodes": [
+            {"Name": "1a", "RegionID": 1, "HostName": "127.0.0.1", "DERPPort": proxy.port(), "ForceHTTP": true, "STUNPort": -1}
+        ]}}});
+        std::fs::write(&map, json.to_string()).unwrap();
+        Region {
+            _relay: relay,
+            proxy,
+            _dir: dir,
+            map,
+        }
+    }
+
+    fn down(&self) {
+        self.proxy.refuse(true);
+        self.proxy.cut();
+    }
+
+    fn up(&self) {
+        self.proxy.refuse(false);
+    }
+}
+
+/// Severity of DERP region 1 in a server's report.
+async fn region_severity(server: &Server) -> String {
+    let r = server.report().await;
+    r["derp"]["regions"]["1"]["severity"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn vantaged(region: &Region, alertmanagers: &[&str], extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--interval",
+        "1s",
+        "--derp-node-timeout",
+        "2s",
+        "--derp-map",
+        region.map.to_str().unwrap(),
+        "--alert-resend",
+        "1s",
+        "--deployment-name",
+        "e2e",
+    ];
+    for am in alertmanagers {
+        args.extend(["--alertmanager-url", am]);
+    }
+    args.extend(extra);
+    Server::start(&args).await
+}
+
+async fn put_settings(server: &Server, body: Value) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .put(format!("{}/api/v2/debug/health/settings", server.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_derp_region_down_pages_alertmanager_resolves_and_is_silenced_by_a_dismissal() {
+    let am = prom::alertmanager().await;
+    let region = Region::start().await;
+    let server = vantaged(&region, &[&am.url], &[]).await;
+    eventually(Duration::from_secs(30), "region 1 healthy", || async {
+        (region_severity(&server).await == "ok").then_some(())
+    })
+    .await;
+    assert!(
+        am_alerts(&am, "VantageDerpRegionUnhealthy")
+            .await
+            .is_empty()
+    );
+
+    region.down();
+    eventually(Duration::from_secs(30), "region 1 at error", || async {
+        (region_severity(&server).await == "error").then_some(())
+    })
+    .await;
+    let seen = Instant::now();
+    let alert = eventually(Duration::from_secs(10), "the region alert", || async {
+        am_alerts(&am, "VantageDerpRegionUnhealthy").await.pop()
+    })
+    .await;
+    let within = seen.elapsed();
+    assert!(within <= RESEND * 3, "alert after {within:?}");
+    let labels = &alert["labels"];
+    assert_eq!(labels["region_id"], "1", "{alert}");
+    assert_eq!(labels["region_code"], "edge");
+    assert_eq!(labels["deployment"], "e2e");
+    assert_eq!(labels["severity"], "error");
+    assert!(
+        alert["annotations"]["vantages"]
+            .as_str()
+            .unwrap()
+            .contains("server"),
+        "{alert}"
+    );
+    assert!(
+        alert["generatorURL"]
+            .as_str()
+            .unwrap()
+            .ends_with("/health#derp"),
+        "{alert}"
+    );
+    let section = eventually(Duration::from_secs(10), "the section alert", || async {
+        am_alerts(&am, "VantageSectionUnhealthy")
+            .await
+            .into_iter()
+            .find(|a| a["labels"]["section"] == "DERP")
+    })
+    .await;
+    assert_eq!(section["labels"]["severity"], "error", "{section}");
+    let description = section["annotations"]["description"].as_str().unwrap_or("");
+    assert!(
+        description.contains("region 1 (edge): node 1a:"),
+        "{section}"
+    );
+    // A firing alert's endsAt is four re-sends ahead (Alertmanager keeps it until then).
+    let (starts, ends) = (
+        alert["startsAt"].as_str().unwrap(),
+        alert["endsAt"].as_str().unwrap(),
+    );
+    assert!(ends > starts, "{alert}");
+
+    region.up();
+    eventually(
+        Duration::from_secs(30),
+        "the region alert resolved",
+        || async {
+            am_alerts(&am, "VantageDerpRegionUnhealthy")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let am_metrics = metrics(&am.url).await;
+    assert!(
+        sample(
+            &am_metrics,
+            "alertmanager_alerts_received_total{status=\"resolved\",version=\"v2\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "Alertmanager received a resolve"
+    );
+
+    // Down again: it fires; dismissing DERP (a maintenance window) resolves it at once, and
+    // its region alert too, while the report still shows the failure.
+    region.down();
+    eventually(
+        Duration::from_secs(30),
+        "the region alert again",
+        || async {
+            (!am_alerts(&am, "VantageDerpRegionUnhealthy")
+                .await
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    let status = put_settings(
+        &server,
+        serde_json::json!({"dismissed_healthchecks": ["DERP"], "until": null, "reason": "relay upgrade"}),
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
+    let dismissed = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the alerts resolved by the dismissal",
+        || async {
+            let region = am_alerts(&am, "VantageDerpRegionUnhealthy").await;
+            let section = am_alerts(&am, "VantageSectionUnhealthy").await;
+            (region.is_empty() && !section.iter().any(|a| a["labels"]["section"] == "DERP"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        dismissed.elapsed() <= RESEND * 3,
+        "resolved after {:?}",
+        dismissed.elapsed()
+    );
+    // It stays silent over several re-sends.
+    for _ in 0..4 {
+        tokio::time::sleep(RESEND).await;
+        assert!(
+            am_alerts(&am, "VantageDerpRegionUnhealthy")
+                .await
+                .is_empty()
+        );
+    }
+    assert_eq!(region_severity(&server).await, "error");
+    let body = metrics(&server.url).await;
+    assert!(
+        sample(
+            &body,
+            &format!("vantage_alerts_sent_total{{alertmanager=\"{}/\"}}", am.url)
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_produce_one_alert() {
+    let db = vantage_testkit::test_db!();
+    let am = prom::alertmanager().await;
+    let region = Region::start().await;
+    let url = db.url();
+    let a = vantaged(
+        &region,
+        &[&am.url],
+        &["--database-url", &url, "--server-vantage-name", "server-a"],
+    )
+    .await;
+    let b = vantaged(
+        &region,
+        &[&am.url],
+        &["--database-url", &url, "--server-vantage-name", "server-b"],
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "region 1 healthy on both",
+        || async {
+            (region_severity(&a).await == "ok" && region_severity(&b).await == "ok").then_some(())
+        },
+    )
+    .await;
+    region.down();
+    eventually(
+        Duration::from_secs(30),
+        "both replicas sent the alert",
+        || async {
+            let mut both = true;
+            for s in [&a, &b] {
+                let body = metrics(&s.url).await;
+                both &= sample(&body, "vantage_alerts_sent_total").unwrap_or(0.0) > 0.0
+                    && sample(&body, "vantage_alerts_firing").unwrap_or(0.0) > 0.0;
+            }
+            both.then_some(())
+        },
+    )
+    .await;
+    let alerts = eventually(Duration::from_secs(10), "the region alert", || async {
+        let v = am_alerts(&am, "VantageDerpRegionUnhealthy").await;
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    tokio::time::sleep(RESEND * 2).await;
+    let alerts_later = am_alerts(&am, "VantageDerpRegionUnhealthy").await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts_later.len(), 1, "{alerts_later:?}");
+}
+
+/// A stand-in Alertmanager that answers every POST with 400 and counts them.
+async fn refusing_alertmanager() -> (String, Arc<AtomicU64>) {
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/api/v2/alerts",
+        axum::routing::post(move || {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "\"start time must be before end time\"",
+                )
+            }
+        }),
+    );
+    let (listener, addr) = vantage_testkit::loopback_listener().await;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), hits)
+}
+
+#[tokio::test]
+async fn an_alertmanager_down_or_answering_400_is_retried_counted_and_never_slows_ingestion() {
+    let (bad, hits) = refusing_alertmanager().await;
+    let down = format!("http://127.0.0.1:{}", vantage_testkit::closed_tcp_port());
+    let region = Region::start().await;
+    let server = vantaged(&region, &[&bad, &down], &[]).await;
+    region.down();
+    let body = eventually(
+        Duration::from_secs(30),
+        "failures counted for both",
+        || async {
+            let body = metrics(&server.url).await;
+            let ok = [&bad, &down].iter().all(|u| {
+                sample(
+                    &body,
+                    &format!("vantage_alerts_failed_total{{alertmanager=\"{u}/\"}}"),
+                )
+                .unwrap_or(0.0)
+                    > 0.0
+            });
+            ok.then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        sample(&body, "vantage_alerts_sent_total").unwrap_or(1.0) == 0.0,
+        "{body}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "a retry of the refused batch, and a drop",
+        || async {
+            let body = metrics(&server.url).await;
+            (hits.load(Ordering::SeqCst) >= 2
+                && sample(&body, "vantage_alerts_dropped_total").unwrap_or(0.0) > 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+    // Ingestion goes on at its pace: observations keep being applied and reads stay fast.
+    let before = sample(
+        &metrics(&server.url).await,
+        "vantage_observations_applied_total ",
+    )
+    .unwrap();
+    let t = Instant::now();
+    for _ in 0..20 {
+        let started = Instant::now();
+        server.report().await;
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a report took {:?}",
+            started.elapsed()
+        );
+    }
+    eventually(
+        Duration::from_secs(5),
+        "observations still applied",
+        || async {
+            let now = sample(
+                &metrics(&server.url).await,
+                "vantage_observations_applied_total ",
+            )
+            .unwrap();
+            (now >= before + 3.0).then_some(())
+        },
+    )
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
