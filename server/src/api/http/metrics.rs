@@ -32,6 +32,16 @@ pub fn render(
     watchers: usize,
 ) -> String {
     let mut o = String::with_capacity(4096);
+    let _ = writeln!(
+        o,
+        "# HELP vantage_build_info The running vantaged's version (always 1)."
+    );
+    let _ = writeln!(o, "# TYPE vantage_build_info gauge");
+    let _ = writeln!(
+        o,
+        "vantage_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
     render_report(&mut o, report);
     render_section_severities(&mut o, report);
     render_vantages(&mut o, vantages);
@@ -64,13 +74,24 @@ fn render_section_severities(o: &mut String, report: &HealthReport) {
     );
     let _ = writeln!(o, "# TYPE vantage_section_severity gauge");
     for s in Section::ALL {
-        let b = report.base(s);
         let _ = writeln!(
             o,
-            "vantage_section_severity{{section=\"{}\",dismissed=\"{}\"}} {}",
+            "vantage_section_severity{{section=\"{}\"}} {}",
             s.settings_name(),
-            b.dismissed,
-            sev(b.severity)
+            sev(report.base(s).severity)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vantage_section_dismissed Whether a section is dismissed (1), e.g. in a maintenance window."
+    );
+    let _ = writeln!(o, "# TYPE vantage_section_dismissed gauge");
+    for s in Section::ALL {
+        let _ = writeln!(
+            o,
+            "vantage_section_dismissed{{section=\"{}\"}} {}",
+            s.settings_name(),
+            u8::from(report.base(s).dismissed)
         );
     }
     let _ = writeln!(
@@ -117,6 +138,14 @@ fn render_vantages(o: &mut String, vantages: &[pb::Vantage]) {
         "# HELP vantage_vantage_replay_dropped_total Observations the probe's full replay buffer dropped."
     );
     let _ = writeln!(o, "# TYPE vantage_vantage_replay_dropped_total counter");
+    let _ = writeln!(
+        o,
+        "# HELP vantage_vantage_last_seen_timestamp_seconds When a vantage was last heard from (Unix time)."
+    );
+    let _ = writeln!(
+        o,
+        "# TYPE vantage_vantage_last_seen_timestamp_seconds gauge"
+    );
     for v in vantages {
         render_vantage(o, v);
     }
@@ -151,6 +180,24 @@ fn render_vantage(o: &mut String, v: &pb::Vantage) {
         "vantage_vantage_replay_dropped_total{{{l}}} {}",
         v.replay_dropped
     );
+    if let Some(t) = &v.last_seen {
+        let secs = t.seconds as f64 + f64::from(t.nanos) / 1e9;
+        let _ = writeln!(
+            o,
+            "vantage_vantage_last_seen_timestamp_seconds{{{l}}} {secs}"
+        );
+    }
+}
+
+/// A DERP target's (`derp/<region id>/<node>`) extra labels: `region_id` and `node`.
+fn derp_labels(target: &str) -> String {
+    let mut parts = target.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("derp"), Some(id), Some(node)) => {
+            format!(",region_id=\"{}\",node=\"{}\"", esc(id), esc(node))
+        }
+        _ => String::new(),
+    }
 }
 
 /// The aggregator's ingest counters: observations applied and duplicates dropped.
@@ -188,7 +235,7 @@ fn render_events(o: &mut String, stats: &Stats, watchers: usize) {
     let _ = writeln!(o, "# TYPE vantage_events_dropped_total counter");
     let _ = writeln!(o, "vantage_events_dropped_total {}", stats.events_dropped);
     let _ = writeln!(o, "# HELP vantage_revision Current aggregator revision.");
-    let _ = writeln!(o, "# TYPE vantage_revision counter");
+    let _ = writeln!(o, "# TYPE vantage_revision gauge");
     let _ = writeln!(o, "vantage_revision {}", stats.revision);
 }
 
@@ -228,10 +275,11 @@ pub fn render_targets(o: &mut String, targets: &[crate::aggregator::TargetFigure
     for t in targets {
         let _ = writeln!(
             o,
-            "vantage_check_duration_seconds{{vantage=\"{}\",section=\"{}\",target=\"{}\"}} {}",
+            "vantage_check_duration_seconds{{vantage=\"{}\",section=\"{}\",target=\"{}\"{}}} {}",
             esc(&t.vantage),
             t.section.settings_name(),
             esc(&t.target),
+            derp_labels(&t.target),
             t.seconds
         );
     }
@@ -243,10 +291,11 @@ pub fn render_targets(o: &mut String, targets: &[crate::aggregator::TargetFigure
     for t in targets {
         let _ = writeln!(
             o,
-            "vantage_check_success{{vantage=\"{}\",section=\"{}\",target=\"{}\"}} {}",
+            "vantage_check_success{{vantage=\"{}\",section=\"{}\",target=\"{}\"{}}} {}",
             esc(&t.vantage),
             t.section.settings_name(),
             esc(&t.target),
+            derp_labels(&t.target),
             u8::from(t.ok)
         );
     }
