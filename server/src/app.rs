@@ -165,12 +165,23 @@ pub(crate) async fn start_aggregator(
         epoch: stores.durable.as_ref().map(|d| d.epoch.clone()),
         dedicated_thread: true,
     };
-    let dismissed = stores.store.load_dismissed().await?;
+    let (dismissed, until) = crate::store::load_settings(&*stores.store).await?;
     let durable = stores.durable.as_ref().map(|d| DurableParts {
         writer: d.writer.clone(),
         store: stores.store.clone(),
     });
-    Ok(Aggregator::spawn_with(agg_config, dismissed, durable)?)
+    // A stored maintenance window that has ended stays ended; the others get their deadline.
+    let now = chrono::Utc::now();
+    let open: Vec<_> = dismissed
+        .iter()
+        .copied()
+        .filter(|s| !until.iter().any(|(u, end)| u == s && *end <= now))
+        .collect();
+    let agg = Aggregator::spawn_with(agg_config, open, durable)?;
+    if !until.is_empty() {
+        let _ = agg.dismiss(dismissed, until).await;
+    }
+    Ok(agg)
 }
 
 /// Put back what the store remembers, then follow what other replicas store.

@@ -100,9 +100,11 @@ pub enum AdminCommand {
     Force {
         reply: oneshot::Sender<watch::Receiver<BTreeSet<String>>>,
     },
-    /// Dismiss exactly these sections (already persisted).
+    /// Dismiss exactly these sections (already persisted); those listed in `until` only
+    /// until then (a maintenance window: it ends by this aggregator's clock).
     Dismiss {
         dismissed: Vec<Section>,
+        until: Vec<(Section, chrono::DateTime<chrono::Utc>)>,
         reply: oneshot::Sender<SettingsUpdate>,
     },
     Forget {

@@ -11,11 +11,18 @@ pub struct Migration {
 }
 
 /// Every migration, in version order. Append; never edit a released one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "dismissal_notes",
+        sql: include_str!("../../../migrations/0002_dismissal_notes.sql"),
+    },
+];
 
 /// Apply the migrations not yet applied, in one transaction under [`MIGRATION_LOCK`].
 pub(super) async fn migrate(client: &mut Object) -> Result<(), Failure> {
