@@ -634,8 +634,8 @@ async fn a_real_prometheus_scrapes_metrics_and_the_shipped_rules_fire_on_the_fai
     for family in [
         "vantage_build_info{",
         "vantage_section_dismissed{section=\"DERP\"} 0",
-        "vantage_vantage_last_seen_timestamp_seconds{vantage=\"server\"",
-        "vantage_check_success{vantage=\"server\",section=\"DERP\",target=\"derp/1/1a\",region_id=\"1\",node=\"1a\"} 1",
+        "vantage_last_seen_timestamp_seconds{vantage=\"server\"",
+        "vantage_check_success{vantage=\"server\",section=\"DERP\",target=\"derp/1/1a\",region=\"server\",region_id=\"1\",region_code=\"edge\",node=\"1a\",host=\"127.0.0.1\"} 1",
     ] {
         assert!(
             body.lines().any(|l| l.starts_with(family)),

@@ -117,9 +117,9 @@ fn render_section_severities(o: &mut String, report: &HealthReport) {
 fn render_vantages(o: &mut String, vantages: &[pb::Vantage]) {
     let _ = writeln!(
         o,
-        "# HELP vantage_vantage_up Whether a vantage is fresh (1) or stale (0)."
+        "# HELP vantage_up Whether a vantage is fresh (1) or stale (0)."
     );
-    let _ = writeln!(o, "# TYPE vantage_vantage_up gauge");
+    let _ = writeln!(o, "# TYPE vantage_up gauge");
     let _ = writeln!(
         o,
         "# HELP vantage_vantage_connected Whether a vantage has a live session."
@@ -140,12 +140,9 @@ fn render_vantages(o: &mut String, vantages: &[pb::Vantage]) {
     let _ = writeln!(o, "# TYPE vantage_vantage_replay_dropped_total counter");
     let _ = writeln!(
         o,
-        "# HELP vantage_vantage_last_seen_timestamp_seconds When a vantage was last heard from (Unix time)."
+        "# HELP vantage_last_seen_timestamp_seconds When a vantage was last heard from (Unix time)."
     );
-    let _ = writeln!(
-        o,
-        "# TYPE vantage_vantage_last_seen_timestamp_seconds gauge"
-    );
+    let _ = writeln!(o, "# TYPE vantage_last_seen_timestamp_seconds gauge");
     for v in vantages {
         render_vantage(o, v);
     }
@@ -164,7 +161,7 @@ fn render_vantages(o: &mut String, vantages: &[pb::Vantage]) {
 /// One vantage's samples of the per-vantage families.
 fn render_vantage(o: &mut String, v: &pb::Vantage) {
     let l = format!("vantage=\"{}\",region=\"{}\"", esc(&v.name), esc(&v.region));
-    let _ = writeln!(o, "vantage_vantage_up{{{l}}} {}", u8::from(!v.stale));
+    let _ = writeln!(o, "vantage_up{{{l}}} {}", u8::from(!v.stale));
     let _ = writeln!(
         o,
         "vantage_vantage_connected{{{l}}} {}",
@@ -182,21 +179,49 @@ fn render_vantage(o: &mut String, v: &pb::Vantage) {
     );
     if let Some(t) = &v.last_seen {
         let secs = t.seconds as f64 + f64::from(t.nanos) / 1e9;
-        let _ = writeln!(
-            o,
-            "vantage_vantage_last_seen_timestamp_seconds{{{l}}} {secs}"
-        );
+        let _ = writeln!(o, "vantage_last_seen_timestamp_seconds{{{l}}} {secs}");
     }
 }
 
-/// A DERP target's (`derp/<region id>/<node>`) extra labels: `region_id` and `node`.
-fn derp_labels(target: &str) -> String {
-    let mut parts = target.splitn(3, '/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("derp"), Some(id), Some(node)) => {
-            format!(",region_id=\"{}\",node=\"{}\"", esc(id), esc(node))
+/// Where a target's labels come from: each vantage's region, and the DERP regions' codes
+/// and nodes' host names (from the report's DERP map objects).
+pub struct TargetContext<'a> {
+    pub vantages: &'a [pb::Vantage],
+    pub report: &'a HealthReport,
+}
+
+impl TargetContext<'_> {
+    /// `region` of the vantage, then for a DERP target (`derp/<region id>/<node>`)
+    /// `region_id`, `region_code`, `node` and `host`.
+    fn labels(&self, t: &crate::aggregator::TargetFigure) -> String {
+        let region = self
+            .vantages
+            .iter()
+            .find(|v| v.name == t.vantage)
+            .map_or("", |v| v.region.as_str());
+        let mut l = format!(",region=\"{}\"", esc(region));
+        let mut parts = t.target.splitn(3, '/');
+        if let (Some("derp"), Some(id), Some(node)) = (parts.next(), parts.next(), parts.next()) {
+            let r = self.report.derp.report.regions.get(id);
+            let code = r
+                .and_then(|r| r.pointer("/region/RegionCode"))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            let host = r
+                .and_then(|r| r.pointer("/region/Nodes"))
+                .and_then(serde_json::Value::as_array)
+                .and_then(|nodes| nodes.iter().find(|n| n["Name"] == node))
+                .and_then(|n| n["HostName"].as_str())
+                .unwrap_or("");
+            l.push_str(&format!(
+                ",region_id=\"{}\",region_code=\"{}\",node=\"{}\",host=\"{}\"",
+                esc(id),
+                esc(code),
+                esc(node),
+                esc(host)
+            ));
         }
-        _ => String::new(),
+        l
     }
 }
 
@@ -266,7 +291,11 @@ pub fn render_writer(o: &mut String, w: &crate::store::WriteBehind) {
 }
 
 /// Per vantage and target: the latest check's duration and outcome.
-pub fn render_targets(o: &mut String, targets: &[crate::aggregator::TargetFigure]) {
+pub fn render_targets(
+    o: &mut String,
+    targets: &[crate::aggregator::TargetFigure],
+    ctx: &TargetContext<'_>,
+) {
     let _ = writeln!(
         o,
         "# HELP vantage_check_duration_seconds How long the latest check of a target took, per vantage."
@@ -279,7 +308,7 @@ pub fn render_targets(o: &mut String, targets: &[crate::aggregator::TargetFigure
             esc(&t.vantage),
             t.section.settings_name(),
             esc(&t.target),
-            derp_labels(&t.target),
+            ctx.labels(t),
             t.seconds
         );
     }
@@ -295,7 +324,7 @@ pub fn render_targets(o: &mut String, targets: &[crate::aggregator::TargetFigure
             esc(&t.vantage),
             t.section.settings_name(),
             esc(&t.target),
-            derp_labels(&t.target),
+            ctx.labels(t),
             u8::from(t.ok)
         );
     }

@@ -302,7 +302,11 @@ async fn metrics(State(app): State<App>) -> Response {
         app.watchers.load(std::sync::atomic::Ordering::Relaxed),
     );
     if let Ok(targets) = app.agg.targets().await {
-        metrics::render_targets(&mut body, &targets);
+        let ctx = metrics::TargetContext {
+            vantages: &vantages,
+            report: &report,
+        };
+        metrics::render_targets(&mut body, &targets, &ctx);
     }
     if let Some(w) = &app.writer {
         metrics::render_writer(&mut body, w);
