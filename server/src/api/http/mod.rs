@@ -295,29 +295,20 @@ async fn metrics(State(app): State<App>) -> Response {
         return unavailable();
     };
     let vantages = app.agg.vantages().await.unwrap_or_default();
-    let mut body = metrics::render(
-        &report,
-        &vantages,
-        &app.agg.stats(),
-        app.watchers.load(std::sync::atomic::Ordering::Relaxed),
-    );
-    if let Ok(targets) = app.agg.targets().await {
-        let ctx = metrics::TargetContext {
-            vantages: &vantages,
-            report: &report,
-        };
-        metrics::render_targets(&mut body, &targets, &ctx);
-    }
-    if let Some(w) = &app.writer {
-        metrics::render_writer(&mut body, w);
-    }
-    if let Some(a) = &app.alerts {
-        metrics::render_alerts(&mut body, a);
-    }
+    let targets = app.agg.targets().await.unwrap_or_default();
+    let body = metrics::render(&metrics::Scrape {
+        report: &report,
+        vantages: &vantages,
+        stats: &app.agg.stats(),
+        watchers: app.watchers.load(std::sync::atomic::Ordering::Relaxed),
+        targets: &targets,
+        writer: app.writer.as_ref(),
+        alerts: app.alerts.as_ref(),
+    });
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
     );
     r
 }
