@@ -89,6 +89,10 @@ pub enum Query {
     Vantages {
         reply: oneshot::Sender<Vec<pb::Vantage>>,
     },
+    /// Each section's aggregate severity after hysteresis (what `Watch` alerts on).
+    Held {
+        reply: oneshot::Sender<Vec<(Section, vantage_proto::Severity)>>,
+    },
     /// The latest check of every target of every fresh vantage, for `/metrics`.
     Targets {
         reply: oneshot::Sender<Vec<TargetFigure>>,

@@ -221,6 +221,13 @@ impl Aggregator {
         .await
     }
 
+    /// Each section's aggregate severity after hysteresis (`--raise-after`/`--clear-after`).
+    pub async fn held_severities(
+        &self,
+    ) -> Result<Vec<(Section, vantage_proto::Severity)>, Stopped> {
+        self.ask(|reply| Query::Held { reply }).await
+    }
+
     pub async fn targets(&self) -> Result<Vec<TargetFigure>, Stopped> {
         self.ask(|reply| Query::Targets { reply }).await
     }

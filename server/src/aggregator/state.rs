@@ -156,6 +156,14 @@ impl State {
                 let list = self.vantages.values().map(|v| self.vantage_pb(v)).collect();
                 let _ = reply.send(list);
             }
+            Query::Held { reply } => {
+                let held = self
+                    .aggregates
+                    .iter()
+                    .filter_map(|(s, (_, alert))| Some((*s, alert.state?)))
+                    .collect();
+                let _ = reply.send(held);
+            }
             Query::Targets { reply } => {
                 let _ = reply.send(self.target_figures());
             }

@@ -94,8 +94,13 @@ async fn run(l: Loop) {
             Ok(Err(_)) => return,
             Err(_) => continue,
         };
+        let held = match tokio::time::timeout(REPORT_TIMEOUT, l.agg.held_severities()).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(_)) => return,
+            Err(_) => continue,
+        };
         let now = Utc::now();
-        let changed = tracker.update(model::desired(&report, &l.ctx), now);
+        let changed = tracker.update(model::desired(&report, &held, &l.ctx), now);
         l.firing.store(
             tracker.firing() as u64,
             std::sync::atomic::Ordering::Relaxed,

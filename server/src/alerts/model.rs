@@ -69,15 +69,19 @@ pub struct Context {
     pub deployment: String,
 }
 
-/// Every alert the report calls for, in a stable order.
-pub fn desired(report: &HealthReport, ctx: &Context) -> Vec<Alert> {
+/// Every alert the report calls for, in a stable order. `held` is each section's severity
+/// after hysteresis; a section missing there counts at the report's severity.
+pub fn desired(report: &HealthReport, held: &[(Section, Severity)], ctx: &Context) -> Vec<Alert> {
     let mut out = Vec::new();
     for s in Section::ALL {
-        let b = report.base(s);
+        let mut b = report.base(s).clone();
+        if let Some((_, h)) = held.iter().find(|(hs, _)| *hs == s) {
+            b.severity = *h;
+        }
         if b.dismissed || b.severity == Severity::Ok {
             continue;
         }
-        out.push(section_alert(s, b, report, ctx));
+        out.push(section_alert(s, &b, report, ctx));
     }
     out.extend(stale_alerts(report, ctx));
     if !report.derp.report.base.dismissed {
