@@ -710,3 +710,56 @@ async fn a_real_prometheus_scrapes_metrics_and_the_shipped_rules_fire_on_the_fai
         "the node's failure is a series Prometheus holds"
     );
 }
+
+#[tokio::test]
+async fn a_probe_that_falls_silent_pages_as_a_stale_vantage() {
+    let am = prom::alertmanager().await;
+    let server = Server::start(&[
+        "--interval",
+        "1s",
+        "--alertmanager-url",
+        &am.url,
+        "--alert-resend",
+        "1s",
+        "--deployment-name",
+        "e2e",
+    ])
+    .await;
+    let mut probe = vantage_tests::Probe::start(&server.url, "fra-1", "fra");
+    eventually(Duration::from_secs(30), "fra-1 fresh", || async {
+        let r = server.report().await;
+        vantage_tests::vantage(&r, "fra-1")
+            .is_some_and(|v| v["state"] == "fresh")
+            .then_some(())
+    })
+    .await;
+    assert!(am_alerts(&am, "VantageVantageStale").await.is_empty());
+    probe.kill().await;
+    let alert = eventually(Duration::from_secs(20), "the stale alert", || async {
+        am_alerts(&am, "VantageVantageStale").await.pop()
+    })
+    .await;
+    assert_eq!(alert["labels"]["vantage"], "fra-1", "{alert}");
+    assert_eq!(alert["labels"]["region"], "fra", "{alert}");
+    assert_eq!(alert["labels"]["severity"], "warning", "{alert}");
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/health/codes#EVNT01"),
+        "{alert}"
+    );
+    // Back: resolved.
+    let _probe = vantage_tests::Probe::start(&server.url, "fra-1", "fra");
+    eventually(
+        Duration::from_secs(30),
+        "the stale alert resolved",
+        || async {
+            am_alerts(&am, "VantageVantageStale")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+}
