@@ -763,3 +763,63 @@ async fn a_probe_that_falls_silent_pages_as_a_stale_vantage() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_unreachable_workspace_proxy_pages_with_its_name() {
+    let am = prom::alertmanager().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vantage.toml");
+    let dead = vantage_testkit::closed_tcp_port();
+    std::fs::write(
+        &config,
+        format!(
+            "proxies_all_vantages = true\n[[workspace_proxies]]\nname = \"sydney\"\ndisplay_name = \"Sydney\"\nurl = \"http://127.0.0.1:{dead}\"\nregion = \"syd\"\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--interval",
+        "1s",
+        "--alertmanager-url",
+        &am.url,
+        "--alert-resend",
+        "1s",
+    ])
+    .await;
+    let alert = eventually(Duration::from_secs(30), "the proxy alert", || async {
+        am_alerts(&am, "VantageWorkspaceProxyUnhealthy").await.pop()
+    })
+    .await;
+    assert_eq!(alert["labels"]["proxy"], "sydney", "{alert}");
+    assert_eq!(alert["labels"]["severity"], "error", "{alert}");
+    // The default deployment label is the access URL's host:port.
+    let host_port = server.url.trim_start_matches("http://");
+    assert_eq!(alert["labels"]["deployment"], host_port, "{alert}");
+    assert!(
+        alert["generatorURL"]
+            .as_str()
+            .unwrap()
+            .ends_with("/health#workspace_proxy"),
+        "{alert}"
+    );
+    // Dismissing WorkspaceProxy silences it.
+    let (status, text) = put_settings(
+        &server,
+        serde_json::json!({"dismissed_healthchecks": ["WorkspaceProxy"]}),
+    )
+    .await;
+    assert!(status.is_success(), "{text}");
+    eventually(
+        Duration::from_secs(10),
+        "the proxy alert resolved",
+        || async {
+            am_alerts(&am, "VantageWorkspaceProxyUnhealthy")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+}
