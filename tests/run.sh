@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every test of the workspace, installing what the tests talk to first (they use real
-# peers: nginx, coturn, PostgreSQL, headless Chromium). Safe to run again; needs root (or sudo)
+# peers: nginx, coturn, PostgreSQL, headless Chromium, Alertmanager, Prometheus and promtool). Safe to run again; needs root (or sudo)
 # for the installs on a fresh Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +18,15 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || need+=(prometheus)
+[ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # Debian starts these services on install; our tests run their own instances.
-for svc in nginx coturn; do
+for svc in nginx coturn prometheus prometheus-alertmanager prometheus-node-exporter; do
   if command -v service >/dev/null 2>&1; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
 done
 

@@ -156,6 +156,21 @@ impl Client {
         let mut c = self.health.clone();
         let req = pb::Settings {
             dismissed_healthchecks: dismissed,
+            dismissals: Vec::new(),
+        };
+        Ok(c.update_settings(self.request(req)).await?.into_inner())
+    }
+
+    /// Like [`Client::update_settings`], with end times and reasons for some sections.
+    pub async fn update_settings_with(
+        &self,
+        dismissed: Vec<String>,
+        dismissals: Vec<pb::Dismissal>,
+    ) -> Result<pb::Settings, ClientError> {
+        let mut c = self.health.clone();
+        let req = pb::Settings {
+            dismissed_healthchecks: dismissed,
+            dismissals,
         };
         Ok(c.update_settings(self.request(req)).await?.into_inner())
     }

@@ -155,8 +155,19 @@ enum VantagesAction {
 
 #[derive(Debug, Subcommand)]
 enum SettingsAction {
-    Dismiss { section: String },
-    Undismiss { section: String },
+    /// Dismiss a section: for a while (a maintenance window) with `--for`, and why.
+    Dismiss {
+        section: String,
+        /// End the dismissal after this long (e.g. 30m, 2h); default: until undismissed.
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        /// Why (kept with the dismissal and in the audit log).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    Undismiss {
+        section: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -389,48 +400,94 @@ async fn forget(client: &Client, name: &str, force: bool) -> ExitCode {
 /// change, if any).
 async fn settings(client: &Client, action: Option<SettingsAction>) -> ExitCode {
     let current = match client.settings().await {
-        Ok(s) => s.dismissed_healthchecks,
+        Ok(s) => s,
         Err(e) => return fail(&e),
     };
     let updated = match action {
         None => current,
         Some(action) => match update_dismissed(client, current, &action).await {
-            Ok(list) => list,
+            Ok(s) => s,
             Err(code) => return code,
         },
     };
-    out(&format!(
+    let list = &updated.dismissed_healthchecks;
+    let mut text = format!(
         "dismissed: {}\n",
-        if updated.is_empty() {
+        if list.is_empty() {
             "(none)".to_owned()
         } else {
-            updated.join(", ")
+            list.join(", ")
         }
-    ));
+    );
+    for d in &updated.dismissals {
+        let until = vantage_proto::convert::from_timestamp(d.until.as_ref()).map_or_else(
+            || "until undismissed".to_owned(),
+            |t| format!("until {}", t.to_rfc3339()),
+        );
+        text.push_str(&format!(
+            "  {}: {until}, by {}: {}\n",
+            d.section, d.actor, d.reason
+        ));
+    }
+    out(&text);
     ExitCode::SUCCESS
 }
 
-/// Applies a dismiss / undismiss to the `current` list on the server and returns the new
-/// list, or the exit code of the failure.
+/// Applies a dismiss / undismiss to the `current` settings on the server (keeping the other
+/// sections' notes) and returns the new settings, or the exit code of the failure.
 async fn update_dismissed(
     client: &Client,
-    current: Vec<String>,
+    current: vantage_proto::pb::Settings,
     action: &SettingsAction,
-) -> Result<Vec<String>, ExitCode> {
-    let (section, dismiss) = match action {
-        SettingsAction::Dismiss { section } => (section, true),
-        SettingsAction::Undismiss { section } => (section, false),
+) -> Result<vantage_proto::pb::Settings, ExitCode> {
+    let (section, note) = match action {
+        SettingsAction::Dismiss {
+            section,
+            for_,
+            reason,
+        } => (section, Some((for_, reason))),
+        SettingsAction::Undismiss { section } => (section, None),
     };
     let name = match section.parse::<Section>() {
         Ok(s) => s.settings_name().to_owned(),
         Err(e) => return Err(usage(&e.to_string())),
     };
-    let mut list: Vec<String> = current.into_iter().filter(|s| *s != name).collect();
-    if dismiss {
-        list.push(name);
+    let mut list: Vec<String> = current
+        .dismissed_healthchecks
+        .into_iter()
+        .filter(|s| *s != name)
+        .collect();
+    let mut notes: Vec<_> = current
+        .dismissals
+        .into_iter()
+        .filter(|d| d.section != name)
+        .collect();
+    if let Some((for_, reason)) = note {
+        list.push(name.clone());
+        let until = match for_ {
+            None => None,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) => chrono::Duration::from_std(d)
+                    .ok()
+                    .map(|d| vantage_proto::convert::timestamp(chrono::Utc::now() + d)),
+                Err(e) => {
+                    return Err(usage(&format!(
+                        "--for {text:?}: {e} (expected a duration, e.g. 30m or 2h)"
+                    )));
+                }
+            },
+        };
+        if until.is_some() || reason.is_some() {
+            notes.push(vantage_proto::pb::Dismissal {
+                section: name,
+                until,
+                reason: reason.clone().unwrap_or_default(),
+                ..Default::default()
+            });
+        }
     }
-    match client.update_settings(list).await {
-        Ok(s) => Ok(s.dismissed_healthchecks),
+    match client.update_settings_with(list, notes).await {
+        Ok(s) => Ok(s),
         Err(e) => Err(fail(&e)),
     }
 }

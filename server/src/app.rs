@@ -191,12 +191,23 @@ pub(crate) async fn start_aggregator(
         holder_silence: HEARTBEAT * 3 / 2,
         force_join: config.force_timeout,
     };
-    let dismissed = stores.store.load_dismissed().await?;
+    let (dismissed, until) = crate::store::load_settings(&*stores.store).await?;
     let durable = stores.durable.as_ref().map(|d| DurableParts {
         writer: d.writer.clone(),
         store: stores.store.clone(),
     });
-    Ok(Aggregator::spawn_with(agg_config, dismissed, durable)?)
+    // A stored maintenance window that has ended stays ended; the others get their deadline.
+    let now = chrono::Utc::now();
+    let open: Vec<_> = dismissed
+        .iter()
+        .copied()
+        .filter(|s| !until.iter().any(|(u, end)| u == s && *end <= now))
+        .collect();
+    let agg = Aggregator::spawn_with(agg_config, open, durable)?;
+    if !until.is_empty() {
+        let _ = agg.dismiss(dismissed, until).await;
+    }
+    Ok(agg)
 }
 
 /// Put back what the store remembers, then follow what other replicas store.
@@ -327,7 +338,41 @@ pub(crate) fn surface(
         force_timeout: config.force_timeout,
         watchers: Arc::new(AtomicUsize::new(0)),
         cancel: cancel.clone(),
+        alerts: None,
     }
+}
+
+/// The Alertmanager sender, when one is configured: its links point at this server, its
+/// `deployment` label is the configured name or the access URL's host:port.
+pub(crate) fn start_alerts(
+    config: &Config,
+    targets: &Targets,
+    base: &str,
+    agg: &Aggregator,
+    cancel: &CancellationToken,
+) -> Result<Option<crate::alerts::AlertStats>, ServeError> {
+    let deployment = config.alerting.deployment_name.clone().unwrap_or_else(|| {
+        url::Url::parse(&targets.access_url)
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?.to_owned();
+                Some(match u.port_or_known_default() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| targets.access_url.clone())
+    });
+    let ctx = crate::alerts::Context {
+        base: base.trim_end_matches('/').to_owned(),
+        deployment,
+    };
+    Ok(crate::alerts::start(
+        &config.alerting,
+        ctx,
+        agg.clone(),
+        cancel,
+    )?)
 }
 
 /// The server's own vantage: the probe's checks, run in-process.

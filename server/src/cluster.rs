@@ -152,8 +152,8 @@ impl Follower {
 
     /// Hand the stored dismissed sections to the aggregator (a failed read is logged).
     async fn reload_settings(&self) -> Result<(), Stopped> {
-        match self.store.load_dismissed().await {
-            Ok(dismissed) => self.agg.settings(Some(dismissed)).await.map(drop),
+        match crate::store::load_settings(&*self.store).await {
+            Ok((dismissed, until)) => self.agg.dismiss(dismissed, until).await.map(drop),
             Err(e) => {
                 tracing::warn!(error = %e, "reloading settings");
                 Ok(())

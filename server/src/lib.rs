@@ -3,15 +3,16 @@
 //!
 //! The data flow is the module tree: [`config`] → [`ingest`] (probe sessions, the server's
 //! own vantage, the inventory) → [`aggregator`] (the one owner of health state, using the pure
-//! rules of [`aggregate`]) → [`api`] (gRPC and HTTP). [`store`] keeps state durable, [`registry`]
-//! knows the announced components, `cluster` follows other replicas, [`security`] is TLS and
-//! tokens on the listener, and `app` composes it all.
+//! rules of [`aggregate`]) → [`api`] (gRPC and HTTP) and [`alerts`] (pushes to Alertmanager).
+//! [`store`] keeps state durable, [`registry`] knows the announced components, `cluster` follows
+//! other replicas, [`security`] is TLS and tokens on the listener, and `app` composes it all.
 //!
 //! Libraries take a bound listener and a shutdown future; only `main.rs` binds, reads the
 //! environment and installs logging.
 
 pub mod aggregate;
 pub mod aggregator;
+pub mod alerts;
 pub mod api;
 mod app;
 mod cluster;
@@ -47,6 +48,8 @@ pub enum ServeError {
     Aggregator(#[from] aggregator::SpawnError),
     #[error("the server's own vantage: {0}")]
     OwnVantage(String),
+    #[error("the alert sender: {0}")]
+    Alerts(#[from] alerts::SetupError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serving: {0}")]
@@ -81,7 +84,8 @@ pub async fn serve(
         app::follow_cluster(&config, &stores, &agg, &cancel).await?;
     }
     let inventory = app::follow_inventory(&config, &targets, &stores, &agg, &cancel);
-    let surface = app::surface(&config, &stores, &agg, &cancel);
+    let mut surface = app::surface(&config, &stores, &agg, &cancel);
+    surface.alerts = app::start_alerts(&config, &targets, &base, &agg, &cancel)?;
     if config.server_vantage {
         app::start_own_vantage(&config, &stores, &agg, &inventory)?;
     }

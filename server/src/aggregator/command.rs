@@ -98,6 +98,10 @@ pub enum Query {
         internal: bool,
         reply: oneshot::Sender<Vec<pb::Vantage>>,
     },
+    /// Each section's aggregate severity after hysteresis (what `Watch` alerts on).
+    Held {
+        reply: oneshot::Sender<Vec<(Section, vantage_proto::Severity)>>,
+    },
     /// The latest check of every target of every fresh vantage, for `/metrics`.
     Targets {
         reply: oneshot::Sender<Vec<TargetFigure>>,
@@ -109,9 +113,11 @@ pub enum AdminCommand {
     Force {
         reply: oneshot::Sender<super::ForceStarted>,
     },
-    /// Dismiss exactly these sections (already persisted).
+    /// Dismiss exactly these sections (already persisted); those listed in `until` only
+    /// until then (a maintenance window: it ends by this aggregator's clock).
     Dismiss {
         dismissed: Vec<Section>,
+        until: Vec<(Section, chrono::DateTime<chrono::Utc>)>,
         reply: oneshot::Sender<SettingsUpdate>,
     },
     /// Forget a vantage; a live (fresh or connected) one only with `force`, which also

@@ -189,6 +189,7 @@ impl Aggregator {
             changed_at: Utc::now(),
             events,
             dismissed,
+            dismiss_until: Vec::new(),
             cached: None,
             next_session: 1,
             next_request: 1,
@@ -268,12 +269,31 @@ impl Aggregator {
     /// The current settings, or with `update`, dismiss exactly those sections.
     pub async fn settings(&self, update: Option<Vec<Section>>) -> Result<SettingsUpdate, Stopped> {
         match update {
-            Some(dismissed) => {
-                self.ask(|reply| AdminCommand::Dismiss { dismissed, reply })
-                    .await
-            }
+            Some(dismissed) => self.dismiss(dismissed, Vec::new()).await,
             None => self.ask(|reply| Query::Settings { reply }).await,
         }
+    }
+
+    /// Dismiss exactly `dismissed`; those in `until` end then (one already past is not
+    /// dismissed at all).
+    pub async fn dismiss(
+        &self,
+        dismissed: Vec<Section>,
+        until: Vec<(Section, chrono::DateTime<Utc>)>,
+    ) -> Result<SettingsUpdate, Stopped> {
+        self.ask(|reply| AdminCommand::Dismiss {
+            dismissed,
+            until,
+            reply,
+        })
+        .await
+    }
+
+    /// Each section's aggregate severity after hysteresis (`--raise-after`/`--clear-after`).
+    pub async fn held_severities(
+        &self,
+    ) -> Result<Vec<(Section, vantage_proto::Severity)>, Stopped> {
+        self.ask(|reply| Query::Held { reply }).await
     }
 
     pub async fn targets(&self) -> Result<Vec<TargetFigure>, Stopped> {

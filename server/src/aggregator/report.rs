@@ -32,7 +32,11 @@ fn observation_ok(o: &pb::Observation) -> bool {
     match &o.result {
         Some(R::AccessUrl(r)) => r.failure.is_none() && r.status_code == 200,
         Some(R::Websocket(r)) => r.failure.is_none(),
-        Some(R::Database(r)) => r.failure.is_none(),
+        // No database configured (EDB03) is a warning of the section, not a failed check.
+        Some(R::Database(r)) => r
+            .failure
+            .as_ref()
+            .is_none_or(|f| f.code == vantage_proto::codes::EDB03),
         Some(R::DerpNode(r)) => {
             r.error.is_empty()
                 && (r.can_exchange_messages || r.stun_only)
@@ -41,6 +45,24 @@ fn observation_ok(o: &pb::Observation) -> bool {
         Some(R::WorkspaceProxy(r)) => r.status == "ok",
         Some(R::UnknownError(_)) | None => false,
     }
+}
+
+/// How long an observation's check took. A DERP region's nodes are checked together, so
+/// each node's own figure is its message round trip (or its STUN latency when it only does
+/// STUN); the run's time is used when the node has neither.
+fn observation_seconds(o: &pb::Observation) -> f64 {
+    use pb::observation::Result as R;
+    let node = match &o.result {
+        Some(R::DerpNode(r)) if r.error.is_empty() => {
+            if r.stun_only {
+                r.stun_latency.as_ref()
+            } else {
+                r.round_trip_ping.as_ref()
+            }
+        }
+        _ => None,
+    };
+    convert::from_duration(node.or(o.elapsed.as_ref())).map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl State {
@@ -55,8 +77,7 @@ impl State {
                         vantage: v.name.clone(),
                         section: Section::from_pb(o.section)?,
                         target: o.target.clone(),
-                        seconds: convert::from_duration(o.elapsed.as_ref())
-                            .map_or(0.0, |d| d.as_secs_f64()),
+                        seconds: observation_seconds(o),
                         ok: observation_ok(o),
                     })
                 })

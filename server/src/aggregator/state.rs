@@ -58,6 +58,8 @@ pub(super) struct State {
     pub(super) events: broadcast::Sender<Arc<SharedEvent>>,
     pub(super) history: VecDeque<Arc<SharedEvent>>,
     pub(super) dismissed: Vec<Section>,
+    /// When timed dismissals end, by this aggregator's clock.
+    pub(super) dismiss_until: Vec<(Section, Instant)>,
     pub(super) cached: Option<(Arc<HealthReport>, Arc<pb::Report>)>,
     pub(super) next_session: u64,
     pub(super) next_request: u64,
@@ -83,7 +85,10 @@ impl State {
                     Some(cmd) => self.handle(cmd),
                     None => return,
                 },
-                _ = tick.tick() => self.check_staleness(),
+                _ = tick.tick() => {
+                    self.check_staleness();
+                    self.expire_dismissals();
+                }
             }
             self.stats.revision = self.revision;
             self.stats_tx.send_if_modified(|s| {
@@ -177,6 +182,14 @@ impl State {
                     .collect();
                 let _ = reply.send(list);
             }
+            Query::Held { reply } => {
+                let held = self
+                    .aggregates
+                    .iter()
+                    .filter_map(|(s, (_, alert))| Some((*s, alert.state?)))
+                    .collect();
+                let _ = reply.send(held);
+            }
             Query::Targets { reply } => {
                 let _ = reply.send(self.target_figures());
             }
@@ -190,16 +203,11 @@ impl State {
                 let _ = reply.send(rx);
             }
             AdminCommand::Dismiss {
-                mut dismissed,
+                dismissed,
+                until,
                 reply,
             } => {
-                dismissed.sort();
-                dismissed.dedup();
-                let changed = dismissed != self.dismissed;
-                if changed {
-                    self.dismissed = dismissed;
-                    self.bump();
-                }
+                let changed = self.dismiss(dismissed, &until);
                 let _ = reply.send(SettingsUpdate {
                     changed,
                     dismissed: self.dismissed.clone(),
@@ -455,5 +463,51 @@ impl State {
         };
         self.reaggregate_all(cause);
         self.bump();
+    }
+}
+
+impl State {
+    /// Dismiss exactly `dismissed`, those in `until` only until then (turned into deadlines
+    /// of this aggregator's clock; one already past is left out). Whether the set changed.
+    fn dismiss(&mut self, mut dismissed: Vec<Section>, until: &[(Section, DateTime<Utc>)]) -> bool {
+        let now = Utc::now();
+        self.dismiss_until.clear();
+        for (section, end) in until {
+            match (*end - now).to_std() {
+                Ok(left) if !left.is_zero() => {
+                    self.dismiss_until.push((*section, Instant::now() + left));
+                }
+                _ => dismissed.retain(|s| s != section),
+            }
+        }
+        dismissed.sort();
+        dismissed.dedup();
+        let changed = dismissed != self.dismissed;
+        if changed {
+            self.dismissed = dismissed;
+            self.bump();
+        }
+        changed
+    }
+
+    /// End the timed dismissals whose time has come.
+    pub(super) fn expire_dismissals(&mut self) {
+        let now = Instant::now();
+        let before = self.dismissed.len();
+        let ended: Vec<Section> = self
+            .dismiss_until
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        self.dismiss_until.retain(|(_, at)| *at > now);
+        self.dismissed.retain(|s| !ended.contains(s));
+        if self.dismissed.len() != before {
+            tracing::info!(sections = ?ended, "timed dismissals ended");
+            self.bump();
+        }
     }
 }

@@ -11,7 +11,10 @@ use tonic::Status;
 use vantage_proto::Section;
 
 use crate::aggregator::{Aggregator, Stopped};
-use crate::store::Store;
+use crate::store::{DismissalNote, Store};
+
+/// Longest reason a dismissal may carry.
+pub const MAX_REASON: usize = 500;
 
 pub mod grpc;
 pub mod http;
@@ -33,6 +36,8 @@ pub struct App {
     pub watchers: Arc<AtomicUsize>,
     /// Cancelled at shutdown: ends every watch stream.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// The Alertmanager sender's figures, when one is configured.
+    pub alerts: Option<crate::alerts::AlertStats>,
 }
 
 /// Why a forced report did not complete.
@@ -92,28 +97,89 @@ impl App {
     }
 
     /// Apply a settings change: persist (with an audit row) first, then take effect.
-    /// `Ok(None)` when nothing changed.
+    /// `notes` give some of the dismissed sections an end time and a reason (their actor and
+    /// time are filled in here). `Ok(None)` when nothing changed.
     pub async fn update_settings(
         &self,
         dismissed: Vec<Section>,
+        mut notes: Vec<DismissalNote>,
         actor: &str,
     ) -> Result<Option<Vec<Section>>, Status> {
         let mut wanted = dismissed;
         wanted.sort();
         wanted.dedup();
         let current = self.agg.settings(None).await?;
-        if current.dismissed == wanted {
+        if current.dismissed == wanted && notes.is_empty() {
             return Ok(None);
         }
+        let now = chrono::Utc::now();
+        for n in &mut notes {
+            n.actor = actor.to_owned();
+            n.at = now;
+        }
         self.store
-            .save_dismissed(wanted.clone(), actor.to_owned())
+            .save_dismissal_notes(wanted.clone(), notes.clone(), actor.to_owned())
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "saving settings");
                 Status::unavailable("the settings could not be saved")
             })?;
-        tracing::info!(actor, dismissed = ?wanted, "health settings changed");
-        let applied = self.agg.settings(Some(wanted)).await?;
+        let reasons: Vec<(&str, &str)> = notes
+            .iter()
+            .map(|n| (n.section.settings_name(), n.reason.as_str()))
+            .collect();
+        tracing::info!(actor, dismissed = ?wanted, ?reasons, "health settings changed");
+        let until = notes
+            .iter()
+            .filter_map(|n| Some((n.section, n.until?)))
+            .collect();
+        let applied = self.agg.dismiss(wanted, until).await?;
         Ok(Some(applied.dismissed))
+    }
+
+    /// The notes of the sections dismissed now (a failed read is logged and gives none).
+    pub async fn dismissal_notes(&self, dismissed: &[Section]) -> Vec<DismissalNote> {
+        match self.store.load_dismissal_notes().await {
+            Ok(notes) => notes
+                .into_iter()
+                .filter(|n| dismissed.contains(&n.section))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "loading the dismissals' notes");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Check a change's notes: each names a dismissed section once, ends in the future and
+    /// has a reason of at most [`MAX_REASON`] characters. The error names the field.
+    pub fn check_notes(dismissed: &[Section], notes: &[DismissalNote]) -> Result<(), String> {
+        let now = chrono::Utc::now();
+        for (i, n) in notes.iter().enumerate() {
+            let name = n.section.settings_name();
+            if !dismissed.contains(&n.section) {
+                return Err(format!(
+                    "dismissals[{i}].section: {name:?} is not in dismissed_healthchecks (expected one of the dismissed sections)"
+                ));
+            }
+            if notes[..i].iter().any(|m| m.section == n.section) {
+                return Err(format!("dismissals[{i}].section: {name:?} is listed twice"));
+            }
+            if let Some(until) = n.until
+                && until <= now
+            {
+                return Err(format!(
+                    "dismissals[{i}].until: {} is not in the future (expected a later time)",
+                    until.to_rfc3339()
+                ));
+            }
+            if n.reason.chars().count() > MAX_REASON {
+                return Err(format!(
+                    "dismissals[{i}].reason: {} characters (expected at most {MAX_REASON})",
+                    n.reason.chars().count()
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! and the deprecated flags, `file.rs` reads the TOML file (with `[[workspace_proxies]]` and the
 //! deprecated keys), and [`Config::load`] layers them and validates.
 
+mod alerting;
 mod file;
 mod flags;
 mod settings;
@@ -16,9 +17,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use alerting::{AlertAuth, AlertingConfig, DEFAULT_ALERT_RESEND, Secret};
+
 pub use file::{CoderFile, ProxyFile};
 pub use flags::{DeprecatedFlags, Flags};
-pub use settings::{Secret, Settings};
+pub use settings::Settings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
@@ -150,6 +153,8 @@ pub struct Config {
     pub embedded_relay_region: Option<i64>,
     /// The rest of `[coder]`: proxy regions and the WebSocket token.
     pub coder: CoderFile,
+    /// Where alerts are pushed (`config/alerting.rs`).
+    pub alerting: AlertingConfig,
     /// The deprecated names the configuration used, for `main` to log.
     pub deprecations: Vec<Deprecation>,
 }
@@ -198,6 +203,7 @@ impl Default for Config {
             embedded_relay_region: None,
             check_database_url: None,
             coder: CoderFile::default(),
+            alerting: AlertingConfig::default(),
             deprecations: Vec::new(),
         }
     }
@@ -225,6 +231,7 @@ impl Config {
         deprecations: Vec<Deprecation>,
     ) -> Result<Config, ConfigError> {
         let interval = s.interval.unwrap_or(DEFAULT_INTERVAL);
+        let alerting = alerting::resolve(&s)?;
         Ok(Config {
             listen: s.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
             access_url: s.access_url.as_deref().map(parse_access_url).transpose()?,
@@ -294,6 +301,7 @@ impl Config {
             embedded_relay_region: s.embedded_relay_region,
             check_database_url: s.check_database_url,
             coder: CoderFile::default(),
+            alerting,
             deprecations,
         })
     }

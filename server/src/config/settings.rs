@@ -168,6 +168,43 @@ pub struct Settings {
     #[arg(long, env = "VANTAGE_CODER_REFRESH", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub coder_refresh: Option<Duration>,
+    /// Alertmanager to push alerts to (repeatable, or comma-separated, for a cluster).
+    #[arg(
+        long,
+        env = "VANTAGE_ALERTMANAGER_URL",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub alertmanager_url: Option<Vec<String>>,
+    /// PEM file of the CA that signs the Alertmanagers' certificates (default: the system's).
+    #[arg(long, env = "VANTAGE_ALERTMANAGER_CA_FILE", value_name = "FILE")]
+    pub alertmanager_ca_file: Option<String>,
+    /// User name of HTTP basic authentication to the Alertmanagers.
+    #[arg(long, env = "VANTAGE_ALERTMANAGER_USERNAME", value_name = "NAME")]
+    pub alertmanager_username: Option<String>,
+    /// Password of HTTP basic authentication to the Alertmanagers.
+    #[arg(
+        long,
+        env = "VANTAGE_ALERTMANAGER_PASSWORD",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub alertmanager_password: Option<String>,
+    /// Bearer token sent to the Alertmanagers (instead of basic authentication).
+    #[arg(
+        long,
+        env = "VANTAGE_ALERTMANAGER_BEARER_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub alertmanager_bearer_token: Option<String>,
+    /// How often every active alert is re-sent to the Alertmanagers.
+    #[arg(long, env = "VANTAGE_ALERT_RESEND", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub alert_resend: Option<Duration>,
+    /// The `deployment` label of every alert (default: the access URL's host:port).
+    #[arg(long, env = "VANTAGE_DEPLOYMENT_NAME", value_name = "NAME")]
+    pub deployment_name: Option<String>,
 }
 
 /// A credential: compared and cloned like a string, never shown by `Debug`.
@@ -219,6 +256,8 @@ impl Settings {
             observation_retention, server_vantage_name, server_vantage, max_vantages,
             allowed_proxy_networks, coder_url, coder_token, coder_refresh, embedded_relay_region,
             check_database_url,
+            alertmanager_url, alertmanager_ca_file, alertmanager_username,
+            alertmanager_password, alertmanager_bearer_token, alert_resend, deployment_name,
         )
     }
 

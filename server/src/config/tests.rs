@@ -111,6 +111,7 @@ fn samples(arg: &clap::Arg) -> Vec<(String, String)> {
         "CIDR" => &["169.254.10.0/24"],
         "TOKEN" => &["abcdefghij-0123456789012345678901"],
         "FILE" => &["/etc/vantage/tls.pem"],
+        "SECRET" => &["s3cret"],
         other => panic!(
             "--{:?}: add samples for the value name {other:?}",
             arg.get_long()
@@ -150,9 +151,22 @@ fn every_flag_is_a_toml_key_and_a_variable_of_the_same_name() {
             continue;
         }
         let mut changed = false;
+        // A setting that needs a partner gets it, by flag and by file alike.
+        let (partner_flag, partner_key) = match long {
+            "alertmanager-password" => (
+                "--alertmanager-username=u",
+                "alertmanager_username = \"u\"\n",
+            ),
+            _ => ("", ""),
+        };
         for (flag_value, toml_value) in samples(arg) {
-            let by_flag = load_args(&[&format!("--{long}={flag_value}")]);
-            let by_file = load_toml(&format!("{key} = {toml_value}\n"));
+            let flag = format!("--{long}={flag_value}");
+            let args: Vec<&str> = [partner_flag, flag.as_str()]
+                .into_iter()
+                .filter(|a| !a.is_empty())
+                .collect();
+            let by_flag = load_args(&args);
+            let by_file = load_toml(&format!("{partner_key}{key} = {toml_value}\n"));
             match (by_flag, by_file) {
                 (Ok(by_flag), Ok(by_file)) => {
                     assert_eq!(

@@ -91,7 +91,6 @@ fn welcome(applied_seq: u64, assignment: pb::Assignment) -> Result<pb::ServerMes
     })
 }
 
-
 #[tonic::async_trait]
 impl pb::probe_service_server::ProbeService for ProbeHub {
     type AttachStream = ReceiverStream<Result<pb::ServerMessage, Status>>;

@@ -34,6 +34,7 @@ pub const MEMORY_EVENTS: usize = 100_000;
 #[derive(Default)]
 struct MemoryState {
     dismissed: Vec<Section>,
+    notes: Vec<DismissalNote>,
     audit: VecDeque<AuditEntry>,
     vantages: BTreeMap<String, VantageRecord>,
     latest: HashMap<(String, String), StoredObservation>,
@@ -117,8 +118,22 @@ impl Store for MemoryStore {
         dismissed: Vec<Section>,
         actor: String,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.save_dismissal_notes(dismissed, Vec::new(), actor)
+    }
+
+    fn load_dismissal_notes(&self) -> BoxFuture<'_, Result<Vec<DismissalNote>, StoreError>> {
+        self.with(|s| Ok(s.notes.clone()))
+    }
+
+    fn save_dismissal_notes(
+        &self,
+        dismissed: Vec<Section>,
+        notes: Vec<DismissalNote>,
+        actor: String,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         self.with(move |s| {
             s.dismissed = dismissed.clone();
+            s.notes = notes.clone();
             if s.audit.len() >= MEMORY_AUDIT {
                 s.audit.pop_front();
             }
@@ -126,6 +141,7 @@ impl Store for MemoryStore {
                 at: Utc::now(),
                 actor,
                 dismissed,
+                notes,
             });
             Ok(())
         })

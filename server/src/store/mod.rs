@@ -4,7 +4,8 @@
 //!
 //! What a store holds:
 //!
-//! - settings: the dismissed sections, and an audit row per change;
+//! - settings: the dismissed sections (each with an optional end time, reason and actor:
+//!   [`DismissalNote`]), and an audit row per change;
 //! - vantages: what is known of each vantage, including the highest applied sequence number
 //!   of its current instance (`applied_seq`, what the hub acknowledges);
 //! - observations: a cluster-wide, append-only log (ids from one sequence, in commit order)
@@ -71,6 +72,53 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
     pub actor: String,
     pub dismissed: Vec<Section>,
+    /// The change's end times and reasons (empty for a plain dismissal).
+    pub notes: Vec<DismissalNote>,
+}
+
+/// What is known of one dismissal besides its section being dismissed: until when (a
+/// maintenance window), why, who and when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DismissalNote {
+    #[serde(with = "section_name")]
+    pub section: Section,
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub actor: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The dismissed sections and the end times of the timed ones, as stored.
+pub async fn load_settings(
+    store: &dyn Store,
+) -> Result<(Vec<Section>, Vec<(Section, DateTime<Utc>)>), StoreError> {
+    let dismissed = store.load_dismissed().await?;
+    let until = store
+        .load_dismissal_notes()
+        .await?
+        .into_iter()
+        .filter_map(|n| Some((n.section, n.until?)))
+        .collect();
+    Ok((dismissed, until))
+}
+
+/// A section in JSON: its settings name (`DERP`).
+mod section_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use vantage_proto::Section;
+
+    pub fn serialize<S: Serializer>(s: &Section, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.settings_name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Section, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// What a store keeps of a vantage.
@@ -152,6 +200,15 @@ pub trait Store: Send + Sync + 'static {
     fn save_dismissed(
         &self,
         dismissed: Vec<Section>,
+        actor: String,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The notes of the current dismissals (see [`DismissalNote`]).
+    fn load_dismissal_notes(&self) -> BoxFuture<'_, Result<Vec<DismissalNote>, StoreError>>;
+    /// Like [`Store::save_dismissed`], with the notes of the dismissals (audited too).
+    fn save_dismissal_notes(
+        &self,
+        dismissed: Vec<Section>,
+        notes: Vec<DismissalNote>,
         actor: String,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
     /// The newest [`AUDIT_PAGE`] audit entries, oldest first.

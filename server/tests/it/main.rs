@@ -295,6 +295,7 @@ fn app(agg: &Aggregator) -> App {
         force_timeout: Duration::from_secs(30),
         watchers: Arc::new(AtomicUsize::new(0)),
         cancel: CancellationToken::new(),
+        alerts: None,
     }
 }
 
@@ -409,4 +410,41 @@ async fn a_revision_from_another_epoch_resyncs() {
     let (_, report) = agg.report().await.unwrap();
     let sub = agg.subscribe(report.revision, &report.epoch).await.unwrap();
     assert!(sub.snapshot.is_none() && sub.backlog.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_dismissal_ends_on_the_aggregators_own_clock() {
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
+    let until = chrono::Utc::now() + chrono::Duration::hours(2);
+    let mut both = vec![Section::Derp, Section::Database];
+    both.sort();
+    let s = agg
+        .dismiss(both.clone(), vec![(Section::Derp, until)])
+        .await
+        .unwrap();
+    assert_eq!(s.dismissed, both);
+
+    // Just before the end: still dismissed.
+    tokio::time::sleep(Duration::from_secs(2 * 3600 - 5)).await;
+    assert_eq!(agg.settings(None).await.unwrap().dismissed, both);
+    let (r, _) = agg.report().await.unwrap();
+    assert!(r.derp.report.base.dismissed);
+
+    // Just after: DERP is back, the untimed dismissal stays.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        agg.settings(None).await.unwrap().dismissed,
+        vec![Section::Database]
+    );
+    let (r, _) = agg.report().await.unwrap();
+    assert!(!r.derp.report.base.dismissed);
+    assert!(r.database.report.base.dismissed);
+
+    // A window that has already ended (a replica reloading old settings) dismisses nothing.
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let s = agg
+        .dismiss(vec![Section::Derp], vec![(Section::Derp, past)])
+        .await
+        .unwrap();
+    assert!(s.dismissed.is_empty());
 }

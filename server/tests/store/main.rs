@@ -91,6 +91,7 @@ macro_rules! both {
 }
 
 both!(settings);
+both!(dismissal_notes);
 both!(vantages);
 both!(observations);
 both!(events);
@@ -133,6 +134,64 @@ mod behaviour {
             .expect("save");
         assert!(store.load_dismissed().await.expect("load").is_empty());
         assert_eq!(store.audit_log().await.expect("audit").len(), 3);
+    }
+
+    pub async fn dismissal_notes(store: Arc<dyn Store>) {
+        use vantage_server::store::DismissalNote;
+        assert!(store.load_dismissal_notes().await.expect("load").is_empty());
+        let until = now() + chrono::Duration::hours(2);
+        let note = DismissalNote {
+            section: Section::Derp,
+            until: Some(until),
+            reason: "relay upgrade".into(),
+            actor: "alice".into(),
+            at: now(),
+        };
+        store
+            .save_dismissal_notes(
+                vec![Section::Derp, Section::Database],
+                vec![note.clone()],
+                "alice".into(),
+            )
+            .await
+            .expect("save");
+        assert_eq!(
+            store.load_dismissed().await.expect("load"),
+            vec![Section::Derp, Section::Database]
+        );
+        let got = store.load_dismissal_notes().await.expect("load");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].section, Section::Derp);
+        assert_eq!(got[0].reason, "relay upgrade");
+        assert_eq!(got[0].actor, "alice");
+        let ms = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis();
+        assert_eq!(got[0].until.map(ms), Some(ms(until)));
+        let (dismissed, ends) = vantage_server::store::load_settings(&*store)
+            .await
+            .expect("load");
+        assert_eq!(dismissed, vec![Section::Derp, Section::Database]);
+        assert_eq!(
+            ends.iter().map(|(s, t)| (*s, ms(*t))).collect::<Vec<_>>(),
+            vec![(Section::Derp, ms(until))]
+        );
+        // Audited with the notes; a plain dismissal clears them.
+        let log = store.audit_log().await.expect("audit");
+        assert_eq!(log.last().expect("entry").notes[0].reason, "relay upgrade");
+        store
+            .save_dismissed(vec![Section::Derp], "bob".into())
+            .await
+            .expect("save");
+        assert!(store.load_dismissal_notes().await.expect("load").is_empty());
+        assert!(
+            store
+                .audit_log()
+                .await
+                .expect("audit")
+                .last()
+                .expect("entry")
+                .notes
+                .is_empty()
+        );
     }
 
     pub async fn vantages(store: Arc<dyn Store>) {

@@ -4,7 +4,8 @@
 //!
 //! * Third-party daemons owned by a test, each from its own configuration in a temporary
 //!   directory and killed on drop: [`Nginx`] (a reverse proxy refusing upgrades or answering
-//!   502) and [`Coturn`] (a STUN-only server).
+//!   502), [`Coturn`] (a STUN-only server), and in [`prom`] Alertmanager and Prometheus
+//!   (and where promtool is).
 //! * PostgreSQL: [`TestDb`], a fresh database per test dropped `WITH (FORCE)` (and the
 //!   [`test_db!`] macro that skips when told to), and [`CutProxy`], a TCP proxy in front of it
 //!   that can add latency, cut connections and refuse new ones.
@@ -21,6 +22,7 @@ mod net;
 mod nginx;
 mod pg;
 mod process;
+pub mod prom;
 mod wait;
 
 pub use coturn::Coturn;
@@ -30,6 +32,7 @@ pub use net::{
 pub use nginx::{Nginx, NginxMode};
 pub use pg::{CutProxy, DEFAULT_ADMIN_URL, TestDb};
 pub use process::{ReadyChild, ReadyError, cargo_bin};
+pub use prom::PromChild;
 pub use wait::eventually;
 
 /// A daemon's log, for the message when it did not start.

@@ -552,7 +552,7 @@ async fn watchers_get_state_then_changes_and_a_stuck_one_slows_nothing() {
     );
     // Per vantage and target: the latest check's outcome and duration.
     let success = format!(
-        "vantage_check_success{{vantage=\"fra-1\",section=\"AccessURL\",target=\"{}\"}} 1",
+        "vantage_check_success{{vantage=\"fra-1\",section=\"AccessURL\",target=\"{}\",region=\"fra\"}} 1",
         server.url
     );
     assert!(

@@ -71,7 +71,7 @@ impl pb::health_service_server::HealthService for HealthApi {
         _: Request<pb::GetSettingsRequest>,
     ) -> Result<Response<pb::Settings>, Status> {
         let s = self.app.agg.settings(None).await?;
-        Ok(Response::new(settings_pb(&s.dismissed)))
+        Ok(Response::new(self.settings_pb(&s.dismissed).await))
     }
 
     async fn update_settings(
@@ -80,14 +80,16 @@ impl pb::health_service_server::HealthService for HealthApi {
     ) -> Result<Response<pb::Settings>, Status> {
         let wanted = App::parse_sections(&request.get_ref().dismissed_healthchecks)
             .map_err(|e| Status::invalid_argument(format!("dismissed_healthchecks: {e}")))?;
+        let notes = notes_from_pb(&wanted, &request.get_ref().dismissals)
+            .map_err(Status::invalid_argument)?;
         let actor = request
             .remote_addr()
             .map_or_else(|| "grpc".to_owned(), |a| format!("grpc {a}"));
-        let dismissed = match self.app.update_settings(wanted, &actor).await? {
+        let dismissed = match self.app.update_settings(wanted, notes, &actor).await? {
             Some(d) => d,
             None => self.app.agg.settings(None).await?.dismissed,
         };
-        Ok(Response::new(settings_pb(&dismissed)))
+        Ok(Response::new(self.settings_pb(&dismissed).await))
     }
 
     async fn list_vantages(
@@ -130,8 +132,54 @@ impl pb::health_service_server::HealthService for HealthApi {
         Ok(Response::new(pb::ForgetVantageResponse {}))
     }
 }
-fn settings_pb(dismissed: &[Section]) -> pb::Settings {
-    pb::Settings {
-        dismissed_healthchecks: crate::api::dismissed_names(dismissed),
+impl HealthApi {
+    async fn settings_pb(&self, dismissed: &[Section]) -> pb::Settings {
+        let dismissals = self
+            .app
+            .dismissal_notes(dismissed)
+            .await
+            .into_iter()
+            .map(|n| pb::Dismissal {
+                section: n.section.settings_name().to_owned(),
+                until: n.until.map(vantage_proto::convert::timestamp),
+                reason: n.reason,
+                actor: n.actor,
+                at: Some(vantage_proto::convert::timestamp(n.at)),
+            })
+            .collect();
+        pb::Settings {
+            dismissed_healthchecks: crate::api::dismissed_names(dismissed),
+            dismissals,
+        }
     }
+}
+
+/// The notes of an `UpdateSettings`, validated against the dismissed sections.
+fn notes_from_pb(
+    wanted: &[Section],
+    dismissals: &[pb::Dismissal],
+) -> Result<Vec<crate::store::DismissalNote>, String> {
+    let mut notes = Vec::with_capacity(dismissals.len());
+    for (i, d) in dismissals.iter().enumerate() {
+        let section = d
+            .section
+            .parse()
+            .map_err(|e| format!("dismissals[{i}].section: {e}"))?;
+        let until = match &d.until {
+            None => None,
+            Some(t) => Some(
+                vantage_proto::convert::from_timestamp(Some(t))
+                    .ok_or_else(|| format!("dismissals[{i}].until: {t:?} is not a valid time"))?,
+            ),
+        };
+        notes.push(crate::store::DismissalNote {
+            section,
+            until,
+            reason: d.reason.clone(),
+            actor: String::new(),
+            at: chrono::Utc::now(),
+        });
+    }
+    App::check_notes(wanted, &notes)?;
+    Ok(notes)
 }

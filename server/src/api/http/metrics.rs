@@ -1,14 +1,33 @@
-//! Prometheus text exposition of the report, the vantages and the server's own figures.
+//! `/metrics`: the report, the vantages, the targets and the server's own figures, built into a
+//! `prometheus-client` registry per scrape and encoded in the Prometheus text format (clean
+//! under `promtool check metrics`; counters end in `_total`).
 
-use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use vantage_proto::pb;
 use vantage_proto::report::HealthReport;
 use vantage_proto::{Section, Severity};
 
-use crate::aggregator::Stats;
+use crate::aggregator::{Stats, TargetFigure};
 
-fn sev(s: Severity) -> u8 {
+/// A label set, in the order it is written.
+type Labels = Vec<(&'static str, String)>;
+/// A family of integer gauges (severities, 0/1 flags, counts).
+type Gauges = Family<Labels, Gauge>;
+/// A family of float gauges (durations, timestamps).
+type FloatGauges = Family<Labels, Gauge<f64, AtomicU64>>;
+/// A family of counters.
+type Counters = Family<Labels, Counter<u64>>;
+
+/// `Content-Type` of the answer.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+fn sev(s: Severity) -> i64 {
     match s {
         Severity::Ok => 0,
         Severity::Warning => 1,
@@ -16,303 +35,349 @@ fn sev(s: Severity) -> u8 {
     }
 }
 
-/// Escape a label value.
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn flag(b: bool) -> i64 {
+    i64::from(b)
 }
 
-/// The whole exposition: report and section severities, the vantages, the aggregator's
-/// counters and the open watchers.
-pub fn render(
-    report: &HealthReport,
-    vantages: &[pb::Vantage],
-    stats: &Stats,
-    watchers: usize,
-) -> String {
-    let mut o = String::with_capacity(4096);
-    render_report(&mut o, report);
-    render_section_severities(&mut o, report);
-    render_vantages(&mut o, vantages);
-    render_ingest(&mut o, stats);
-    render_events(&mut o, stats, watchers);
-    render_guard(&mut o, &stats.guard);
-    o
+fn count(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
 }
 
-/// Refused attaches and rejected observations by reason, and coalesced forced runs.
-fn render_guard(o: &mut String, g: &crate::aggregator::GuardStats) {
-    let _ = writeln!(
-        o,
-        "# HELP vantage_attach_refused_total Probe attaches refused, by reason (held: a live session holds the name; max_vantages: the cap is reached)."
-    );
-    let _ = writeln!(o, "# TYPE vantage_attach_refused_total counter");
-    let _ = writeln!(
-        o,
-        "vantage_attach_refused_total{{reason=\"held\"}} {}",
-        g.refused_held
-    );
-    let _ = writeln!(
-        o,
-        "vantage_attach_refused_total{{reason=\"max_vantages\"}} {}",
-        g.refused_full
-    );
-    let _ = writeln!(
-        o,
-        "# HELP vantage_observations_rejected_total Observations not applied, by reason."
-    );
-    let _ = writeln!(o, "# TYPE vantage_observations_rejected_total counter");
-    for (reason, n) in &g.rejected {
-        let _ = writeln!(
-            o,
-            "vantage_observations_rejected_total{{reason=\"{reason}\"}} {n}"
-        );
+/// Everything one scrape shows.
+pub struct Scrape<'a> {
+    pub report: &'a HealthReport,
+    pub vantages: &'a [pb::Vantage],
+    pub stats: &'a Stats,
+    pub watchers: usize,
+    pub targets: &'a [TargetFigure],
+    pub writer: Option<&'a crate::store::WriteBehind>,
+    pub alerts: Option<&'a crate::alerts::AlertStats>,
+    /// The security layer's refusals, when it runs.
+    pub refusals: Option<&'a crate::security::Counters>,
+}
+
+/// Registers families on one registry; each name is given without its `_total`.
+struct Builder {
+    registry: Registry,
+}
+
+impl Builder {
+    fn gauges(&mut self, name: &str, help: &str) -> Gauges {
+        let f = Gauges::default();
+        self.registry.register(name, help, f.clone());
+        f
     }
-    let _ = writeln!(
-        o,
-        "# HELP vantage_force_coalesced_total Forced runs a vantage was spared because it ran one moments before."
-    );
-    let _ = writeln!(o, "# TYPE vantage_force_coalesced_total counter");
-    let _ = writeln!(o, "vantage_force_coalesced_total {}", g.force_coalesced);
-}
 
-/// Refusals of the security layer, by reason (every reason, zeros included).
-pub fn render_refusals(o: &mut String, counters: &crate::security::Counters) {
-    use crate::security::Refusal;
-    let _ = writeln!(
-        o,
-        "# HELP vantage_auth_refusals_total Requests and connections refused by the security layer, by reason."
-    );
-    let _ = writeln!(o, "# TYPE vantage_auth_refusals_total counter");
-    for r in Refusal::ALL {
-        let _ = writeln!(
-            o,
-            "vantage_auth_refusals_total{{reason=\"{}\"}} {}",
-            r.label(),
-            counters.get(r)
-        );
+    fn float_gauges(&mut self, name: &str, help: &str) -> FloatGauges {
+        let f = FloatGauges::default();
+        self.registry.register(name, help, f.clone());
+        f
+    }
+
+    fn counters(&mut self, name: &str, help: &str) -> Counters {
+        let f = Counters::default();
+        self.registry.register(name, help, f.clone());
+        f
+    }
+
+    /// One unlabelled gauge.
+    fn gauge(&mut self, name: &str, help: &str, v: i64) {
+        self.gauges(name, help).get_or_create(&Vec::new()).set(v);
+    }
+
+    /// One unlabelled counter.
+    fn counter(&mut self, name: &str, help: &str, v: u64) {
+        self.counters(name, help)
+            .get_or_create(&Vec::new())
+            .inc_by(v);
     }
 }
 
-/// The whole report's severity and Coder's deprecated healthy flag.
-fn render_report(o: &mut String, report: &HealthReport) {
-    let _ = writeln!(
-        o,
-        "# HELP vantage_report_severity Severity of the whole report (0 ok, 1 warning, 2 error)."
-    );
-    let _ = writeln!(o, "# TYPE vantage_report_severity gauge");
-    let _ = writeln!(o, "vantage_report_severity {}", sev(report.severity));
-    let _ = writeln!(
-        o,
-        "# HELP vantage_report_healthy Coder's deprecated healthy flag (1 healthy)."
-    );
-    let _ = writeln!(o, "# TYPE vantage_report_healthy gauge");
-    let _ = writeln!(o, "vantage_report_healthy {}", u8::from(report.healthy));
+/// The whole exposition.
+pub fn render(s: &Scrape<'_>) -> String {
+    let mut b = Builder {
+        registry: Registry::default(),
+    };
+    b.gauges(
+        "vantage_build_info",
+        "The running vantaged's version (always 1)",
+    )
+    .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])
+    .set(1);
+    render_report(&mut b, s.report);
+    render_vantages(&mut b, s.vantages);
+    render_targets(&mut b, s);
+    render_aggregator(&mut b, s.stats, s.watchers);
+    render_guard(&mut b, s.stats);
+    if let Some(c) = s.refusals {
+        render_refusals(&mut b, c);
+    }
+    if let Some(w) = s.writer {
+        render_writer(&mut b, w);
+    }
+    if let Some(a) = s.alerts {
+        render_alerts(&mut b, a);
+    }
+    let mut out = String::with_capacity(8192);
+    // Writing into a String cannot fail.
+    let _ = prometheus_text::encode(&mut out, &b.registry);
+    out
 }
 
-/// Severity per section: aggregated, and as each vantage sees it.
-fn render_section_severities(o: &mut String, report: &HealthReport) {
-    let _ = writeln!(
-        o,
-        "# HELP vantage_section_severity Aggregated severity per section (0 ok, 1 warning, 2 error)."
+/// The report's and each section's severity, dismissal, and each vantage's view.
+fn render_report(b: &mut Builder, report: &HealthReport) {
+    b.gauge(
+        "vantage_report_severity",
+        "Severity of the whole report (0 ok, 1 warning, 2 error)",
+        sev(report.severity),
     );
-    let _ = writeln!(o, "# TYPE vantage_section_severity gauge");
+    b.gauge(
+        "vantage_report_healthy",
+        "Coder's deprecated healthy flag (1 healthy)",
+        flag(report.healthy),
+    );
+    let severity = b.gauges(
+        "vantage_section_severity",
+        "Aggregated severity per section (0 ok, 1 warning, 2 error)",
+    );
+    let dismissed = b.gauges(
+        "vantage_section_dismissed",
+        "Whether a section is dismissed (1), e.g. in a maintenance window",
+    );
+    let per_vantage = b.gauges(
+        "vantage_vantage_section_severity",
+        "Severity per section as one vantage sees it",
+    );
     for s in Section::ALL {
-        let b = report.base(s);
-        let _ = writeln!(
-            o,
-            "vantage_section_severity{{section=\"{}\",dismissed=\"{}\"}} {}",
-            s.settings_name(),
-            b.dismissed,
-            sev(b.severity)
-        );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP vantage_vantage_section_severity Severity per section as one vantage sees it."
-    );
-    let _ = writeln!(o, "# TYPE vantage_vantage_section_severity gauge");
-    for s in Section::ALL {
-        for (name, b) in report.vantage_bases(s) {
-            let _ = writeln!(
-                o,
-                "vantage_vantage_section_severity{{section=\"{}\",vantage=\"{}\"}} {}",
-                s.settings_name(),
-                esc(name),
-                sev(b.severity)
-            );
+        let section = vec![("section", s.settings_name().to_owned())];
+        let base = report.base(s);
+        severity.get_or_create(&section).set(sev(base.severity));
+        dismissed.get_or_create(&section).set(flag(base.dismissed));
+        for (name, vb) in report.vantage_bases(s) {
+            per_vantage
+                .get_or_create(&vec![
+                    ("section", s.settings_name().to_owned()),
+                    ("vantage", name.to_owned()),
+                ])
+                .set(sev(vb.severity));
         }
     }
 }
 
-/// Per vantage: up, connected, applied and replay-dropped (all headers first, then the
-/// samples vantage by vantage), then the count of connected probes.
-fn render_vantages(o: &mut String, vantages: &[pb::Vantage]) {
-    let _ = writeln!(
-        o,
-        "# HELP vantage_vantage_up Whether a vantage is fresh (1) or stale (0)."
+/// Per vantage: up, connected, last seen, applied and replay-dropped; connected probes.
+fn render_vantages(b: &mut Builder, vantages: &[pb::Vantage]) {
+    let up = b.gauges("vantage_up", "Whether a vantage is fresh (1) or stale (0)");
+    let connected = b.gauges(
+        "vantage_vantage_connected",
+        "Whether a vantage has a live session",
     );
-    let _ = writeln!(o, "# TYPE vantage_vantage_up gauge");
-    let _ = writeln!(
-        o,
-        "# HELP vantage_vantage_connected Whether a vantage has a live session."
+    let last_seen = b.float_gauges(
+        "vantage_last_seen_timestamp_seconds",
+        "When a vantage was last heard from (Unix time)",
     );
-    let _ = writeln!(o, "# TYPE vantage_vantage_connected gauge");
-    let _ = writeln!(
-        o,
-        "# HELP vantage_vantage_observations_applied_total Observations applied from the vantage's current instance."
+    let applied = b.counters(
+        "vantage_vantage_observations_applied",
+        "Observations applied from the vantage's current instance",
     );
-    let _ = writeln!(
-        o,
-        "# TYPE vantage_vantage_observations_applied_total counter"
+    let replay = b.counters(
+        "vantage_vantage_replay_dropped",
+        "Observations the probe's full replay buffer dropped",
     );
-    let _ = writeln!(
-        o,
-        "# HELP vantage_vantage_replay_dropped_total Observations the probe's full replay buffer dropped."
-    );
-    let _ = writeln!(o, "# TYPE vantage_vantage_replay_dropped_total counter");
     for v in vantages {
-        render_vantage(o, v);
+        let l = vec![("vantage", v.name.clone()), ("region", v.region.clone())];
+        up.get_or_create(&l).set(flag(!v.stale));
+        connected.get_or_create(&l).set(flag(v.connected));
+        if let Some(t) = &v.last_seen {
+            last_seen
+                .get_or_create(&l)
+                .set(t.seconds as f64 + f64::from(t.nanos) / 1e9);
+        }
+        applied.get_or_create(&l).inc_by(v.applied);
+        replay.get_or_create(&l).inc_by(v.replay_dropped);
     }
-    let _ = writeln!(
-        o,
-        "# HELP vantage_connected_probes Vantages with a live session."
-    );
-    let _ = writeln!(o, "# TYPE vantage_connected_probes gauge");
-    let _ = writeln!(
-        o,
-        "vantage_connected_probes {}",
-        vantages.iter().filter(|v| v.connected).count()
+    b.gauge(
+        "vantage_connected_probes",
+        "Vantages with a live session",
+        count(vantages.iter().filter(|v| v.connected).count()),
     );
 }
 
-/// One vantage's samples of the per-vantage families.
-fn render_vantage(o: &mut String, v: &pb::Vantage) {
-    let l = format!("vantage=\"{}\",region=\"{}\"", esc(&v.name), esc(&v.region));
-    let _ = writeln!(o, "vantage_vantage_up{{{l}}} {}", u8::from(!v.stale));
-    let _ = writeln!(
-        o,
-        "vantage_vantage_connected{{{l}}} {}",
-        u8::from(v.connected)
-    );
-    let _ = writeln!(
-        o,
-        "vantage_vantage_observations_applied_total{{{l}}} {}",
-        v.applied
-    );
-    let _ = writeln!(
-        o,
-        "vantage_vantage_replay_dropped_total{{{l}}} {}",
-        v.replay_dropped
-    );
-}
-
-/// The aggregator's ingest counters: observations applied and duplicates dropped.
-fn render_ingest(o: &mut String, stats: &Stats) {
-    let _ = writeln!(
-        o,
-        "# HELP vantage_observations_applied_total Observations applied by the aggregator."
-    );
-    let _ = writeln!(o, "# TYPE vantage_observations_applied_total counter");
-    let _ = writeln!(o, "vantage_observations_applied_total {}", stats.applied);
-    let _ = writeln!(
-        o,
-        "# HELP vantage_observations_duplicate_total Resent observations dropped as already applied."
-    );
-    let _ = writeln!(o, "# TYPE vantage_observations_duplicate_total counter");
-    let _ = writeln!(
-        o,
-        "vantage_observations_duplicate_total {}",
-        stats.duplicates
-    );
-    let _ = writeln!(
-        o,
-        "# HELP vantage_ingest_backpressure_total Observation batches refused, not acknowledged, because the write queue was full."
-    );
-    let _ = writeln!(o, "# TYPE vantage_ingest_backpressure_total counter");
-    let _ = writeln!(
-        o,
-        "vantage_ingest_backpressure_total {}",
-        stats.backpressure
-    );
-}
-
-/// Events emitted, open watchers, events dropped before storage and the revision.
-fn render_events(o: &mut String, stats: &Stats, watchers: usize) {
-    let _ = writeln!(o, "# HELP vantage_events_total Watch events emitted.");
-    let _ = writeln!(o, "# TYPE vantage_events_total counter");
-    let _ = writeln!(o, "vantage_events_total {}", stats.events);
-    let _ = writeln!(o, "# HELP vantage_watchers Open Watch subscriptions.");
-    let _ = writeln!(o, "# TYPE vantage_watchers gauge");
-    let _ = writeln!(o, "vantage_watchers {watchers}");
-    let _ = writeln!(
-        o,
-        "# HELP vantage_events_dropped_total Events that could not be queued for storage."
-    );
-    let _ = writeln!(o, "# TYPE vantage_events_dropped_total counter");
-    let _ = writeln!(o, "vantage_events_dropped_total {}", stats.events_dropped);
-    let _ = writeln!(o, "# HELP vantage_revision Current aggregator revision.");
-    let _ = writeln!(o, "# TYPE vantage_revision counter");
-    let _ = writeln!(o, "vantage_revision {}", stats.revision);
-}
-
-/// The write-behind queue's figures (with a database).
-pub fn render_writer(o: &mut String, w: &crate::store::WriteBehind) {
-    let _ = writeln!(
-        o,
-        "# HELP vantage_store_writes_queued Observations waiting to be stored."
-    );
-    let _ = writeln!(o, "# TYPE vantage_store_writes_queued gauge");
-    let _ = writeln!(o, "vantage_store_writes_queued {}", w.queued());
-    let _ = writeln!(
-        o,
-        "# HELP vantage_store_writes_dropped_total Observations the full queue dropped before they were stored."
-    );
-    let _ = writeln!(o, "# TYPE vantage_store_writes_dropped_total counter");
-    let _ = writeln!(o, "vantage_store_writes_dropped_total {}", w.dropped());
-    let _ = writeln!(
-        o,
-        "# HELP vantage_store_write_failures_total Failed attempts to store a batch (retried)."
-    );
-    let _ = writeln!(o, "# TYPE vantage_store_write_failures_total counter");
-    let _ = writeln!(
-        o,
-        "vantage_store_write_failures_total {}",
-        w.failed_writes()
-    );
+/// A target's labels: `vantage`, `section`, `target`, the vantage's `region`, and for a DERP
+/// node (`derp/<region id>/<node>`) `region_id`, `region_code`, `node` and `host` (from the
+/// report's DERP map objects).
+fn target_labels(s: &Scrape<'_>, t: &TargetFigure) -> Labels {
+    let region = s
+        .vantages
+        .iter()
+        .find(|v| v.name == t.vantage)
+        .map_or("", |v| v.region.as_str());
+    let mut l = vec![
+        ("vantage", t.vantage.clone()),
+        ("section", t.section.settings_name().to_owned()),
+        ("target", t.target.clone()),
+        ("region", region.to_owned()),
+    ];
+    let mut parts = t.target.splitn(3, '/');
+    if let (Some("derp"), Some(id), Some(node)) = (parts.next(), parts.next(), parts.next()) {
+        let r = s.report.derp.report.regions.get(id);
+        let text = |v: Option<&serde_json::Value>| {
+            v.and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let code = text(r.and_then(|r| r.pointer("/region/RegionCode")));
+        let host = text(
+            r.and_then(|r| r.pointer("/region/Nodes"))
+                .and_then(serde_json::Value::as_array)
+                .and_then(|nodes| nodes.iter().find(|n| n["Name"] == node))
+                .and_then(|n| n.get("HostName")),
+        );
+        l.extend([
+            ("region_id", id.to_owned()),
+            ("region_code", code),
+            ("node", node.to_owned()),
+            ("host", host),
+        ]);
+    }
+    l
 }
 
 /// Per vantage and target: the latest check's duration and outcome.
-pub fn render_targets(o: &mut String, targets: &[crate::aggregator::TargetFigure]) {
-    let _ = writeln!(
-        o,
-        "# HELP vantage_check_duration_seconds How long the latest check of a target took, per vantage."
+fn render_targets(b: &mut Builder, s: &Scrape<'_>) {
+    let duration = b.float_gauges(
+        "vantage_check_duration_seconds",
+        "How long the latest check of a target took, per vantage",
     );
-    let _ = writeln!(o, "# TYPE vantage_check_duration_seconds gauge");
-    for t in targets {
-        let _ = writeln!(
-            o,
-            "vantage_check_duration_seconds{{vantage=\"{}\",section=\"{}\",target=\"{}\"}} {}",
-            esc(&t.vantage),
-            t.section.settings_name(),
-            esc(&t.target),
-            t.seconds
-        );
+    let success = b.gauges(
+        "vantage_check_success",
+        "Whether the latest check of a target succeeded (1) or not (0), per vantage",
+    );
+    for t in s.targets {
+        let l = target_labels(s, t);
+        duration.get_or_create(&l).set(t.seconds);
+        success.get_or_create(&l).set(flag(t.ok));
     }
-    let _ = writeln!(
-        o,
-        "# HELP vantage_check_success Whether the latest check of a target succeeded (1) or not (0), per vantage."
+}
+
+/// The aggregator's counters, the open watchers and the revision.
+fn render_aggregator(b: &mut Builder, stats: &Stats, watchers: usize) {
+    b.counter(
+        "vantage_observations_applied",
+        "Observations applied by the aggregator",
+        stats.applied,
     );
-    let _ = writeln!(o, "# TYPE vantage_check_success gauge");
-    for t in targets {
-        let _ = writeln!(
-            o,
-            "vantage_check_success{{vantage=\"{}\",section=\"{}\",target=\"{}\"}} {}",
-            esc(&t.vantage),
-            t.section.settings_name(),
-            esc(&t.target),
-            u8::from(t.ok)
-        );
+    b.counter(
+        "vantage_observations_duplicate",
+        "Resent observations dropped as already applied",
+        stats.duplicates,
+    );
+    b.counter("vantage_events", "Watch events emitted", stats.events);
+    b.gauge(
+        "vantage_watchers",
+        "Open Watch subscriptions",
+        count(watchers),
+    );
+    b.counter(
+        "vantage_events_dropped",
+        "Events that could not be queued for storage",
+        stats.events_dropped,
+    );
+    b.gauge(
+        "vantage_revision",
+        "Current aggregator revision",
+        count(stats.revision),
+    );
+}
+
+/// Refused attaches, rejected observations by reason, coalesced forced runs, and batches
+/// refused because the write queue was full.
+fn render_guard(b: &mut Builder, stats: &Stats) {
+    let g = &stats.guard;
+    let refused = b.counters(
+        "vantage_attach_refused",
+        "Probe attaches refused, by reason (held: a live session holds the name; max_vantages: the cap is reached)",
+    );
+    refused
+        .get_or_create(&vec![("reason", "held".to_owned())])
+        .inc_by(g.refused_held);
+    refused
+        .get_or_create(&vec![("reason", "max_vantages".to_owned())])
+        .inc_by(g.refused_full);
+    let rejected = b.counters(
+        "vantage_observations_rejected",
+        "Observations not applied, by reason",
+    );
+    for (reason, n) in &g.rejected {
+        rejected
+            .get_or_create(&vec![("reason", (*reason).to_owned())])
+            .inc_by(*n);
+    }
+    b.counter(
+        "vantage_force_coalesced",
+        "Forced runs a vantage was spared because it ran one moments before",
+        g.force_coalesced,
+    );
+    b.counter(
+        "vantage_ingest_backpressure",
+        "Observation batches refused, not acknowledged, because the write queue was full",
+        stats.backpressure,
+    );
+}
+
+/// Refusals of the security layer, by reason (every reason, zeros included).
+fn render_refusals(b: &mut Builder, counters: &crate::security::Counters) {
+    use crate::security::Refusal;
+    let family = b.counters(
+        "vantage_auth_refusals",
+        "Requests and connections refused by the security layer, by reason",
+    );
+    for r in Refusal::ALL {
+        family
+            .get_or_create(&vec![("reason", r.label().to_owned())])
+            .inc_by(counters.get(r));
+    }
+}
+
+/// The write-behind queue's figures (with a database).
+fn render_writer(b: &mut Builder, w: &crate::store::WriteBehind) {
+    b.gauge(
+        "vantage_store_writes_queued",
+        "Observations waiting to be stored",
+        count(w.queued()),
+    );
+    b.counter(
+        "vantage_store_writes_dropped",
+        "Observations the full queue dropped before they were stored",
+        w.dropped(),
+    );
+    b.counter(
+        "vantage_store_write_failures",
+        "Failed attempts to store a batch (retried)",
+        w.failed_writes(),
+    );
+}
+
+/// The Alertmanager sender's figures: alerts firing, and per Alertmanager the alerts sent,
+/// failed (per failed attempt) and dropped (queue full, or every retry failed).
+fn render_alerts(b: &mut Builder, a: &crate::alerts::AlertStats) {
+    b.gauge(
+        "vantage_alerts_firing",
+        "Alerts vantage is sending as firing",
+        count(a.firing.load(Relaxed)),
+    );
+    let sent = b.counters("vantage_alerts_sent", "Alerts an Alertmanager accepted");
+    let failed = b.counters(
+        "vantage_alerts_failed",
+        "Alerts in requests an Alertmanager refused or did not answer (retried)",
+    );
+    let dropped = b.counters(
+        "vantage_alerts_dropped",
+        "Alerts given up: the queue was full or every retry failed",
+    );
+    for (url, c) in a.targets.iter() {
+        let l = vec![("alertmanager", url.clone())];
+        sent.get_or_create(&l).inc_by(c.sent.load(Relaxed));
+        failed.get_or_create(&l).inc_by(c.failed.load(Relaxed));
+        dropped.get_or_create(&l).inc_by(c.dropped.load(Relaxed));
     }
 }

@@ -117,22 +117,80 @@ async fn health(State(app): State<App>, Query(q): Query<HashMap<String, String>>
     json_response(StatusCode::OK, coder_json(&*report))
 }
 
+/// Coder's settings body, plus (additive, optional) the dismissals' end times and reasons.
 #[derive(Debug, Serialize, Deserialize)]
 struct HealthSettings {
     dismissed_healthchecks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dismissals: Vec<DismissalBody>,
 }
 
-fn settings_body(dismissed: &[vantage_proto::Section]) -> HealthSettings {
+/// One dismissal's note: `until` (RFC 3339; absent: until undismissed) and `reason`; the
+/// server fills in `actor` and `at`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DismissalBody {
+    section: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default, skip_deserializing, skip_serializing_if = "String::is_empty")]
+    actor: String,
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn settings_body(app: &App, dismissed: &[vantage_proto::Section]) -> HealthSettings {
+    let dismissals = app
+        .dismissal_notes(dismissed)
+        .await
+        .into_iter()
+        .map(|n| DismissalBody {
+            section: n.section.settings_name().to_owned(),
+            until: n.until,
+            reason: n.reason,
+            actor: n.actor,
+            at: Some(n.at),
+        })
+        .collect();
     HealthSettings {
         dismissed_healthchecks: crate::api::dismissed_names(dismissed),
+        dismissals,
     }
 }
 
 async fn get_settings(State(app): State<App>) -> Response {
     match app.agg.settings(None).await {
-        Ok(s) => json_response(StatusCode::OK, coder_json(&settings_body(&s.dismissed))),
+        Ok(s) => json_response(
+            StatusCode::OK,
+            coder_json(&settings_body(&app, &s.dismissed).await),
+        ),
         Err(_) => unavailable(),
     }
+}
+
+/// The notes of a PUT body, validated against the dismissed sections.
+fn parse_notes(
+    wanted: &[vantage_proto::Section],
+    bodies: Vec<DismissalBody>,
+) -> Result<Vec<crate::store::DismissalNote>, String> {
+    let mut notes = Vec::with_capacity(bodies.len());
+    for (i, b) in bodies.into_iter().enumerate() {
+        let section = b
+            .section
+            .parse()
+            .map_err(|e| format!("dismissals[{i}].section: {e}"))?;
+        notes.push(crate::store::DismissalNote {
+            section,
+            until: b.until,
+            reason: b.reason,
+            actor: String::new(),
+            at: chrono::Utc::now(),
+        });
+    }
+    App::check_notes(wanted, &notes)?;
+    Ok(notes)
 }
 
 async fn put_settings(
@@ -146,7 +204,9 @@ async fn put_settings(
             return api_error(
                 StatusCode::BAD_REQUEST,
                 "Invalid health settings.",
-                &format!("expected {{\"dismissed_healthchecks\": [\"DERP\", ...]}}: {e}"),
+                &format!(
+                    "expected {{\"dismissed_healthchecks\": [\"DERP\", ...], \"dismissals\": [{{\"section\": \"DERP\", \"until\": \"<RFC 3339>\", \"reason\": \"...\"}}] (optional)}}: {e}"
+                ),
             );
         }
     };
@@ -160,10 +220,24 @@ async fn put_settings(
             );
         }
     };
-    match app.update_settings(wanted, &format!("http {peer}")).await {
-        Ok(Some(dismissed)) => {
-            json_response(StatusCode::OK, coder_json(&settings_body(&dismissed)))
+    let notes = match parse_notes(&wanted, parsed.dismissals) {
+        Ok(n) => n,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "Failed to validate health settings.",
+                &e,
+            );
         }
+    };
+    match app
+        .update_settings(wanted, notes, &format!("http {peer}"))
+        .await
+    {
+        Ok(Some(dismissed)) => json_response(
+            StatusCode::OK,
+            coder_json(&settings_body(&app, &dismissed).await),
+        ),
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
         Err(status) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -273,25 +347,21 @@ async fn metrics(
         return unavailable();
     };
     let vantages = app.agg.vantages().await.unwrap_or_default();
-    let mut body = metrics::render(
-        &report,
-        &vantages,
-        &app.agg.stats(),
-        app.watchers.load(std::sync::atomic::Ordering::Relaxed),
-    );
-    if let Ok(targets) = app.agg.targets().await {
-        metrics::render_targets(&mut body, &targets);
-    }
-    if let Some(w) = &app.writer {
-        metrics::render_writer(&mut body, w);
-    }
-    if let Some(axum::Extension(c)) = refusals {
-        metrics::render_refusals(&mut body, &c);
-    }
+    let targets = app.agg.targets().await.unwrap_or_default();
+    let body = metrics::render(&metrics::Scrape {
+        report: &report,
+        vantages: &vantages,
+        stats: &app.agg.stats(),
+        watchers: app.watchers.load(std::sync::atomic::Ordering::Relaxed),
+        targets: &targets,
+        writer: app.writer.as_ref(),
+        alerts: app.alerts.as_ref(),
+        refusals: refusals.as_ref().map(|e| e.0.as_ref()),
+    });
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
     );
     r
 }

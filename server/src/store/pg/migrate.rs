@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "coder_proxies",
         sql: include_str!("../../../migrations/0002_coder_proxies.sql"),
     },
+    Migration {
+        version: 3,
+        name: "dismissal_notes",
+        sql: include_str!("../../../migrations/0003_dismissal_notes.sql"),
+    },
 ];
 
 /// Apply the migrations not yet applied, in one transaction under [`MIGRATION_LOCK`].

@@ -50,8 +50,8 @@ use vantage_probe::checks::database::{PingError, Pinger};
 use vantage_proto::{Section, pb};
 
 use crate::store::{
-    AUDIT_PAGE, AuditEntry, CHANNEL_EVENTS, CHANNEL_OBSERVATIONS, CHANNEL_SETTINGS, MAX_PAGE,
-    NOTICE_CAPACITY, NewEvent, NewObservation, Notice, Store, StoreError, StoredEvent,
+    AUDIT_PAGE, AuditEntry, CHANNEL_EVENTS, CHANNEL_OBSERVATIONS, CHANNEL_SETTINGS, DismissalNote,
+    MAX_PAGE, NOTICE_CAPACITY, NewEvent, NewObservation, Notice, Store, StoreError, StoredEvent,
     StoredObservation, VantageRecord, applied_by_batch,
 };
 
@@ -251,18 +251,40 @@ impl Store for PgStore {
         dismissed: Vec<Section>,
         actor: String,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.save_dismissal_notes(dismissed, Vec::new(), actor)
+    }
+
+    fn load_dismissal_notes(&self) -> BoxFuture<'_, Result<Vec<DismissalNote>, StoreError>> {
+        Box::pin(self.run("loading settings", |c| async move {
+            let row = c
+                .query_opt("SELECT notes FROM vantage_settings WHERE id", &[])
+                .await?;
+            Ok(row
+                .and_then(|r| serde_json::from_value(r.get(0)).ok())
+                .unwrap_or_default())
+        }))
+    }
+
+    fn save_dismissal_notes(
+        &self,
+        dismissed: Vec<Section>,
+        notes: Vec<DismissalNote>,
+        actor: String,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.run("saving settings", move |mut c| async move {
             let names = section_names(&dismissed);
+            let notes = serde_json::to_value(&notes).unwrap_or_default();
             let tx = c.transaction().await?;
             tx.execute(
-                "INSERT INTO vantage_settings (id, dismissed, updated_at) VALUES (true, $1, now())
-                 ON CONFLICT (id) DO UPDATE SET dismissed = EXCLUDED.dismissed, updated_at = now()",
-                &[&names],
+                "INSERT INTO vantage_settings (id, dismissed, notes, updated_at) VALUES (true, $1, $2, now())
+                 ON CONFLICT (id) DO UPDATE SET dismissed = EXCLUDED.dismissed, notes = EXCLUDED.notes,
+                 updated_at = now()",
+                &[&names, &notes],
             )
             .await?;
             tx.execute(
-                "INSERT INTO vantage_settings_audit (actor, dismissed) VALUES ($1, $2)",
-                &[&actor, &names],
+                "INSERT INTO vantage_settings_audit (actor, dismissed, notes) VALUES ($1, $2, $3)",
+                &[&actor, &names, &notes],
             )
             .await?;
             tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL_SETTINGS])
@@ -277,8 +299,8 @@ impl Store for PgStore {
             let limit = i64::try_from(AUDIT_PAGE).unwrap_or(i64::MAX);
             let rows = c
                 .query(
-                    "SELECT at, actor, dismissed FROM (
-                         SELECT id, at, actor, dismissed FROM vantage_settings_audit
+                    "SELECT at, actor, dismissed, notes FROM (
+                         SELECT id, at, actor, dismissed, notes FROM vantage_settings_audit
                          ORDER BY id DESC LIMIT $1
                      ) a ORDER BY id",
                     &[&limit],
@@ -290,6 +312,7 @@ impl Store for PgStore {
                     at: r.get(0),
                     actor: r.get(1),
                     dismissed: sections_from(r.get(2)),
+                    notes: serde_json::from_value(r.get(3)).unwrap_or_default(),
                 })
                 .collect())
         }))

@@ -1,0 +1,281 @@
+//! Which alerts the report calls for: a pure function of the report, the server's base URL and
+//! the deployment's name. Dismissed sections (a timed dismissal is a maintenance window) fire
+//! nothing, nor do the DERP region and proxy alerts under them.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use vantage_proto::report::{Base, HealthReport, Message, VantageState};
+use vantage_proto::{Section, Severity};
+
+/// One alert as vantage wants it to be: its identity (labels) and what describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub generator_url: String,
+}
+
+impl Alert {
+    fn new(name: &str, deployment: &str, severity: Severity) -> Alert {
+        let mut labels = BTreeMap::new();
+        labels.insert("alertname".to_owned(), name.to_owned());
+        labels.insert("deployment".to_owned(), deployment.to_owned());
+        labels.insert("severity".to_owned(), severity.as_str().to_owned());
+        Alert {
+            labels,
+            annotations: BTreeMap::new(),
+            generator_url: String::new(),
+        }
+    }
+
+    fn label(mut self, name: &str, value: impl Into<String>) -> Alert {
+        self.labels.insert(name.to_owned(), value.into());
+        self
+    }
+
+    fn annotate(mut self, name: &str, value: impl Into<String>) -> Alert {
+        self.annotations.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// `summary`, `description` (the messages), `runbook_url` (the first code's page) and the
+    /// link back to the section.
+    fn describe(
+        mut self,
+        base: &str,
+        section: Section,
+        summary: String,
+        msgs: &[Message],
+    ) -> Alert {
+        let code = msgs.iter().map(|m| m.code.as_str()).find(|c| !c.is_empty());
+        let description: Vec<String> = msgs.iter().map(ToString::to_string).collect();
+        self = self
+            .annotate("summary", summary)
+            .annotate("description", description.join("\n"));
+        if let Some(code) = code {
+            self = self.annotate("runbook_url", format!("{base}/health/codes#{code}"));
+        }
+        self.generator_url = format!("{base}/health#{}", section.json_key());
+        self
+    }
+}
+
+/// Where the links point and what the `deployment` label says.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The server's base URL (it serves `/health`), without a trailing slash.
+    pub base: String,
+    pub deployment: String,
+}
+
+/// Every alert the report calls for, in a stable order. `held` is each section's severity
+/// after hysteresis; a section missing there counts at the report's severity.
+pub fn desired(report: &HealthReport, held: &[(Section, Severity)], ctx: &Context) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for s in Section::ALL {
+        let mut b = report.base(s).clone();
+        if let Some((_, h)) = held.iter().find(|(hs, _)| *hs == s) {
+            b.severity = *h;
+        }
+        if b.dismissed || b.severity == Severity::Ok {
+            continue;
+        }
+        out.push(section_alert(s, &b, report, ctx));
+    }
+    out.extend(stale_alerts(report, ctx));
+    if !report.derp.report.base.dismissed {
+        out.extend(derp_alerts(report, ctx));
+    }
+    if !report.workspace_proxy.report.base.dismissed {
+        out.extend(proxy_alerts(report, ctx));
+    }
+    out
+}
+
+/// The messages of a section: its warnings, and its error as an uncoded message if it has one.
+fn messages(b: &Base) -> Vec<Message> {
+    let mut msgs = b.warnings.clone();
+    if let Some(e) = &b.error {
+        let code = e.split_once(':').map(|(c, _)| c.trim()).unwrap_or("");
+        if code.starts_with('E') && !msgs.iter().any(|m| m.code == code) {
+            let text = e.split_once(':').map_or(e.as_str(), |(_, t)| t.trim());
+            msgs.insert(0, Message::new(code, text));
+        } else if !msgs.iter().any(|m| e.contains(&m.message)) {
+            msgs.insert(0, Message::new("", e.clone()));
+        }
+    }
+    msgs
+}
+
+fn section_alert(s: Section, b: &Base, report: &HealthReport, ctx: &Context) -> Alert {
+    let mut msgs = messages(b);
+    if s == Section::Derp {
+        for (_, id, code, region_msgs) in report
+            .derp
+            .report
+            .regions
+            .values()
+            .filter_map(region_facts)
+            .filter(|(sev, ..)| *sev != Severity::Ok)
+        {
+            msgs.extend(region_msgs.into_iter().map(|m| Message {
+                message: format!("region {id} ({code}): {}", m.message),
+                ..m
+            }));
+        }
+    }
+    let mut codes: Vec<&str> = msgs
+        .iter()
+        .map(|m| m.code.as_str())
+        .filter(|c| !c.is_empty())
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    Alert::new("VantageSectionUnhealthy", &ctx.deployment, b.severity)
+        .label("section", s.settings_name())
+        .label("codes", codes.join(","))
+        .describe(
+            &ctx.base,
+            s,
+            format!("{} is at {}", s.title(), b.severity.as_str()),
+            &msgs,
+        )
+}
+
+fn stale_alerts(report: &HealthReport, ctx: &Context) -> Vec<Alert> {
+    let msgs = report.vantages.warnings.clone();
+    report
+        .vantages
+        .items
+        .iter()
+        .filter(|v| v.state == VantageState::Stale)
+        .map(|v| {
+            let since = v
+                .stale_since
+                .map(|t| format!(" since {}", t.to_rfc3339()))
+                .unwrap_or_default();
+            let mut a = Alert::new("VantageVantageStale", &ctx.deployment, Severity::Warning)
+                .label("vantage", v.name.clone())
+                .label("region", v.region.clone())
+                .annotate("summary", format!("Vantage {} is stale{since}", v.name))
+                .annotate("runbook_url", format!("{}/health/codes#EVNT01", ctx.base));
+            let own: Vec<String> = msgs
+                .iter()
+                .filter(|m| m.message.contains(&v.name))
+                .map(ToString::to_string)
+                .collect();
+            a = a.annotate("description", own.join("\n"));
+            a.generator_url = format!("{}/health#vantages", ctx.base);
+            a
+        })
+        .collect()
+}
+
+/// A DERP region report's severity, id, code and messages (Coder's JSON).
+fn region_facts(v: &Value) -> Option<(Severity, i64, String, Vec<Message>)> {
+    let severity: Severity = serde_json::from_value(v.get("severity")?.clone()).ok()?;
+    let region = v.get("region")?;
+    let id = region.get("RegionID")?.as_i64()?;
+    let code = region
+        .get("RegionCode")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut base = Base {
+        severity,
+        ..Base::default()
+    };
+    base.warnings =
+        serde_json::from_value(v.get("warnings").cloned().unwrap_or_default()).unwrap_or_default();
+    base.error = v.get("error").and_then(Value::as_str).map(str::to_owned);
+    let mut msgs = messages(&base);
+    // The nodes' own errors say why (a node that cannot connect has no code).
+    for n in v
+        .get("node_reports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(e) = n.get("error").and_then(Value::as_str) {
+            let name = n
+                .pointer("/node/Name")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            msgs.push(Message::new("", format!("node {name}: {e}")));
+        }
+    }
+    Some((severity, id, code, msgs))
+}
+
+fn derp_alerts(report: &HealthReport, ctx: &Context) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for (key, region) in &report.derp.report.regions {
+        let Some((severity, id, code, msgs)) = region_facts(region) else {
+            continue;
+        };
+        if severity == Severity::Ok {
+            continue;
+        }
+        let seen_by: Vec<&str> = report
+            .derp
+            .vantage_reports
+            .iter()
+            .filter(|(_, r)| {
+                r.regions
+                    .get(key)
+                    .and_then(region_facts)
+                    .is_some_and(|(s, ..)| s != Severity::Ok)
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        out.push(
+            Alert::new("VantageDerpRegionUnhealthy", &ctx.deployment, severity)
+                .label("region_id", id.to_string())
+                .label("region_code", code.clone())
+                .annotate("vantages", seen_by.join(","))
+                .describe(
+                    &ctx.base,
+                    Section::Derp,
+                    format!(
+                        "DERP region {id} ({code}) is at {}, seen by {}",
+                        severity.as_str(),
+                        seen_by.join(", ")
+                    ),
+                    &msgs,
+                ),
+        );
+    }
+    out
+}
+
+fn proxy_alerts(report: &HealthReport, ctx: &Context) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for p in &report.workspace_proxy.report.workspace_proxies.regions {
+        let r = &p.status.report;
+        let severity = if !p.healthy || !r.errors.is_empty() {
+            Severity::Error
+        } else if !r.warnings.is_empty() {
+            Severity::Warning
+        } else {
+            continue;
+        };
+        let msgs: Vec<Message> = r
+            .errors
+            .iter()
+            .chain(&r.warnings)
+            .map(|m| Message::new("", m.clone()))
+            .collect();
+        out.push(
+            Alert::new("VantageWorkspaceProxyUnhealthy", &ctx.deployment, severity)
+                .label("proxy", p.name.clone())
+                .describe(
+                    &ctx.base,
+                    Section::WorkspaceProxy,
+                    format!("Workspace proxy {} is at {}", p.name, severity.as_str()),
+                    &msgs,
+                ),
+        );
+    }
+    out
+}
