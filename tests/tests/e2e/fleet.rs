@@ -4,13 +4,14 @@
 //! DERP relay (a second vantaged's embedded relay) sits on an "edge" host only fra is linked
 //! to. Cutting fra's link makes fra-1 stale, and only it; restoring it makes it fresh again.
 //!
-//! Today the server runs plaintext with `--insecure-no-auth`; [`Auth`] is the one place where
-//! TLS and tokens go.
+//! The core serves TLS with a token file; each probe presents its region's token, bound to its
+//! region's names ([`Auth`]); a wrong token and a name outside the token's globs are refused.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use serde_json::Value;
 use tokio::process::Child;
 use vantage_testkit::{ReadyChild, eventually};
@@ -23,27 +24,111 @@ const PORT: u16 = 7080;
 /// The region-only relay's address: on a link between the edge host and fra alone.
 const EDGE: &str = "10.78.0.1";
 
-/// What authenticates the fleet: the URL scheme, the server's flags, each probe's and the CLI's.
-/// Plaintext and `--insecure-no-auth` today; TLS, the token file and the per-probe tokens go
-/// here.
-struct Auth;
+/// What authenticates the fleet: a CA made here and the server certificate it signed for the
+/// core and edge addresses, and a token file from `vantaged token new` (a reader for the CLI,
+/// one probe token per region, bound to that region's names).
+struct Auth {
+    dir: PathBuf,
+    reader: String,
+    fra: String,
+    iad: String,
+}
 
 impl Auth {
+    async fn new(dir: &Path) -> Auth {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "fleet test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let mut params = CertificateParams::new(vec![CORE.to_owned(), EDGE.to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(
+            dir.join("server.pem"),
+            format!("{}{}", cert.pem(), ca.pem()),
+        )
+        .unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        let (reader, e1) = new_token(&["--name", "ops", "--role", "reader"]).await;
+        let (fra, e2) =
+            new_token(&["--name", "fra", "--role", "probe", "--vantage", "fra-*"]).await;
+        let (iad, e3) =
+            new_token(&["--name", "iad", "--role", "probe", "--vantage", "iad-*"]).await;
+        std::fs::write(dir.join("tokens.toml"), format!("{e1}\n{e2}\n{e3}\n")).unwrap();
+        Auth {
+            dir: dir.to_owned(),
+            reader,
+            fra,
+            iad,
+        }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
     fn url(host: &str) -> String {
-        format!("http://{host}:{PORT}")
+        format!("https://{host}:{PORT}")
     }
 
-    fn server_args() -> Vec<String> {
-        vec!["--insecure-no-auth".into()]
+    /// TLS and the token file (the edge relay serves plaintext: DERP needs no token).
+    fn server_args(&self, tls: bool) -> Vec<String> {
+        let mut args = vec!["--token-file".to_owned(), self.file("tokens.toml")];
+        if tls {
+            args.extend([
+                "--tls-cert".to_owned(),
+                self.file("server.pem"),
+                "--tls-key".to_owned(),
+                self.file("server.key"),
+            ]);
+        }
+        args
     }
 
-    fn probe_args(_name: &str) -> Vec<String> {
-        Vec::new()
+    fn token_of(&self, region: &str) -> &str {
+        if region == "fra" {
+            &self.fra
+        } else {
+            &self.iad
+        }
     }
 
-    fn client_args() -> Vec<String> {
-        Vec::new()
+    fn probe_args(&self, region: &str) -> Vec<String> {
+        vec![
+            "--ca-file".into(),
+            self.file("ca.pem"),
+            "--token".into(),
+            self.token_of(region).to_owned(),
+        ]
     }
+
+    fn client_args(&self) -> Vec<String> {
+        vec![
+            "--ca-file".into(),
+            self.file("ca.pem"),
+            "--token".into(),
+            self.reader.clone(),
+        ]
+    }
+}
+
+/// `vantaged token new ARGS`: the secret (first line) and the `[[tokens]]` entry.
+async fn new_token(args: &[&str]) -> (String, String) {
+    let out = tokio::process::Command::new(bin("vantaged"))
+        .args(["token", "new"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (secret, entry) = text.split_once('\n').unwrap();
+    (secret.to_owned(), entry.to_owned())
 }
 
 /// The network: a switch (bridge `br0`) joining core (10.77.0.1), fra (.2) and iad (.3), and
@@ -102,7 +187,7 @@ async fn vantaged(ns: &Netns, host: &str, args: &[String], log: &Path) -> ReadyC
         .unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(log).unwrap_or_default()))
 }
 
-fn probe(ns: &Netns, host: &str, name: &str) -> Child {
+fn probe(ns: &Netns, auth: &Auth, host: &str, name: &str) -> Child {
     let mut cmd = ns.command(host, bin("vantage-probe"));
     cmd.args([
         "--server",
@@ -112,7 +197,7 @@ fn probe(ns: &Netns, host: &str, name: &str) -> Child {
         "--region",
         host,
     ])
-    .args(Auth::probe_args(name))
+    .args(auth.probe_args(host))
     .env("VANTAGE_LOG", "info")
     .stdout(Stdio::null())
     .stderr(Stdio::inherit());
@@ -120,10 +205,10 @@ fn probe(ns: &Netns, host: &str, name: &str) -> Child {
 }
 
 /// `vantage report --json`, run on the core host.
-async fn report(ns: &Netns) -> Value {
+async fn report(ns: &Netns, auth: &Auth) -> Value {
     let mut cmd = ns.command("core", bin("vantage"));
     cmd.args(["--server", &Auth::url(CORE)])
-        .args(Auth::client_args())
+        .args(auth.client_args())
         .args(["report", "--json"]);
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
@@ -143,11 +228,11 @@ fn seen<'a>(r: &'a Value, name: &str, id: &str) -> &'a Value {
     &r["derp"]["vantage_reports"][name]["regions"][id]
 }
 
-/// `args`, then the server's authentication flags.
-fn server_args(args: &[&str]) -> Vec<String> {
+/// `args`, then the server's authentication flags (TLS or not).
+fn server_args(auth: &Auth, tls: bool, args: &[&str]) -> Vec<String> {
     args.iter()
         .map(|a| (*a).to_owned())
-        .chain(Auth::server_args())
+        .chain(auth.server_args(tls))
         .collect()
 }
 
@@ -169,45 +254,58 @@ async fn assert_refused_without_auth(ns: &Netns) {
 }
 
 /// The edge relay, then vantaged on core with a DERP map naming the relay; its log is `log`.
-async fn start_servers(ns: &Netns, dir: &Path, log: &Path) -> (ReadyChild, ReadyChild) {
+async fn start_servers(
+    ns: &Netns,
+    auth: &Auth,
+    dir: &Path,
+    log: &Path,
+) -> (ReadyChild, ReadyChild) {
     let edge_listen = format!("{EDGE}:{PORT}");
-    let edge_args = server_args(&["--listen", &edge_listen, "--server-vantage", "false"]);
+    let edge_args = server_args(
+        auth,
+        false,
+        &["--listen", &edge_listen, "--server-vantage", "false"],
+    );
     let edge = vantaged(ns, "edge", &edge_args, &dir.join("edge.log")).await;
     let map = dir.join("derp-map.json");
     std::fs::write(&map, edge_map(&edge.url)).unwrap();
     let listen = format!("{CORE}:{PORT}");
     let stun = format!("{CORE}:3478");
-    let core_args = server_args(&[
-        "--listen",
-        &listen,
-        "--interval",
-        "500ms",
-        "--stale-after",
-        "3s",
-        "--quorum",
-        "2",
-        "--stun-listen",
-        &stun,
-        "--stun-servers",
-        &stun,
-        "--derp-map",
-        map.to_str().unwrap(),
-        "--derp-all-vantages",
-        "--server-checks-derp",
-        "false",
-    ]);
+    let core_args = server_args(
+        auth,
+        true,
+        &[
+            "--listen",
+            &listen,
+            "--interval",
+            "500ms",
+            "--stale-after",
+            "3s",
+            "--quorum",
+            "2",
+            "--stun-listen",
+            &stun,
+            "--stun-servers",
+            &stun,
+            "--derp-map",
+            map.to_str().unwrap(),
+            "--derp-all-vantages",
+            "--server-checks-derp",
+            "false",
+        ],
+    );
     let core = vantaged(ns, "core", &core_args, log).await;
     assert_eq!(core.url, Auth::url(CORE));
     (core, edge)
 }
 
 /// Both probes fresh, each with its view of the edge region and of the STUN region.
-async fn both_regions_report(ns: &Netns) -> Value {
+async fn both_regions_report(ns: &Netns, auth: &Auth) -> Value {
     eventually(
         Duration::from_secs(60),
         "both regions report every region",
         || async {
-            let r = report(ns).await;
+            let r = report(ns, auth).await;
             let done = ["fra-1", "iad-1"].iter().all(|n| {
                 state(&r, n) == "fresh"
                     && seen(&r, n, "1")["severity"].is_string()
@@ -257,11 +355,44 @@ fn assert_who_sees_what(r: &Value, log: &Path) {
     }
 }
 
+/// `vantage-probe --once` from iad with `token` claiming `name`: refused (exit 4), and why.
+async fn once_from_iad(ns: &Netns, auth: &Auth, token: &str, name: &str) -> String {
+    let mut cmd = ns.command("iad", bin("vantage-probe"));
+    cmd.args([
+        "--server",
+        &Auth::url(CORE),
+        "--name",
+        name,
+        "--region",
+        "iad",
+        "--once",
+    ])
+    .args(["--ca-file", &auth.file("ca.pem"), "--token", token]);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("vantage-probe --once took longer than 60s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(4), "refused: {stderr}");
+    stderr
+}
+
+/// A wrong token, and a token claiming a name outside its globs, are refused, saying why.
+async fn assert_refusals(ns: &Netns, auth: &Auth) {
+    let wrong = once_from_iad(ns, auth, "definitely-wrong", "iad-2").await;
+    assert!(wrong.to_lowercase().contains("token"), "{wrong}");
+    let outside = once_from_iad(ns, auth, &auth.fra, "iad-9").await;
+    assert!(
+        outside.contains("iad-9") && outside.contains("fra-*"),
+        "{outside}"
+    );
+}
+
 /// Cut fra's link: fra-1 goes stale, and nobody else. Restore it: fresh again.
-async fn cut_and_restore_fra(ns: &Netns) {
+async fn cut_and_restore_fra(ns: &Netns, auth: &Auth) {
     ns.set_link("sw", "fra", false).unwrap();
     let r = eventually(Duration::from_secs(30), "fra-1 stale", || async {
-        let r = report(ns).await;
+        let r = report(ns, auth).await;
         (state(&r, "fra-1") == "stale").then_some(r)
     })
     .await;
@@ -276,7 +407,7 @@ async fn cut_and_restore_fra(ns: &Netns) {
 
     ns.set_link("sw", "fra", true).unwrap();
     eventually(Duration::from_secs(90), "fra-1 fresh again", || async {
-        let r = report(ns).await;
+        let r = report(ns, auth).await;
         (state(&r, "fra-1") == "fresh" && state(&r, "iad-1") == "fresh").then_some(())
     })
     .await;
@@ -287,13 +418,15 @@ async fn a_regional_fleet_in_network_namespaces() {
     let ns = network("fleet");
     let dir = tempfile::tempdir().unwrap();
     assert_refused_without_auth(&ns).await;
+    let auth = Auth::new(dir.path()).await;
     let log = dir.path().join("vantaged.log");
-    let (mut core, edge) = start_servers(&ns, dir.path(), &log).await;
-    let mut fra = probe(&ns, "fra", "fra-1");
-    let _iad = probe(&ns, "iad", "iad-1");
-    let r = both_regions_report(&ns).await;
+    let (mut core, edge) = start_servers(&ns, &auth, dir.path(), &log).await;
+    let mut fra = probe(&ns, &auth, "fra", "fra-1");
+    let _iad = probe(&ns, &auth, "iad", "iad-1");
+    let r = both_regions_report(&ns, &auth).await;
     assert_who_sees_what(&r, &log);
-    cut_and_restore_fra(&ns).await;
+    assert_refusals(&ns, &auth).await;
+    cut_and_restore_fra(&ns, &auth).await;
     // Nothing restarted.
     assert!(
         fra.try_wait().unwrap().is_none(),
