@@ -89,6 +89,11 @@ pub enum Query {
     Vantages {
         reply: oneshot::Sender<Vec<pb::Vantage>>,
     },
+    /// Section transitions and check outcomes kept in memory.
+    History {
+        filter: super::history::HistoryFilter,
+        reply: oneshot::Sender<pb::History>,
+    },
     /// The latest check of every target of every fresh vantage, for `/metrics`.
     Targets {
         reply: oneshot::Sender<Vec<TargetFigure>>,

@@ -19,6 +19,7 @@ mod alert;
 mod command;
 mod durable;
 mod events;
+mod history;
 mod probes;
 mod replication;
 mod report;
@@ -31,6 +32,7 @@ pub use command::{
 };
 pub use durable::DurableParts;
 pub use events::{PROVISIONAL_EPOCH_PREFIX, SharedEvent, Subscription, is_provisional};
+pub use history::{HistoryFilter, MAX_SAMPLES, MAX_SERIES, MAX_TRANSITIONS};
 pub use report::TargetFigure;
 use state::State;
 
@@ -133,6 +135,7 @@ impl Aggregator {
             db_revision: 0,
             unconfirmed: VecDeque::new(),
             history: VecDeque::with_capacity(config.history.min(4096)),
+            timeline: history::History::default(),
             config,
             vantages: BTreeMap::new(),
             aggregates: HashMap::new(),
@@ -213,6 +216,11 @@ impl Aggregator {
 
     pub async fn targets(&self) -> Result<Vec<TargetFigure>, Stopped> {
         self.ask(|reply| Query::Targets { reply }).await
+    }
+
+    /// Section transitions and check outcomes kept in memory, as `filter` selects.
+    pub async fn history(&self, filter: HistoryFilter) -> Result<pb::History, Stopped> {
+        self.ask(|reply| Query::History { filter, reply }).await
     }
 
     pub async fn vantages(&self) -> Result<Vec<pb::Vantage>, Stopped> {

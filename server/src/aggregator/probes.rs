@@ -243,6 +243,7 @@ impl State {
             } else {
                 (MAX_REMOTE_OBSERVATIONS, MAX_TARGETS_PER_CHECK)
             };
+            self.timeline.sample(name, section, &obs);
             if !v.observations.put(obs, limit, per_check) {
                 // A check has at most so many targets (DERP nodes of a region).
                 self.stats.rejected += 1;

@@ -53,6 +53,8 @@ pub(super) struct State {
     pub(super) changed_at: DateTime<Utc>,
     pub(super) events: broadcast::Sender<Arc<SharedEvent>>,
     pub(super) history: VecDeque<Arc<SharedEvent>>,
+    /// Section transitions and check outcomes over time (bounded), for `GetHistory`.
+    pub(super) timeline: super::history::History,
     pub(super) dismissed: Vec<Section>,
     pub(super) cached: Option<(Arc<HealthReport>, Arc<pb::Report>)>,
     pub(super) next_session: u64,
@@ -154,6 +156,9 @@ impl State {
                 let list = self.vantages.values().map(|v| self.vantage_pb(v)).collect();
                 let _ = reply.send(list);
             }
+            Query::History { filter, reply } => {
+                let _ = reply.send(self.timeline.read(filter));
+            }
             Query::Targets { reply } => {
                 let _ = reply.send(self.target_figures());
             }
@@ -184,6 +189,7 @@ impl State {
             }
             AdminCommand::Forget { name, reply } => {
                 let found = self.vantages.remove(&name).is_some();
+                self.timeline.forget(&name);
                 if found {
                     self.vantage_event(&name, VantageChange::Forgotten, Cause::Here);
                     self.reaggregate_all(Cause::Here);
@@ -362,6 +368,7 @@ impl State {
         for (name, cause) in &forget {
             tracing::info!(vantage = %name, "forgetting a long-stale vantage");
             self.vantages.remove(name);
+            self.timeline.forget(name);
             self.vantage_event(name, VantageChange::Forgotten, *cause);
         }
         let cause = if newly_stale.iter().any(|(_, c)| *c == Cause::Here) {
