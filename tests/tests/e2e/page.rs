@@ -43,7 +43,7 @@ async fn the_health_page_renders_the_report_refreshes_and_dismisses_in_a_real_br
     let mut b = Browser::launch(WIDE.0, WIDE.1).await;
     b.goto(&format!("{}/health", server.url)).await;
     b.wait_for(
-        "document.getElementById('status').textContent === 'Healthy'",
+        "document.getElementById('status')?.textContent === 'Healthy'",
         "the status",
     )
     .await;

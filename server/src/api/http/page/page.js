@@ -131,8 +131,10 @@ async function toggleDismiss(name, dismiss) {
 
 function view() {
   const h = location.hash.slice(1) || "overview";
-  if (SECTIONS.some(([k]) => k === h)) return ["section", h];
-  return [["overview", "derp", "vantages", "components"].includes(h) ? h : "overview", null];
+  if (["overview", "derp", "vantages", "components"].includes(h)) return [h, null];
+  const key = h.startsWith("s-") ? h.slice(2) : h;
+  if (SECTIONS.some(([k]) => k === key)) return ["section", key];
+  return ["overview", null];
 }
 
 function render() {
@@ -150,7 +152,7 @@ function render() {
   $("revision").textContent = report.revision ?? "–";
   $("section-tabs").innerHTML = SECTIONS.map(([k, t]) => {
     const s = report[k] || {};
-    return `<a href="#${k}" data-view="${k}" data-section="${k}"><span class="badge ${sevClass(s.severity)}">${esc(s.severity || "none")}</span> ${esc(t)}${s.dismissed ? " (dismissed)" : ""}</a>`;
+    return `<a href="#s-${k}" data-view="${k}" data-section="${k}"><span class="badge ${sevClass(s.severity)}">${esc(s.severity || "none")}</span> ${esc(t)}${s.dismissed ? " (dismissed)" : ""}</a>`;
   }).join("");
   const vs = report.vantages || {};
   $("vantage-messages").innerHTML = messages(vs.warnings, sevClass(vs.severity) === "error" ? "error" : "warning");
@@ -166,7 +168,7 @@ function showView() {
   const [v, key] = view();
   document.querySelectorAll("[data-panel]").forEach((p) => { p.hidden = p.dataset.panel !== v; });
   document.querySelectorAll("nav a").forEach((a) => {
-    a.classList.toggle("active", a.dataset.view === (key || v));
+    a.classList.toggle("active", key ? a.dataset.section === key : a.dataset.view === v);
   });
 }
 
@@ -178,7 +180,7 @@ function renderOverview() {
     `<th data-vantage="${esc(v.name)}">${esc(v.name)}<br><span class="age">${esc(v.region)} · ${esc(v.state)}</span></th>`).join("")}</tr>`;
   for (const [k, t] of SECTIONS) {
     const s = report[k] || {};
-    m += `<tr><th><a href="#${k}">${esc(t)}</a></th><td class="${sevClass(s.severity)}">${esc(s.severity || "none")} ${esc(cellCode(s))}${s.dismissed ? " (dismissed)" : ""}</td>`;
+    m += `<tr><th><a href="#s-${k}">${esc(t)}</a></th><td class="${sevClass(s.severity)}">${esc(s.severity || "none")} ${esc(cellCode(s))}${s.dismissed ? " (dismissed)" : ""}</td>`;
     m += items.map((v) => {
       const r = (s.vantage_reports || {})[v.name];
       return r ? `<td class="${sevClass(r.severity)}" data-vantage="${esc(v.name)}">${esc(r.severity)} ${esc(cellCode(r))}</td>` : `<td class="none">–</td>`;
@@ -201,7 +203,7 @@ function strip(key, title) {
   const checks = samples.map((s) =>
     `<span class="mark ${s.ok ? "ok" : "error"}" title="${esc(new Date(s.time).toLocaleString())} ${esc(s.vantage)} ${esc(s.target)}: ${s.ok ? "ok" : esc(s.error)} (${Number(s.duration_ms).toFixed(1)} ms)">${s.ok ? "+" : "x"}</span>`).join("");
   const since = last ? `${esc(last.to)} since ${when(last.time)}; ${flaps} change${flaps === 1 ? "" : "s"} in the last hour${flaps >= 3 ? " — flapping" : ""}` : "no change in the last hour";
-  return `<div class="strip" data-strip="${key}"><div><a href="#${key}">${esc(title)}</a></div>
+  return `<div class="strip" data-strip="${key}"><div><a href="#s-${key}">${esc(title)}</a></div>
     <div class="marks" aria-label="${esc(title)} changes">${marks || '<span class="age">no transitions</span>'}</div>
     <div class="since">${since}</div>
     <div class="marks" aria-label="${esc(title)} checks">${checks || '<span class="age">no check outcomes</span>'}</div></div>`;
