@@ -210,7 +210,7 @@ function strip(key, title) {
 }
 
 function nodeRtt(n) {
-  return n && n.round_trip_ping_ms > 0 && !n.error ? Number(n.round_trip_ping_ms) : null;
+  return n && !n.error && (n.can_exchange_messages || n.round_trip_ping_ms > 0) ? Number(n.round_trip_ping_ms || 0) : null;
 }
 function regionName(id, r) { return (r && r.region && r.region.RegionName) || `region ${id}`; }
 
