@@ -193,7 +193,7 @@ mod tests {
         h.sample("a", Section::AccessUrl, &obs("u", 5, ""));
         let all = h.read(HistoryFilter::default());
         assert_eq!(all.checks.len(), 2);
-        let derp = &all.checks[0];
+        let derp = &all.checks[1];
         assert_eq!(derp.target, "derp/1/n");
         assert_eq!(derp.samples.len(), MAX_SAMPLES);
         assert_eq!(derp.samples[0].time.map(|t| t.seconds), Some(30));
