@@ -1,5 +1,6 @@
 //! The typed vantage client (gRPC, bearer token, reconnecting watch) behind the `vantage` CLI.
 
+pub mod history;
 pub mod table;
 
 use std::time::Duration;
@@ -181,6 +182,20 @@ impl Client {
             .await?
             .into_inner()
             .vantages)
+    }
+
+    /// Section transitions and check outcomes (`section` `None`: all; `since` `None`: all kept).
+    pub async fn history(
+        &self,
+        section: Option<vantage_proto::Section>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<pb::History, ClientError> {
+        let mut c = self.health.clone();
+        let req = pb::GetHistoryRequest {
+            section: section.map_or(0, |s| pb::Section::from(s) as i32),
+            since: since.map(vantage_proto::convert::timestamp),
+        };
+        Ok(c.get_history(self.request(req)).await?.into_inner())
     }
 
     /// Forget a stale, disconnected vantage; with `force` a live one too.

@@ -95,6 +95,18 @@ enum Command {
         #[command(subcommand)]
         action: Option<VantagesAction>,
     },
+    /// Print section transitions and a summary of each check's recent outcomes.
+    History {
+        /// Only this section: AccessURL, Database, DERP, Websocket, ...
+        #[arg(long, env = "VANTAGE_SECTION")]
+        section: Option<String>,
+        /// Only what happened since: a duration back from now (1h, 30m) or an RFC 3339 time.
+        #[arg(long, env = "VANTAGE_HISTORY_SINCE")]
+        since: Option<String>,
+        /// JSON output.
+        #[arg(long, env = "VANTAGE_JSON")]
+        json: bool,
+    },
     /// Show the dismissed sections, or dismiss / undismiss one.
     Settings {
         #[command(subcommand)]
@@ -281,6 +293,11 @@ async fn run_connected(client: &Client, command: Command) -> ExitCode {
             action: Some(VantagesAction::Forget { name, force }),
         } => forget(client, &name, force).await,
         Command::Settings { action } => settings(client, action).await,
+        Command::History {
+            section,
+            since,
+            json,
+        } => history(client, section.as_deref(), since.as_deref(), json).await,
         Command::Provisioner { action } => provisioner(client, action).await,
         Command::Watch { .. } | Command::Netcheck { .. } => ExitCode::SUCCESS,
     }
@@ -379,6 +396,37 @@ async fn vantages(client: &Client) -> ExitCode {
     match client.vantages().await {
         Ok(list) => {
             out(&table::vantages(&list));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `vantage history`: transitions, then one line per check series.
+async fn history(
+    client: &Client,
+    section: Option<&str>,
+    since: Option<&str>,
+    json: bool,
+) -> ExitCode {
+    let section = match section.map(str::parse::<Section>).transpose() {
+        Ok(s) => s,
+        Err(e) => return usage(&format!("--section: {e}")),
+    };
+    let since = match since
+        .map(|s| vantage_client::history::parse_since(s, chrono::Utc::now()))
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => return usage(&format!("--since: {e}")),
+    };
+    match client.history(section, since).await {
+        Ok(h) if json => {
+            out(&format!("{:#}\n", vantage_client::history::json(&h)));
+            ExitCode::SUCCESS
+        }
+        Ok(h) => {
+            out(&vantage_client::history::table(&h));
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),

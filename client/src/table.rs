@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use vantage_proto::pb;
 use vantage_proto::{Section, Severity, convert};
 
-fn sev(n: i32) -> &'static str {
+pub(crate) fn sev(n: i32) -> &'static str {
     Severity::from_pb(n).map_or("-", Severity::as_str)
 }
 
@@ -22,7 +22,7 @@ fn cell(sev_n: i32, error: &str, warnings: &[pb::Message]) -> String {
     }
 }
 
-fn pad(rows: &[Vec<String>]) -> String {
+pub(crate) fn pad(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -110,7 +110,7 @@ pub fn report(r: &pb::Report) -> String {
     out
 }
 
-fn time(t: Option<&prost_types::Timestamp>) -> String {
+pub(crate) fn time(t: Option<&prost_types::Timestamp>) -> String {
     convert::from_timestamp(t).map_or_else(
         || "-".to_owned(),
         |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

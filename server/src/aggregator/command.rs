@@ -102,6 +102,11 @@ pub enum Query {
     Held {
         reply: oneshot::Sender<Vec<(Section, vantage_proto::Severity)>>,
     },
+    /// Section transitions and check outcomes kept in memory.
+    History {
+        filter: super::history::HistoryFilter,
+        reply: oneshot::Sender<pb::History>,
+    },
     /// The latest check of every target of every fresh vantage, for `/metrics`.
     Targets {
         reply: oneshot::Sender<Vec<TargetFigure>>,

@@ -156,6 +156,9 @@ impl State {
             self.history.pop_front();
         }
         self.history.push_back(ev.clone());
+        if let Some(pb::watch_event::Event::SectionChange(c)) = &ev.event.event {
+            self.timeline.transition(ev.event.time, c);
+        }
         self.stats.events += 1;
         let _ = self.events.send(ev);
     }

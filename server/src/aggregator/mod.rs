@@ -20,6 +20,7 @@ mod command;
 mod durable;
 mod events;
 mod guard;
+mod history;
 mod probes;
 mod replication;
 mod report;
@@ -35,6 +36,7 @@ pub use events::{PROVISIONAL_EPOCH_PREFIX, SharedEvent, Subscription, is_provisi
 pub use guard::{
     GuardStats, MAX_BODY, MAX_ELAPSED, MAX_FUTURE_SKEW, MAX_OBSERVATION, Refusal, SEQ_WINDOW,
 };
+pub use history::{HistoryFilter, MAX_SAMPLES, MAX_SERIES, MAX_TRANSITIONS};
 pub use report::TargetFigure;
 use state::State;
 
@@ -180,6 +182,7 @@ impl Aggregator {
             db_revision: 0,
             unconfirmed: VecDeque::new(),
             history: VecDeque::with_capacity(config.history.min(4096)),
+            timeline: history::History::default(),
             config,
             vantages: BTreeMap::new(),
             aggregates: HashMap::new(),
@@ -298,6 +301,11 @@ impl Aggregator {
 
     pub async fn targets(&self) -> Result<Vec<TargetFigure>, Stopped> {
         self.ask(|reply| Query::Targets { reply }).await
+    }
+
+    /// Section transitions and check outcomes kept in memory, as `filter` selects.
+    pub async fn history(&self, filter: HistoryFilter) -> Result<pb::History, Stopped> {
+        self.ask(|reply| Query::History { filter, reply }).await
     }
 
     /// The vantages as readers see them (instance ids blank).

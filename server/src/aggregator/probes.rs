@@ -354,6 +354,7 @@ impl State {
                 // One target per check (its URL, the database, the proxy).
                 (MAX_REMOTE_OBSERVATIONS, 1)
             };
+            self.timeline.sample(name, section, &obs);
             if !v.observations.put(obs, limit, per_check) {
                 // A check has at most so many targets (DERP nodes of a region).
                 self.stats.guard.reject("too_many_targets");

@@ -57,6 +57,8 @@ pub(super) struct State {
     pub(super) changed_at: DateTime<Utc>,
     pub(super) events: broadcast::Sender<Arc<SharedEvent>>,
     pub(super) history: VecDeque<Arc<SharedEvent>>,
+    /// Section transitions and check outcomes over time (bounded), for `GetHistory`.
+    pub(super) timeline: super::history::History,
     pub(super) dismissed: Vec<Section>,
     /// When timed dismissals end, by this aggregator's clock.
     pub(super) dismiss_until: Vec<(Section, Instant)>,
@@ -190,6 +192,9 @@ impl State {
                     .collect();
                 let _ = reply.send(held);
             }
+            Query::History { filter, reply } => {
+                let _ = reply.send(self.timeline.read(filter));
+            }
             Query::Targets { reply } => {
                 let _ = reply.send(self.target_figures());
             }
@@ -214,7 +219,11 @@ impl State {
                 });
             }
             AdminCommand::Forget { name, force, reply } => {
-                let _ = reply.send(self.forget(&name, force));
+                let outcome = self.forget(&name, force);
+                if !self.vantages.contains_key(&name) {
+                    self.timeline.forget(&name);
+                }
+                let _ = reply.send(outcome);
             }
             AdminCommand::Proxies { proxies } => {
                 self.rules.proxies = proxies;
@@ -454,6 +463,7 @@ impl State {
         for (name, cause) in &forget {
             tracing::info!(vantage = %name, "forgetting a long-stale vantage");
             self.vantages.remove(name);
+            self.timeline.forget(name);
             self.vantage_event(name, VantageChange::Forgotten, *cause);
         }
         let cause = if newly_stale.iter().any(|(_, c)| *c == Cause::Here) {

@@ -5,6 +5,7 @@
 mod abuse;
 mod alerts;
 mod backbone;
+mod browser;
 mod cluster;
 mod coder;
 mod contract;
@@ -12,6 +13,7 @@ mod deploy;
 mod derp;
 mod durability;
 mod fleet;
+mod history;
 mod page;
 mod registry;
 mod security;

@@ -92,6 +92,34 @@ impl pb::health_service_server::HealthService for HealthApi {
         Ok(Response::new(self.settings_pb(&dismissed).await))
     }
 
+    async fn get_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<pb::History>, Status> {
+        let req = request.into_inner();
+        let section = match req.section {
+            0 => None,
+            n => Some(Section::from_pb(n).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "section: unknown value {n}; expected a Section enum value"
+                ))
+            })?),
+        };
+        let since = match req.since.as_ref() {
+            None => None,
+            Some(t) => Some(
+                vantage_proto::convert::from_timestamp(Some(t)).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "since: {}s {}ns is not a valid timestamp",
+                        t.seconds, t.nanos
+                    ))
+                })?,
+            ),
+        };
+        let filter = crate::aggregator::HistoryFilter { section, since };
+        Ok(Response::new(self.app.agg.history(filter).await?))
+    }
+
     async fn list_vantages(
         &self,
         _: Request<pb::ListVantagesRequest>,

@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::api::{App, ForceError};
 
 pub mod guard;
+mod history;
 mod metrics;
 mod page;
 
@@ -43,9 +44,18 @@ pub fn router(app: App, served: guard::Served) -> Router {
                 }
             }),
         )
+        .route("/api/v2/debug/health/history", get(history::get_history))
         .route("/api/v2/debug/ws", get(move |ws| echo(ws, sockets.clone())))
         .route("/health", get(health_page))
         .route("/health/codes", get(codes_page))
+        .route(
+            "/health/page.css",
+            get(|| async { asset("text/css", page::CSS) }),
+        )
+        .route(
+            "/health/page.js",
+            get(|| async { asset("text/javascript", page::JS) }),
+        )
         .route("/metrics", get(metrics))
         .with_state(app)
 }
@@ -333,6 +343,16 @@ fn is_too_big(e: &axum::Error) -> bool {
 
 async fn health_page() -> Html<&'static str> {
     Html(page::PAGE)
+}
+
+/// A static asset of the page.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = body.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 async fn codes_page() -> Html<String> {

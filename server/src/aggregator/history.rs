@@ -1,0 +1,250 @@
+//! History kept in memory: section severity transitions (the aggregate and each vantage's
+//! view, after hysteresis) in one bounded ring, and each check's recent outcomes, bounded per
+//! series (vantage, section, target). `HealthService.GetHistory` and
+//! `GET /api/v2/debug/health/history` read it.
+
+use std::collections::{HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use vantage_proto::{Section, convert, pb};
+
+/// Most section transitions kept (across sections and vantages).
+pub const MAX_TRANSITIONS: usize = 10_000;
+/// Most samples kept per series (vantage, section, target).
+pub const MAX_SAMPLES: usize = 120;
+/// Most series kept; a new series beyond this is not recorded.
+pub const MAX_SERIES: usize = 4096;
+/// How many recent transitions are compared to drop a copy of one already recorded (an event
+/// delivered from memory while the database was away, then fed back by it).
+const DEDUPE_WINDOW: usize = 64;
+
+type SeriesKey = (String, Section, String);
+
+/// The history of one aggregator.
+#[derive(Debug, Default)]
+pub(super) struct History {
+    transitions: VecDeque<pb::SectionTransition>,
+    series: HashMap<SeriesKey, VecDeque<pb::CheckSample>>,
+}
+
+/// What a history read asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HistoryFilter {
+    pub section: Option<Section>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl History {
+    /// Record a section change carried by an event published at `time`.
+    pub(super) fn transition(
+        &mut self,
+        time: Option<prost_types::Timestamp>,
+        change: &pb::SectionChange,
+    ) {
+        let t = pb::SectionTransition {
+            time,
+            section: change.section,
+            vantage: change.vantage.clone(),
+            from: change.from,
+            to: change.to,
+            error: change.error.clone(),
+            warnings: change.warnings.clone(),
+        };
+        if self
+            .transitions
+            .iter()
+            .rev()
+            .take(DEDUPE_WINDOW)
+            .any(|x| *x == t)
+        {
+            return;
+        }
+        if self.transitions.len() == MAX_TRANSITIONS {
+            self.transitions.pop_front();
+        }
+        self.transitions.push_back(t);
+    }
+
+    /// Record the outcome of one applied observation.
+    pub(super) fn sample(&mut self, vantage: &str, section: Section, obs: &pb::Observation) {
+        let key = (vantage.to_owned(), section, obs.target.clone());
+        if !self.series.contains_key(&key) && self.series.len() >= MAX_SERIES {
+            return;
+        }
+        let (ok, error) = outcome(obs);
+        let samples = self.series.entry(key).or_default();
+        if samples.len() == MAX_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(pb::CheckSample {
+            time: obs.observed_at,
+            ok,
+            duration: obs.elapsed,
+            error,
+        });
+    }
+
+    /// Forget a vantage's series (the vantage was forgotten); its transitions stay.
+    pub(super) fn forget(&mut self, vantage: &str) {
+        self.series.retain(|(v, _, _), _| v != vantage);
+    }
+
+    /// What the filter selects, oldest first; series sorted by vantage, section and target.
+    pub(super) fn read(&self, filter: HistoryFilter) -> pb::History {
+        let section_ok = |s: i32| {
+            filter
+                .section
+                .is_none_or(|want| pb::Section::from(want) as i32 == s)
+        };
+        let time_ok = |t: Option<&prost_types::Timestamp>| match filter.since {
+            None => true,
+            Some(since) => convert::from_timestamp(t).is_some_and(|t| t >= since),
+        };
+        let transitions = self
+            .transitions
+            .iter()
+            .filter(|t| section_ok(t.section) && time_ok(t.time.as_ref()))
+            .cloned()
+            .collect();
+        let mut keys: Vec<&SeriesKey> = self
+            .series
+            .keys()
+            .filter(|(_, s, _)| filter.section.is_none_or(|want| want == *s))
+            .collect();
+        keys.sort();
+        let checks = keys
+            .into_iter()
+            .filter_map(|key| {
+                let samples: Vec<pb::CheckSample> = self.series[key]
+                    .iter()
+                    .filter(|s| time_ok(s.time.as_ref()))
+                    .cloned()
+                    .collect();
+                (!samples.is_empty()).then(|| pb::CheckSeries {
+                    vantage: key.0.clone(),
+                    section: pb::Section::from(key.1) as i32,
+                    target: key.2.clone(),
+                    samples,
+                })
+            })
+            .collect();
+        pb::History {
+            transitions,
+            checks,
+        }
+    }
+}
+
+/// Whether an observation is a success, and its failure's text when it is not.
+fn outcome(obs: &pb::Observation) -> (bool, String) {
+    use pb::observation::Result as R;
+    let failure = |m: &Option<pb::Message>| match m {
+        Some(m) if !m.code.is_empty() || !m.message.is_empty() => {
+            (false, format!("{} {}", m.code, m.message).trim().to_owned())
+        }
+        _ => (true, String::new()),
+    };
+    match &obs.result {
+        None => (false, "no result".to_owned()),
+        Some(R::AccessUrl(r)) => failure(&r.failure),
+        Some(R::Websocket(r)) => failure(&r.failure),
+        Some(R::Database(r)) => failure(&r.failure),
+        Some(R::DerpNode(r)) => {
+            let errors: Vec<&str> = [r.error.as_str(), r.stun_error.as_str()]
+                .into_iter()
+                .filter(|e| !e.is_empty())
+                .collect();
+            (errors.is_empty(), errors.join("; "))
+        }
+        Some(R::WorkspaceProxy(r)) => (r.errors.is_empty(), r.errors.join("; ")),
+        Some(R::UnknownError(e)) => (false, e.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(target: &str, secs: i64, error: &str) -> pb::Observation {
+        pb::Observation {
+            target: target.to_owned(),
+            observed_at: Some(prost_types::Timestamp {
+                seconds: secs,
+                nanos: 0,
+            }),
+            result: Some(pb::observation::Result::DerpNode(pb::DerpNodeResult {
+                error: error.to_owned(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn samples_are_bounded_per_series_and_filtered_by_time() {
+        let mut h = History::default();
+        for i in 0..(MAX_SAMPLES as i64 + 30) {
+            h.sample(
+                "a",
+                Section::Derp,
+                &obs("derp/1/n", i, if i % 2 == 0 { "" } else { "down" }),
+            );
+        }
+        h.sample("a", Section::AccessUrl, &obs("u", 5, ""));
+        let all = h.read(HistoryFilter::default());
+        assert_eq!(all.checks.len(), 2);
+        let derp = &all.checks[1];
+        assert_eq!(derp.target, "derp/1/n");
+        assert_eq!(derp.samples.len(), MAX_SAMPLES);
+        assert_eq!(derp.samples[0].time.map(|t| t.seconds), Some(30));
+        assert!(derp.samples[0].ok);
+        assert_eq!(derp.samples[1].error, "down");
+        let since = DateTime::from_timestamp(140, 0);
+        let recent = h.read(HistoryFilter {
+            section: Some(Section::Derp),
+            since,
+        });
+        assert_eq!(recent.checks.len(), 1);
+        assert_eq!(recent.checks[0].samples.len(), 10);
+        h.forget("a");
+        assert!(h.read(HistoryFilter::default()).checks.is_empty());
+    }
+
+    #[test]
+    fn transitions_are_a_bounded_ring_without_copies() {
+        let mut h = History::default();
+        let change = |to: pb::Severity| pb::SectionChange {
+            section: pb::Section::Derp as i32,
+            vantage: String::new(),
+            from: pb::Severity::Ok as i32,
+            to: to as i32,
+            error: String::new(),
+            warnings: Vec::new(),
+        };
+        for i in 0..(MAX_TRANSITIONS as i64 + 5) {
+            let t = Some(prost_types::Timestamp {
+                seconds: i,
+                nanos: 0,
+            });
+            h.transition(t, &change(pb::Severity::Error));
+        }
+        let t = Some(prost_types::Timestamp {
+            seconds: 3,
+            nanos: 0,
+        });
+        let last = Some(prost_types::Timestamp {
+            seconds: MAX_TRANSITIONS as i64 + 4,
+            nanos: 0,
+        });
+        h.transition(last, &change(pb::Severity::Error));
+        let all = h.read(HistoryFilter::default());
+        assert_eq!(all.transitions.len(), MAX_TRANSITIONS);
+        assert_eq!(all.transitions[0].time.map(|t| t.seconds), Some(5));
+        h.transition(t, &change(pb::Severity::Warning));
+        let only = h.read(HistoryFilter {
+            section: Some(Section::AccessUrl),
+            since: None,
+        });
+        assert!(only.transitions.is_empty());
+    }
+}
