@@ -130,6 +130,10 @@ pub struct WebsocketReport {
     pub base: Base,
     pub body: String,
     pub code: i64,
+    /// What was not checked, and why: an attached Coder's echo without an Owner's token
+    /// (vantage's addition to Coder's shape; absent when the echo ran).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub not_checked: String,
 }
 section_body!(WebsocketReport, healthy);
 

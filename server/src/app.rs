@@ -17,7 +17,7 @@ use crate::aggregator::{Aggregator, AggregatorConfig, ClusterCommand, DurablePar
 use crate::api::App;
 use crate::api::grpc::HealthApi;
 use crate::config::{Config, ConfigError};
-use crate::ingest::inventory::{DerpRegion, Inventory};
+use crate::ingest::inventory::{AccessTarget, DerpRegion, EchoAuth, Inventory};
 use crate::ingest::{derpmap, hub, own};
 use crate::registry::Registry;
 use crate::store::pg::{PgOptions, PgPinger, PgStore};
@@ -42,7 +42,11 @@ pub(crate) fn refuse_unauthenticated(config: &Config, addr: SocketAddr) -> Resul
 /// What the checks target: the access URL and the effective DERP map (the configured one, and
 /// an attached Coder's over it, kept current by the importer).
 pub(crate) struct Targets {
+    /// The configured access URL, or the listen URL.
     access_url: String,
+    /// What the checks target now (attached without `--access-url`: Coder's `dashboard_url`
+    /// once imported).
+    access: Arc<tokio::sync::watch::Sender<AccessTarget>>,
     /// The listen URL.
     base: String,
     /// The map from the configuration: `--derp-map`, the embedded relay, STUN servers.
@@ -74,7 +78,13 @@ impl Targets {
             derpmap::effective(config.derp_map.as_deref(), embedded, &config.stun_servers).await?;
         let (derp_regions, _) = tokio::sync::watch::channel(Arc::new(DerpRegion::all(&map, false)));
         let (map_json, _) = tokio::sync::watch::channel(Arc::new(map.to_json()));
+        let (access, _) = tokio::sync::watch::channel(AccessTarget {
+            url: access_url.as_str().into(),
+            // Attached, a configured access URL is taken to be Coder's.
+            coder: config.coder_url.is_some() && config.access_url.is_some(),
+        });
         Ok(Targets {
+            access: Arc::new(access),
             access_url,
             base: base.to_owned(),
             map,
@@ -271,7 +281,11 @@ pub(crate) fn follow_inventory(
         cancel.clone(),
     ));
     Arc::new(Inventory {
-        access_url: targets.access_url.clone(),
+        access: targets.access.subscribe(),
+        echo: EchoAuth {
+            token: config.coder.websocket_token.clone(),
+            over_tls: config.tls_cert.is_some(),
+        },
         interval: config.interval,
         database_threshold: config.database_threshold,
         heartbeat: HEARTBEAT,
@@ -314,6 +328,8 @@ fn attach_coder(
                     },
                     refresh: config.coder_refresh,
                     proxy_regions: config.coder.proxy_regions.clone(),
+                    access: config.access_url.is_none().then(|| targets.access.clone()),
+                    echo_unavailable: echo_unavailable(config),
                     cancel: cancel.clone(),
                 }
                 .run(),
@@ -322,6 +338,26 @@ fn attach_coder(
         Err(e) => tracing::error!(error = %e, "cannot attach to Coder"),
     }
     rx
+}
+
+/// Attached: why probes cannot run Coder's WebSocket echo, if they cannot.
+fn echo_unavailable(config: &Config) -> Option<vantage_proto::report::Unavailable> {
+    let reason = match (&config.coder.websocket_token, config.tls_cert.is_some()) {
+        (Some(_), true) => return None,
+        (None, _) => {
+            "no [coder] websocket_token: the Websocket check reaches Coder's echo but does not \
+             run it (it needs an Owner's session token)"
+        }
+        (Some(_), false) => {
+            "vantaged serves plaintext, and [coder] websocket_token is given to probes only over \
+             TLS: only the server's own vantage runs Coder's echo"
+        }
+    };
+    Some(vantage_proto::report::Unavailable {
+        part: "websocket_echo".into(),
+        endpoint: vantage_probe::checks::websocket::ECHO_PATH.into(),
+        reason: reason.into(),
+    })
 }
 
 /// What the gRPC and HTTP surfaces share.
@@ -351,8 +387,13 @@ pub(crate) fn start_alerts(
     agg: &Aggregator,
     cancel: &CancellationToken,
 ) -> Result<Option<crate::alerts::AlertStats>, ServeError> {
+    // Attached without an access URL, the deployment is the Coder URL's.
+    let named = match (&config.access_url, &config.coder_url) {
+        (None, Some(coder)) => coder.to_string(),
+        _ => targets.access_url.clone(),
+    };
     let deployment = config.alerting.deployment_name.clone().unwrap_or_else(|| {
-        url::Url::parse(&targets.access_url)
+        url::Url::parse(&named)
             .ok()
             .and_then(|u| {
                 let host = u.host_str()?.to_owned();
@@ -361,7 +402,7 @@ pub(crate) fn start_alerts(
                     None => host,
                 })
             })
-            .unwrap_or_else(|| targets.access_url.clone())
+            .unwrap_or_else(|| named.clone())
     });
     let ctx = crate::alerts::Context {
         base: base.trim_end_matches('/').to_owned(),

@@ -50,6 +50,10 @@ pub struct Deployment {
     pub database_error: Option<String>,
     /// Requests seen, by path, and whether each carried a token.
     pub requests: Vec<(String, bool)>,
+    /// The build info's `dashboard_url`: the stand-in's own URL, as a Coder's is its access URL.
+    pub dashboard_url: String,
+    /// WebSocket echoes served at `/api/v2/debug/ws` (to an Owner).
+    pub echoes: usize,
 }
 
 /// A running stand-in.
@@ -82,6 +86,8 @@ impl CoderStandIn {
             replicas: Vec::new(),
             database_error: None,
             requests: Vec::new(),
+            dashboard_url: String::new(),
+            echoes: 0,
         }));
         let app = Router::new()
             .route("/api/v2/buildinfo", get(buildinfo))
@@ -95,6 +101,8 @@ impl CoderStandIn {
             )
             .route("/api/v2/replicas", get(replicas))
             .route("/api/v2/debug/health", get(debug_health))
+            .route("/api/v2/debug/ws", get(debug_ws))
+            .route("/healthz", get(|| async { "OK" }))
             .fallback(|State(s): State<Arc<Mutex<Deployment>>>| async move {
                 let version = lock(&s).version.clone();
                 envelope(&version, StatusCode::NOT_FOUND, "Route not found.", None)
@@ -102,6 +110,7 @@ impl CoderStandIn {
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
+        lock(&state).dashboard_url = url.trim_end_matches('/').to_owned();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -231,7 +240,7 @@ async fn buildinfo(State(s): Shared, headers: HeaderMap) -> Response {
     }
     let body = json!({
         "external_url": "https://github.com/coder/coder", "version": d.version,
-        "dashboard_url": "https://coder.example.com", "telemetry": false, "workspace_proxy": false,
+        "dashboard_url": d.dashboard_url, "telemetry": false, "workspace_proxy": false,
         "agent_api_version": "2.3", "provisioner_api_version": "1.9", "upgrade_message": "",
         "deployment_id": "11111111-2222-4333-8444-555555555555"
     });
@@ -390,6 +399,31 @@ async fn debug_health(State(s): Shared, headers: HeaderMap) -> Response {
         "coder_version": d.version
     });
     ok(&version, StatusCode::OK, body)
+}
+
+/// Coder's WebSocket echo: under `/debug`, so an Owner's session token (401 without a valid
+/// token, 403 for any other role); each message is written back with its type.
+async fn debug_ws(
+    State(s): Shared,
+    headers: HeaderMap,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let (role, version) = match auth(&s, "/api/v2/debug/ws", &headers) {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    if role != Role::Owner {
+        return envelope(&version, StatusCode::FORBIDDEN, "Forbidden.", None);
+    }
+    lock(&s).echoes += 1;
+    ws.on_upgrade(|mut socket| async move {
+        use axum::extract::ws::Message;
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Text(_) | Message::Binary(_)) && socket.send(m).await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 async fn replicas(State(s): Shared, headers: HeaderMap) -> Response {

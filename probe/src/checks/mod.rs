@@ -66,7 +66,7 @@ pub async fn run(ctx: &CheckContext, check: &pb::Check) -> Vec<pb::Observation> 
         Some(Target::Websocket(t)) => vec![(
             t.url.clone(),
             ObsResult::Websocket(
-                websocket::check(&ctx.tls, &t.url, timeout.unwrap_or(websocket::TIMEOUT)).await,
+                websocket::check(&ctx.tls, t, timeout.unwrap_or(websocket::TIMEOUT)).await,
             ),
         )],
         Some(Target::Database(t)) => vec![(

@@ -1,10 +1,14 @@
 //! The Websocket check (`docs/coder-health.md#websocket`): dial `<access_url>/api/v2/debug/ws` (ws/wss by scheme),
 //! send the text frames "0", "1", "2" and expect each echoed back; 5 s for the whole check.
+//! Against an attached Coder the dial carries `Coder-Session-Token` when the assignment gives
+//! one; without one, Coder's answer 401/403 means "reached, echo not checked", not a failure.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -37,13 +41,21 @@ pub fn echo_url(access_url: &str) -> Result<url::Url, url::ParseError> {
     Ok(u)
 }
 
+/// The header Coder reads a session token from.
+pub const SESSION_TOKEN_HEADER: &str = "Coder-Session-Token";
+
+/// Why Coder's echo was not checked when the dial had no credentials.
+pub const NOT_CHECKED: &str = "the echo was not checked: Coder's /api/v2/debug/ws needs an \
+     Owner's session token, and vantaged gives one to probes only with [coder] websocket_token \
+     over TLS";
+
 pub async fn check(
     tls: &Arc<rustls::ClientConfig>,
-    access_url: &str,
+    target: &pb::WebsocketTarget,
     timeout: Duration,
 ) -> pb::WebsocketResult {
     let mut result = pb::WebsocketResult::default();
-    let url = match echo_url(access_url) {
+    let url = match echo_url(&target.url) {
         Ok(u) => u,
         Err(e) => {
             // Coder reports this one without a code.
@@ -51,7 +63,7 @@ pub async fn check(
             return result;
         }
     };
-    let run = echo(tls, url.as_str(), &mut result);
+    let run = echo(tls, url.as_str(), target, &mut result);
     if tokio::time::timeout(timeout, run).await.is_err() && result.failure.is_none() {
         let code = if result.code == 101 {
             codes::EWS02
@@ -80,8 +92,13 @@ type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 /// A failed step: its code and message.
 type Failure = (&'static str, String);
 
-async fn echo(tls: &Arc<rustls::ClientConfig>, url: &str, result: &mut pb::WebsocketResult) {
-    let Some(mut ws) = dial(tls, url, result).await else {
+async fn echo(
+    tls: &Arc<rustls::ClientConfig>,
+    url: &str,
+    target: &pb::WebsocketTarget,
+    result: &mut pb::WebsocketResult,
+) {
+    let Some(mut ws) = dial(tls, url, target, result).await else {
         return;
     };
     for i in 0..3u8 {
@@ -99,14 +116,40 @@ async fn echo(tls: &Arc<rustls::ClientConfig>, url: &str, result: &mut pb::Webso
 }
 
 /// Dials the echo endpoint and records the HTTP status (and, on a refusal, the body) in
-/// `result`; a failure is recorded as EWS01.
+/// `result`; a failure is recorded as EWS01. Coder refusing a dial without credentials is
+/// recorded as `not_checked` instead.
 async fn dial(
     tls: &Arc<rustls::ClientConfig>,
     url: &str,
+    target: &pb::WebsocketTarget,
     result: &mut pb::WebsocketResult,
 ) -> Option<Ws> {
+    let mut request = match url.into_client_request() {
+        Ok(r) => r,
+        Err(e) => {
+            failed(
+                result,
+                codes::EWS01,
+                format!("websocket dial: {}", chain(&e)),
+            );
+            return None;
+        }
+    };
+    if !target.session_token.is_empty() {
+        let Ok(mut value) = HeaderValue::from_str(&target.session_token) else {
+            // The token itself is never repeated.
+            failed(
+                result,
+                codes::EWS01,
+                "websocket dial: the session token is not a valid HTTP header value".into(),
+            );
+            return None;
+        };
+        value.set_sensitive(true);
+        request.headers_mut().insert(SESSION_TOKEN_HEADER, value);
+    }
     let connector = Connector::Rustls(tls.clone());
-    match connect_async_tls_with_config(url, None, false, Some(connector)).await {
+    match connect_async_tls_with_config(request, None, false, Some(connector)).await {
         Ok((ws, response)) => {
             result.code = i32::from(response.status().as_u16());
             Some(ws)
@@ -116,6 +159,11 @@ async fn dial(
                 result.code = i32::from(response.status().as_u16());
                 if let Some(body) = response.body() {
                     result.body = String::from_utf8_lossy(body).into_owned();
+                }
+                let refused = matches!(result.code, 401 | 403);
+                if target.coder && target.session_token.is_empty() && refused {
+                    result.not_checked = NOT_CHECKED.to_owned();
+                    return None;
                 }
             }
             failed(
@@ -254,6 +302,13 @@ mod server_tests {
         crate::tls::client_config(&[]).unwrap()
     }
 
+    fn at(url: &str) -> pb::WebsocketTarget {
+        pb::WebsocketTarget {
+            url: url.to_owned(),
+            ..Default::default()
+        }
+    }
+
     fn code(r: &pb::WebsocketResult) -> (&str, &str) {
         r.failure
             .as_ref()
@@ -278,7 +333,7 @@ mod server_tests {
         ];
         for (mode, want_code, want_msg) in cases {
             let url = server(mode).await;
-            let r = check(&tls(), &url, TIMEOUT).await;
+            let r = check(&tls(), &at(&url), TIMEOUT).await;
             let (c, m) = code(&r);
             assert_eq!(c, want_code, "{m}");
             assert!(m.starts_with(want_msg), "{m}");
@@ -293,25 +348,25 @@ mod server_tests {
             get(|| async { (StatusCode::FORBIDDEN, "no websockets here").into_response() }),
         ))
         .await;
-        let r = check(&tls(), &format!("http://{forbidden}"), TIMEOUT).await;
+        let r = check(&tls(), &at(&format!("http://{forbidden}")), TIMEOUT).await;
         assert_eq!(code(&r).0, "EWS01");
         assert!(code(&r).1.starts_with("websocket dial: "));
         assert_eq!((r.code, r.body.as_str()), (403, "no websockets here"));
 
         let closed = testutil::closed_port().await;
-        let r = check(&tls(), &format!("http://{closed}"), TIMEOUT).await;
+        let r = check(&tls(), &at(&format!("http://{closed}")), TIMEOUT).await;
         assert_eq!((code(&r).0, r.code), ("EWS01", 0));
 
         let silent = testutil::silent().await;
         let r = check(
             &tls(),
-            &format!("http://{silent}"),
+            &at(&format!("http://{silent}")),
             Duration::from_millis(300),
         )
         .await;
         assert_eq!(code(&r), ("EWS01", "websocket dial: timed out after 300ms"));
 
-        let r = check(&tls(), "::not a url", TIMEOUT).await;
+        let r = check(&tls(), &at("::not a url"), TIMEOUT).await;
         assert_eq!(code(&r).0, "", "parse errors carry no code, as in Coder");
         assert!(code(&r).1.starts_with("parse access url: "));
     }
@@ -325,10 +380,56 @@ mod server_tests {
         );
         let addr = testutil::https(router, cert.clone(), key).await;
         let url = format!("https://localhost:{}", addr.port());
-        let r = check(&tls(), &url, TIMEOUT).await;
+        let r = check(&tls(), &at(&url), TIMEOUT).await;
         assert_eq!(code(&r).0, "EWS01");
         let trusted = crate::tls::client_config(&[cert]).unwrap();
-        let r = check(&trusted, &url, TIMEOUT).await;
+        let r = check(&trusted, &at(&url), TIMEOUT).await;
         assert_eq!(code(&r), ("", ""));
+    }
+
+    /// Coder's echo: a dial without the Owner's token is refused (401), with it echoed.
+    async fn coder_echo() -> String {
+        let router = Router::new().route(
+            ECHO_PATH,
+            get(
+                |headers: axum::http::HeaderMap, ws: WebSocketUpgrade| async move {
+                    match headers.get(SESSION_TOKEN_HEADER).map(|v| v.as_bytes()) {
+                        Some(b"owner") => ws.on_upgrade(|s| serve(s, Mode::Echo)).into_response(),
+                        Some(_) => {
+                            (StatusCode::FORBIDDEN, "{\"message\":\"Forbidden.\"}").into_response()
+                        }
+                        None => (StatusCode::UNAUTHORIZED, "{\"message\":\"not logged in\"}")
+                            .into_response(),
+                    }
+                },
+            ),
+        );
+        format!("http://{}", testutil::http(router).await)
+    }
+
+    #[tokio::test]
+    async fn coders_echo_with_and_without_credentials() {
+        let url = coder_echo().await;
+        let target = |coder: bool, token: &str| pb::WebsocketTarget {
+            url: url.clone(),
+            coder,
+            session_token: token.to_owned(),
+        };
+        // No token: reached, not checked, not a failure.
+        let r = check(&tls(), &target(true, ""), TIMEOUT).await;
+        assert_eq!(code(&r), ("", ""));
+        assert_eq!((r.code, r.not_checked.as_str()), (401, NOT_CHECKED));
+        // The Owner's token: the echo runs.
+        let r = check(&tls(), &target(true, "owner"), TIMEOUT).await;
+        assert_eq!((code(&r), r.code), (("", ""), 101));
+        assert!(r.not_checked.is_empty());
+        // A token Coder refuses is a failure, and the token is not repeated.
+        let r = check(&tls(), &target(true, "member-secret"), TIMEOUT).await;
+        assert_eq!((code(&r).0, r.code), ("EWS01", 403));
+        assert!(!code(&r).1.contains("member-secret"), "{}", code(&r).1);
+        // Not Coder's echo: a refusal is a failure as before.
+        let r = check(&tls(), &target(false, ""), TIMEOUT).await;
+        assert_eq!((code(&r).0, r.code), ("EWS01", 401));
+        assert!(r.not_checked.is_empty());
     }
 }

@@ -118,6 +118,7 @@ pub fn websocket(r: &pb::WebsocketResult) -> WebsocketReport {
     let mut out = WebsocketReport {
         body: r.body.clone(),
         code: i64::from(r.code),
+        not_checked: r.not_checked.clone(),
         ..Default::default()
     };
     match r.failure.as_ref().filter(|f| !f.message.is_empty()) {

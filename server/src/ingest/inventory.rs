@@ -52,10 +52,32 @@ impl DerpRegion {
     }
 }
 
+/// The access URL the Access URL and Websocket checks target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessTarget {
+    pub url: Arc<str>,
+    /// The URL is an attached Coder's (configured while attached, or its `dashboard_url`), and
+    /// so is the echo, which needs an Owner's credentials.
+    pub coder: bool,
+}
+
+/// What the Websocket check may present to Coder's echo.
+#[derive(Debug, Clone, Default)]
+pub struct EchoAuth {
+    /// `[coder] websocket_token`, sent as `Coder-Session-Token`.
+    pub token: Option<crate::config::Secret>,
+    /// The probes' sessions travel over TLS: only then does a probe receive the token (the
+    /// server's own vantage, in-process, always does).
+    pub over_tls: bool,
+}
+
 /// The effective inventory.
 #[derive(Debug, Clone)]
 pub struct Inventory {
-    pub access_url: String,
+    /// The access URL, kept current (attached without `--access-url`: Coder's `dashboard_url`
+    /// once imported).
+    pub access: watch::Receiver<AccessTarget>,
+    pub echo: EchoAuth,
     pub interval: Duration,
     pub database_threshold: Duration,
     pub heartbeat: Duration,
@@ -93,13 +115,19 @@ impl Inventory {
     /// The assignment of the vantage `name` in `region`.
     pub fn assignment_for(&self, name: &str, region: &str) -> pb::Assignment {
         let is_server = crate::config::is_server_vantage(name);
+        let access = self.access.borrow().clone();
+        let access_url = access.url.to_string();
+        let token = match &self.echo.token {
+            Some(t) if access.coder && (is_server || self.echo.over_tls) => t.expose(),
+            _ => "",
+        };
         let mut checks = vec![
             self.check(
                 "access_url".into(),
                 Section::AccessUrl,
                 ACCESS_URL_TIMEOUT,
                 Target::AccessUrl(pb::AccessUrlTarget {
-                    url: self.access_url.clone(),
+                    url: access_url.clone(),
                 }),
             ),
             self.check(
@@ -107,7 +135,9 @@ impl Inventory {
                 Section::Websocket,
                 WEBSOCKET_TIMEOUT,
                 Target::Websocket(pb::WebsocketTarget {
-                    url: self.access_url.clone(),
+                    url: access_url,
+                    coder: access.coder,
+                    session_token: token.to_owned(),
                 }),
             ),
         ];
@@ -175,6 +205,7 @@ pub struct Assignments {
     inventory: Arc<Inventory>,
     proxies: watch::Receiver<Arc<Vec<ProxyTarget>>>,
     derp: watch::Receiver<Arc<Vec<DerpRegion>>>,
+    access: watch::Receiver<AccessTarget>,
     name: String,
     region: String,
     generation: u64,
@@ -191,6 +222,7 @@ impl Assignments {
         let follow = Assignments {
             proxies: inventory.proxies.clone(),
             derp: inventory.derp_regions.clone(),
+            access: inventory.access.clone(),
             inventory,
             name: name.to_owned(),
             region: region.to_owned(),
@@ -206,6 +238,7 @@ impl Assignments {
             tokio::select! {
                 r = self.proxies.changed() => r.ok()?,
                 r = self.derp.changed() => r.ok()?,
+                r = self.access.changed() => r.ok()?,
             }
             let a = self.inventory.assignment_for(&self.name, &self.region);
             if a.generation != self.generation {
@@ -232,6 +265,7 @@ mod tests {
     type Senders = (
         watch::Sender<Arc<Vec<ProxyTarget>>>,
         watch::Sender<Arc<Vec<DerpRegion>>>,
+        watch::Sender<AccessTarget>,
     );
 
     fn inv(proxies: Vec<ProxyTarget>) -> (Inventory, Senders) {
@@ -248,9 +282,14 @@ mod tests {
             region(2, "iad"),
             region(999, "vantage"),
         ]));
+        let (access_tx, access_rx) = watch::channel(AccessTarget {
+            url: "http://127.0.0.1:1".into(),
+            coder: false,
+        });
         (
             Inventory {
-                access_url: "http://127.0.0.1:1".into(),
+                access: access_rx,
+                echo: EchoAuth::default(),
                 interval: Duration::from_secs(30),
                 database_threshold: Duration::from_millis(15),
                 heartbeat: Duration::from_secs(5),
@@ -261,7 +300,7 @@ mod tests {
                 proxies_all_vantages: false,
                 proxies: rx,
             },
-            (tx, derp_tx),
+            (tx, derp_tx, access_tx),
         )
     }
 
@@ -276,7 +315,7 @@ mod tests {
             url: format!("http://{n}"),
             region: r.into(),
         };
-        let (inv, (tx, derp_tx)) = inv(vec![proxy("p-fra", "fra"), proxy("p-iad", "iad")]);
+        let (inv, (tx, derp_tx, _access)) = inv(vec![proxy("p-fra", "fra"), proxy("p-iad", "iad")]);
         assert_eq!(
             ids(&inv.assignment_for("fra-1", "fra")),
             vec!["access_url", "websocket", "derp/1", "proxy/p-fra"]
@@ -327,7 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_hears_of_a_new_derp_region() {
-        let (inv, (_tx, derp_tx)) = inv(vec![]);
+        let (inv, (_tx, derp_tx, _access)) = inv(vec![]);
         let (mut follow, first) = Assignments::follow(Arc::new(inv), "syd-1", "syd");
         assert_eq!(ids(&first), vec!["access_url", "websocket"]);
         derp_tx.send_modify(|r| {
@@ -343,5 +382,45 @@ mod tests {
         });
         let next = follow.changed().await.unwrap();
         assert_eq!(ids(&next), vec!["access_url", "websocket", "derp/7"]);
+    }
+
+    fn echo_of(a: &pb::Assignment) -> pb::WebsocketTarget {
+        a.checks
+            .iter()
+            .find_map(|c| match &c.target {
+                Some(Target::Websocket(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn coders_dashboard_url_and_echo_token_reach_assignments() {
+        let (mut inv, (_tx, _derp, access_tx)) = inv(vec![]);
+        inv.echo.token = Some(crate::config::Secret::new("owner-secret"));
+        let inv = Arc::new(inv);
+        let (mut follow, first) = Assignments::follow(inv.clone(), "syd-1", "syd");
+        // Not Coder's URL (yet): no token anywhere.
+        assert_eq!(echo_of(&first).session_token, "");
+        assert!(!echo_of(&first).coder);
+        access_tx.send_replace(AccessTarget {
+            url: "https://coder.example.com/".into(),
+            coder: true,
+        });
+        let next = follow.changed().await.unwrap();
+        let echo = echo_of(&next);
+        assert_eq!(echo.url, "https://coder.example.com/");
+        assert!(echo.coder);
+        // Plaintext sessions: a probe gets no token, the server's own vantage does.
+        assert_eq!(echo.session_token, "");
+        let own = echo_of(&inv.assignment_for(SERVER_VANTAGE, ""));
+        assert_eq!(own.session_token, "owner-secret");
+        // Over TLS a probe gets it too.
+        let mut tls = (*inv).clone();
+        tls.echo.over_tls = true;
+        assert_eq!(
+            echo_of(&tls.assignment_for("syd-1", "syd")).session_token,
+            "owner-secret"
+        );
     }
 }

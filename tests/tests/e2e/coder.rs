@@ -306,7 +306,12 @@ async fn an_open_source_deployment_with_a_member_token_stays_ok() {
         .collect();
     assert_eq!(
         parts,
-        vec!["workspace_proxies", "replicas", "coderd_report"],
+        vec![
+            "workspace_proxies",
+            "replicas",
+            "coderd_report",
+            "websocket_echo"
+        ],
         "{block}"
     );
     assert!(
@@ -524,4 +529,114 @@ async fn the_database_section_pings_the_database_it_is_given() {
     })
     .await;
     assert_eq!(section["severity"], "error", "{section}");
+}
+
+/// The websocket section's report of `vantage`.
+fn echo_of<'a>(report: &'a Value, vantage: &str) -> &'a Value {
+    &report["websocket"]["vantage_reports"][vantage]
+}
+
+fn unavailable_parts(report: &Value) -> Vec<String> {
+    report["coder"]["unavailable"]
+        .as_array()
+        .map(|u| {
+            u.iter()
+                .map(|p| p["part"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn coders_dashboard_url_is_checked_and_its_echo_runs_only_with_an_owner_token_over_tls() {
+    let coder = CoderStandIn::start("v2.26.0").await;
+    let host = coder.url.trim_end_matches('/').to_owned();
+
+    // Plaintext, no websocket token: Coder's URL is the access URL; the echo is reached, not
+    // run, and the section says so without failing.
+    let server = attach(&coder, MEMBER_TOKEN, &[]).await;
+    let _fra = Probe::start(&server.url, "fra-1", "fra");
+    let report = eventually(
+        Duration::from_secs(20),
+        "fra-1 checks Coder's access URL and echo",
+        || async {
+            let r = server.report().await;
+            (echo_of(&r, "fra-1")["code"] == 401).then_some(r)
+        },
+    )
+    .await;
+    let access = &report["access_url"]["vantage_reports"]["fra-1"];
+    assert!(
+        access["access_url"].as_str().unwrap().starts_with(&host),
+        "{access}"
+    );
+    assert_eq!(access["healthz_response"], "OK", "{access}");
+    let echo = echo_of(&report, "fra-1");
+    assert_eq!(echo["severity"], "ok", "{echo}");
+    assert!(
+        echo["not_checked"].as_str().unwrap().contains("Owner"),
+        "{echo}"
+    );
+    assert_eq!(report["websocket"]["severity"], "ok");
+    assert!(
+        unavailable_parts(&report).contains(&"websocket_echo".to_owned()),
+        "{}",
+        report["coder"]
+    );
+    // An open-source-like view with a member token stays at ok.
+    assert_eq!(report["coder"]["severity"], "ok", "{}", report["coder"]);
+    assert_eq!(coder.with(|d| d.echoes), 0);
+    drop(server);
+
+    // Over TLS with `[coder] websocket_token`: the probe runs Coder's echo.
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).unwrap();
+    let config = dir.path().join("vantage.toml");
+    std::fs::write(
+        &config,
+        format!("[coder]\nwebsocket_token = \"{OWNER_TOKEN}\"\n"),
+    )
+    .unwrap();
+    let (c, k, f) = (
+        cert_pem.to_str().unwrap(),
+        key_pem.to_str().unwrap(),
+        config.to_str().unwrap(),
+    );
+    let server = attach(
+        &coder,
+        MEMBER_TOKEN,
+        &["--tls-cert", c, "--tls-key", k, "--config", f],
+    )
+    .await;
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let _probe = tokio::process::Command::new(vantage_tests::bin("vantage-probe"))
+        .args(["--server", &server.url, "--ca-file", c])
+        .args(["--name", "fra-1", "--region", "fra"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("{}/api/v2/debug/health", server.url);
+    let report = eventually(Duration::from_secs(20), "fra-1 echoes at Coder", || async {
+        let r: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+        (echo_of(&r, "fra-1")["code"] == 101).then_some(r)
+    })
+    .await;
+    let echo = echo_of(&report, "fra-1");
+    assert_eq!(echo["severity"], "ok", "{echo}");
+    assert!(echo.get("not_checked").is_none(), "{echo}");
+    assert!(coder.with(|d| d.echoes) > 0);
+    assert!(
+        !unavailable_parts(&report).contains(&"websocket_echo".to_owned()),
+        "{}",
+        report["coder"]
+    );
+    assert!(!report.to_string().contains(OWNER_TOKEN));
 }

@@ -33,6 +33,8 @@ pub struct ImportedProxy {
 #[derive(Debug, Default)]
 pub struct Round {
     pub version: Option<String>,
+    /// Coder's `dashboard_url` (build info), when it is an http(s) URL: the default access URL.
+    pub dashboard_url: Option<url::Url>,
     /// Coder's DERP map and whether it forces WebSockets.
     pub derp: Option<(vantage_derp::map::DerpMap, bool)>,
     pub proxies: Option<Vec<ImportedProxy>>,
@@ -77,6 +79,9 @@ async fn round_inner(
         Err(e) => return Err(stop(r, BUILDINFO, &e)),
     };
     r.version = Some(info.version);
+    r.dashboard_url = url::Url::parse(&info.dashboard_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
     r.derp = derp_map(client, r).await?;
     r.proxies = proxies(client, regions, r).await?;
     r.daemons = daemons(client, r).await?;

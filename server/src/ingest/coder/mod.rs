@@ -25,7 +25,7 @@ use self::client::CoderClient;
 use self::import::{ImportedProxy, ProxyRegions, Round};
 use crate::aggregator::{AdminCommand, Aggregator};
 use crate::ingest::derpmap;
-use crate::ingest::inventory::DerpRegion;
+use crate::ingest::inventory::{AccessTarget, DerpRegion};
 use crate::registry::Registry;
 use vantage_derp::map::DerpMap;
 
@@ -56,6 +56,10 @@ pub struct Importer {
     pub derp: DerpFollow,
     pub refresh: Duration,
     pub proxy_regions: ProxyRegions,
+    /// Without `--access-url`: where Coder's `dashboard_url` goes (the checks' access URL).
+    pub access: Option<Arc<watch::Sender<AccessTarget>>>,
+    /// Why probes cannot run Coder's WebSocket echo, listed under `unavailable` every round.
+    pub echo_unavailable: Option<Unavailable>,
     pub cancel: CancellationToken,
 }
 
@@ -131,6 +135,21 @@ impl Importer {
         if let Some(v) = round.version {
             last.version = v;
         }
+        if let (Some(access), Some(url)) = (&self.access, &round.dashboard_url) {
+            let next = AccessTarget {
+                url: url.as_str().into(),
+                coder: true,
+            };
+            access.send_if_modified(|now| {
+                let changed = *now != next;
+                if changed {
+                    tracing::info!(access_url = %url, "the access URL is Coder's dashboard URL");
+                    *now = next;
+                }
+                changed
+            });
+        }
+        unavailable.extend(self.echo_unavailable.clone());
         if let Some(p) = round.proxies {
             let specs = p.iter().map(|p| p.spec.clone()).collect();
             match self.registry.sync_coder_proxies(specs).await {

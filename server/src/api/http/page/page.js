@@ -309,7 +309,27 @@ function renderComponents() {
       <span class="age">version ${esc(d.version || "–")} · ${esc((d.provisioners || []).join(", "))} · last seen ${when(d.last_seen_at)}</span>
       ${(i.warnings || []).length ? `<ul class="${sev}">${i.warnings.map((w) => `<li>${esc(w.code)}: ${esc(w.message)} ${docs(w.code)}</li>`).join("")}</ul>` : ""}</div>`;
   }).join("") || "<p>No provisioner daemons.</p>");
-  $("coder").innerHTML = report.coder ? `<h2>Coder's view</h2><pre>${esc(JSON.stringify(report.coder, null, 2))}</pre>` : "";
+  $("coder").innerHTML = report.coder ? renderCoder(report.coder) : "";
+}
+
+// Attached to Coder: its inventory with its age, what it says of its proxies beside what the
+// probes saw, its replicas, and what this deployment or token does not offer.
+function renderCoder(c) {
+  const proxies = (c.proxies || []).map((p) => {
+    const differ = p.probe_status && p.coder_status && p.probe_status !== p.coder_status;
+    return `<tr data-coder-proxy="${esc(p.name)}"><td>${esc(p.name)}</td><td>${esc(p.region)}</td>
+      <td>${esc(p.coder_status || "–")} ${(p.coder_errors || []).map((e) => `<div class="error">${esc(e)}</div>`).join("")}</td>
+      <td>${esc(p.probe_status || "not polled")}${differ ? ` ${badge("warning", "disagree")}` : ""}</td></tr>`;
+  }).join("");
+  const replicas = (c.replicas || []).map((r) => `<tr><td>${esc(r.hostname)}</td><td>${esc(r.region_id)}</td>
+      <td>${esc(r.relay_address)}</td><td>${esc(r.database_latency)}</td><td class="${r.error ? "error" : ""}">${esc(r.error || "–")}</td></tr>`).join("");
+  const missing = (c.unavailable || []).map((u) => `<li><b>${esc(u.part)}</b> (${esc(u.endpoint)}): ${esc(u.reason)}</li>`).join("");
+  return `<h2>Coder's view ${badge(c.severity)}</h2>
+    <p class="age">${esc(c.url)} · version ${esc(c.version || "–")} · inventory imported <span id="coder-imported">${when(c.imported_at)}</span> · last asked ${when(c.attempted_at)}</p>
+    ${messages(c.warnings)}
+    ${proxies ? `<table><thead><tr><th>Proxy</th><th>Probe region</th><th>Coder says</th><th>Probes saw</th></tr></thead><tbody>${proxies}</tbody></table>` : ""}
+    ${replicas ? `<table><thead><tr><th>Replica</th><th>Region</th><th>Relay</th><th>DB latency (ms)</th><th>Error</th></tr></thead><tbody>${replicas}</tbody></table>` : ""}
+    ${missing ? `<p>Not available here:</p><ul>${missing}</ul>` : ""}`;
 }
 
 function renderSection() {
@@ -322,7 +342,7 @@ function renderSection() {
   h += errorBanner(s.error) + messages(s.warnings);
   if (key === "access_url") h += `<table><tr><th>Access URL</th><td>${esc(s.access_url)}</td></tr><tr><th>Reachable</th><td>${s.reachable ? "Yes" : "No"}</td></tr><tr><th>Status code</th><td>${esc(s.status_code)}</td></tr></table>`;
   if (key === "database") h += `<table><tr><th>Reachable</th><td>${s.reachable ? "Yes" : "No"}</td></tr><tr><th>Latency</th><td>${esc(s.latency_ms)} ms</td></tr><tr><th>Threshold</th><td>${esc(s.threshold_ms)} ms</td></tr></table>`;
-  if (key === "websocket") h += `<p>Code: <b>${esc(s.code)}</b></p><pre>${s.body ? esc(s.body) : "No body message"}</pre>`;
+  if (key === "websocket") h += `<p>Code: <b>${esc(s.code)}</b></p>${s.not_checked ? `<p class="not-checked">${esc(s.not_checked)}</p>` : ""}<pre>${s.body ? esc(s.body) : "No body message"}</pre>`;
   h += "<h3>Per vantage</h3><table><tr><th>Vantage</th><th>Severity</th><th>Error and warnings</th></tr>";
   h += Object.entries(s.vantage_reports || {}).map(([n, r]) => `<tr data-vantage="${esc(n)}"><td>${esc(n)}</td><td class="${sevClass(r.severity)}">${esc(r.severity)}</td><td>${esc(r.error || "")} ${(r.warnings || []).map((w) => `<div>${esc(w.code)}: ${esc(w.message)} ${docs(w.code)}</div>`).join("")}</td></tr>`).join("");
   h += "</table>";
