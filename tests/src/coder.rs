@@ -22,11 +22,15 @@ pub enum Role {
     Member,
     /// A custom role without `workspace_proxy:read` (the proxies route answers 403).
     NoProxyRead,
+    /// A custom role that may read the proxies but neither the agents' connection info (the
+    /// DERP map) nor the organization's provisioner daemons (both answer 403).
+    NoDerpNoDaemonRead,
 }
 
 pub const OWNER_TOKEN: &str = "0wnerT0ken-abcdefghijklmnopqrstuv";
 pub const MEMBER_TOKEN: &str = "memberT0ke-abcdefghijklmnopqrstuv";
 pub const NO_PROXY_TOKEN: &str = "noProxyT0k-abcdefghijklmnopqrstuv";
+pub const NO_DERP_NO_DAEMON_TOKEN: &str = "noDerpDaem-abcdefghijklmnopqrstuv";
 pub const DEFAULT_ORG: &str = "6f1a9c52-2f1e-4c4e-9a39-0d1b7c0c0a01";
 
 /// The stand-in's state; tests change it through [`CoderStandIn::with`].
@@ -69,6 +73,7 @@ impl CoderStandIn {
             (OWNER_TOKEN, Role::Owner),
             (MEMBER_TOKEN, Role::Member),
             (NO_PROXY_TOKEN, Role::NoProxyRead),
+            (NO_DERP_NO_DAEMON_TOKEN, Role::NoDerpNoDaemonRead),
         ]
         .into_iter()
         .map(|(t, r)| (t.to_owned(), r))
@@ -248,10 +253,13 @@ async fn buildinfo(State(s): Shared, headers: HeaderMap) -> Response {
 }
 
 async fn connection(State(s): Shared, headers: HeaderMap) -> Response {
-    let (_, version) = match auth(&s, "/api/v2/workspaceagents/connection", &headers) {
+    let (role, version) = match auth(&s, "/api/v2/workspaceagents/connection", &headers) {
         Ok(r) => r,
         Err(e) => return *e,
     };
+    if role == Role::NoDerpNoDaemonRead {
+        return envelope(&version, StatusCode::FORBIDDEN, "Forbidden.", None);
+    }
     let (map, force) = {
         let d = lock(&s);
         (d.derp_map.clone(), d.derp_force_websockets)
@@ -353,10 +361,13 @@ async fn provisioner_daemons(
     headers: HeaderMap,
 ) -> Response {
     let path = format!("/api/v2/organizations/{org}/provisionerdaemons");
-    let (_, version) = match auth(&s, &path, &headers) {
+    let (role, version) = match auth(&s, &path, &headers) {
         Ok(r) => r,
         Err(e) => return *e,
     };
+    if role == Role::NoDerpNoDaemonRead {
+        return envelope(&version, StatusCode::FORBIDDEN, "Forbidden.", None);
+    }
     if org != DEFAULT_ORG && org != "default" {
         return envelope(
             &version,

@@ -10,7 +10,8 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use vantage_testkit::{closed_tcp_port, eventually, loopback_listener};
 use vantage_tests::coder::{
-    CoderStandIn, MEMBER_TOKEN, NO_PROXY_TOKEN, OWNER_TOKEN, daemon, proxy, replica,
+    CoderStandIn, MEMBER_TOKEN, NO_DERP_NO_DAEMON_TOKEN, NO_PROXY_TOKEN, OWNER_TOKEN, daemon,
+    proxy, replica,
 };
 use vantage_tests::{Probe, Server};
 
@@ -390,6 +391,27 @@ async fn missing_permissions_give_ecdr03_only_where_vantage_needs_them() {
     assert_eq!(block["proxies"][0]["name"], "syd");
     assert_eq!(block["proxies"][0]["coder_status"], "");
     assert_eq!(block["severity"], "warning");
+    drop(limited);
+    // A role that may not read the DERP map nor the daemons: ECDR03 for each, naming the
+    // endpoint and what is missing; the proxies, which it may read, are no ECDR03.
+    let limited = attach(&coder, NO_DERP_NO_DAEMON_TOKEN, &[]).await;
+    let block = eventually(Duration::from_secs(20), "ECDR03 twice", || async {
+        let r = limited.report().await;
+        (codes(&r["coder"]).iter().filter(|c| *c == "ECDR03").count() == 2)
+            .then(|| r["coder"].clone())
+    })
+    .await;
+    let text = block["warnings"].to_string();
+    assert!(
+        text.contains("/api/v2/workspaceagents/connection"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/provisionerdaemons") && text.contains("provisioner_daemon:read"),
+        "{text}"
+    );
+    assert!(!text.contains("/api/v2/workspaceproxies"), "{text}");
+    assert_eq!(block["proxies"][0]["coder_status"], "ok", "{block}");
 }
 
 fn derp_region(id: i64, code: &str, port: u16) -> Value {
