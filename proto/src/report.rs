@@ -324,6 +324,34 @@ impl VantageChange {
     pub fn parse(name: &str) -> Option<VantageChange> {
         VantageChange::ALL.into_iter().find(|c| c.as_str() == name)
     }
+
+    /// The change an event carries: its `kind`, or (an event from an older server) its name.
+    pub fn of(event: &crate::pb::VantageChange) -> Option<VantageChange> {
+        use crate::pb::VantageChangeKind as K;
+        match K::try_from(event.kind).unwrap_or(K::Unspecified) {
+            K::Unspecified => VantageChange::parse(&event.change),
+            K::Attached => Some(VantageChange::Attached),
+            K::Detached => Some(VantageChange::Detached),
+            K::Fresh => Some(VantageChange::Fresh),
+            K::Stale => Some(VantageChange::Stale),
+            K::Forgotten => Some(VantageChange::Forgotten),
+            K::DatabaseUnreachable => Some(VantageChange::DatabaseUnreachable),
+        }
+    }
+}
+
+impl From<VantageChange> for crate::pb::VantageChangeKind {
+    fn from(c: VantageChange) -> Self {
+        use crate::pb::VantageChangeKind as K;
+        match c {
+            VantageChange::Attached => K::Attached,
+            VantageChange::Detached => K::Detached,
+            VantageChange::Fresh => K::Fresh,
+            VantageChange::Stale => K::Stale,
+            VantageChange::Forgotten => K::Forgotten,
+            VantageChange::DatabaseUnreachable => K::DatabaseUnreachable,
+        }
+    }
 }
 
 /// The `vantages` block: counts toward the report's severity like a section (EVNT01).
@@ -545,6 +573,34 @@ pub fn go_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vantage_change_is_read_from_its_kind_or_from_an_older_servers_name() {
+        for c in VantageChange::ALL {
+            let kind = crate::pb::VantageChangeKind::from(c);
+            assert_ne!(kind, crate::pb::VantageChangeKind::Unspecified);
+            let new = crate::pb::VantageChange {
+                vantage: "fra-1".into(),
+                change: c.as_str().into(),
+                kind: kind as i32,
+            };
+            assert_eq!(VantageChange::of(&new), Some(c));
+            // The kind wins over the name; without a kind the name is read.
+            let mislabelled = crate::pb::VantageChange {
+                change: "nonsense".into(),
+                ..new.clone()
+            };
+            assert_eq!(VantageChange::of(&mislabelled), Some(c));
+            let old = crate::pb::VantageChange { kind: 0, ..new };
+            assert_eq!(VantageChange::of(&old), Some(c));
+        }
+        let unknown = crate::pb::VantageChange {
+            change: "teleported".into(),
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(VantageChange::of(&unknown), None);
+    }
 
     #[test]
     fn go_duration_matches_go() {

@@ -219,6 +219,7 @@ impl State {
         let event = pb::VantageChange {
             vantage: name.to_owned(),
             change: change.as_str().to_owned(),
+            kind: pb::VantageChangeKind::from(change) as i32,
         };
         self.push_event(pb::watch_event::Event::VantageChange(event), cause);
     }

@@ -100,6 +100,8 @@ async fn two_replicas_serve_one_aggregate_and_one_event_history() {
             && c.vantage == "syd-1"
             && c.change == "attached"
         {
+            // The typed kind travels with the name, through the other replica's event log.
+            assert_eq!(c.kind, pb::VantageChangeKind::Attached as i32, "{c:?}");
             break ev;
         }
     };

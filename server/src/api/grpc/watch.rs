@@ -66,7 +66,7 @@ impl Filter {
             }
             Some(pb::watch_event::Event::VantageChange(c)) => {
                 let vantage_ok = self.vantages.is_empty() || self.vantages.contains(&c.vantage);
-                let sev = if VantageChange::parse(&c.change) == Some(VantageChange::Stale) {
+                let sev = if VantageChange::of(c) == Some(VantageChange::Stale) {
                     Severity::Warning
                 } else {
                     Severity::Ok
