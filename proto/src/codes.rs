@@ -24,6 +24,7 @@ pub const EWS03: &str = "EWS03";
 pub const EDERP01: &str = "EDERP01";
 pub const EDERP02: &str = "EDERP02";
 pub const EDERP03: &str = "EDERP03";
+pub const EDERP04: &str = "EDERP04";
 pub const ESTUN01: &str = "ESTUN01";
 pub const ESTUN02: &str = "ESTUN02";
 pub const EWP01: &str = "EWP01";
@@ -127,6 +128,12 @@ pub const CATALOGUE: &[CodeDoc] = &[
         section: "DERP",
         title: "No DERP nodes",
         description: "The effective DERP map has no DERP-capable node: clients have no relay to fall back to. Enable the embedded relay or give a DERP map.",
+    },
+    CodeDoc {
+        code: EDERP04,
+        section: "DERP",
+        title: "A DERP region is unhealthy",
+        description: "vantage's code for the alerts of a DERP region at warning or error because its nodes fail without a code of their own (a node that cannot connect, relay messages or answer STUN). It is not a message of the report: the alert's description lists each failing node's error and the vantages that see it. Check the relay process, its port and the network path from those vantages.",
     },
     CodeDoc {
         code: ESTUN01,

@@ -253,3 +253,84 @@ fn coder_block(found: &CoderReport, report: &HealthReport) -> CoderReport {
     }
     block
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::observation::Result as R;
+
+    fn millis(ms: i32) -> Option<prost_types::Duration> {
+        Some(prost_types::Duration {
+            seconds: 0,
+            nanos: ms * 1_000_000,
+        })
+    }
+
+    /// Node `name` of region 1, checked in the same run as its siblings (same `elapsed`).
+    fn node(name: &str, rtt_ms: i32) -> pb::Observation {
+        pb::Observation {
+            section: pb::Section::Derp as i32,
+            target: format!("derp/1/{name}"),
+            elapsed: millis(900),
+            result: Some(R::DerpNode(pb::DerpNodeResult {
+                region_id: 1,
+                node_name: name.to_owned(),
+                can_exchange_messages: true,
+                round_trip_ping: millis(rtt_ms),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_derp_node_has_its_own_duration_not_the_region_run() {
+        let (a, b) = (node("1a", 3), node("1b", 40));
+        assert!((observation_seconds(&a) - 0.003).abs() < 1e-9);
+        assert!((observation_seconds(&b) - 0.040).abs() < 1e-9);
+        assert!(observation_ok(&a) && observation_ok(&b));
+        // A STUN-only node: its STUN latency.
+        let mut stun = node("1c", 0);
+        if let Some(R::DerpNode(r)) = &mut stun.result {
+            r.stun_only = true;
+            r.can_exchange_messages = false;
+            r.round_trip_ping = None;
+            r.stun_latency = millis(7);
+        }
+        assert!((observation_seconds(&stun) - 0.007).abs() < 1e-9);
+        assert!(observation_ok(&stun));
+        // A node that failed has no round trip of its own: the run's time, and a failure.
+        let mut failed = node("1d", 0);
+        if let Some(R::DerpNode(r)) = &mut failed.result {
+            r.error = "dial tcp: connection refused".to_owned();
+            r.can_exchange_messages = false;
+        }
+        assert!((observation_seconds(&failed) - 0.9).abs() < 1e-9);
+        assert!(!observation_ok(&failed));
+    }
+
+    fn database(failure: Option<&str>) -> pb::Observation {
+        pb::Observation {
+            section: pb::Section::Database as i32,
+            result: Some(R::Database(pb::DatabaseResult {
+                reachable: failure.is_none(),
+                failure: failure.map(|code| pb::Message {
+                    code: code.to_owned(),
+                    message: "x".to_owned(),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_database_is_not_a_failed_check_but_a_failed_ping_is() {
+        assert!(observation_ok(&database(None)));
+        assert!(
+            observation_ok(&database(Some(codes::EDB03))),
+            "EDB03 is a warning of the section, not a failed check"
+        );
+        assert!(!observation_ok(&database(Some(codes::EDB01))));
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use vantage_proto::report::{Base, HealthReport, Message, VantageState};
-use vantage_proto::{Section, Severity};
+use vantage_proto::{Section, Severity, codes};
 
 /// One alert as vantage wants it to be: its identity (labels) and what describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,25 +39,46 @@ impl Alert {
         self
     }
 
-    /// `summary`, `description` (the messages), `runbook_url` (the first code's page) and the
-    /// link back to the section.
+    /// `summary`, `description` (the messages), `runbook_url` (the first code's entry on
+    /// `/health/codes`, whose element ids are the lower-case codes; `fallback` when no message
+    /// carries a code) and the link back to the section.
     fn describe(
-        mut self,
+        self,
         base: &str,
         section: Section,
         summary: String,
         msgs: &[Message],
+        fallback: &str,
     ) -> Alert {
-        let code = msgs.iter().map(|m| m.code.as_str()).find(|c| !c.is_empty());
+        let code = msgs
+            .iter()
+            .map(|m| m.code.as_str())
+            .find(|c| !c.is_empty())
+            .unwrap_or(fallback);
         let description: Vec<String> = msgs.iter().map(ToString::to_string).collect();
-        self = self
+        let mut a = self
             .annotate("summary", summary)
-            .annotate("description", description.join("\n"));
-        if let Some(code) = code {
-            self = self.annotate("runbook_url", format!("{base}/health/codes#{code}"));
-        }
-        self.generator_url = format!("{base}/health#{}", section.json_key());
-        self
+            .annotate("description", description.join("\n"))
+            .annotate("runbook_url", runbook_url(base, code));
+        a.generator_url = format!("{base}/health#{}", section.json_key());
+        a
+    }
+}
+
+/// `<base>/health/codes#<lower-case code>`: the code's element on the codes page.
+pub fn runbook_url(base: &str, code: &str) -> String {
+    format!("{base}{}", codes::docs_path(code))
+}
+
+/// The code an alert of `section` links to when none of its messages carries one: the
+/// section's per-item code (a DERP region's nodes that fail, a proxy that does), otherwise
+/// EUNKNOWN (a section is never at warning or error without a code unless something
+/// unexpected happened).
+fn fallback_code(section: Section) -> &'static str {
+    match section {
+        Section::Derp => codes::EDERP04,
+        Section::WorkspaceProxy => codes::EWP04,
+        _ => codes::EUNKNOWN,
     }
 }
 
@@ -98,7 +119,9 @@ fn messages(b: &Base) -> Vec<Message> {
     let mut msgs = b.warnings.clone();
     if let Some(e) = &b.error {
         let code = e.split_once(':').map(|(c, _)| c.trim()).unwrap_or("");
-        if code.starts_with('E') && !msgs.iter().any(|m| m.code == code) {
+        // `<CODE>: <text>` only when CODE is a known code (a proxy named "Europe" is not).
+        let known = codes::lookup(code).is_some();
+        if known && !msgs.iter().any(|m| m.code == code) {
             let text = e.split_once(':').map_or(e.as_str(), |(_, t)| t.trim());
             msgs.insert(0, Message::new(code, text));
         } else if !msgs.iter().any(|m| e.contains(&m.message)) {
@@ -132,6 +155,10 @@ fn section_alert(s: Section, b: &Base, report: &HealthReport, ctx: &Context) -> 
         .collect();
     codes.sort_unstable();
     codes.dedup();
+    let fallback = fallback_code(s);
+    if codes.is_empty() {
+        codes.push(fallback);
+    }
     Alert::new("VantageSectionUnhealthy", &ctx.deployment, b.severity)
         .label("section", s.settings_name())
         .label("codes", codes.join(","))
@@ -140,6 +167,7 @@ fn section_alert(s: Section, b: &Base, report: &HealthReport, ctx: &Context) -> 
             s,
             format!("{} is at {}", s.title(), b.severity.as_str()),
             &msgs,
+            fallback,
         )
 }
 
@@ -159,7 +187,7 @@ fn stale_alerts(report: &HealthReport, ctx: &Context) -> Vec<Alert> {
                 .label("vantage", v.name.clone())
                 .label("region", v.region.clone())
                 .annotate("summary", format!("Vantage {} is stale{since}", v.name))
-                .annotate("runbook_url", format!("{}/health/codes#EVNT01", ctx.base));
+                .annotate("runbook_url", runbook_url(&ctx.base, codes::EVNT01));
             let own: Vec<String> = msgs
                 .iter()
                 .filter(|m| m.message.contains(&v.name))
@@ -205,6 +233,18 @@ fn region_facts(v: &Value) -> Option<(Severity, i64, String, Vec<Message>)> {
             msgs.push(Message::new("", format!("node {name}: {e}")));
         }
     }
+    // A region that fails without a coded message is EDERP04's (alerts only).
+    if severity != Severity::Ok && msgs.iter().all(|m| m.code.is_empty()) {
+        for m in &mut msgs {
+            m.code = codes::EDERP04.to_owned();
+        }
+        if msgs.is_empty() {
+            msgs.push(Message::new(
+                codes::EDERP04,
+                format!("region is at {}", severity.as_str()),
+            ));
+        }
+    }
     Some((severity, id, code, msgs))
 }
 
@@ -243,6 +283,7 @@ fn derp_alerts(report: &HealthReport, ctx: &Context) -> Vec<Alert> {
                         seen_by.join(", ")
                     ),
                     &msgs,
+                    codes::EDERP04,
                 ),
         );
     }
@@ -260,12 +301,20 @@ fn proxy_alerts(report: &HealthReport, ctx: &Context) -> Vec<Alert> {
         } else {
             continue;
         };
-        let msgs: Vec<Message> = r
+        // Each of the proxy's own errors and warnings is an EWP04 message of the section; a
+        // proxy that is unhealthy without one says its poll status.
+        let mut msgs: Vec<Message> = r
             .errors
             .iter()
             .chain(&r.warnings)
-            .map(|m| Message::new("", m.clone()))
+            .map(|m| Message::new(codes::EWP04, format!("{}: {m}", p.name)))
             .collect();
+        if msgs.is_empty() {
+            msgs.push(Message::new(
+                codes::EWP04,
+                format!("{}: status {}", p.name, p.status.status),
+            ));
+        }
         out.push(
             Alert::new("VantageWorkspaceProxyUnhealthy", &ctx.deployment, severity)
                 .label("proxy", p.name.clone())
@@ -274,8 +323,13 @@ fn proxy_alerts(report: &HealthReport, ctx: &Context) -> Vec<Alert> {
                     Section::WorkspaceProxy,
                     format!("Workspace proxy {} is at {}", p.name, severity.as_str()),
                     &msgs,
+                    codes::EWP04,
                 ),
         );
     }
     out
 }
+
+#[cfg(test)]
+#[path = "model_tests.rs"]
+mod tests;

@@ -96,6 +96,20 @@ impl App {
         names.iter().map(|n| n.parse::<Section>()).collect()
     }
 
+    /// Who makes a settings change, for the audit: the token's name when tokens are
+    /// configured (the authorization layer put its [`crate::security::Principal`] into the
+    /// request's extensions), otherwise `<transport> <peer address>`.
+    pub fn actor(
+        extensions: &axum::http::Extensions,
+        transport: &str,
+        peer: Option<std::net::SocketAddr>,
+    ) -> String {
+        if let Some(p) = extensions.get::<std::sync::Arc<crate::security::Principal>>() {
+            return p.name.clone();
+        }
+        peer.map_or_else(|| transport.to_owned(), |a| format!("{transport} {a}"))
+    }
+
     /// Apply a settings change: persist (with an audit row) first, then take effect.
     /// `notes` give some of the dismissed sections an end time and a reason (their actor and
     /// time are filled in here). `Ok(None)` when nothing changed.

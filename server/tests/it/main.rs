@@ -448,3 +448,57 @@ async fn a_timed_dismissal_ends_on_the_aggregators_own_clock() {
         .unwrap();
     assert!(s.dismissed.is_empty());
 }
+
+/// The alerts a report calls for, named `VantageSectionUnhealthy` for AccessURL.
+async fn access_url_alert(agg: &Aggregator) -> Option<vantage_server::alerts::Alert> {
+    use vantage_server::alerts::{Context, model};
+    let (report, _) = agg.report().await.unwrap();
+    let held = agg.held_severities().await.unwrap();
+    let ctx = Context {
+        base: "http://vantage".into(),
+        deployment: "test".into(),
+    };
+    model::desired(&report, &held, &ctx)
+        .into_iter()
+        .find(|a| a.labels.get("section").is_some_and(|s| s == "AccessURL"))
+}
+
+#[tokio::test]
+async fn a_section_alert_fires_only_after_raise_after_evaluations_and_clears_after_clear_after() {
+    let agg = Aggregator::spawn(
+        AggregatorConfig {
+            raise_after: 3,
+            clear_after: 2,
+            ..config()
+        },
+        vec![],
+    )
+    .expect("aggregator");
+    let p = attach(&agg, "fra-1", "a", 0).await;
+    // Before the probe reports, nothing covers AccessURL (EVNT02): two healthy evaluations
+    // clear that.
+    ingest(&agg, &p, vec![obs(1, 200)]).await;
+    ingest(&agg, &p, vec![obs(2, 200)]).await;
+    let first = access_url_alert(&agg).await;
+    assert!(first.is_none(), "{first:?}");
+    // 502 is EACS04 (warning): the raw report shows it at once, the alert waits.
+    for seq in 3..=4 {
+        ingest(&agg, &p, vec![obs(seq, 502)]).await;
+        let (r, _) = agg.report().await.unwrap();
+        assert_eq!(r.access_url.report.base.severity, Severity::Warning);
+        assert!(
+            access_url_alert(&agg).await.is_none(),
+            "evaluation {} of 3",
+            seq - 2
+        );
+    }
+    ingest(&agg, &p, vec![obs(5, 502)]).await;
+    let a = access_url_alert(&agg).await.expect("fires at the third");
+    assert_eq!(a.labels["severity"], "warning");
+    assert_eq!(a.labels["codes"], "EACS04");
+    // Clearing needs two healthy evaluations.
+    ingest(&agg, &p, vec![obs(6, 200)]).await;
+    assert!(access_url_alert(&agg).await.is_some(), "one of two");
+    ingest(&agg, &p, vec![obs(7, 200)]).await;
+    assert!(access_url_alert(&agg).await.is_none(), "cleared at two");
+}

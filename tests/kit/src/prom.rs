@@ -25,8 +25,13 @@ pub struct PromChild {
     _tmp: tempfile::TempDir,
 }
 
-/// Start `program` with `args(dir, listen)` on a random port until one binds.
-async fn start(program: &str, args: impl Fn(&Path, &str) -> Vec<String>) -> PromChild {
+/// Start `program` with `args(dir, listen)` on a random port until one binds; its URL has
+/// `scheme`.
+async fn start(
+    program: &str,
+    scheme: &str,
+    args: impl Fn(&Path, &str) -> Vec<String>,
+) -> PromChild {
     for _ in 0..8 {
         let tmp = tempfile::tempdir().expect("tempdir");
         let port = random_port();
@@ -42,7 +47,7 @@ async fn start(program: &str, args: impl Fn(&Path, &str) -> Vec<String>) -> Prom
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         if wait_tcp(&mut child, addr).await {
             return PromChild {
-                url: format!("http://{listen}"),
+                url: format!("{scheme}://{listen}"),
                 dir: tmp.path().to_owned(),
                 _child: child,
                 _tmp: tmp,
@@ -54,19 +59,40 @@ async fn start(program: &str, args: impl Fn(&Path, &str) -> Vec<String>) -> Prom
 
 /// Alertmanager with one receiver and gossip off (`--cluster.listen-address=`).
 pub async fn alertmanager() -> PromChild {
-    start(ALERTMANAGER, |dir, listen| {
+    alertmanager_with_web_config(None).await
+}
+
+/// Alertmanager as [`alertmanager`], with a `--web.config.file` of this content (TLS, basic
+/// auth users as bcrypt hashes). With `tls_server_config` in it the URL is `https://`.
+pub async fn alertmanager_with_web_config(web_config: Option<&str>) -> PromChild {
+    let web = web_config.map(str::to_owned);
+    let scheme = if web
+        .as_deref()
+        .is_some_and(|w| w.contains("tls_server_config"))
+    {
+        "https"
+    } else {
+        "http"
+    };
+    start(ALERTMANAGER, scheme, move |dir, listen| {
         let config = dir.join("alertmanager.yml");
         std::fs::write(
             &config,
             "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
         )
         .expect("write alertmanager.yml");
-        vec![
+        let mut args = vec![
             format!("--config.file={}", config.display()),
             format!("--storage.path={}", dir.join("data").display()),
             format!("--web.listen-address={listen}"),
             "--cluster.listen-address=".to_owned(),
-        ]
+        ];
+        if let Some(web) = &web {
+            let file = dir.join("web.yml");
+            std::fs::write(&file, web).expect("write web.yml");
+            args.push(format!("--web.config.file={}", file.display()));
+        }
+        args
     })
     .await
 }
@@ -81,7 +107,7 @@ pub async fn prometheus(target: &str, rules: &[PathBuf]) -> PromChild {
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n  - job_name: vantage\n    static_configs:\n      - targets: ['{target}']\n",
         rule_files.concat()
     );
-    start(PROMETHEUS, move |dir, listen| {
+    start(PROMETHEUS, "http", move |dir, listen| {
         let config = dir.join("prometheus.yml");
         std::fs::write(&config, &yml).expect("write prometheus.yml");
         vec![

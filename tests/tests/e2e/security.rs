@@ -15,14 +15,14 @@ use vantage_testkit::eventually;
 use vantage_tests::{Server, bin, cli};
 
 /// A CA and the server and client certificates it signed, as PEM files in `dir`.
-struct Pki {
-    dir: tempfile::TempDir,
+pub(crate) struct Pki {
+    pub(crate) dir: tempfile::TempDir,
     ca: rcgen::Certificate,
     ca_key: KeyPair,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -41,11 +41,11 @@ impl Pki {
         pki
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn s(&self, name: &str) -> String {
+    pub(crate) fn s(&self, name: &str) -> String {
         self.path(name).display().to_string()
     }
 
@@ -63,7 +63,7 @@ impl Pki {
         cert.der().to_vec()
     }
 
-    fn server_args(&self) -> Vec<String> {
+    pub(crate) fn server_args(&self) -> Vec<String> {
         vec![
             "--tls-cert".into(),
             self.s("server.pem"),
@@ -74,7 +74,7 @@ impl Pki {
 }
 
 /// `vantaged token new ARGS`: the secret and the entry, checked against `sha256sum`.
-async fn new_token(args: &[&str]) -> (String, String) {
+pub(crate) async fn new_token(args: &[&str]) -> (String, String) {
     let out = Command::new(bin("vantaged"))
         .args(["token", "new"])
         .args(args)

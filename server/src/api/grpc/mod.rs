@@ -82,9 +82,7 @@ impl pb::health_service_server::HealthService for HealthApi {
             .map_err(|e| Status::invalid_argument(format!("dismissed_healthchecks: {e}")))?;
         let notes = notes_from_pb(&wanted, &request.get_ref().dismissals)
             .map_err(Status::invalid_argument)?;
-        let actor = request
-            .remote_addr()
-            .map_or_else(|| "grpc".to_owned(), |a| format!("grpc {a}"));
+        let actor = App::actor(request.extensions(), "grpc", request.remote_addr());
         let dismissed = match self.app.update_settings(wanted, notes, &actor).await? {
             Some(d) => d,
             None => self.app.agg.settings(None).await?.dismissed,

@@ -145,8 +145,8 @@ fn render_report(b: &mut Builder, report: &HealthReport) {
         "Whether a section is dismissed (1), e.g. in a maintenance window",
     );
     let per_vantage = b.gauges(
-        "vantage_vantage_section_severity",
-        "Severity per section as one vantage sees it",
+        "vantage_section_severity_by_vantage",
+        "Severity per section as one vantage sees it (0 ok, 1 warning, 2 error)",
     );
     for s in Section::ALL {
         let section = vec![("section", s.settings_name().to_owned())];
@@ -168,7 +168,7 @@ fn render_report(b: &mut Builder, report: &HealthReport) {
 fn render_vantages(b: &mut Builder, vantages: &[pb::Vantage]) {
     let up = b.gauges("vantage_up", "Whether a vantage is fresh (1) or stale (0)");
     let connected = b.gauges(
-        "vantage_vantage_connected",
+        "vantage_probe_connected",
         "Whether a vantage has a live session",
     );
     let last_seen = b.float_gauges(
@@ -176,11 +176,11 @@ fn render_vantages(b: &mut Builder, vantages: &[pb::Vantage]) {
         "When a vantage was last heard from (Unix time)",
     );
     let applied = b.counters(
-        "vantage_vantage_observations_applied",
+        "vantage_probe_observations_applied",
         "Observations applied from the vantage's current instance",
     );
     let replay = b.counters(
-        "vantage_vantage_replay_dropped",
+        "vantage_probe_replay_dropped",
         "Observations the probe's full replay buffer dropped",
     );
     for v in vantages {

@@ -21,7 +21,7 @@ use crate::api::{App, ForceError};
 pub mod guard;
 mod history;
 mod metrics;
-mod page;
+pub(crate) mod page;
 
 /// How long the echo endpoint waits for each message.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,11 +34,11 @@ pub fn router(app: App, served: guard::Served) -> Router {
         .route("/api/v2/debug/health", get(health))
         .route(
             "/api/v2/debug/health/settings",
-            get(get_settings).put(move |state, peer, headers: HeaderMap, body| {
+            get(get_settings).put(move |state, peer, extensions, headers: HeaderMap, body| {
                 let served = served.clone();
                 async move {
                     match served.check_write(&headers) {
-                        Ok(()) => put_settings(state, peer, body).await,
+                        Ok(()) => put_settings(state, peer, extensions, body).await,
                         Err(refused) => *refused,
                     }
                 }
@@ -206,6 +206,7 @@ fn parse_notes(
 async fn put_settings(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    extensions: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
     let parsed: HealthSettings = match serde_json::from_slice(&body) {
@@ -241,7 +242,7 @@ async fn put_settings(
         }
     };
     match app
-        .update_settings(wanted, notes, &format!("http {peer}"))
+        .update_settings(wanted, notes, &App::actor(&extensions, "http", Some(peer)))
         .await
     {
         Ok(Some(dismissed)) => json_response(
