@@ -17,6 +17,7 @@ command -v pg_isready >/dev/null 2>&1 || need+=(postgresql postgresql-client)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)   # README's fleet certificates
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || need+=(prometheus)
 [ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)

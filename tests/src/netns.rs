@@ -8,6 +8,7 @@
 //! outright are recognised and removed by the next [`Netns::new`].
 
 use std::process::Command as StdCommand;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::process::Command;
@@ -99,6 +100,8 @@ fn sweep_leftovers() {
 pub struct Netns {
     base: String,
     made: Vec<String>,
+    /// The `ip` commands run to build and change the network, see [`Netns::commands`].
+    ran: Mutex<Vec<String>>,
 }
 
 impl Netns {
@@ -109,7 +112,24 @@ impl Netns {
         Netns {
             base: format!("{PREFIX}{}-{tag}", std::process::id()),
             made: Vec::new(),
+            ran: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Every `ip` command this set ran to build and change its network (not the clean-up), in
+    /// order, with the namespaces called by their short names (`ip -n sw link set fra down`):
+    /// what an operator types on machines of their own (README's fleet section).
+    pub fn commands(&self) -> Vec<String> {
+        self.ran.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// `ip ARGS`, remembered for [`Netns::commands`].
+    fn ip(&self, args: &[&str]) -> Result<String, NetnsError> {
+        let short = args.join(" ").replace(&format!("{}-", self.base), "");
+        if let Ok(mut ran) = self.ran.lock() {
+            ran.push(format!("ip {short}"));
+        }
+        ip(args)
     }
 
     /// The full name of namespace `name` of this set.
@@ -125,22 +145,22 @@ impl Netns {
     /// Make namespace `name` with its loopback up.
     pub fn add(&mut self, name: &str) -> Result<(), NetnsError> {
         let ns = self.name(name);
-        ip(&["netns", "add", &ns]).map_err(|e| {
+        self.ip(&["netns", "add", &ns]).map_err(|e| {
             NetnsError(format!(
                 "cannot create network namespace {ns} (the multi-host tests need root and \
                  Linux network namespaces): {e}"
             ))
         })?;
         self.made.push(ns.clone());
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        self.ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         Ok(())
     }
 
     /// A bridge `dev`, up, inside namespace `name`.
     pub fn bridge(&self, name: &str, dev: &str) -> Result<(), NetnsError> {
         let ns = self.name(name);
-        ip(&["-n", &ns, "link", "add", dev, "type", "bridge"])?;
-        ip(&["-n", &ns, "link", "set", dev, "up"])?;
+        self.ip(&["-n", &ns, "link", "add", dev, "type", "bridge"])?;
+        self.ip(&["-n", &ns, "link", "set", dev, "up"])?;
         Ok(())
     }
 
@@ -154,17 +174,17 @@ impl Netns {
         b_master: Option<&str>,
     ) -> Result<(), NetnsError> {
         let (ans, bns) = (self.name(a.0), self.name(b.0));
-        ip(&[
+        self.ip(&[
             "link", "add", a.1, "netns", &ans, "type", "veth", "peer", "name", b.1, "netns", &bns,
         ])?;
         if let Some(br) = b_master {
-            ip(&["-n", &bns, "link", "set", b.1, "master", br])?;
+            self.ip(&["-n", &bns, "link", "set", b.1, "master", br])?;
         }
         for (ns, dev, addr) in [(&ans, a.1, a.2), (&bns, b.1, b.2)] {
             if let Some(addr) = addr {
-                ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+                self.ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
             }
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            self.ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
         Ok(())
     }
@@ -172,7 +192,7 @@ impl Netns {
     /// Bring device `dev` of namespace `name` up or down (down cuts whatever it links).
     pub fn set_link(&self, name: &str, dev: &str, up: bool) -> Result<(), NetnsError> {
         let state = if up { "up" } else { "down" };
-        ip(&["-n", &self.name(name), "link", "set", dev, state])?;
+        self.ip(&["-n", &self.name(name), "link", "set", dev, state])?;
         Ok(())
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    DerpHealthReport, DerpNodeReport, DerpRegionReport, NodeInfo, Severity, StunReport,
-    go_duration_string, node_verdict, region_report, section_report,
+    DerpHealthReport, DerpNodeReport, DerpRegionReport, NodeInfo, Severity, StunMapping,
+    StunReport, go_duration_string, node_verdict, region_report, section_report,
 };
 use crate::client::{Client, ClientLog, ClientOptions, ReceivedFrame, WEBSOCKET_FALLBACK_LOG};
 use crate::map::{DEFAULT_STUN_PORT, DerpMap, Node, Region};
@@ -284,7 +284,7 @@ async fn stun_addr(node: &Node) -> Result<SocketAddr, String> {
 pub async fn check_region(
     region: &Region,
     opts: &NodeCheckOptions,
-) -> (DerpRegionReport, Vec<SocketAddr>) {
+) -> (DerpRegionReport, Vec<StunMapping>) {
     let tasks: Vec<_> = region
         .nodes
         .iter()
@@ -298,7 +298,11 @@ pub async fn check_region(
     for (task, node) in tasks.into_iter().zip(&region.nodes) {
         match task.await {
             Ok(out) => {
-                mapped.extend(out.stun_mapped);
+                mapped.extend(out.stun_mapped.map(|address| StunMapping {
+                    region_id: region.region_id,
+                    node: node.name.clone(),
+                    address,
+                }));
                 reports.push(out.report);
             }
             Err(e) => reports.push(DerpNodeReport {

@@ -110,6 +110,17 @@ pub struct DerpNodeReport {
     pub stun: StunReport,
 }
 
+/// Where one node's STUN server saw this vantage (`ip:port`): for ESTUN02 and `netcheck_logs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StunMapping {
+    /// The node's region.
+    pub region_id: i64,
+    /// The node's name.
+    pub node: String,
+    /// The mapped address.
+    pub address: SocketAddr,
+}
+
 /// One region's report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DerpRegionReport {
@@ -251,10 +262,11 @@ pub fn region_report(region: &Region, mut node_reports: Vec<DerpNodeReport>) -> 
 /// Coder's section rules: concatenated region warnings; ESTUN02 (warning text only, severity
 /// unchanged) when the STUN-mapped IPs differ; ESTUN01 (warning) when STUN was enabled somewhere
 /// and nowhere worked; EDERP03 (error) when no region has a DERP-capable node; severity raised
-/// to the worst region.
+/// to the worst region. `netcheck_logs` gets one line per node with STUN enabled
+/// ([`stun_log_lines`]).
 pub fn section_report(
     regions: BTreeMap<i64, DerpRegionReport>,
-    mapped_addresses: &[SocketAddr],
+    mapped: &[StunMapping],
 ) -> DerpHealthReport {
     let mut r = DerpHealthReport {
         healthy: regions.values().all(|reg| reg.healthy),
@@ -263,9 +275,10 @@ pub fn section_report(
             .values()
             .flat_map(|reg| reg.warnings.clone())
             .collect(),
+        netcheck_logs: stun_log_lines(&regions, mapped),
         ..DerpHealthReport::default()
     };
-    let ips: BTreeSet<IpAddr> = mapped_addresses.iter().map(|a| a.ip()).collect();
+    let ips: BTreeSet<IpAddr> = mapped.iter().map(|m| m.address.ip()).collect();
     if ips.len() > 1 {
         r.warnings.push(Message::new(
             CODE_STUN_MAPPING_VARIES,
@@ -295,6 +308,31 @@ pub fn section_report(
     }
     r.regions = regions;
     r
+}
+
+/// What this vantage's STUN checks saw, for `netcheck_logs` (vantage runs no separate netcheck;
+/// its STUN checks stand in for it): per node with STUN enabled, in region and node order,
+/// `netcheck: STUN <node> (region <id>) mapped this vantage to <ip:port>`, or `… failed: <why>`.
+pub fn stun_log_lines(
+    regions: &BTreeMap<i64, DerpRegionReport>,
+    mapped: &[StunMapping],
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (id, region) in regions {
+        for n in region.node_reports.iter().filter(|n| n.stun.enabled) {
+            let name = &n.node.name;
+            let at = format!("netcheck: STUN {name} (region {id})");
+            let seen = mapped
+                .iter()
+                .find(|m| m.region_id == *id && m.node == *name);
+            lines.push(match (seen, &n.stun.error) {
+                (Some(m), _) => format!("{at} mapped this vantage to {}", m.address),
+                (None, Some(e)) => format!("{at} failed: {e}"),
+                (None, None) => format!("{at} failed: no mapped address"),
+            });
+        }
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -760,12 +798,59 @@ mod tests {
                 .into_iter()
                 .map(|r| (r.region.region_id, r))
                 .collect();
-            let r = section_report(regions, &c.mapped);
+            let mapped: Vec<StunMapping> = c
+                .mapped
+                .iter()
+                .enumerate()
+                .map(|(i, a)| StunMapping {
+                    region_id: 1,
+                    node: format!("n{i}"),
+                    address: *a,
+                })
+                .collect();
+            let r = section_report(regions, &mapped);
             assert_eq!(r.healthy, c.healthy, "{}", c.name);
             assert_eq!(r.severity, c.severity, "{}", c.name);
             let codes: Vec<_> = r.warnings.iter().map(|w| w.code.as_str()).collect();
             assert_eq!(codes, c.codes, "{}", c.name);
         }
+    }
+
+    #[test]
+    fn netcheck_logs_say_where_each_stun_server_saw_the_vantage() {
+        let with_stun = |name: &str, enabled: bool, error: Option<&str>| {
+            let mut n = node_report(name, Severity::Ok);
+            n.stun = StunReport {
+                enabled,
+                can_stun: enabled && error.is_none(),
+                error: error.map(str::to_owned),
+            };
+            n
+        };
+        let r1 = region_with(
+            1,
+            vec![with_stun("1a", true, None), with_stun("1b", false, None)],
+            false,
+        );
+        let r2 = region_with(
+            2,
+            vec![with_stun("2s", true, Some("probe stun: timeout"))],
+            true,
+        );
+        let regions = [(1, r1), (2, r2)].into_iter().collect();
+        let mapped = [StunMapping {
+            region_id: 1,
+            node: "1a".into(),
+            address: "10.77.0.2:40000".parse().expect("addr"),
+        }];
+        let r = section_report(regions, &mapped);
+        assert_eq!(
+            r.netcheck_logs,
+            [
+                "netcheck: STUN 1a (region 1) mapped this vantage to 10.77.0.2:40000",
+                "netcheck: STUN 2s (region 2) failed: probe stun: timeout",
+            ]
+        );
     }
 
     #[test]

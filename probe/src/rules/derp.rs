@@ -2,9 +2,7 @@
 //! section rules (`vantage_derp::health`), in Coder's JSON shape.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-
-use vantage_derp::health::{DerpNodeReport, region_report, section_report};
+use vantage_derp::health::{DerpNodeReport, StunMapping, region_report, section_report};
 use vantage_derp::map::Region;
 use vantage_proto::pb;
 use vantage_proto::pb::observation::Result as ObsResult;
@@ -16,7 +14,7 @@ use super::{SectionReport, unknown};
 /// One vantage's DERP section.
 pub fn section(observations: &[&pb::Observation]) -> SectionReport {
     let mut regions: BTreeMap<i64, (Region, Vec<DerpNodeReport>)> = BTreeMap::new();
-    let mut mapped: Vec<SocketAddr> = Vec::new();
+    let mut mapped: Vec<StunMapping> = Vec::new();
     for o in observations {
         let Some(ObsResult::DerpNode(n)) = &o.result else {
             return unknown(
@@ -42,8 +40,12 @@ pub fn section(observations: &[&pb::Observation]) -> SectionReport {
                 );
             }
         };
-        if let Ok(a) = n.stun_mapped_address.parse() {
-            mapped.push(a);
+        if let Ok(address) = n.stun_mapped_address.parse() {
+            mapped.push(StunMapping {
+                region_id: n.region_id,
+                node: node.node.name.clone(),
+                address,
+            });
         }
         let entry = regions
             .entry(n.region_id)

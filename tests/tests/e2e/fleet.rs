@@ -1,19 +1,25 @@
-//! A regional fleet on more than one network host: Linux network namespaces joined by a bridge
-//! (README "Deploy a regional fleet" runs the same commands). The "core" host runs vantaged on
-//! 10.77.0.1, the "fra" and "iad" hosts run one probe each from their own addresses, and a
-//! DERP relay (a second vantaged's embedded relay) sits on an "edge" host only fra is linked
-//! to. Cutting fra's link makes fra-1 stale, and only it; restoring it makes it fresh again.
+//! A regional fleet on more than one network host: Linux network namespaces joined by a bridge.
+//! The "core" host runs vantaged on 10.77.0.1, the "fra" and "iad" hosts run one probe each
+//! from their own addresses (the STUN server on the core sees each at its own), and a DERP relay
+//! (a second vantaged's embedded relay) sits on an "edge" host only fra is linked to. Cutting
+//! fra's link makes fra-1 stale, and only it; restoring it makes it fresh again.
 //!
 //! The core serves TLS with a token file; each probe presents its region's token, bound to its
 //! region's names ([`Auth`]); a wrong token and a name outside the token's globs are refused.
+//!
+//! README's section "Deploy a regional fleet" is this test's script: its certificate, token and
+//! DERP map commands are run here as written, its network commands are those the fixture runs,
+//! and every other command of it is a command this test runs (see [`assert_readme_is_the_test`]).
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use serde_json::Value;
-use tokio::process::Child;
+use tokio::process::{Child, Command};
 use vantage_testkit::{ReadyChild, eventually};
 use vantage_tests::netns::{self, Netns};
 use vantage_tests::{bin, vantage};
@@ -35,36 +41,21 @@ struct Auth {
 }
 
 impl Auth {
-    async fn new(dir: &Path) -> Auth {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "fleet test CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let mut params = CertificateParams::new(vec![CORE.to_owned(), EDGE.to_owned()]).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(
-            dir.join("server.pem"),
-            format!("{}{}", cert.pem(), ca.pem()),
-        )
-        .unwrap();
-        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-        let (reader, e1) = new_token(&["--name", "ops", "--role", "reader"]).await;
-        let (fra, e2) =
-            new_token(&["--name", "fra", "--role", "probe", "--vantage", "fra-*"]).await;
-        let (iad, e3) =
-            new_token(&["--name", "iad", "--role", "probe", "--vantage", "iad-*"]).await;
-        std::fs::write(dir.join("tokens.toml"), format!("{e1}\n{e2}\n{e3}\n")).unwrap();
+    /// README's certificate and token commands, run as written in `dir` (with the built
+    /// binaries for `./target/dist/`): openssl makes the CA and the server certificate for the
+    /// core and edge addresses, `vantaged token new` the tokens.
+    fn new(dir: &Path) -> Auth {
+        let block = readme_block("openssl req -x509");
+        readme_sh(dir, &block);
+        let secret = |who: &str| {
+            let text = std::fs::read_to_string(dir.join(format!("{who}.txt"))).unwrap();
+            text.lines().next().unwrap().to_owned()
+        };
         Auth {
             dir: dir.to_owned(),
-            reader,
-            fra,
-            iad,
+            reader: secret("ops"),
+            fra: secret("fra"),
+            iad: secret("iad"),
         }
     }
 
@@ -117,18 +108,88 @@ impl Auth {
     }
 }
 
-/// `vantaged token new ARGS`: the secret (first line) and the `[[tokens]]` entry.
-async fn new_token(args: &[&str]) -> (String, String) {
-    let out = tokio::process::Command::new(bin("vantaged"))
-        .args(["token", "new"])
-        .args(args)
+/// README's section "Deploy a regional fleet".
+fn readme_section() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text
+        .find("## Deploy a regional fleet")
+        .expect("README has a section \"Deploy a regional fleet\"");
+    let rest = &text[start + 2..];
+    let end = rest.find("\n## ").map_or(rest.len(), |e| e + 1);
+    rest[..end].to_owned()
+}
+
+/// The `sh` blocks of README's fleet section.
+fn readme_blocks() -> Vec<String> {
+    readme_section()
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The `sh` block of README's fleet section that contains `marker`.
+fn readme_block(marker: &str) -> String {
+    readme_blocks()
+        .into_iter()
+        .find(|b| b.contains(marker))
+        .unwrap_or_else(|| panic!("README's fleet section has no sh block with {marker:?}"))
+}
+
+/// The directory of the built binaries, which README calls `./target/dist/`.
+fn bin_dir() -> String {
+    bin("vantaged").parent().unwrap().display().to_string()
+}
+
+/// Run README's `script` with `sh -e` in `dir`, the built binaries standing in for
+/// `./target/dist/`.
+fn readme_sh(dir: &Path, script: &str) {
+    let script = script.replace("./target/dist/", &format!("{}/", bin_dir()));
+    let out = std::process::Command::new("sh")
+        .args(["-ec", &script])
+        .current_dir(dir)
         .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (secret, entry) = text.split_once('\n').unwrap();
-    (secret.to_owned(), entry.to_owned())
+        .expect("running sh");
+    assert!(
+        out.status.success(),
+        "README's commands failed: {script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The command lines this test ran in namespaces, as README spells them.
+static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// `./target/dist/PROGRAM ARGS` in namespace `host`, remembered in [`RAN`] as README spells it:
+/// files of the fleet's directory by their names, secrets as `"$OPS"`, `"$FRA"`, `"$IAD"`.
+fn in_ns(ns: &Netns, auth: &Auth, host: &str, program: &str, args: &[String]) -> Command {
+    let dir = format!("{}/", auth.dir.display());
+    let spelled: Vec<String> = args
+        .iter()
+        .map(|a| match a {
+            a if *a == auth.reader => "\"$OPS\"".to_owned(),
+            a if *a == auth.fra => "\"$FRA\"".to_owned(),
+            a if *a == auth.iad => "\"$IAD\"".to_owned(),
+            a => a.replace(&dir, ""),
+        })
+        .collect();
+    let line = format!(
+        "ip netns exec {host} ./target/dist/{program} {}",
+        spelled.join(" ")
+    );
+    if let Ok(mut ran) = RAN.lock()
+        && !ran.contains(&line)
+    {
+        ran.push(line);
+    }
+    let mut cmd = ns.command(host, bin(program));
+    cmd.args(args);
+    cmd
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
 }
 
 /// The network: a switch (bridge `br0`) joining core (10.77.0.1), fra (.2) and iad (.3), and
@@ -167,20 +228,10 @@ fn network(tag: &str) -> Netns {
     ns
 }
 
-/// A DERP map whose one region, `edge`, is the relay at `url`.
-fn edge_map(url: &str) -> String {
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    serde_json::json!({"Regions": {"1": {"RegionID": 1, "RegionCode": "edge", "RegionName": "Edge", "Nodes": [
-        {"Name": "1a", "RegionID": 1, "HostName": EDGE, "DERPPort": port, "ForceHTTP": true, "STUNPort": -1}
-    ]}}})
-    .to_string()
-}
-
 /// Start vantaged in namespace `host` with `args`; its log goes to `log`.
-async fn vantaged(ns: &Netns, host: &str, args: &[String], log: &Path) -> ReadyChild {
-    let mut cmd = ns.command(host, bin("vantaged"));
-    cmd.args(args)
-        .env("VANTAGE_LOG", "info")
+async fn vantaged(ns: &Netns, auth: &Auth, host: &str, args: &[String], log: &Path) -> ReadyChild {
+    let mut cmd = in_ns(ns, auth, host, "vantaged", args);
+    cmd.env("VANTAGE_LOG", "info")
         .stderr(std::fs::File::create(log).unwrap());
     ReadyChild::spawn(cmd, &format!("vantaged in {host}"))
         .await
@@ -188,28 +239,22 @@ async fn vantaged(ns: &Netns, host: &str, args: &[String], log: &Path) -> ReadyC
 }
 
 fn probe(ns: &Netns, auth: &Auth, host: &str, name: &str) -> Child {
-    let mut cmd = ns.command(host, bin("vantage-probe"));
-    cmd.args([
-        "--server",
-        &Auth::url(CORE),
-        "--name",
-        name,
-        "--region",
-        host,
-    ])
-    .args(auth.probe_args(host))
-    .env("VANTAGE_LOG", "info")
-    .stdout(Stdio::null())
-    .stderr(Stdio::inherit());
+    let mut args = vec!["--server".to_owned(), Auth::url(CORE)];
+    args.extend(auth.probe_args(host));
+    args.extend(strings(&["--name", name, "--region", host]));
+    let mut cmd = in_ns(ns, auth, host, "vantage-probe", &args);
+    cmd.env("VANTAGE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
     cmd.spawn().unwrap()
 }
 
 /// `vantage report --json`, run on the core host.
 async fn report(ns: &Netns, auth: &Auth) -> Value {
-    let mut cmd = ns.command("core", bin("vantage"));
-    cmd.args(["--server", &Auth::url(CORE)])
-        .args(auth.client_args())
-        .args(["report", "--json"]);
+    let mut args = vec!["--server".to_owned(), Auth::url(CORE)];
+    args.extend(auth.client_args());
+    args.extend(strings(&["report", "--json"]));
+    let mut cmd = in_ns(ns, auth, "core", "vantage", &args);
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
         .expect("vantage report took longer than 30s")
@@ -221,6 +266,20 @@ fn state<'a>(r: &'a Value, name: &str) -> &'a str {
     vantage(r, name)
         .and_then(|v| v["state"].as_str())
         .unwrap_or("absent")
+}
+
+/// Where the STUN servers saw vantage `name`: the mapped addresses of its netcheck log
+/// (`netcheck: STUN <node> (region <id>) mapped this vantage to <ip:port>`) in the report.
+fn stun_mapped(r: &Value, name: &str) -> Vec<SocketAddr> {
+    r["derp"]["vantage_reports"][name]["netcheck_logs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            let (_, addr) = l.as_str()?.split_once(" mapped this vantage to ")?;
+            addr.parse().ok()
+        })
+        .collect()
 }
 
 /// The DERP region `id` as vantage `name` saw it.
@@ -237,10 +296,15 @@ fn server_args(auth: &Auth, tls: bool, args: &[&str]) -> Vec<String> {
 }
 
 /// No tokens and no `--insecure-no-auth`: vantaged refuses the core address, exit status 64.
-async fn assert_refused_without_auth(ns: &Netns) {
+async fn assert_refused_without_auth(ns: &Netns, auth: &Auth) {
     let listen = format!("{CORE}:{PORT}");
-    let mut cmd = ns.command("core", bin("vantaged"));
-    cmd.args(["--listen", &listen]);
+    let mut cmd = in_ns(
+        ns,
+        auth,
+        "core",
+        "vantaged",
+        &strings(&["--listen", &listen]),
+    );
     let refused = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
         .expect("vantaged did not exit within 30s")
@@ -266,9 +330,17 @@ async fn start_servers(
         false,
         &["--listen", &edge_listen, "--server-vantage", "false"],
     );
-    let edge = vantaged(ns, "edge", &edge_args, &dir.join("edge.log")).await;
+    let edge = vantaged(ns, auth, "edge", &edge_args, &dir.join("edge.log")).await;
+    assert_eq!(edge.url, format!("http://{edge_listen}"));
+    // README's DERP map, written as README writes it.
+    let map = readme_block("derp-map.json");
+    let heredoc = map
+        .split_inclusive('\n')
+        .skip_while(|l| !l.starts_with("cat > derp-map.json"))
+        .take_while(|l| !l.starts_with("ip netns exec core"))
+        .collect::<String>();
+    readme_sh(dir, &heredoc);
     let map = dir.join("derp-map.json");
-    std::fs::write(&map, edge_map(&edge.url)).unwrap();
     let listen = format!("{CORE}:{PORT}");
     let stun = format!("{CORE}:3478");
     let core_args = server_args(
@@ -294,7 +366,7 @@ async fn start_servers(
             "false",
         ],
     );
-    let core = vantaged(ns, "core", &core_args, log).await;
+    let core = vantaged(ns, auth, "core", &core_args, log).await;
     assert_eq!(core.url, Auth::url(CORE));
     (core, edge)
 }
@@ -318,7 +390,8 @@ async fn both_regions_report(ns: &Netns, auth: &Auth) -> Value {
 }
 
 /// The relay only fra is linked to is healthy from fra and unreachable from iad, and the
-/// aggregate (quorum 2) names who sees what; each probe came from its own host's address.
+/// aggregate (quorum 2) names who sees what; each probe came from its own host's address, and
+/// the STUN server saw each at that address (the report's netcheck logs).
 fn assert_who_sees_what(r: &Value, log: &Path) {
     let from_fra = &seen(r, "fra-1", "1")["node_reports"][0];
     assert_eq!(from_fra["can_exchange_messages"], true, "{from_fra}");
@@ -338,6 +411,16 @@ fn assert_who_sees_what(r: &Value, log: &Path) {
     }
     let logged = std::fs::read_to_string(log).unwrap();
     for (name, addr) in [("fra-1", "10.77.0.2"), ("iad-1", "10.77.0.3")] {
+        let mapped = stun_mapped(r, name);
+        assert_eq!(
+            mapped
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>(),
+            [addr],
+            "the STUN server on the core saw {name} at {addr}: {}",
+            r["derp"]["vantage_reports"][name]["netcheck_logs"]
+        );
         let v = vantage(r, name).unwrap();
         assert!(
             v["address"]
@@ -357,17 +440,21 @@ fn assert_who_sees_what(r: &Value, log: &Path) {
 
 /// `vantage-probe --once` from iad with `token` claiming `name`: refused (exit 4), and why.
 async fn once_from_iad(ns: &Netns, auth: &Auth, token: &str, name: &str) -> String {
-    let mut cmd = ns.command("iad", bin("vantage-probe"));
-    cmd.args([
+    let ca = auth.file("ca.pem");
+    let args = strings(&[
         "--server",
         &Auth::url(CORE),
+        "--ca-file",
+        &ca,
+        "--token",
+        token,
         "--name",
         name,
         "--region",
         "iad",
         "--once",
-    ])
-    .args(["--ca-file", &auth.file("ca.pem"), "--token", token]);
+    ]);
+    let mut cmd = in_ns(ns, auth, "iad", "vantage-probe", &args);
     let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
         .expect("vantage-probe --once took longer than 60s")
@@ -413,12 +500,68 @@ async fn cut_and_restore_fra(ns: &Netns, auth: &Auth) {
     .await;
 }
 
+/// README's fleet section is what this test did. Its network block, expanded by `sh` with `ip`
+/// only printing, is what the fixture ran to build the network; every other command line
+/// (continuations joined, a trailing ` &` dropped) is one this test ran, and every command line
+/// the test ran is in README. Not compared, because this test runs them as written: the
+/// certificate and token block, the DERP map's here-document. Not run: the release build (the
+/// test runs the binaries of its own build).
+fn assert_readme_is_the_test(ns: &Netns) {
+    let fixture = ns.commands();
+    let network = readme_block("ip netns add");
+    let out = std::process::Command::new("sh")
+        .args(["-ec", &format!("ip() {{ echo \"ip $*\"; }}\n{network}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let expanded: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        fixture.starts_with(&expanded),
+        "README's network commands {expanded:#?} are the fixture's {fixture:#?}"
+    );
+    let ran = RAN.lock().unwrap().clone();
+    let mut readme = BTreeSet::new();
+    for block in readme_blocks() {
+        if block.contains("ip netns add")
+            || block.contains("openssl req")
+            || block.starts_with("cargo build")
+        {
+            continue;
+        }
+        let mut heredoc = false;
+        for line in block.replace("\\\n", " ").lines() {
+            if line.starts_with("cat > derp-map.json") || heredoc {
+                heredoc = line != "MAP";
+                continue;
+            }
+            let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            readme.insert(line.strip_suffix(" &").unwrap_or(&line).to_owned());
+        }
+    }
+    for line in &readme {
+        assert!(
+            ran.contains(line) || fixture.contains(line),
+            "README's command is not one this test runs: {line}\nran: {ran:#?}"
+        );
+    }
+    for line in &ran {
+        assert!(
+            readme.contains(line),
+            "this test ran a command README does not show: {line}\nREADME: {readme:#?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_regional_fleet_in_network_namespaces() {
     let ns = network("fleet");
     let dir = tempfile::tempdir().unwrap();
-    assert_refused_without_auth(&ns).await;
-    let auth = Auth::new(dir.path()).await;
+    let auth = Auth::new(dir.path());
+    assert_refused_without_auth(&ns, &auth).await;
     let log = dir.path().join("vantaged.log");
     let (mut core, edge) = start_servers(&ns, &auth, dir.path(), &log).await;
     let mut fra = probe(&ns, &auth, "fra", "fra-1");
@@ -437,6 +580,7 @@ async fn a_regional_fleet_in_network_namespaces() {
         "vantaged kept running"
     );
     drop(edge);
+    assert_readme_is_the_test(&ns);
 }
 
 #[test]
