@@ -24,8 +24,6 @@ pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
-
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::config::{Config, ConfigError};
@@ -34,8 +32,6 @@ pub use app::ProvisionerPolicy;
 
 /// Longest a probe message may be.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
-/// How long shutdown waits for connections to finish.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -61,17 +57,29 @@ pub fn base_url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// Serve on `listener` (and answer STUN on `stun_socket`, bound by the caller from
-/// `--stun-listen`) until `shutdown` resolves. `ready` is called with the base URL once the
-/// server accepts connections.
+/// The sockets the caller bound: the listener, and from the configuration the plaintext
+/// health listener (`--health-listen`) and the STUN socket (`--stun-listen`).
+pub struct Sockets {
+    pub listener: TcpListener,
+    pub health: Option<TcpListener>,
+    pub stun: Option<UdpSocket>,
+}
+
+/// Serve on `sockets` until `shutdown` resolves, then drain (`--drain`) and stop within
+/// `--shutdown-grace`. `ready` is called with the base URL once the server accepts
+/// connections.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
-    stun_socket: Option<UdpSocket>,
+    sockets: Sockets,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(&str),
 ) -> Result<(), ServeError> {
     config.validate()?;
+    let Sockets {
+        listener,
+        health: health_listener,
+        stun: stun_socket,
+    } = sockets;
     let addr = listener.local_addr()?;
     app::refuse_unauthenticated(&config, addr)?;
     let security = security::Security::load(&config)?;
@@ -94,7 +102,15 @@ pub async fn serve(
     }
     let (health, router) = app::router(&config, &targets, surface, &stores, inventory, &cancel)?;
     security.spawn_background(&config, &cancel);
-    let server = app::Server::start(listener, security.guard(router), &security);
+    let health_listener = health_listener.map(|l| {
+        tracing::info!(addr = ?l.local_addr().ok(), "serving grpc.health.v1, /healthz and /readyz in plaintext");
+        (l, api::grpc::health::listener_router(&health, cancel.clone()))
+    });
+    let server = app::Server::start(listener, security.guard(router), &security, health_listener);
     ready(&base);
-    server.run_until(shutdown, &health, &cancel).await
+    let timing = app::Shutdown {
+        drain: config.drain,
+        grace: config.shutdown_grace,
+    };
+    server.run_until(shutdown, &health, &cancel, timing).await
 }
