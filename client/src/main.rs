@@ -23,14 +23,16 @@ const EX_USAGE: u8 = 64;
     about = "vantage: deployment health from many vantage points"
 )]
 struct Cli {
-    /// The server's base URL.
+    /// The server's base URL; repeatable or comma-separated for replicas: they are tried in
+    /// this order and the first that answers is used.
     #[arg(
         long,
         global = true,
         env = "VANTAGE_SERVER",
-        default_value = "http://127.0.0.1:7080"
+        default_value = "http://127.0.0.1:7080",
+        value_delimiter = ','
     )]
-    server: String,
+    server: Vec<String>,
     /// Bearer token.
     #[arg(long, global = true, env = "VANTAGE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -240,27 +242,56 @@ async fn run(cli: Cli) -> ExitCode {
         client_key,
         insecure_plaintext,
     };
-    // The URL and the TLS files are checked before anything touches the network.
-    let target = match vantage_client::target(&server, &files) {
-        Ok(t) => t,
-        Err(e) => return fail(&e),
+    // Every URL and the TLS files are checked before anything touches the network.
+    let mut targets = Vec::new();
+    for url in &server {
+        match vantage_client::target(url, &files) {
+            Ok(t) => targets.push(t),
+            Err(e) => return fail(&e),
+        }
+    }
+    let Some(first) = targets.first().cloned() else {
+        return usage("--server: no server given");
     };
-    match command {
+    // `watch`'s flags are checked before touching the network.
+    let watch_req = match &command {
         Command::Watch {
             json,
             sections,
             min_severity,
             vantages,
             since,
-        } => {
-            // Validate arguments before touching the network.
-            let req = match watch_request(json, &sections, min_severity.as_deref(), vantages, since)
-            {
-                Ok(req) => req,
-                Err(code) => return code,
-            };
-            watch(target, token, req, json).await
+        } => match watch_request(
+            *json,
+            sections,
+            min_severity.as_deref(),
+            vantages.clone(),
+            *since,
+        ) {
+            Ok(req) => Some((req, *json)),
+            Err(code) => return code,
+        },
+        _ => None,
+    };
+    let needs_server = !matches!(
+        &command,
+        Command::Netcheck {
+            derp_map: Some(_),
+            ..
         }
+    );
+    let (target, client) = if needs_server {
+        match first_reachable(&targets, token.as_deref()).await {
+            Ok((t, c)) => (t, Some(c)),
+            Err(e) => return fail(&e),
+        }
+    } else {
+        (first, None)
+    };
+    if let Some((req, json)) = watch_req {
+        return watch(target, token, req, json).await;
+    }
+    match command {
         Command::Netcheck {
             derp_map,
             node_timeout,
@@ -274,14 +305,33 @@ async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
-        command => {
-            let client = match Client::connect_to(&target, token.as_deref()).await {
-                Ok(c) => c,
-                Err(e) => return fail(&e),
-            };
-            run_connected(&client, command).await
+        command => match client {
+            Some(client) => run_connected(&client, command).await,
+            None => ExitCode::FAILURE,
+        },
+    }
+}
+
+/// The first of `targets` that answers, in order; when none does, the last one's error
+/// (exit 3). Any other error (a refused token) ends the search.
+async fn first_reachable(
+    targets: &[Target],
+    token: Option<&str>,
+) -> Result<(Target, Client), ClientError> {
+    let mut last = None;
+    for target in targets {
+        match Client::connect_to(target, token).await {
+            Ok(client) => return Ok((target.clone(), client)),
+            Err(e) if e.is_unreachable() => {
+                if targets.len() > 1 {
+                    eprintln!("vantage: {e}; trying the next server");
+                }
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
         }
     }
+    Err(last.unwrap_or(ClientError::Url(String::new())))
 }
 
 /// The subcommands that talk to the server through one connected client.
