@@ -254,24 +254,9 @@ async fn run(cli: Cli) -> ExitCode {
         return usage("--server: no server given");
     };
     // `watch`'s flags are checked before touching the network.
-    let watch_req = match &command {
-        Command::Watch {
-            json,
-            sections,
-            min_severity,
-            vantages,
-            since,
-        } => match watch_request(
-            *json,
-            sections,
-            min_severity.as_deref(),
-            vantages.clone(),
-            *since,
-        ) {
-            Ok(req) => Some((req, *json)),
-            Err(code) => return code,
-        },
-        _ => None,
+    let watch_req = match watch_flags(&command) {
+        Ok(w) => w,
+        Err(code) => return code,
     };
     let needs_server = !matches!(
         &command,
@@ -281,7 +266,12 @@ async fn run(cli: Cli) -> ExitCode {
         }
     );
     let (target, client) = if needs_server {
-        match first_reachable(&targets, token.as_deref()).await {
+        let unreachable = |e: &ClientError| {
+            if targets.len() > 1 {
+                eprintln!("vantage: {e}; trying the next server");
+            }
+        };
+        match vantage_client::connect_first(&targets, token.as_deref(), unreachable).await {
             Ok((t, c)) => (t, Some(c)),
             Err(e) => return fail(&e),
         }
@@ -312,26 +302,26 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// The first of `targets` that answers, in order; when none does, the last one's error
-/// (exit 3). Any other error (a refused token) ends the search.
-async fn first_reachable(
-    targets: &[Target],
-    token: Option<&str>,
-) -> Result<(Target, Client), ClientError> {
-    let mut last = None;
-    for target in targets {
-        match Client::connect_to(target, token).await {
-            Ok(client) => return Ok((target.clone(), client)),
-            Err(e) if e.is_unreachable() => {
-                if targets.len() > 1 {
-                    eprintln!("vantage: {e}; trying the next server");
-                }
-                last = Some(e);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or(ClientError::Url(String::new())))
+/// `watch`'s request and `--json`, checked (`None` for the other commands).
+fn watch_flags(command: &Command) -> Result<Option<(pb::WatchRequest, bool)>, ExitCode> {
+    let Command::Watch {
+        json,
+        sections,
+        min_severity,
+        vantages,
+        since,
+    } = command
+    else {
+        return Ok(None);
+    };
+    let req = watch_request(
+        *json,
+        sections,
+        min_severity.as_deref(),
+        vantages.clone(),
+        *since,
+    )?;
+    Ok(Some((req, *json)))
 }
 
 /// The subcommands that talk to the server through one connected client.

@@ -427,6 +427,11 @@ async fn a_probe_given_both_replicas_fails_over_losing_nothing_and_stale_is_stor
     let stored = no_hole_below_the_stored_sequence(&db, "fra-1").await;
     assert!(stored >= after);
     println!("fra-1 stored without a hole through seq {stored} (was {before} at the kill)");
+    // The CLI given both URLs, the dead one first, uses the one that answers.
+    let both = format!("{},{}", a.url, b.url);
+    let out = vantage_tests::cli(&["--server", &both, "vantages"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fra-1"), "{out:?}");
 
     // A's own vantage goes stale once, stored once; no vantage's stale is stored twice.
     eventually(
