@@ -431,7 +431,10 @@ async fn a_probe_given_both_replicas_fails_over_losing_nothing_and_stale_is_stor
     let both = format!("{},{}", a.url, b.url);
     let out = vantage_tests::cli(&["--server", &both, "vantages"]).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("fra-1"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("fra-1"),
+        "{out:?}"
+    );
 
     // A's own vantage goes stale once, stored once; no vantage's stale is stored twice.
     eventually(
