@@ -1,13 +1,12 @@
 //! The composition root: builds each part of the server from the configuration and wires them
 //! together. [`crate::serve`] reads as its table of contents.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use vantage_derp::map::DerpMap;
 use vantage_probe::checks::CheckContext;
@@ -487,105 +486,4 @@ pub(crate) fn router(
     // Unknown paths: 404 (gRPC requests: UNIMPLEMENTED), not tonic's gRPC answer to all.
     let router = router.fallback(api::http::guard::not_found);
     Ok((reporter, router))
-}
-
-type Serving = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
-
-/// How shutdown goes (`--drain`, `--shutdown-grace`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Shutdown {
-    /// How long to keep serving NOT_SERVING before ending the streams.
-    pub(crate) drain: Duration,
-    /// The longest shutdown takes, drain included.
-    pub(crate) grace: Duration,
-}
-
-/// The listeners, serving until told to stop: the main one and the plaintext health one.
-pub(crate) struct Server {
-    serving: Serving,
-    health: Serving,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Server {
-    /// Serve `router` on `listener` (TLS when `security` says so), with `TCP_NODELAY`: DERP
-    /// packets, acks and watch events are small and latency-bound. `health`: the plaintext
-    /// health listener and its router, when configured.
-    pub(crate) fn start(
-        listener: TcpListener,
-        router: axum::Router,
-        security: &crate::security::Security,
-        health: Option<(TcpListener, axum::Router)>,
-    ) -> Server {
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let serving = crate::security::accept::serve(
-            listener,
-            router,
-            security.tls.clone(),
-            security.counters.clone(),
-            stop_rx.clone(),
-        );
-        let health: Serving = match health {
-            Some((listener, router)) => Box::pin(crate::security::accept::serve(
-                listener,
-                router,
-                None,
-                security.counters.clone(),
-                stop_rx,
-            )),
-            None => {
-                let mut stop_rx = stop_rx;
-                Box::pin(async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                    Ok(())
-                })
-            }
-        };
-        Server {
-            serving: Box::pin(serving),
-            health,
-            stop,
-        }
-    }
-
-    /// Serve until `shutdown`; then NOT_SERVING on every health service and `/readyz` 503,
-    /// keep serving for the drain, then end every stream (status OK) and close the listeners,
-    /// cutting what is still open when the grace period ends.
-    pub(crate) async fn run_until(
-        mut self,
-        shutdown: impl Future<Output = ()>,
-        health: &api::grpc::health::HealthReporter,
-        cancel: &CancellationToken,
-        timing: Shutdown,
-    ) -> Result<(), ServeError> {
-        tokio::select! {
-            r = &mut self.serving => return r.map_err(ServeError::Io),
-            r = &mut self.health => return r.map_err(ServeError::Io),
-            () = shutdown => {}
-        }
-        let deadline = tokio::time::Instant::now() + timing.grace;
-        tracing::info!(drain = ?timing.drain, grace = ?timing.grace, "shutting down: NOT_SERVING, draining");
-        health.not_serving();
-        tokio::select! {
-            r = &mut self.serving => return r.map_err(ServeError::Io),
-            r = &mut self.health => return r.map_err(ServeError::Io),
-            () = tokio::time::sleep(timing.drain) => {}
-        }
-        tracing::info!("drained: ending the streams and closing the listeners");
-        cancel.cancel();
-        let _ = self.stop.send(true);
-        let both = async {
-            let (main, health) = tokio::join!(self.serving, self.health);
-            main.and(health)
-        };
-        match tokio::time::timeout_at(deadline, both).await {
-            Ok(r) => r.map_err(ServeError::Io),
-            Err(_) => {
-                tracing::warn!(
-                    "connections still open at the end of the grace period; stopping anyway"
-                );
-                Ok(())
-            }
-        }
-    }
 }

@@ -5,7 +5,8 @@
 //! own vantage, the inventory) → [`aggregator`] (the one owner of health state, using the pure
 //! rules of [`aggregate`]) → [`api`] (gRPC and HTTP) and [`alerts`] (pushes to Alertmanager).
 //! [`store`] keeps state durable, [`registry`] knows the announced components, `cluster` follows
-//! other replicas, [`security`] is TLS and tokens on the listener, and `app` composes it all.
+//! other replicas, [`security`] is TLS and tokens on the listener, `serving` runs the listeners
+//! and the drain at shutdown, and `app` composes it all.
 //!
 //! Libraries take a bound listener and a shutdown future; only `main.rs` binds, reads the
 //! environment and installs logging.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod ingest;
 pub mod registry;
 pub mod security;
+mod serving;
 pub mod store;
 
 use std::future::Future;
@@ -106,9 +108,10 @@ pub async fn serve(
         tracing::info!(addr = ?l.local_addr().ok(), "serving grpc.health.v1, /healthz and /readyz in plaintext");
         (l, api::grpc::health::listener_router(&health, cancel.clone()))
     });
-    let server = app::Server::start(listener, security.guard(router), &security, health_listener);
+    let server =
+        serving::Server::start(listener, security.guard(router), &security, health_listener);
     ready(&base);
-    let timing = app::Shutdown {
+    let timing = serving::Shutdown {
         drain: config.drain,
         grace: config.shutdown_grace,
     };

@@ -244,3 +244,44 @@ pub async fn track(agg: Aggregator, reporter: HealthReporter, cancel: Cancellati
         {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn draining_is_not_serving_for_good_and_watch_ends_ok() {
+        let shutdown = CancellationToken::new();
+        let (reporter, _) = health_service(shutdown.clone());
+        let api = HealthApi {
+            rx: reporter.statuses.subscribe(),
+            shutdown: shutdown.clone(),
+        };
+        let request = |s: &str| {
+            Request::new(HealthCheckRequest {
+                service: s.to_owned(),
+            })
+        };
+        let mut watch = api.watch(request("")).await.unwrap().into_inner();
+        let first = watch.next().await.unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::Serving as i32);
+
+        reporter.not_serving();
+        assert!(reporter.is_draining());
+        // The report keeps changing during the drain; it changes nothing.
+        reporter.set(DEPLOYMENT_SERVICE, ServingStatus::Serving);
+        reporter.set("", ServingStatus::Serving);
+        for service in ["", DEPLOYMENT_SERVICE, "vantage.v1.Database"] {
+            let r = api.check(request(service)).await.unwrap().into_inner();
+            assert_eq!(r.status, ServingStatus::NotServing as i32, "{service:?}");
+        }
+        let next = watch.next().await.unwrap().unwrap();
+        assert_eq!(next.status, ServingStatus::NotServing as i32);
+
+        // The end of the drain: the stream ends, with no error (status OK).
+        shutdown.cancel();
+        assert!(watch.next().await.is_none());
+    }
+}
