@@ -92,7 +92,8 @@ async fn get(url: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-#[tokio::test]
+// Several threads: the watchers note when NOT_SERVING arrives while the test polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_not_serving_first_then_ends_streams_ok_within_the_grace() {
     let (mut server, health_port) = start_with_health_listener().await;
     let health_url = format!("http://127.0.0.1:{health_port}");
@@ -177,10 +178,10 @@ async fn sigterm_drains_not_serving_first_then_ends_streams_ok_within_the_grace(
             .unwrap_or_else(|| panic!("{name}: no NOT_SERVING"));
         let ahead = closed_at - at;
         println!("{name}: NOT_SERVING {ahead:?} before the listener closed");
-        // The drain starts right after NOT_SERVING is set; allow its delivery some
-        // scheduling latency.
+        // The drain starts right after NOT_SERVING is set (before the fix: 2 ms before the
+        // listener closed); allow its delivery to this client some scheduling latency.
         assert!(
-            ahead + Duration::from_millis(100) >= DRAIN,
+            ahead + Duration::from_millis(250) >= DRAIN,
             "{name}: NOT_SERVING only {ahead:?} before the listener closed (drain {DRAIN:?})"
         );
         assert!(w.end.is_ok(), "{name}: the Watch ended with {:?}", w.end);
