@@ -26,6 +26,7 @@ pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
+
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::config::{Config, ConfigError};
