@@ -86,6 +86,28 @@ pub fn target(url: &str, files: &TlsFiles) -> Result<Target, ClientError> {
     })
 }
 
+/// The first of `targets` that answers, tried in order; `unreachable` is told of each that
+/// does not. When none answers, the last one's error (exit 3); any other error (a refused
+/// token, say) ends the search.
+pub async fn connect_first(
+    targets: &[Target],
+    token: Option<&str>,
+    mut unreachable: impl FnMut(&ClientError),
+) -> Result<(Target, Client), ClientError> {
+    let mut last = None;
+    for target in targets {
+        match Client::connect_to(target, token).await {
+            Ok(client) => return Ok((target.clone(), client)),
+            Err(e) if e.is_unreachable() => {
+                unreachable(&e);
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Url(String::new())))
+}
+
 /// A connected client.
 #[derive(Clone)]
 pub struct Client {

@@ -23,14 +23,16 @@ const EX_USAGE: u8 = 64;
     about = "vantage: deployment health from many vantage points"
 )]
 struct Cli {
-    /// The server's base URL.
+    /// The server's base URL; repeatable or comma-separated for replicas: they are tried in
+    /// this order and the first that answers is used.
     #[arg(
         long,
         global = true,
         env = "VANTAGE_SERVER",
-        default_value = "http://127.0.0.1:7080"
+        default_value = "http://127.0.0.1:7080",
+        value_delimiter = ','
     )]
-    server: String,
+    server: Vec<String>,
     /// Bearer token.
     #[arg(long, global = true, env = "VANTAGE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -240,27 +242,46 @@ async fn run(cli: Cli) -> ExitCode {
         client_key,
         insecure_plaintext,
     };
-    // The URL and the TLS files are checked before anything touches the network.
-    let target = match vantage_client::target(&server, &files) {
-        Ok(t) => t,
-        Err(e) => return fail(&e),
-    };
-    match command {
-        Command::Watch {
-            json,
-            sections,
-            min_severity,
-            vantages,
-            since,
-        } => {
-            // Validate arguments before touching the network.
-            let req = match watch_request(json, &sections, min_severity.as_deref(), vantages, since)
-            {
-                Ok(req) => req,
-                Err(code) => return code,
-            };
-            watch(target, token, req, json).await
+    // Every URL and the TLS files are checked before anything touches the network.
+    let mut targets = Vec::new();
+    for url in &server {
+        match vantage_client::target(url, &files) {
+            Ok(t) => targets.push(t),
+            Err(e) => return fail(&e),
         }
+    }
+    let Some(first) = targets.first().cloned() else {
+        return usage("--server: no server given");
+    };
+    // `watch`'s flags are checked before touching the network.
+    let watch_req = match watch_flags(&command) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let needs_server = !matches!(
+        &command,
+        Command::Netcheck {
+            derp_map: Some(_),
+            ..
+        }
+    );
+    let (target, client) = if needs_server {
+        let unreachable = |e: &ClientError| {
+            if targets.len() > 1 {
+                eprintln!("vantage: {e}; trying the next server");
+            }
+        };
+        match vantage_client::connect_first(&targets, token.as_deref(), unreachable).await {
+            Ok((t, c)) => (t, Some(c)),
+            Err(e) => return fail(&e),
+        }
+    } else {
+        (first, None)
+    };
+    if let Some((req, json)) = watch_req {
+        return watch(target, token, req, json).await;
+    }
+    match command {
         Command::Netcheck {
             derp_map,
             node_timeout,
@@ -274,14 +295,33 @@ async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
-        command => {
-            let client = match Client::connect_to(&target, token.as_deref()).await {
-                Ok(c) => c,
-                Err(e) => return fail(&e),
-            };
-            run_connected(&client, command).await
-        }
+        command => match client {
+            Some(client) => run_connected(&client, command).await,
+            None => ExitCode::FAILURE,
+        },
     }
+}
+
+/// `watch`'s request and `--json`, checked (`None` for the other commands).
+fn watch_flags(command: &Command) -> Result<Option<(pb::WatchRequest, bool)>, ExitCode> {
+    let Command::Watch {
+        json,
+        sections,
+        min_severity,
+        vantages,
+        since,
+    } = command
+    else {
+        return Ok(None);
+    };
+    let req = watch_request(
+        *json,
+        sections,
+        min_severity.as_deref(),
+        vantages.clone(),
+        *since,
+    )?;
+    Ok(Some((req, *json)))
 }
 
 /// The subcommands that talk to the server through one connected client.

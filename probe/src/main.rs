@@ -20,9 +20,16 @@ const EX_REFUSED: u8 = 4;
 #[derive(Debug, Parser)]
 #[command(name = "vantage-probe", version, about = "vantage probe worker")]
 struct Args {
-    /// The server's base URL.
-    #[arg(long, env = "VANTAGE_SERVER", default_value = "http://127.0.0.1:7080")]
-    server: String,
+    /// The server's base URL; repeatable or comma-separated for replicas: the probe attaches
+    /// to the first that answers, in this order, stays with it, and moves on to the next one
+    /// (round-robin) when the connection fails.
+    #[arg(
+        long,
+        env = "VANTAGE_SERVER",
+        default_value = "http://127.0.0.1:7080",
+        value_delimiter = ','
+    )]
+    server: Vec<String>,
     /// This vantage's name (unique in the fleet).
     #[arg(long, env = "VANTAGE_NAME")]
     name: String,
@@ -116,10 +123,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         client_key: args.client_key.clone(),
         insecure_plaintext: args.insecure_plaintext,
     };
-    // The URL and the TLS files are checked once before anything else.
-    if let Err(e) = vantage_proto::transport::Target::new(&args.server, &files) {
-        eprintln!("vantage-probe: {e}");
-        return Ok(ExitCode::from(EX_USAGE));
+    // Every URL and the TLS files are checked once before anything else.
+    for server in &args.server {
+        if let Err(e) = vantage_proto::transport::Target::new(server, &files) {
+            eprintln!("vantage-probe: {e}");
+            return Ok(ExitCode::from(EX_USAGE));
+        }
     }
     let extra = match &args.ca_file {
         Some(p) => match vantage_probe::tls::load_pem_certs(p) {
@@ -141,7 +150,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let cfg = SessionConfig {
-        server: args.server,
+        servers: args.server,
         name: args.name,
         region: args.region,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -161,7 +170,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             u8::try_from(view.severity.exit_code()).unwrap_or(2),
         ));
     }
-    tracing::info!(server = %cfg.server, name = %cfg.name, region = %cfg.region, "starting");
+    tracing::info!(servers = ?cfg.servers, name = %cfg.name, region = %cfg.region, "starting");
     session::run(cfg, ctx, vantage_probe::signal::shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -28,10 +28,27 @@ pub struct VantageView {
 /// Ask the server for this vantage's assignment without registering as a vantage.
 pub async fn fetch_assignment(cfg: &SessionConfig) -> anyhow::Result<pb::Assignment> {
     use anyhow::Context as _;
-    let channel = transport::Target::new(&cfg.server, &cfg.tls)?
-        .connect(KeepAlive::Off)
-        .await
-        .with_context(|| format!("connecting to {}", cfg.server))?;
+    // The first server that answers, in the order given.
+    let mut last = None;
+    let mut channel = None;
+    for server in &cfg.servers {
+        match transport::Target::new(server, &cfg.tls)?
+            .connect(KeepAlive::Off)
+            .await
+            .with_context(|| format!("connecting to {server}"))
+        {
+            Ok(c) => {
+                channel = Some(c);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let channel = match (channel, last) {
+        (Some(c), _) => c,
+        (None, Some(e)) => return Err(e),
+        (None, None) => anyhow::bail!("no server given"),
+    };
     let mut client = ProbeServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.try_send(pb::ProbeMessage {

@@ -27,7 +27,8 @@ pub const DEFAULT_BUFFER: usize = 10_000;
 const BATCH: usize = 64;
 /// How long the server has to answer the hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The first reconnect waits at most this long (jittered); later ones back off from it.
+pub const FIRST_RETRY: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Reconnect delays are drawn from `[backoff/2, backoff]`.
 const BACKOFF_JITTER: f64 = 0.5;
@@ -154,7 +155,8 @@ impl ReplayBuffer {
 /// Who this probe is and where it reports.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    pub server: String,
+    /// The servers (replicas), in the order to try them; at least one.
+    pub servers: Vec<String>,
     pub name: String,
     pub region: String,
     pub labels: BTreeMap<String, String>,
@@ -184,11 +186,51 @@ enum Ended {
     Lost(AttemptError),
 }
 
+/// Which server to attach to, and how long to wait before an attempt. The servers are tried
+/// in the order given: the probe attaches to the first that answers and stays with it; when
+/// an attempt fails or the session is lost it moves on to the next one (round-robin, back to
+/// the first after the last). The first retry after a loss comes within [`FIRST_RETRY`]
+/// (jittered), later ones back off exponentially up to 10 s, until a session attaches again.
+#[derive(Debug)]
+struct Failover {
+    servers: Vec<String>,
+    current: usize,
+    backoff: Backoff,
+}
+
+impl Failover {
+    fn new(servers: Vec<String>) -> Failover {
+        Failover {
+            servers,
+            current: 0,
+            backoff: Backoff::new(FIRST_RETRY, BACKOFF_MAX).jitter(BACKOFF_JITTER),
+        }
+    }
+
+    /// The server of the next attempt.
+    fn current(&self) -> &str {
+        self.servers.get(self.current).map_or("", String::as_str)
+    }
+
+    /// Attached: stay with this server; a later loss retries quickly again.
+    fn attached(&mut self) {
+        self.backoff.reset();
+    }
+
+    /// The attempt on the current server failed or its session was lost: move on to the
+    /// next server; the delay before trying it.
+    fn failed(&mut self) -> Duration {
+        self.current = (self.current + 1) % self.servers.len().max(1);
+        self.backoff.next_delay()
+    }
+}
+
 /// The session's state across reconnects.
 struct Session {
     cfg: SessionConfig,
     ctx: CheckContext,
     instance_id: String,
+    failover: Failover,
     buffer: ReplayBuffer,
     scheduler: Option<Scheduler>,
     out_tx: mpsc::Sender<Output>,
@@ -208,6 +250,7 @@ pub async fn run(
     let (out_tx, out_rx) = mpsc::channel(1024);
     let mut session = Session {
         buffer: ReplayBuffer::new(cfg.buffer),
+        failover: Failover::new(cfg.servers.clone()),
         cfg,
         ctx,
         instance_id: uuid::Uuid::new_v4().to_string(),
@@ -218,19 +261,22 @@ pub async fn run(
         heartbeat: DEFAULT_HEARTBEAT,
     };
     tokio::pin!(shutdown);
-    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX).jitter(BACKOFF_JITTER);
     loop {
-        let attempt = session.attempt(&mut backoff, &mut shutdown);
-        match attempt.await {
+        let attempt = session.attempt(&mut shutdown);
+        let ended = attempt.await;
+        let server = session.failover.current().to_owned();
+        let delay = session.failover.failed();
+        let next = session.failover.current();
+        match ended {
             Ended::Shutdown => return,
             Ended::Lost(AttemptError::Attach(s)) if refused(&s) => {
-                tracing::error!(reason = %s.message(), code = ?s.code(), server = %session.cfg.server, "the server refused this probe; retrying with backoff");
+                tracing::error!(reason = %s.message(), code = ?s.code(), %server, %next, ?delay, "the server refused this probe; retrying with backoff");
             }
             Ended::Lost(e) => {
-                tracing::warn!(error = %e, server = %session.cfg.server, buffered = session.buffer.len(), "session lost; reconnecting");
+                tracing::warn!(error = %e, %server, %next, ?delay, buffered = session.buffer.len(), "session lost; reconnecting");
             }
         }
-        let sleep = tokio::time::sleep(backoff.next_delay());
+        let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -301,7 +347,7 @@ impl Session {
 
     async fn connect(&self) -> Result<ProbeServiceClient<Channel>, AttemptError> {
         // Built per attempt, so a rotated client certificate is picked up on reconnect.
-        let target = transport::Target::new(&self.cfg.server, &self.cfg.tls)
+        let target = transport::Target::new(self.failover.current(), &self.cfg.tls)
             .map_err(|e| AttemptError::Url(e.to_string()))?;
         Ok(ProbeServiceClient::new(
             target.connect(KeepAlive::Always).await?,
@@ -310,7 +356,6 @@ impl Session {
 
     async fn attempt(
         &mut self,
-        backoff: &mut Backoff,
         shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Ended {
         let (up, mut down) = {
@@ -328,10 +373,12 @@ impl Session {
             Ok(w) => w,
             Err(e) => return Ended::Lost(e),
         };
-        backoff.reset();
+        self.failover.attached();
+        // The welcome says what this server has stored of this instance: resend from there.
         self.buffer.ack(welcome.applied_seq);
         let mut sent = self.buffer.acked().max(welcome.applied_seq);
         tracing::info!(
+            server = self.failover.current(),
             applied = welcome.applied_seq,
             resend = self.buffer.len(),
             "attached"
@@ -544,6 +591,49 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_millis(11_500));
         hb.tick().await;
         assert_eq!(start.elapsed(), Duration::from_millis(18_500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_retry_comes_within_250ms_and_later_ones_back_off() {
+        for _ in 0..20 {
+            let mut f = Failover::new(vec!["http://127.0.0.1:1".into()]);
+            let mut waits = Vec::new();
+            for _ in 0..8 {
+                let start = Instant::now();
+                tokio::time::sleep(f.failed()).await;
+                waits.push(start.elapsed());
+            }
+            assert!(waits[0] <= FIRST_RETRY, "first retry after {:?}", waits[0]);
+            assert!(waits[0] >= FIRST_RETRY / 2, "jittered, not zero: {waits:?}");
+            // Until the cap (10 s), each delay is above the one two before it.
+            for pair in waits[..6].windows(3) {
+                assert!(pair[2] > pair[0], "the delays grow: {waits:?}");
+            }
+            assert!(waits[7] >= Duration::from_secs(5), "backed off: {waits:?}");
+            assert!(waits.iter().all(|w| *w <= BACKOFF_MAX), "{waits:?}");
+            // Attached again: the next loss retries quickly again.
+            f.attached();
+            let start = Instant::now();
+            tokio::time::sleep(f.failed()).await;
+            assert!(start.elapsed() <= FIRST_RETRY);
+        }
+    }
+
+    #[test]
+    fn failover_tries_the_servers_in_order_and_wraps() {
+        let mut f = Failover::new(vec!["a".into(), "b".into(), "c".into()]);
+        assert_eq!(f.current(), "a", "the first given is tried first");
+        f.attached();
+        assert_eq!(f.current(), "a", "and kept while it answers");
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            f.failed();
+            seen.push(f.current().to_owned());
+        }
+        assert_eq!(seen, ["b", "c", "a", "b"]);
+        let mut one = Failover::new(vec!["only".into()]);
+        one.failed();
+        assert_eq!(one.current(), "only");
     }
 
     #[test]

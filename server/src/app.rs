@@ -1,13 +1,12 @@
 //! The composition root: builds each part of the server from the configuration and wires them
 //! together. [`crate::serve`] reads as its table of contents.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use vantage_derp::map::DerpMap;
 use vantage_probe::checks::CheckContext;
@@ -22,7 +21,7 @@ use crate::ingest::{derpmap, hub, own};
 use crate::registry::Registry;
 use crate::store::pg::{PgOptions, PgPinger, PgStore};
 use crate::store::{MemoryStore, Store, WriteBehind, WriteBehindOptions};
-use crate::{MAX_MESSAGE, SHUTDOWN_GRACE, ServeError, api, cluster};
+use crate::{MAX_MESSAGE, ServeError, api, cluster};
 
 pub use crate::registry::follow::ProvisionerPolicy;
 
@@ -516,6 +515,7 @@ pub(crate) fn router(
     .into_axum_router();
     let served = api::http::guard::Served::new(&[&targets.base, &targets.access_url]);
     let mut router = api::http::router(app.clone(), served)
+        .merge(api::grpc::health::readyz_router(reporter.clone()))
         .merge(api::grpc::watch_codec::router(app))
         .merge(grpc)
         .merge(api::http::derp_map_router(targets.map_json.subscribe()));
@@ -527,60 +527,4 @@ pub(crate) fn router(
     // Unknown paths: 404 (gRPC requests: UNIMPLEMENTED), not tonic's gRPC answer to all.
     let router = router.fallback(api::http::guard::not_found);
     Ok((reporter, router))
-}
-
-type Serving = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
-
-/// The listener, serving the router until told to stop.
-pub(crate) struct Server {
-    serving: Serving,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Server {
-    /// Serve `router` on `listener` (TLS when `security` says so), with `TCP_NODELAY`: DERP
-    /// packets, acks and watch events are small and latency-bound.
-    pub(crate) fn start(
-        listener: TcpListener,
-        router: axum::Router,
-        security: &crate::security::Security,
-    ) -> Server {
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let serving = crate::security::accept::serve(
-            listener,
-            router,
-            security.tls.clone(),
-            security.counters.clone(),
-            stop_rx,
-        );
-        Server {
-            serving: Box::pin(serving),
-            stop,
-        }
-    }
-
-    /// Serve until `shutdown`; then NOT_SERVING on every health service, end every stream,
-    /// and give connections [`SHUTDOWN_GRACE`] to finish.
-    pub(crate) async fn run_until(
-        mut self,
-        shutdown: impl Future<Output = ()>,
-        health: &api::grpc::health::HealthReporter,
-        cancel: &CancellationToken,
-    ) -> Result<(), ServeError> {
-        tokio::select! {
-            r = &mut self.serving => return r.map_err(ServeError::Io),
-            () = shutdown => {}
-        }
-        tracing::info!("shutting down");
-        health.not_serving();
-        cancel.cancel();
-        let _ = self.stop.send(true);
-        match tokio::time::timeout(SHUTDOWN_GRACE, self.serving).await {
-            Ok(r) => r.map_err(ServeError::Io),
-            Err(_) => {
-                tracing::warn!("connections still open after the grace period; stopping anyway");
-                Ok(())
-            }
-        }
-    }
 }

@@ -5,7 +5,8 @@
 //! own vantage, the inventory) → [`aggregator`] (the one owner of health state, using the pure
 //! rules of [`aggregate`]) → [`api`] (gRPC and HTTP) and [`alerts`] (pushes to Alertmanager).
 //! [`store`] keeps state durable, [`registry`] knows the announced components, `cluster` follows
-//! other replicas, [`security`] is TLS and tokens on the listener, and `app` composes it all.
+//! other replicas, [`security`] is TLS and tokens on the listener, `serving` runs the listeners
+//! and the drain at shutdown, and `app` composes it all.
 //!
 //! Libraries take a bound listener and a shutdown future; only `main.rs` binds, reads the
 //! environment and installs logging.
@@ -20,11 +21,11 @@ pub mod config;
 pub mod ingest;
 pub mod registry;
 pub mod security;
+mod serving;
 pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -34,8 +35,6 @@ pub use app::ProvisionerPolicy;
 
 /// Longest a probe message may be.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
-/// How long shutdown waits for connections to finish.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -61,17 +60,29 @@ pub fn base_url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// Serve on `listener` (and answer STUN on `stun_socket`, bound by the caller from
-/// `--stun-listen`) until `shutdown` resolves. `ready` is called with the base URL once the
-/// server accepts connections.
+/// The sockets the caller bound: the listener, and from the configuration the plaintext
+/// health listener (`--health-listen`) and the STUN socket (`--stun-listen`).
+pub struct Sockets {
+    pub listener: TcpListener,
+    pub health: Option<TcpListener>,
+    pub stun: Option<UdpSocket>,
+}
+
+/// Serve on `sockets` until `shutdown` resolves, then drain (`--drain`) and stop within
+/// `--shutdown-grace`. `ready` is called with the base URL once the server accepts
+/// connections.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
-    stun_socket: Option<UdpSocket>,
+    sockets: Sockets,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(&str),
 ) -> Result<(), ServeError> {
     config.validate()?;
+    let Sockets {
+        listener,
+        health: health_listener,
+        stun: stun_socket,
+    } = sockets;
     let addr = listener.local_addr()?;
     app::refuse_unauthenticated(&config, addr)?;
     let security = security::Security::load(&config)?;
@@ -94,7 +105,16 @@ pub async fn serve(
     }
     let (health, router) = app::router(&config, &targets, surface, &stores, inventory, &cancel)?;
     security.spawn_background(&config, &cancel);
-    let server = app::Server::start(listener, security.guard(router), &security);
+    let health_listener = health_listener.map(|l| {
+        tracing::info!(addr = ?l.local_addr().ok(), "serving grpc.health.v1, /healthz and /readyz in plaintext");
+        (l, api::grpc::health::listener_router(&health, cancel.clone()))
+    });
+    let server =
+        serving::Server::start(listener, security.guard(router), &security, health_listener);
     ready(&base);
-    server.run_until(shutdown, &health, &cancel).await
+    let timing = serving::Shutdown {
+        drain: config.drain,
+        grace: config.shutdown_grace,
+    };
+    server.run_until(shutdown, &health, &cancel, timing).await
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use vantage_server::config::{Config, Flags};
-use vantage_server::{ServeError, serve};
+use vantage_server::{ServeError, Sockets, serve};
 
 /// Exit status for bad configuration (EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -111,7 +111,7 @@ fn init_logging() {
 
 /// Bind, print the base URL once serving, and serve until a shutdown signal; the exit status.
 async fn run(config: Config) -> ExitCode {
-    let (listener, stun) = match bind(&config).await {
+    let sockets = match bind(&config).await {
         Ok(sockets) => sockets,
         Err(code) => return code,
     };
@@ -124,8 +124,7 @@ async fn run(config: Config) -> ExitCode {
     };
     match serve(
         config,
-        listener,
-        stun,
+        sockets,
         vantage_probe::signal::shutdown_signal(),
         ready,
     )
@@ -143,11 +142,9 @@ async fn run(config: Config) -> ExitCode {
     }
 }
 
-/// Bind the TCP listener and, if configured, the STUN UDP socket; a failure is printed and
-/// becomes the exit status (EX_USAGE).
-async fn bind(
-    config: &Config,
-) -> Result<(tokio::net::TcpListener, Option<tokio::net::UdpSocket>), ExitCode> {
+/// Bind the TCP listener and, if configured, the health listener and the STUN UDP socket; a
+/// failure is printed and becomes the exit status (EX_USAGE).
+async fn bind(config: &Config) -> Result<Sockets, ExitCode> {
     let addr = match config.listen_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -172,5 +169,19 @@ async fn bind(
         },
         None => None,
     };
-    Ok((listener, stun))
+    let health = match config.health_listen {
+        Some(a) => match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("vantaged: health_listen: binding {a}: {e}");
+                return Err(ExitCode::from(EX_USAGE));
+            }
+        },
+        None => None,
+    };
+    Ok(Sockets {
+        listener,
+        health,
+        stun,
+    })
 }

@@ -75,6 +75,23 @@ impl Server {
         let _ = self.child.kill().await;
     }
 
+    /// SIGTERM: the graceful shutdown (drain, then stop).
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {}", self.pid());
+    }
+
+    /// Wait up to `limit` for the process to exit; its status, `None` if still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .map(Result::unwrap)
+    }
+
     /// Start again on the same port with the same arguments.
     pub async fn restart(&mut self) {
         self.kill().await;

@@ -37,6 +37,10 @@ pub const DEFAULT_WRITE_QUEUE: usize = crate::store::WRITE_BEHIND_CAPACITY;
 pub const DEFAULT_DATABASE_THRESHOLD: Duration = Duration::from_millis(15);
 pub const DEFAULT_INSECURE_NO_AUTH: bool = false;
 pub const DEFAULT_FORCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown keeps serving after turning NOT_SERVING (load balancers notice).
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+/// The longest shutdown takes, drain included.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_EVENT_RETENTION: usize = 100_000;
 pub const DEFAULT_OBSERVATION_RETENTION: usize = 100_000;
 pub const DEFAULT_SERVER_VANTAGE: bool = true;
@@ -127,6 +131,11 @@ pub struct Config {
     pub write_queue: usize,
     pub server_vantage: bool,
     pub force_timeout: Duration,
+    /// Shutdown: serve this long NOT_SERVING, then end the streams; all within the grace.
+    pub drain: Duration,
+    pub shutdown_grace: Duration,
+    /// The plaintext listener of `grpc.health.v1`, `/healthz` and `/readyz` only.
+    pub health_listen: Option<SocketAddr>,
     pub server_vantage_name: String,
     pub event_retention: usize,
     pub observation_retention: usize,
@@ -181,6 +190,9 @@ impl Default for Config {
             write_queue: DEFAULT_WRITE_QUEUE,
             server_vantage: DEFAULT_SERVER_VANTAGE,
             force_timeout: DEFAULT_FORCE_TIMEOUT,
+            drain: DEFAULT_DRAIN,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            health_listen: None,
             server_vantage_name: SERVER_VANTAGE.to_owned(),
             event_retention: DEFAULT_EVENT_RETENTION,
             observation_retention: DEFAULT_OBSERVATION_RETENTION,
@@ -254,6 +266,13 @@ impl Config {
             write_queue: s.write_queue.unwrap_or(DEFAULT_WRITE_QUEUE),
             server_vantage: s.server_vantage.unwrap_or(DEFAULT_SERVER_VANTAGE),
             force_timeout: s.force_timeout.unwrap_or(DEFAULT_FORCE_TIMEOUT),
+            drain: s.drain.unwrap_or(DEFAULT_DRAIN),
+            shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            health_listen: s
+                .health_listen
+                .as_deref()
+                .map(|a| parse_address("health_listen", a, "0.0.0.0:7081"))
+                .transpose()?,
             server_vantage_name: s
                 .server_vantage_name
                 .unwrap_or_else(|| SERVER_VANTAGE.to_owned()),
@@ -266,7 +285,7 @@ impl Config {
             stun_listen: s
                 .stun_listen
                 .as_deref()
-                .map(parse_stun_listen)
+                .map(|a| parse_address("stun_listen", a, "127.0.0.1:3478"))
                 .transpose()?,
             stun_servers: s.stun_servers.unwrap_or_default(),
             derp_node_timeout: s.derp_node_timeout.unwrap_or(DEFAULT_DERP_NODE_TIMEOUT),
@@ -361,6 +380,15 @@ impl Config {
                 ),
             ));
         }
+        if self.shutdown_grace < self.drain {
+            return Err(ConfigError::new(
+                "shutdown_grace",
+                format!(
+                    "{:?} is shorter than drain {:?} (expected shutdown_grace at least drain: the drain is part of the grace)",
+                    self.shutdown_grace, self.drain
+                ),
+            ));
+        }
         if self.derp_node_timeout.is_zero() || self.derp_node_timeout > Duration::from_secs(30) {
             return Err(ConfigError::new(
                 "derp_node_timeout",
@@ -407,11 +435,11 @@ fn parse_url(field: &str, s: &str) -> Result<url::Url, ConfigError> {
     Ok(u)
 }
 
-fn parse_stun_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+fn parse_address(field: &str, s: &str, example: &str) -> Result<SocketAddr, ConfigError> {
     s.parse().map_err(|_| {
         ConfigError::new(
-            "stun_listen",
-            format!("{s:?} is not an address (expected ip:port, e.g. 127.0.0.1:3478)"),
+            field,
+            format!("{s:?} is not an address (expected ip:port, e.g. {example})"),
         )
     })
 }

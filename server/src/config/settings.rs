@@ -80,6 +80,20 @@ pub struct Settings {
     #[arg(long, env = "VANTAGE_FORCE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub force_timeout: Option<Duration>,
+    /// On SIGTERM/SIGINT: how long vantaged keeps serving after it turned NOT_SERVING and
+    /// `/readyz` 503, while load balancers notice.
+    #[arg(long, env = "VANTAGE_DRAIN", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub drain: Option<Duration>,
+    /// On SIGTERM/SIGINT: the longest shutdown takes, drain included (at least `drain`);
+    /// streams still open then are cut.
+    #[arg(long, env = "VANTAGE_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub shutdown_grace: Option<Duration>,
+    /// A plaintext listener serving only `grpc.health.v1`, `/healthz` and `/readyz` (for
+    /// Kubernetes probes, which speak neither TLS nor tokens), e.g. 0.0.0.0:7081.
+    #[arg(long, env = "VANTAGE_HEALTH_LISTEN", value_name = "ADDR")]
+    pub health_listen: Option<String>,
     /// DERP map in Tailscale's JSON format: a file path or an http(s) URL.
     #[arg(long, env = "VANTAGE_DERP_MAP", value_name = "FILE|URL")]
     pub derp_map: Option<String>,
@@ -249,7 +263,8 @@ impl Settings {
         layer!(self, lower;
             listen, access_url, database_url, database_threshold, insecure_no_auth, tls_cert,
             tls_key, tls_client_ca, token_file, interval, stale_after, forget_after, quorum,
-            raise_after, clear_after, history, write_queue, force_timeout,
+            raise_after, clear_after, history, write_queue, force_timeout, drain, shutdown_grace,
+            health_listen,
             derp_map, embedded_relay, stun_listen, stun_servers, derp_node_timeout,
             derp_all_vantages, server_checks_derp, proxies_all_vantages,
             provisioner_daemons_required, provisioner_stale_after, event_retention,

@@ -102,7 +102,7 @@ fn samples(arg: &clap::Arg) -> Vec<(String, String)> {
     let strings: &[&str] = match value_name {
         "BOOL" => return ["true", "false"].map(|b| (b.into(), b.into())).into(),
         "N" => return vec![("2".into(), "2".into())],
-        "DURATION" => &["45s", "5s"],
+        "DURATION" => &["45s", "5s", "2s"],
         "ADDR" => &["127.0.0.1:3478"],
         "URL" => &["https://coder.example.com"],
         "FILE|URL" => &["/etc/vantage/derp.json"],
@@ -410,4 +410,49 @@ fn the_coder_table_is_read_and_the_token_never_shown() {
     assert!(e.message.contains("http or https"), "{e}");
     let e = load_toml("[coder]\nproxy_regions = 3\n").unwrap_err();
     assert_eq!(e.field, "coder.proxy_regions");
+}
+
+#[test]
+fn drain_grace_and_the_health_listener_are_read_and_checked() {
+    let c = Config::load(Flags::default()).unwrap();
+    assert_eq!(
+        (c.drain, c.shutdown_grace, c.health_listen),
+        (DEFAULT_DRAIN, DEFAULT_SHUTDOWN_GRACE, None)
+    );
+    let c = load_args(&[
+        "--drain",
+        "2s",
+        "--shutdown-grace",
+        "3s",
+        "--health-listen",
+        "0.0.0.0:7081",
+    ])
+    .unwrap();
+    assert_eq!(c.drain, Duration::from_secs(2));
+    assert_eq!(c.shutdown_grace, Duration::from_secs(3));
+    assert_eq!(c.health_listen, Some("0.0.0.0:7081".parse().unwrap()));
+    let c = load_toml("drain = \"1s\"\nshutdown_grace = \"1s\"\n").unwrap();
+    assert_eq!(
+        (c.drain, c.shutdown_grace),
+        (Duration::from_secs(1), Duration::from_secs(1))
+    );
+
+    // The grace includes the drain: shorter names both.
+    let e = load_args(&["--drain", "8s", "--shutdown-grace", "5s"]).unwrap_err();
+    assert_eq!(e.field, "shutdown_grace");
+    assert!(
+        e.message.contains("drain") && e.message.contains("8s") && e.message.contains("5s"),
+        "{e}"
+    );
+    let e = load_args(&["--drain", "20s"]).unwrap_err();
+    assert_eq!(
+        e.field, "shutdown_grace",
+        "the default grace is shorter: {e}"
+    );
+    let e = load_toml("health_listen = \"port 7081\"\n").unwrap_err();
+    assert_eq!(e.field, "health_listen");
+    assert!(
+        e.message.contains("\"port 7081\"") && e.message.contains("ip:port"),
+        "{e}"
+    );
 }

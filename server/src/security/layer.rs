@@ -1,8 +1,8 @@
 //! The authorization layer: one axum middleware in front of every route that maps the HTTP
 //! path (or the gRPC method path) to the role it needs, checks the bearer token, puts the
 //! [`Principal`] into the request's extensions and counts every refusal by reason. Handlers
-//! do not change. Open without a token, as in Coder: `/healthz`, `grpc.health.v1`, the DERP
-//! relay and its probes, `/health/codes`, the page's HTML and the WebSocket echo.
+//! do not change. Open without a token, as in Coder: `/healthz`, `/readyz`, `grpc.health.v1`,
+//! the DERP relay and its probes, `/health/codes`, the page's HTML and the WebSocket echo.
 
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ pub fn required_role(method: &Method, path: &str, query: Option<&str>) -> Option
         return None;
     }
     match path {
-        "/healthz" | "/health" | "/health/codes" | "/api/v2/debug/ws" => None,
+        "/healthz" | "/readyz" | "/health" | "/health/codes" | "/api/v2/debug/ws" => None,
         "/derp" | "/derp/probe" | "/derp/latency-check" => None,
         "/api/v2/debug/health/settings" if method == Method::GET => Some(Role::Reader),
         "/api/v2/debug/health/settings" => Some(Role::Admin),
@@ -215,6 +215,7 @@ mod tests {
         let get = Method::GET;
         let cases = [
             ("/healthz", None, None),
+            ("/readyz", None, None),
             ("/health", None, None),
             ("/health/codes", None, None),
             ("/api/v2/debug/ws", None, None),

@@ -1,5 +1,6 @@
 //! Durability under database faults: a database that stalls (accepts, never answers) heals
-//! by itself once it answers again.
+//! by itself once it answers again; a full write queue and a crash lose nothing acknowledged;
+//! a dead replica's vantages go stale, stored once, and its probes fail over to another.
 
 use std::time::{Duration, Instant};
 
@@ -340,4 +341,133 @@ async fn a_dead_replicas_vantages_go_stale_for_the_watchers_of_the_living_one() 
         saw.is_ok(),
         "a watcher on B hears that A's vantages went stale; heard only {stale:?}"
     );
+}
+
+/// Every `vantage_change` event stored, in revision order: (vantage, change).
+async fn stored_vantage_changes(db: &vantage_testkit::TestDb) -> Vec<(String, String)> {
+    let rows = db
+        .client()
+        .await
+        .query("SELECT payload FROM vantage_events ORDER BY revision", &[])
+        .await
+        .unwrap();
+    rows.iter()
+        .filter_map(|r| {
+            let payload: Vec<u8> = r.get(0);
+            let ev = <pb::WatchEvent as prost::Message>::decode(payload.as_slice()).unwrap();
+            match ev.event {
+                Some(pb::watch_event::Event::VantageChange(c)) => Some((c.vantage, c.change)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_probe_given_both_replicas_fails_over_losing_nothing_and_stale_is_stored_once() {
+    let db = test_db!();
+    let replica = |name: &'static str| {
+        let url = db.url();
+        async move {
+            Server::start(&[
+                "--database-url",
+                &url,
+                "--interval",
+                "300ms",
+                "--server-vantage-name",
+                name,
+            ])
+            .await
+        }
+    };
+    let mut a = replica("server-a").await;
+    let b = replica("server-b").await;
+    // Both URLs, A first: the probe attaches to A.
+    let _probe = Probe::start(&format!("{},{}", a.url, b.url), "fra-1", "fra");
+    let client_a = vantage_client::Client::connect(&a.url, None).await.unwrap();
+    eventually(Duration::from_secs(30), "fra-1 attached to A", || async {
+        let vs = client_a.vantages().await.ok()?;
+        vs.iter()
+            .any(|v| v.name == "fra-1" && v.connected && v.applied > 5)
+            .then_some(())
+    })
+    .await;
+    let (instance, before) =
+        eventually(Duration::from_secs(30), "fra-1's writes stored", || async {
+            stored_seq(&db, "fra-1").await.filter(|(_, s)| *s > 5)
+        })
+        .await;
+
+    a.kill().await;
+    let killed = Instant::now();
+    // The probe moves to B and resends from what B says is stored.
+    let client_b = vantage_client::Client::connect(&b.url, None).await.unwrap();
+    eventually(Duration::from_secs(30), "fra-1 attached to B", || async {
+        let vs = client_b.vantages().await.ok()?;
+        vs.iter()
+            .any(|v| v.name == "fra-1" && v.connected && !v.stale)
+            .then_some(())
+    })
+    .await;
+    println!("fra-1 fresh on B {:?} after A was killed", killed.elapsed());
+    let (after_instance, after) = eventually(
+        Duration::from_secs(30),
+        "B stores fra-1's writes",
+        || async {
+            stored_seq(&db, "fra-1")
+                .await
+                .filter(|(_, s)| *s > before + 20)
+        },
+    )
+    .await;
+    assert_eq!(
+        after_instance, instance,
+        "the same probe process throughout"
+    );
+    let stored = no_hole_below_the_stored_sequence(&db, "fra-1").await;
+    assert!(stored >= after);
+    println!("fra-1 stored without a hole through seq {stored} (was {before} at the kill)");
+    // The CLI given both URLs, the dead one first, uses the one that answers.
+    let both = format!("{},{}", a.url, b.url);
+    let out = vantage_tests::cli(&["--server", &both, "vantages"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("fra-1"),
+        "{out:?}"
+    );
+
+    // A's own vantage goes stale once, stored once; no vantage's stale is stored twice.
+    eventually(
+        Duration::from_secs(30),
+        "server-a stale, stored",
+        || async {
+            let changes = stored_vantage_changes(&db).await;
+            changes
+                .iter()
+                .any(|(v, c)| v == "server-a" && c == "stale")
+                .then_some(())
+        },
+    )
+    .await;
+    // Time for a second replica's copy, were there one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let changes = stored_vantage_changes(&db).await;
+    let stale_of_a = changes
+        .iter()
+        .filter(|(v, c)| v == "server-a" && c == "stale")
+        .count();
+    assert_eq!(stale_of_a, 1, "server-a's stale stored once: {changes:?}");
+    let mut last: std::collections::BTreeMap<&str, &str> = Default::default();
+    for (v, c) in &changes {
+        if c == "stale" {
+            assert_ne!(
+                last.get(v.as_str()),
+                Some(&"stale"),
+                "{v} went stale twice without coming back: {changes:?}"
+            );
+        }
+        if c == "stale" || c == "fresh" {
+            last.insert(v, c);
+        }
+    }
 }

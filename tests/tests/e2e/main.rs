@@ -11,6 +11,7 @@ mod coder;
 mod contract;
 mod deploy;
 mod derp;
+mod drain;
 mod durability;
 mod fleet;
 mod history;

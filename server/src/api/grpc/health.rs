@@ -1,6 +1,7 @@
-//! `grpc.health.v1`, served by vantaged itself (so its `Watch` streams end cleanly at shutdown
-//! instead of holding connections open until the grace period cuts them). Service `""` is
-//! vantaged itself: SERVING from start until shutdown begins (so Kubernetes gRPC probes and
+//! `grpc.health.v1`, served by vantaged itself (so its `Watch` streams end cleanly, with
+//! status OK, at shutdown instead of holding connections open until the grace period cuts
+//! them). Service `""` is vantaged itself: SERVING from start until shutdown begins, when
+//! every service turns NOT_SERVING for the drain (so Kubernetes gRPC probes and
 //! `grpc_health_probe` restart or unready vantaged only when vantaged is the problem, never
 //! because the deployment it watches is unhealthy). [`DEPLOYMENT_SERVICE`] is the watched
 //! deployment's overall health, and each section has a service of its own; those are SERVING
@@ -9,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
@@ -32,10 +34,16 @@ type Statuses = BTreeMap<String, ServingStatus>;
 #[derive(Clone)]
 pub struct HealthReporter {
     statuses: Arc<watch::Sender<Statuses>>,
+    /// Shutdown has begun: every service stays NOT_SERVING, `/readyz` answers 503.
+    draining: Arc<AtomicBool>,
 }
 
 impl HealthReporter {
+    /// Set one service's status (ignored once draining: then everything is NOT_SERVING).
     pub fn set(&self, service: &str, status: ServingStatus) {
+        if self.is_draining() {
+            return;
+        }
         self.statuses.send_if_modified(|s| {
             if s.get(service) == Some(&status) {
                 return false;
@@ -45,18 +53,33 @@ impl HealthReporter {
         });
     }
 
-    /// Every service NOT_SERVING (when shutdown begins, before the listener closes).
+    /// Every service NOT_SERVING, for good (when shutdown begins: the drain).
     pub fn not_serving(&self) {
+        self.draining.store(true, Ordering::SeqCst);
         self.statuses.send_modify(|s| {
             for status in s.values_mut() {
                 *status = ServingStatus::NotServing;
             }
         });
     }
+
+    /// Whether shutdown has begun (`/readyz` answers 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Another service serving what this reporter reports (for the health listener); its
+    /// `Watch` streams end, with status OK, once `shutdown` is cancelled.
+    pub fn service(&self, shutdown: CancellationToken) -> HealthServer<HealthApi> {
+        HealthServer::new(HealthApi {
+            rx: self.statuses.subscribe(),
+            shutdown,
+        })
+    }
 }
 
 /// The reporter, and the service that serves what it reports; the service's `Watch` streams
-/// end (with `UNAVAILABLE`, "vantaged is shutting down") once `shutdown` is cancelled.
+/// end (with status OK) once `shutdown` is cancelled.
 pub fn health_service(shutdown: CancellationToken) -> (HealthReporter, HealthServer<HealthApi>) {
     let mut initial = Statuses::new();
     for service in [String::new(), DEPLOYMENT_SERVICE.to_owned()]
@@ -65,11 +88,45 @@ pub fn health_service(shutdown: CancellationToken) -> (HealthReporter, HealthSer
     {
         initial.insert(service, ServingStatus::Serving);
     }
-    let (tx, rx) = watch::channel(initial);
+    let (tx, _) = watch::channel(initial);
     let reporter = HealthReporter {
         statuses: Arc::new(tx),
+        draining: Arc::new(AtomicBool::new(false)),
     };
-    (reporter, HealthServer::new(HealthApi { rx, shutdown }))
+    let service = reporter.service(shutdown);
+    (reporter, service)
+}
+
+/// `GET /readyz`: 200 "OK" while serving, 503 once shutdown has begun (the drain), so load
+/// balancers stop sending new work. `/healthz` (alive) keeps answering 200 until the end.
+pub fn readyz_router(reporter: HealthReporter) -> axum::Router {
+    use axum::http::StatusCode;
+    axum::Router::new().route(
+        "/readyz",
+        axum::routing::get(move || {
+            let draining = reporter.is_draining();
+            async move {
+                if draining {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "draining: vantaged is shutting down",
+                    )
+                } else {
+                    (StatusCode::OK, "OK")
+                }
+            }
+        }),
+    )
+}
+
+/// What the plaintext health listener serves: `grpc.health.v1` (from `reporter`, its `Watch`
+/// streams ending with `shutdown`), `/healthz` and `/readyz`; everything else is 404.
+pub fn listener_router(reporter: &HealthReporter, shutdown: CancellationToken) -> axum::Router {
+    tonic::service::Routes::new(reporter.service(shutdown))
+        .into_axum_router()
+        .merge(readyz_router(reporter.clone()))
+        .route("/healthz", axum::routing::get(|| async { "OK" }))
+        .fallback(crate::api::http::guard::not_found)
 }
 
 /// `grpc.health.v1.Health`.
@@ -118,22 +175,18 @@ impl Health for HealthApi {
         let first = current(&rx, &service);
         rx.mark_unchanged();
         let stream = futures::stream::unfold(
-            (rx, shutdown, service, Some(first), false),
-            move |(mut rx, shutdown, service, mut next, ended)| async move {
-                if ended {
-                    return None;
-                }
+            (rx, shutdown, service, Some(first)),
+            move |(mut rx, shutdown, service, mut next)| async move {
                 let mut last = next;
                 loop {
                     if let Some(status) = next.take() {
-                        let state = (rx, shutdown, service, None, false);
+                        let state = (rx, shutdown, service, None);
                         return Some((Ok(response(status)), state));
                     }
                     tokio::select! {
-                        () = shutdown.cancelled() => {
-                            let end = Status::unavailable("vantaged is shutting down");
-                            return Some((Err(end), (rx, shutdown, service, None, true)));
-                        }
+                        // The end of the stream: status OK (the client saw NOT_SERVING
+                        // throughout the drain before it).
+                        () = shutdown.cancelled() => return None,
                         changed = rx.changed() => {
                             if changed.is_err() {
                                 return None;
@@ -189,5 +242,46 @@ pub async fn track(agg: Aggregator, reporter: HealthReporter, cancel: Cancellati
         while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) =
             sub.events.try_recv()
         {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn draining_is_not_serving_for_good_and_watch_ends_ok() {
+        let shutdown = CancellationToken::new();
+        let (reporter, _) = health_service(shutdown.clone());
+        let api = HealthApi {
+            rx: reporter.statuses.subscribe(),
+            shutdown: shutdown.clone(),
+        };
+        let request = |s: &str| {
+            Request::new(HealthCheckRequest {
+                service: s.to_owned(),
+            })
+        };
+        let mut watch = api.watch(request("")).await.unwrap().into_inner();
+        let first = watch.next().await.unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::Serving as i32);
+
+        reporter.not_serving();
+        assert!(reporter.is_draining());
+        // The report keeps changing during the drain; it changes nothing.
+        reporter.set(DEPLOYMENT_SERVICE, ServingStatus::Serving);
+        reporter.set("", ServingStatus::Serving);
+        for service in ["", DEPLOYMENT_SERVICE, "vantage.v1.Database"] {
+            let r = api.check(request(service)).await.unwrap().into_inner();
+            assert_eq!(r.status, ServingStatus::NotServing as i32, "{service:?}");
+        }
+        let next = watch.next().await.unwrap().unwrap();
+        assert_eq!(next.status, ServingStatus::NotServing as i32);
+
+        // The end of the drain: the stream ends, with no error (status OK).
+        shutdown.cancel();
+        assert!(watch.next().await.is_none());
     }
 }
