@@ -3,18 +3,16 @@
 //! TLS verification, missing client certificate), 4 when it refuses the token (missing,
 //! unknown or lacking the role) and 64 on a usage error. Errors go to stderr, data to stdout.
 
+mod cli;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
-use vantage_client::{Client, ClientError, WatchItem, table, watch_resuming_to};
-use vantage_proto::report::{HealthReport, coder_json};
-use vantage_proto::transport::{Target, TlsFiles};
-use vantage_proto::{Section, Severity, pb};
+use vantage_client::{Client, ClientError};
+use vantage_proto::pb;
+use vantage_proto::transport::TlsFiles;
 
-const EX_UNREACHABLE: u8 = 3;
-const EX_REFUSED: u8 = 4;
-const EX_USAGE: u8 = 64;
+use cli::{EX_USAGE, admin, fail, netcheck, read, usage};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +64,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the report: a table, or Coder's JSON with --json. Exit 0/1/2 by severity.
+    #[command(
+        after_help = "Examples:\n  vantage report\n  vantage report --vantages\n  vantage --server https://vantage.example.com:7443 --token \"$READER\" report --json"
+    )]
     Report {
         /// Print exactly the JSON of /api/v2/debug/health.
         #[arg(long, env = "VANTAGE_JSON")]
@@ -73,8 +74,14 @@ enum Command {
         /// Make every vantage run now and wait for the fresh report (up to 30 s).
         #[arg(long, env = "VANTAGE_FORCE")]
         force: bool,
+        /// Also show each vantage: state, last seen (as an age) and what it sees wrong.
+        #[arg(long)]
+        vantages: bool,
     },
     /// Print the current state, then one line per change; resumes after a reconnect.
+    #[command(
+        after_help = "Examples:\n  vantage watch\n  vantage watch --section DERP --min-severity warning --json"
+    )]
     Watch {
         /// NDJSON output.
         #[arg(long, env = "VANTAGE_JSON")]
@@ -93,11 +100,17 @@ enum Command {
         since: u64,
     },
     /// List vantages with region, version, last seen and state; `forget NAME` removes one.
+    #[command(
+        after_help = "Exit 1 when any vantage is stale.\n\nExamples:\n  vantage vantages\n  vantage vantages forget fra-1"
+    )]
     Vantages {
         #[command(subcommand)]
         action: Option<VantagesAction>,
     },
     /// Print section transitions and a summary of each check's recent outcomes.
+    #[command(
+        after_help = "Examples:\n  vantage history --since 1h\n  vantage history --section DERP --since 2026-12-01T00:00:00Z --json"
+    )]
     History {
         /// Only this section: AccessURL, Database, DERP, Websocket, ...
         #[arg(long, env = "VANTAGE_SECTION")]
@@ -110,16 +123,25 @@ enum Command {
         json: bool,
     },
     /// Show the dismissed sections, or dismiss / undismiss one.
+    #[command(
+        after_help = "Examples:\n  vantage settings\n  vantage settings dismiss DERP --for 2h --reason \"relay upgrade\"\n  vantage settings undismiss DERP"
+    )]
     Settings {
         #[command(subcommand)]
         action: Option<SettingsAction>,
     },
     /// Announce a provisioner daemon (from a script or a systemd timer).
+    #[command(
+        after_help = "Example:\n  vantage provisioner heartbeat --name d1 --version v2.26.0 --api-version 1.9 --provisioner terraform"
+    )]
     Provisioner {
         #[command(subcommand)]
         action: ProvisionerAction,
     },
     /// Run the DERP and STUN checks from this machine and print the report as JSON.
+    #[command(
+        after_help = "Examples:\n  vantage netcheck\n  vantage netcheck --derp-map ./derp-map.json --node-timeout 5s"
+    )]
     Netcheck {
         /// A DERP map (file or URL) instead of the server's effective map.
         #[arg(long, env = "VANTAGE_DERP_MAP")]
@@ -131,8 +153,11 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-enum ProvisionerAction {
+pub(crate) enum ProvisionerAction {
     /// Send one heartbeat for a daemon.
+    #[command(
+        after_help = "Example:\n  vantage provisioner heartbeat --name d1 --version v2.26.0 --api-version 1.9 --tag owner=ops"
+    )]
     Heartbeat {
         /// The daemon's name.
         #[arg(long, env = "VANTAGE_PROVISIONER_NAME")]
@@ -159,6 +184,9 @@ enum ProvisionerAction {
 #[derive(Debug, Subcommand)]
 enum VantagesAction {
     /// Forget a (decommissioned) vantage: only a stale, disconnected one unless `--force`.
+    #[command(
+        after_help = "Examples:\n  vantage vantages forget fra-1\n  vantage vantages forget fra-1 --force"
+    )]
     Forget {
         name: String,
         /// Forget it even while connected or fresh (closes its stream).
@@ -168,8 +196,11 @@ enum VantagesAction {
 }
 
 #[derive(Debug, Subcommand)]
-enum SettingsAction {
+pub(crate) enum SettingsAction {
     /// Dismiss a section: for a while (a maintenance window) with `--for`, and why.
+    #[command(
+        after_help = "Example:\n  vantage settings dismiss DERP --for 2h --reason \"relay upgrade\""
+    )]
     Dismiss {
         section: String,
         /// End the dismissal after this long (e.g. 30m, 2h); default: until undismissed.
@@ -179,9 +210,9 @@ enum SettingsAction {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
-    Undismiss {
-        section: String,
-    },
+    /// Undismiss a section (ends its maintenance window too).
+    #[command(after_help = "Example:\n  vantage settings undismiss DERP")]
+    Undismiss { section: String },
 }
 
 fn main() -> ExitCode {
@@ -201,29 +232,6 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli))
-}
-
-#[allow(clippy::print_stdout)]
-fn out(s: &str) {
-    print!("{s}");
-}
-
-fn fail(e: &ClientError) -> ExitCode {
-    eprintln!("vantage: {e}");
-    if e.is_unreachable() {
-        ExitCode::from(EX_UNREACHABLE)
-    } else if e.is_refused() {
-        ExitCode::from(EX_REFUSED)
-    } else if e.is_usage() {
-        ExitCode::from(EX_USAGE)
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-fn usage(msg: &str) -> ExitCode {
-    eprintln!("vantage: {msg}");
-    ExitCode::from(EX_USAGE)
 }
 
 async fn run(cli: Cli) -> ExitCode {
@@ -279,14 +287,14 @@ async fn run(cli: Cli) -> ExitCode {
         (first, None)
     };
     if let Some((req, json)) = watch_req {
-        return watch(target, token, req, json).await;
+        return read::watch(target, token, req, json).await;
     }
     match command {
         Command::Netcheck {
             derp_map,
             node_timeout,
         } => {
-            netcheck(
+            netcheck::netcheck(
                 &target,
                 token.as_deref(),
                 derp_map.as_deref(),
@@ -314,7 +322,7 @@ fn watch_flags(command: &Command) -> Result<Option<(pb::WatchRequest, bool)>, Ex
     else {
         return Ok(None);
     };
-    let req = watch_request(
+    let req = read::watch_request(
         *json,
         sections,
         min_severity.as_deref(),
@@ -327,374 +335,22 @@ fn watch_flags(command: &Command) -> Result<Option<(pb::WatchRequest, bool)>, Ex
 /// The subcommands that talk to the server through one connected client.
 async fn run_connected(client: &Client, command: Command) -> ExitCode {
     match command {
-        Command::Report { json, force } => report(client, json, force).await,
-        Command::Vantages { action: None } => vantages(client).await,
+        Command::Report {
+            json,
+            force,
+            vantages,
+        } => read::report(client, json, force, vantages).await,
+        Command::Vantages { action: None } => read::vantages(client).await,
         Command::Vantages {
             action: Some(VantagesAction::Forget { name, force }),
-        } => forget(client, &name, force).await,
-        Command::Settings { action } => settings(client, action).await,
+        } => admin::forget(client, &name, force).await,
+        Command::Settings { action } => admin::settings(client, action).await,
         Command::History {
             section,
             since,
             json,
-        } => history(client, section.as_deref(), since.as_deref(), json).await,
-        Command::Provisioner { action } => provisioner(client, action).await,
+        } => read::history(client, section.as_deref(), since.as_deref(), json).await,
+        Command::Provisioner { action } => admin::provisioner(client, action).await,
         Command::Watch { .. } | Command::Netcheck { .. } => ExitCode::SUCCESS,
     }
-}
-
-/// The `watch` request from its flags, or the usage exit code for a bad flag.
-fn watch_request(
-    json: bool,
-    sections: &[String],
-    min_severity: Option<&str>,
-    vantages: Vec<String>,
-    since: u64,
-) -> Result<pb::WatchRequest, ExitCode> {
-    let mut ids = Vec::new();
-    for s in sections {
-        match s.parse::<Section>() {
-            Ok(sec) => ids.push(pb::Section::from(sec) as i32),
-            Err(e) => return Err(usage(&format!("--section: {e}"))),
-        }
-    }
-    let min = match min_severity.map(str::parse::<Severity>).transpose() {
-        Ok(m) => m.map_or(0, |m| pb::Severity::from(m) as i32),
-        Err(e) => return Err(usage(&format!("--min-severity: {e}"))),
-    };
-    Ok(pb::WatchRequest {
-        sections: ids,
-        min_severity: min,
-        vantages,
-        since_revision: since,
-        since_epoch: String::new(),
-        // NDJSON snapshots print the report's JSON.
-        include_json: json,
-        include_vantages: json,
-    })
-}
-
-/// `vantage watch`: the current state, then one line per change, resuming after a reconnect.
-async fn watch(
-    target: Target,
-    token: Option<String>,
-    req: pb::WatchRequest,
-    json: bool,
-) -> ExitCode {
-    let stream = watch_resuming_to(Ok(target), token, req);
-    let mut stream = std::pin::pin!(stream);
-    while let Some(item) = stream.next().await {
-        match item {
-            WatchItem::Event(ev) => {
-                if json {
-                    out(&format!("{}\n", table::event_json(&ev)));
-                } else {
-                    out(&format!("{}\n", table::event(&ev)));
-                }
-            }
-            WatchItem::Refused(why) => {
-                eprintln!("vantage: the server refused the token: {why}");
-                return ExitCode::from(EX_REFUSED);
-            }
-            WatchItem::Reconnecting {
-                error,
-                since,
-                delay,
-            } => {
-                eprintln!(
-                    "vantage: watch interrupted ({error}); reconnecting in {delay:?}, resuming after revision {since}"
-                );
-            }
-        }
-    }
-    ExitCode::SUCCESS
-}
-
-/// `vantage report`: a table, or Coder's JSON; the exit code follows the severity.
-async fn report(client: &Client, json: bool, force: bool) -> ExitCode {
-    let r = match client.report(force).await {
-        Ok(r) => r,
-        Err(e) => return fail(&e),
-    };
-    if json {
-        match serde_json::from_str::<HealthReport>(&r.json) {
-            Ok(typed) => out(&String::from_utf8_lossy(&coder_json(&typed))),
-            Err(e) => {
-                eprintln!("vantage: the server sent a report this client cannot read: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        out(&table::report(&r));
-    }
-    let sev = Severity::from_pb(r.severity).unwrap_or(Severity::Error);
-    ExitCode::from(u8::try_from(sev.exit_code()).unwrap_or(2))
-}
-
-/// `vantage vantages`: the list of vantages.
-async fn vantages(client: &Client) -> ExitCode {
-    match client.vantages().await {
-        Ok(list) => {
-            out(&table::vantages(&list));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&e),
-    }
-}
-
-/// `vantage history`: transitions, then one line per check series.
-async fn history(
-    client: &Client,
-    section: Option<&str>,
-    since: Option<&str>,
-    json: bool,
-) -> ExitCode {
-    let section = match section.map(str::parse::<Section>).transpose() {
-        Ok(s) => s,
-        Err(e) => return usage(&format!("--section: {e}")),
-    };
-    let since = match since
-        .map(|s| vantage_client::history::parse_since(s, chrono::Utc::now()))
-        .transpose()
-    {
-        Ok(s) => s,
-        Err(e) => return usage(&format!("--since: {e}")),
-    };
-    match client.history(section, since).await {
-        Ok(h) if json => {
-            out(&format!("{:#}\n", vantage_client::history::json(&h)));
-            ExitCode::SUCCESS
-        }
-        Ok(h) => {
-            out(&vantage_client::history::table(&h));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&e),
-    }
-}
-
-/// `vantage vantages forget NAME [--force]`.
-async fn forget(client: &Client, name: &str, force: bool) -> ExitCode {
-    match client.forget(name, force).await {
-        Ok(()) => {
-            out(&format!("forgot {name}\n"));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&e),
-    }
-}
-
-/// `vantage settings [dismiss|undismiss SECTION]`: prints the dismissed sections (after the
-/// change, if any).
-async fn settings(client: &Client, action: Option<SettingsAction>) -> ExitCode {
-    let current = match client.settings().await {
-        Ok(s) => s,
-        Err(e) => return fail(&e),
-    };
-    let updated = match action {
-        None => current,
-        Some(action) => match update_dismissed(client, current, &action).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        },
-    };
-    let list = &updated.dismissed_healthchecks;
-    let mut text = format!(
-        "dismissed: {}\n",
-        if list.is_empty() {
-            "(none)".to_owned()
-        } else {
-            list.join(", ")
-        }
-    );
-    for d in &updated.dismissals {
-        let until = vantage_proto::convert::from_timestamp(d.until.as_ref()).map_or_else(
-            || "until undismissed".to_owned(),
-            |t| format!("until {}", t.to_rfc3339()),
-        );
-        text.push_str(&format!(
-            "  {}: {until}, by {}: {}\n",
-            d.section, d.actor, d.reason
-        ));
-    }
-    out(&text);
-    ExitCode::SUCCESS
-}
-
-/// Applies a dismiss / undismiss to the `current` settings on the server (keeping the other
-/// sections' notes) and returns the new settings, or the exit code of the failure.
-async fn update_dismissed(
-    client: &Client,
-    current: vantage_proto::pb::Settings,
-    action: &SettingsAction,
-) -> Result<vantage_proto::pb::Settings, ExitCode> {
-    let (section, note) = match action {
-        SettingsAction::Dismiss {
-            section,
-            for_,
-            reason,
-        } => (section, Some((for_, reason))),
-        SettingsAction::Undismiss { section } => (section, None),
-    };
-    let name = match section.parse::<Section>() {
-        Ok(s) => s.settings_name().to_owned(),
-        Err(e) => return Err(usage(&e.to_string())),
-    };
-    let mut list: Vec<String> = current
-        .dismissed_healthchecks
-        .into_iter()
-        .filter(|s| *s != name)
-        .collect();
-    let mut notes: Vec<_> = current
-        .dismissals
-        .into_iter()
-        .filter(|d| d.section != name)
-        .collect();
-    if let Some((for_, reason)) = note {
-        list.push(name.clone());
-        let until = match for_ {
-            None => None,
-            Some(text) => match humantime::parse_duration(text) {
-                Ok(d) => chrono::Duration::from_std(d)
-                    .ok()
-                    .map(|d| vantage_proto::convert::timestamp(chrono::Utc::now() + d)),
-                Err(e) => {
-                    return Err(usage(&format!(
-                        "--for {text:?}: {e} (expected a duration, e.g. 30m or 2h)"
-                    )));
-                }
-            },
-        };
-        if until.is_some() || reason.is_some() {
-            notes.push(vantage_proto::pb::Dismissal {
-                section: name,
-                until,
-                reason: reason.clone().unwrap_or_default(),
-                ..Default::default()
-            });
-        }
-    }
-    match client.update_settings_with(list, notes).await {
-        Ok(s) => Ok(s),
-        Err(e) => Err(fail(&e)),
-    }
-}
-
-/// `vantage provisioner heartbeat`: announces a provisioner daemon.
-async fn provisioner(client: &Client, action: ProvisionerAction) -> ExitCode {
-    let ProvisionerAction::Heartbeat {
-        name,
-        version,
-        api_version,
-        provisioners,
-        tags,
-    } = action;
-    let mut map = std::collections::HashMap::new();
-    for t in tags {
-        match t.split_once('=') {
-            Some((k, v)) if !k.is_empty() => {
-                map.insert(k.to_owned(), v.to_owned());
-            }
-            _ => return usage(&format!("--tag: invalid tag {t:?}: expected key=value")),
-        }
-    }
-    let req = pb::ProvisionerHeartbeatRequest {
-        name,
-        version,
-        api_version,
-        provisioners,
-        tags: map,
-        organization_id: None,
-    };
-    match client.provisioner_heartbeat(req).await {
-        Ok(r) => {
-            let d = r.daemon.unwrap_or_default();
-            out(&format!("heartbeat recorded for {} ({})\n", d.name, d.id));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&e),
-    }
-}
-
-/// `vantage netcheck`: the DERP section computed on this machine, like `coder netcheck`.
-async fn netcheck(
-    target: &Target,
-    token: Option<&str>,
-    derp_map: Option<&str>,
-    ca_file: Option<&std::path::Path>,
-    node_timeout: std::time::Duration,
-) -> ExitCode {
-    use vantage_derp::health::{NodeCheckOptions, check_map};
-    let text = match derp_map {
-        Some(src) if src.starts_with("http://") || src.starts_with("https://") => {
-            fetch(src, None, None).await
-        }
-        Some(path) => {
-            std::fs::read_to_string(path).map_err(|e| format!("--derp-map: reading {path}: {e}"))
-        }
-        None => {
-            let url = format!(
-                "{}/api/v2/debug/derp-map",
-                target.url().trim_end_matches('/')
-            );
-            fetch(&url, Some(target), token).await
-        }
-    };
-    let text = match text {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("vantage: {e}");
-            return ExitCode::from(EX_UNREACHABLE);
-        }
-    };
-    let map = match vantage_derp::DerpMap::parse(&text) {
-        Ok(m) => m,
-        Err(e) => return usage(&format!("--derp-map: {e}")),
-    };
-    let mut opts = NodeCheckOptions {
-        deadline: node_timeout,
-        ..NodeCheckOptions::default()
-    };
-    if let Some(p) = ca_file {
-        match std::fs::read_to_string(p) {
-            Ok(pem) => opts.client.extra_ca_pem = Some(pem),
-            Err(e) => return usage(&format!("--ca-file: reading {}: {e}", p.display())),
-        }
-    }
-    eprintln!("Gathering a network report. This may take a few seconds...");
-    let report = check_map(&map, &opts).await;
-    let json = serde_json::json!({ "derp": report });
-    out(&format!(
-        "{}\n",
-        serde_json::to_string_pretty(&json).unwrap_or_default()
-    ));
-    let sev = match report.severity {
-        vantage_derp::health::Severity::Ok => 0,
-        vantage_derp::health::Severity::Warning => 1,
-        vantage_derp::health::Severity::Error => 2,
-    };
-    ExitCode::from(sev)
-}
-
-/// GET `url`; from our server (`target`) with its TLS configuration and the token.
-async fn fetch(url: &str, target: Option<&Target>, token: Option<&str>) -> Result<String, String> {
-    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
-    if let Some(tls) = target.and_then(Target::tls) {
-        let mut config = (**tls).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        builder = builder.use_preconfigured_tls(config);
-    }
-    let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
-    let mut request = client.get(url);
-    if let Some(t) = token {
-        request = request.bearer_auth(t);
-    }
-    let resp = request
-        .send()
-        .await
-        .map_err(|e| format!("fetching {url}: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("fetching {url}: HTTP {}", resp.status()));
-    }
-    resp.text().await.map_err(|e| format!("reading {url}: {e}"))
 }

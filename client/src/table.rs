@@ -117,8 +117,23 @@ pub(crate) fn time(t: Option<&prost_types::Timestamp>) -> String {
     )
 }
 
-/// The vantages list.
-pub fn vantages(list: &[pb::Vantage]) -> String {
+/// How long before `now` a time was, as people say it: "12 s ago", "3 min ago", "2 h ago",
+/// "4 d ago" ("-" without a time; a time ahead of `now` counts as "0 s ago").
+pub fn age(t: Option<&prost_types::Timestamp>, now: chrono::DateTime<chrono::Utc>) -> String {
+    let Some(t) = convert::from_timestamp(t) else {
+        return "-".to_owned();
+    };
+    let s = (now - t).num_seconds().max(0);
+    match s {
+        0..120 => format!("{s} s ago"),
+        120..7200 => format!("{} min ago", s / 60),
+        7200..172_800 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+/// The vantages list, last seen and stale since as ages at `now`.
+pub fn vantages(list: &[pb::Vantage], now: chrono::DateTime<chrono::Utc>) -> String {
     let mut rows = vec![
         vec![
             "NAME",
@@ -140,16 +155,56 @@ pub fn vantages(list: &[pb::Vantage]) -> String {
             v.version.clone(),
             if v.stale { "stale" } else { "fresh" }.to_owned(),
             if v.connected { "yes" } else { "no" }.to_owned(),
-            time(v.last_seen.as_ref()),
-            time(v.stale_since.as_ref()),
+            age(v.last_seen.as_ref(), now),
+            age(v.stale_since.as_ref(), now),
         ]);
     }
     pad(&rows)
 }
 
-/// One line per event.
-pub fn event(ev: &pb::WatchEvent) -> String {
-    let at = time(ev.time.as_ref());
+/// `report --vantages`: every vantage with its state and age, then what each one sees wrong,
+/// section by section (the EVNT messages first).
+pub fn vantage_detail(r: &pb::Report, now: chrono::DateTime<chrono::Utc>) -> String {
+    let mut out = vantages(&r.vantages, now);
+    let mut lines = String::new();
+    for w in &r.vantages_warnings {
+        let _ = writeln!(lines, "  {}: {}", w.code, w.message);
+    }
+    let mut names: Vec<&str> = r.vantages.iter().map(|v| v.name.as_str()).collect();
+    names.sort_unstable();
+    for name in names {
+        for s in &r.sections {
+            let Some(v) = s.vantage_reports.iter().find(|v| v.vantage == name) else {
+                continue;
+            };
+            let title = Section::from_pb(s.section).map_or("?", Section::title);
+            if !v.error.is_empty() {
+                let _ = writeln!(lines, "  {name} {title}: {}: {}", sev(v.severity), v.error);
+            }
+            for w in &v.warnings {
+                let _ = writeln!(
+                    lines,
+                    "  {name} {title}: warning: {}: {}",
+                    w.code, w.message
+                );
+            }
+        }
+    }
+    if !lines.is_empty() {
+        out.push('\n');
+        out.push_str(&lines);
+    }
+    out
+}
+
+/// One line per event: its time and age at `now` (a resumed stream replays older events), and
+/// in a snapshot each vantage's state with the age of its last report.
+pub fn event(ev: &pb::WatchEvent, now: chrono::DateTime<chrono::Utc>) -> String {
+    let at = format!(
+        "{} ({})",
+        time(ev.time.as_ref()),
+        age(ev.time.as_ref(), now)
+    );
     match &ev.event {
         Some(pb::watch_event::Event::Snapshot(s)) => {
             let r = s.report.as_ref();
@@ -165,6 +220,15 @@ pub fn event(ev: &pb::WatchEvent) -> String {
                     " {}={}",
                     Section::from_pb(sec.section).map_or("?", Section::settings_name),
                     sev(sec.severity)
+                );
+            }
+            for v in r.map(|r| r.vantages.as_slice()).unwrap_or_default() {
+                let _ = write!(
+                    line,
+                    " | {} {} seen {}",
+                    v.name,
+                    if v.stale { "stale" } else { "fresh" },
+                    age(v.last_seen.as_ref(), now)
                 );
             }
             line
@@ -303,10 +367,69 @@ Access URL @ fra-1: error: EACS04: /healthz did not return 200 OK\n";
                 warnings: vec![],
             })),
         };
+        let now = chrono::Utc::now();
         assert_eq!(
-            event(&ev),
-            "- rev=3 Websocket aggregate: ok -> error EWS01: websocket dial: refused"
+            event(&ev, now),
+            "- (-) rev=3 Websocket aggregate: ok -> error EWS01: websocket dial: refused"
         );
         assert_eq!(event_json(&ev)["to"], "error");
+    }
+
+    fn at(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
+        Some(convert::timestamp(t))
+    }
+
+    #[test]
+    fn ages_read_like_people_say_them() {
+        let now = chrono::Utc::now();
+        let ago = |s: i64| age(at(now - chrono::Duration::seconds(s)).as_ref(), now);
+        assert_eq!(ago(0), "0 s ago");
+        assert_eq!(ago(119), "119 s ago");
+        assert_eq!(ago(120), "2 min ago");
+        assert_eq!(ago(7199), "119 min ago");
+        assert_eq!(ago(7200), "2 h ago");
+        assert_eq!(ago(3 * 86_400), "3 d ago");
+        assert_eq!(
+            ago(-30),
+            "0 s ago",
+            "a clock ahead of ours is not in the future"
+        );
+        assert_eq!(age(None, now), "-");
+    }
+
+    #[test]
+    fn snapshots_and_vantage_detail_show_ages_and_what_each_vantage_sees() {
+        let now = chrono::Utc::now();
+        let mut r = report();
+        r.vantages[1].last_seen = at(now - chrono::Duration::seconds(12));
+        r.vantages[1].stale = true;
+        r.vantages[1].stale_since = at(now - chrono::Duration::seconds(3));
+        r.vantages_warnings = vec![pb::Message {
+            code: "EVNT01".into(),
+            message: "vantage fra-1 has not reported for 12s".into(),
+        }];
+        let snap = pb::WatchEvent {
+            revision: 9,
+            time: at(now - chrono::Duration::seconds(5)),
+            event: Some(pb::watch_event::Event::Snapshot(pb::Snapshot {
+                resync: false,
+                report: Some(r.clone()),
+            })),
+            ..Default::default()
+        };
+        let line = event(&snap, now);
+        assert!(line.contains("(5 s ago) rev=9 snapshot"), "{line}");
+        assert!(line.contains("| fra-1 stale seen 12 s ago"), "{line}");
+        let detail = vantage_detail(&r, now);
+        assert!(detail.contains("12 s ago"), "{detail}");
+        assert!(detail.contains("3 s ago"), "{detail}");
+        assert!(
+            detail.contains("EVNT01: vantage fra-1 has not reported"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("fra-1 Access URL: warning: EACS04: /healthz did not return 200 OK"),
+            "{detail}"
+        );
     }
 }

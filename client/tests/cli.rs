@@ -76,3 +76,59 @@ fn every_server_is_tried_in_order_before_exiting_3() {
     assert!(at_a < at_b, "a, then b: {err}");
     assert!(out.stdout.is_empty());
 }
+
+/// Every subcommand's `--help` ends with an example of its own use.
+#[test]
+fn every_subcommands_help_ends_with_an_example() {
+    let subcommands: [&[&str]; 11] = [
+        &["report"],
+        &["watch"],
+        &["vantages"],
+        &["vantages", "forget"],
+        &["history"],
+        &["settings"],
+        &["settings", "dismiss"],
+        &["settings", "undismiss"],
+        &["provisioner"],
+        &["provisioner", "heartbeat"],
+        &["netcheck"],
+    ];
+    for sub in subcommands {
+        let out = Command::new(env!("CARGO_BIN_EXE_vantage"))
+            .args(sub)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{sub:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        let last = help.trim_end().lines().last().unwrap_or("");
+        let want = format!("  vantage {}", sub.join(" "));
+        assert!(
+            last.starts_with(&want) || last.starts_with("  vantage --server"),
+            "{sub:?}: the help should end with an example of `{want}`, ends with {last:?}"
+        );
+        assert!(help.contains("Example"), "{sub:?}: {help}");
+    }
+    // The list above is every subcommand `vantage --help` names.
+    let out = Command::new(env!("CARGO_BIN_EXE_vantage"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let listed: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    let tops: Vec<&str> = subcommands
+        .iter()
+        .filter(|s| s.len() == 1)
+        .map(|s| s[0])
+        .collect();
+    assert_eq!(listed, tops);
+}

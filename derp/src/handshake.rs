@@ -233,7 +233,7 @@ mod tests {
         ))
     }
 
-    /// Reference §6.2: the classic NaCl crypto_box vector (alice's secret → bob's public).
+    /// `docs/derp-stun.md#nacl-box`: the classic NaCl crypto_box vector (alice's secret → bob's public).
     #[test]
     fn nacl_box_vector() {
         let nonce =
@@ -255,7 +255,7 @@ mod tests {
         assert!(open(&bob(), &alice().public_key(), &tampered).is_none());
     }
 
-    /// Reference §6.3: the three handshake frames with deterministic nonces.
+    /// `docs/derp-stun.md#derp-handshake-frames`: the three handshake frames with deterministic nonces.
     #[test]
     fn handshake_frames() {
         let server_key = server_key_frame(&bob().public_key());

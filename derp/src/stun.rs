@@ -292,7 +292,7 @@ mod tests {
         <[u8; 12]>::try_from(h(s).as_slice()).expect("12")
     }
 
-    /// Reference §11.4 KAT.
+    /// The known answer of `docs/derp-stun.md#tailscales-stun-request`.
     #[test]
     fn tailscale_request_bytes() {
         let req = binding_request(txid("0102030405060708090a0b0c"));

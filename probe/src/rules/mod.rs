@@ -88,7 +88,7 @@ fn msg(m: &pb::Message) -> Message {
     Message::from(m)
 }
 
-/// Access URL (§7.1): EACS01–03 error, EACS04 warning; `healthy` is status == 200.
+/// Access URL (`docs/coder-health.md#access-url-severity`): EACS01–03 error, EACS04 warning; `healthy` is status == 200.
 pub fn access_url(r: &pb::AccessUrlResult) -> AccessUrlReport {
     let mut out = AccessUrlReport {
         access_url: r.access_url.clone(),
@@ -113,7 +113,7 @@ pub fn access_url(r: &pb::AccessUrlResult) -> AccessUrlReport {
     out
 }
 
-/// Websocket (§7.3): ok or error, never a warning.
+/// Websocket (`docs/coder-health.md#websocket`): ok or error, never a warning.
 pub fn websocket(r: &pb::WebsocketResult) -> WebsocketReport {
     let mut out = WebsocketReport {
         body: r.body.clone(),
@@ -131,7 +131,7 @@ pub fn websocket(r: &pb::WebsocketResult) -> WebsocketReport {
     out
 }
 
-/// Database (§7.2): median of the pings in whole milliseconds against the threshold.
+/// Database (`docs/coder-health.md#database`): median of the pings in whole milliseconds against the threshold.
 pub fn database(r: &pb::DatabaseResult) -> DatabaseReport {
     use vantage_proto::convert::from_duration;
     let threshold = from_duration(r.threshold.as_ref()).unwrap_or_default();

@@ -396,10 +396,10 @@ async fn the_vantage_cap_bounds_memory_and_the_report() {
         (after - before) >> 20
     );
     assert!(report.len() < 4 << 20, "report {} bytes", report.len());
-    // The CLI still decodes the list.
+    // The CLI still decodes the list (exit 1: some of those vantages may be stale by now).
     let out = cli(&["--server", &server.url, "vantages"]).await;
     assert!(
-        out.status.success(),
+        matches!(out.status.code(), Some(0 | 1)) && out.stdout.starts_with(b"NAME"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

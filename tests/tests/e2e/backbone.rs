@@ -54,6 +54,15 @@ async fn probes_attach_go_stale_and_reattach() {
             .any(|w| w["code"] == "EVNT01" && w["message"].as_str().unwrap().contains("fra-1"))
     );
     assert_eq!(report["severity"], "warning");
+    // `vantage vantages` says so in its exit status, with the ages of what it lists;
+    // `report --vantages` shows the EVNT01 message.
+    let out = vantage_tests::cli(&["--server", &server.url, "vantages"]).await;
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{list}");
+    assert!(list.contains("stale") && list.contains(" s ago"), "{list}");
+    let out = vantage_tests::cli(&["--server", &server.url, "report", "--vantages"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("EVNT01") && text.contains("fra-1"), "{text}");
 
     let _fra = Probe::start(&server.url, "fra-1", "fra");
     eventually(Duration::from_secs(20), "fra-1 fresh again", || async {
@@ -62,6 +71,8 @@ async fn probes_attach_go_stale_and_reattach() {
             .then_some(())
     })
     .await;
+    let out = vantage_tests::cli(&["--server", &server.url, "vantages"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
 #[tokio::test]

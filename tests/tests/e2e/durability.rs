@@ -25,11 +25,15 @@ fn is_resync(ev: &pb::WatchEvent) -> bool {
 async fn a_stalled_database_heals_without_a_restart_and_watchers_resync_at_most_once() {
     let db = test_db!();
     let proxy = CutProxy::start(db.server_addr(), Duration::ZERO).await;
+    // A loaded machine's pings may exceed 15 ms (EDB02, a warning): this test is about EDB01
+    // and recovery, so the latency threshold is out of the way.
     let server = Server::start(&[
         "--database-url",
         &db.url_via(proxy.port()),
         "--interval",
         "1s",
+        "--database-threshold",
+        "5s",
     ])
     .await;
     let _probe = Probe::start(&server.url, "fra-1", "fra");
@@ -430,7 +434,8 @@ async fn a_probe_given_both_replicas_fails_over_losing_nothing_and_stale_is_stor
     // The CLI given both URLs, the dead one first, uses the one that answers.
     let both = format!("{},{}", a.url, b.url);
     let out = vantage_tests::cli(&["--server", &both, "vantages"]).await;
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // 1 once the dead replica's own vantage is stale: an answer all the same.
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("fra-1"),
         "{out:?}"
