@@ -31,13 +31,27 @@ fn millis(d: Option<&prost_types::Duration>) -> f64 {
     convert::from_duration(d).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
+fn header(cols: &[&str]) -> Vec<String> {
+    cols.iter().map(|c| (*c).to_owned()).collect()
+}
+
 /// Transitions (oldest first), then one row per check series with its recent outcomes.
 pub fn table(h: &pb::History) -> String {
-    let header = |cols: &[&str]| cols.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+    let mut out = transitions(&h.transitions);
+    out.push('\n');
+    out.push_str(&checks(&h.checks));
+    out
+}
+
+/// The section transitions, one row each.
+fn transitions(list: &[pb::SectionTransition]) -> String {
+    if list.is_empty() {
+        return "no section transitions\n".to_owned();
+    }
     let mut rows = vec![header(&[
         "TIME", "SECTION", "VANTAGE", "FROM", "TO", "ERROR",
     ])];
-    for t in &h.transitions {
+    for t in list {
         let vantage = if t.vantage.is_empty() {
             "(aggregate)".to_owned()
         } else {
@@ -60,12 +74,15 @@ pub fn table(h: &pb::History) -> String {
             detail,
         ]);
     }
-    let mut out = if h.transitions.is_empty() {
-        "no section transitions\n".to_owned()
-    } else {
-        pad(&rows)
-    };
-    out.push('\n');
+    pad(&rows)
+}
+
+/// One row per check series: successes, average duration, a strip of recent outcomes and the
+/// last error.
+fn checks(list: &[pb::CheckSeries]) -> String {
+    if list.is_empty() {
+        return "no check outcomes\n".to_owned();
+    }
     let mut rows = vec![header(&[
         "VANTAGE",
         "SECTION",
@@ -75,7 +92,7 @@ pub fn table(h: &pb::History) -> String {
         "RECENT",
         "LAST ERROR",
     ])];
-    for c in &h.checks {
+    for c in list {
         let ok = c.samples.iter().filter(|s| s.ok).count();
         let avg = c
             .samples
@@ -106,12 +123,7 @@ pub fn table(h: &pb::History) -> String {
             last_error,
         ]);
     }
-    if h.checks.is_empty() {
-        out.push_str("no check outcomes\n");
-    } else {
-        out.push_str(&pad(&rows));
-    }
-    out
+    pad(&rows)
 }
 
 /// The history as JSON (the shape of `GET /api/v2/debug/health/history`).

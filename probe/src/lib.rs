@@ -3,6 +3,7 @@
 //! continuously ([`scheduler`]) and the session with the server ([`session`]).
 
 pub mod checks;
+pub mod logging;
 pub mod once;
 pub mod rules;
 pub mod scheduler;

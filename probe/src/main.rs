@@ -79,14 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VANTAGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    vantage_probe::logging::init();
     // One thread: a probe's work is I/O-bound, and a single-threaded runtime has no
     // cross-thread hand-off per observation (BENCHMARKS.md, probe efficiency).
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    init_logging();
+    vantage_probe::logging::init();
     for d in &config.deprecations {
         tracing::warn!(old = %d.old, new = %d.new, "deprecated configuration name");
     }
@@ -95,18 +95,6 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(config))
-}
-
-/// Log to stderr (colours on a terminal), filtered by `VANTAGE_LOG` (default `info`).
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VANTAGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
 }
 
 /// Bind, print the base URL once serving, and serve until a shutdown signal; the exit status.

@@ -124,7 +124,8 @@ impl State {
         pair
     }
 
-    fn build_report(&self) -> HealthReport {
+    /// The `vantages` block: every vantage, and EVNT01/EVNT04 for the stale and the lossy.
+    fn vantages_block(&self) -> VantagesReport {
         let mut vantages = VantagesReport::default();
         for v in self.vantages.values() {
             vantages.items.push(VantageInfo {
@@ -165,6 +166,11 @@ impl State {
                 vantages.severity = Severity::Warning;
             }
         }
+        vantages
+    }
+
+    fn build_report(&self) -> HealthReport {
+        let vantages = self.vantages_block();
         let fresh: Vec<&Vantage> = self.vantages.values().filter(|v| v.is_fresh()).collect();
         macro_rules! section {
             ($section:expr, $variant:ident) => {{
@@ -206,22 +212,28 @@ impl State {
         };
         report.coder = self.coder.as_ref().map(|c| coder_block(c, &report));
         report.apply_dismissed(&self.dismissed);
-        let mut severity = report.vantages.severity;
-        if let Some(c) = &report.coder {
-            severity = severity.max(c.severity);
-        }
-        let mut healthy = true;
-        for s in Section::ALL {
-            let sev = report.base(s).severity;
-            severity = severity.max(sev);
-            if s.is_failing(sev) {
-                healthy = false;
-            }
-        }
-        report.severity = severity;
-        report.healthy = healthy;
+        overall(&mut report);
         report
     }
+}
+
+/// The report's severity (the worst of the sections, the vantages block and the coder block)
+/// and `healthy` (no section failing).
+fn overall(report: &mut HealthReport) {
+    let mut severity = report.vantages.severity;
+    if let Some(c) = &report.coder {
+        severity = severity.max(c.severity);
+    }
+    let mut healthy = true;
+    for s in Section::ALL {
+        let sev = report.base(s).severity;
+        severity = severity.max(sev);
+        if s.is_failing(sev) {
+            healthy = false;
+        }
+    }
+    report.severity = severity;
+    report.healthy = healthy;
 }
 
 /// The `coder` block as the importer found it, with what the probes saw of each proxy beside

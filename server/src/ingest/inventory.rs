@@ -115,6 +115,23 @@ impl Inventory {
     /// The assignment of the vantage `name` in `region`.
     pub fn assignment_for(&self, name: &str, region: &str) -> pb::Assignment {
         let is_server = crate::config::is_server_vantage(name);
+        let mut checks = self.every_vantages_checks(is_server);
+        checks.extend(self.regional_checks(is_server, region));
+        let mut hasher = DefaultHasher::new();
+        for c in &checks {
+            c.id.hash(&mut hasher);
+            format!("{:?}", c.target).hash(&mut hasher);
+            c.interval.map(|d| (d.seconds, d.nanos)).hash(&mut hasher);
+        }
+        pb::Assignment {
+            generation: hasher.finish(),
+            checks,
+            heartbeat_interval: Some(convert::duration(self.heartbeat)),
+        }
+    }
+
+    /// The access URL and the websocket echo for every vantage; the database for the server's.
+    fn every_vantages_checks(&self, is_server: bool) -> Vec<pb::Check> {
         let access = self.access.borrow().clone();
         let access_url = access.url.to_string();
         let token = match &self.echo.token {
@@ -151,6 +168,12 @@ impl Inventory {
                 }),
             ));
         }
+        checks
+    }
+
+    /// The DERP regions and workspace proxies of `region` (or all, as configured).
+    fn regional_checks(&self, is_server: bool, region: &str) -> Vec<pb::Check> {
+        let mut checks = Vec::new();
         for r in self.derp_regions.borrow().iter() {
             let mine = if is_server {
                 self.server_checks_derp
@@ -184,17 +207,7 @@ impl Inventory {
                 ));
             }
         }
-        let mut hasher = DefaultHasher::new();
-        for c in &checks {
-            c.id.hash(&mut hasher);
-            format!("{:?}", c.target).hash(&mut hasher);
-            c.interval.map(|d| (d.seconds, d.nanos)).hash(&mut hasher);
-        }
-        pb::Assignment {
-            generation: hasher.finish(),
-            checks,
-            heartbeat_interval: Some(convert::duration(self.heartbeat)),
-        }
+        checks
     }
 }
 

@@ -113,14 +113,6 @@ impl Store for MemoryStore {
         self.with(|s| Ok(s.dismissed.clone()))
     }
 
-    fn save_dismissed(
-        &self,
-        dismissed: Vec<Section>,
-        actor: String,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.save_dismissal_notes(dismissed, Vec::new(), actor)
-    }
-
     fn load_dismissal_notes(&self) -> BoxFuture<'_, Result<Vec<DismissalNote>, StoreError>> {
         self.with(|s| Ok(s.notes.clone()))
     }

@@ -201,7 +201,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         dismissed: Vec<Section>,
         actor: String,
-    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.save_dismissal_notes(dismissed, Vec::new(), actor)
+    }
     /// The notes of the current dismissals (see [`DismissalNote`]).
     fn load_dismissal_notes(&self) -> BoxFuture<'_, Result<Vec<DismissalNote>, StoreError>>;
     /// Like [`Store::save_dismissed`], with the notes of the dismissals (audited too).

@@ -206,19 +206,7 @@ pub async fn run_one(w: usize, cfg: &FanoutConfig) -> anyhow::Result<FanoutRow> 
     let pid = server.pid()?;
     let probe_ch = channels(&server.url, 1).await?;
     let mut att = wire::attach(probe_ch[0].clone(), "flipper", 64).await?;
-    // The initial state: OK (seq 1), applied before anyone subscribes.
-    let url = att.access_url()?;
-    let first = BatchEncoder::new(&wire::access_url_observation(&url, 200)).batch(1, 1);
-    att.up.send(first).await.context("upstream")?;
-    loop {
-        match att.down.message().await? {
-            Some(pb::ServerMessage {
-                msg: Some(Down::Ack(a)),
-            }) if a.seq >= 1 => break,
-            Some(_) => {}
-            None => bail!("the server closed the probe's stream"),
-        }
-    }
+    initial_state(&mut att).await?;
     let chans = channels(&server.url, w.div_ceil(cfg.streams_per_channel.max(1))).await?;
     let mut streams = Vec::with_capacity(w);
     for i in 0..w {
@@ -271,8 +259,32 @@ pub async fn run_one(w: usize, cfg: &FanoutConfig) -> anyhow::Result<FanoutRow> 
     let mut acks: Vec<f64> = ack_lat.iter().map(|&u| f64::from(u) / 1e3).collect();
     acks.sort_by(f64::total_cmp);
     row.ack_p99_ms = percentile(&acks, 99.0);
+    row.applied = applied_without_anomalies(&server.url).await?;
+    server.stop().await;
+    Ok(row)
+}
+
+/// The initial state: OK (seq 1), applied before anyone subscribes.
+async fn initial_state(att: &mut wire::Attached) -> anyhow::Result<()> {
+    let url = att.access_url()?;
+    let first = BatchEncoder::new(&wire::access_url_observation(&url, 200)).batch(1, 1);
+    att.up.send(first).await.context("upstream")?;
+    loop {
+        match att.down.message().await? {
+            Some(pb::ServerMessage {
+                msg: Some(Down::Ack(a)),
+            }) if a.seq >= 1 => return Ok(()),
+            Some(_) => {}
+            None => bail!("the server closed the probe's stream"),
+        }
+    }
+}
+
+/// How many of the flipper's observations the server applied, after checking it saw no gap
+/// and no duplicate.
+async fn applied_without_anomalies(url: &str) -> anyhow::Result<u64> {
     let mut client =
-        pb::health_service_client::HealthServiceClient::connect(server.url.clone()).await?;
+        pb::health_service_client::HealthServiceClient::connect(url.to_owned()).await?;
     let list = client
         .list_vantages(pb::ListVantagesRequest {})
         .await?
@@ -289,9 +301,7 @@ pub async fn run_one(w: usize, cfg: &FanoutConfig) -> anyhow::Result<FanoutRow> 
             v.duplicates
         );
     }
-    row.applied = v.applied;
-    server.stop().await;
-    Ok(row)
+    Ok(v.applied)
 }
 
 pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<Vec<FanoutRow>> {

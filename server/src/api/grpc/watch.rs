@@ -227,38 +227,7 @@ fn watch_outs(
     filter: Filter,
     since: u64,
 ) -> impl Stream<Item = Result<Out, Status>> + Send + 'static {
-    app.watchers.fetch_add(1, Ordering::Relaxed);
-    let mut state = WatchState {
-        agg: app.agg.clone(),
-        queue: VecDeque::new(),
-        last: since,
-        epoch: String::new(),
-        filter,
-        cancel: app.cancel.clone(),
-        _guard: WatcherGuard(app.watchers.clone()),
-        sub: Subscription {
-            events: sub.events,
-            snapshot: None,
-            backlog: Vec::new(),
-        },
-    };
-    if let Some((resync, report)) = sub.snapshot {
-        state.last = report.revision;
-        state.epoch.clone_from(&report.epoch);
-        let snapshot = snapshot_event(resync, report, &state.filter);
-        state.queue.push_back(Out::Own(Box::new(snapshot)));
-    }
-    if let Some(first) = sub.backlog.first() {
-        state.epoch.clone_from(&first.epoch);
-    }
-    for ev in sub.backlog {
-        if ev.revision > state.last {
-            state.last = ev.revision;
-            if state.filter.passes(&ev) {
-                state.queue.push_back(Out::Shared(ev));
-            }
-        }
-    }
+    let state = first_state(app, sub, filter, since);
     futures::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(ev) = st.queue.pop_front() {
@@ -309,4 +278,41 @@ fn watch_outs(
             }
         }
     })
+}
+
+/// A new watcher's state: counted, with its snapshot or backlog queued.
+fn first_state(app: &App, sub: Subscription, filter: Filter, since: u64) -> WatchState {
+    app.watchers.fetch_add(1, Ordering::Relaxed);
+    let mut state = WatchState {
+        agg: app.agg.clone(),
+        queue: VecDeque::new(),
+        last: since,
+        epoch: String::new(),
+        filter,
+        cancel: app.cancel.clone(),
+        _guard: WatcherGuard(app.watchers.clone()),
+        sub: Subscription {
+            events: sub.events,
+            snapshot: None,
+            backlog: Vec::new(),
+        },
+    };
+    if let Some((resync, report)) = sub.snapshot {
+        state.last = report.revision;
+        state.epoch.clone_from(&report.epoch);
+        let snapshot = snapshot_event(resync, report, &state.filter);
+        state.queue.push_back(Out::Own(Box::new(snapshot)));
+    }
+    if let Some(first) = sub.backlog.first() {
+        state.epoch.clone_from(&first.epoch);
+    }
+    for ev in sub.backlog {
+        if ev.revision > state.last {
+            state.last = ev.revision;
+            if state.filter.passes(&ev) {
+                state.queue.push_back(Out::Shared(ev));
+            }
+        }
+    }
+    state
 }

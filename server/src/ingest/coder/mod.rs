@@ -125,6 +125,26 @@ impl Importer {
             .await;
     }
 
+    /// Without `--access-url`: Coder's dashboard URL becomes what the checks target (a change
+    /// re-sends assignments at once).
+    fn follow_access(&self, url: &url::Url) {
+        let Some(access) = &self.access else {
+            return;
+        };
+        let next = AccessTarget {
+            url: url.as_str().into(),
+            coder: true,
+        };
+        access.send_if_modified(|now| {
+            let changed = *now != next;
+            if changed {
+                tracing::info!(access_url = %url, "the access URL is Coder's dashboard URL");
+                *now = next;
+            }
+            changed
+        });
+    }
+
     /// Keep what this round read, push it to the registry and the daemons' section, and
     /// build the `coder` block.
     async fn apply(&self, round: Round, last: &mut Last) -> CoderReport {
@@ -135,19 +155,8 @@ impl Importer {
         if let Some(v) = round.version {
             last.version = v;
         }
-        if let (Some(access), Some(url)) = (&self.access, &round.dashboard_url) {
-            let next = AccessTarget {
-                url: url.as_str().into(),
-                coder: true,
-            };
-            access.send_if_modified(|now| {
-                let changed = *now != next;
-                if changed {
-                    tracing::info!(access_url = %url, "the access URL is Coder's dashboard URL");
-                    *now = next;
-                }
-                changed
-            });
+        if let Some(url) = &round.dashboard_url {
+            self.follow_access(url);
         }
         unavailable.extend(self.echo_unavailable.clone());
         if let Some(p) = round.proxies {

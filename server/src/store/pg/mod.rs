@@ -246,14 +246,6 @@ impl Store for PgStore {
         }))
     }
 
-    fn save_dismissed(
-        &self,
-        dismissed: Vec<Section>,
-        actor: String,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.save_dismissal_notes(dismissed, Vec::new(), actor)
-    }
-
     fn load_dismissal_notes(&self) -> BoxFuture<'_, Result<Vec<DismissalNote>, StoreError>> {
         Box::pin(self.run("loading settings", |c| async move {
             let row = c
