@@ -10,9 +10,9 @@ CREATE INDEX vantage_events_history ON vantage_events (at, revision)
     WHERE section IS NOT NULL;
 
 -- Each logged observation's section, target and observation time, so one series
--- (vantage, check, target) is read newest first from an index.
+-- (vantage, check, target) is read newest first from an index (the id orders equal times).
 ALTER TABLE vantage_observation_log ADD COLUMN section smallint;
 ALTER TABLE vantage_observation_log ADD COLUMN target text;
 ALTER TABLE vantage_observation_log ADD COLUMN observed_at timestamptz;
 CREATE INDEX vantage_observation_log_series
-    ON vantage_observation_log (vantage, check_id, target, observed_at);
+    ON vantage_observation_log (vantage, check_id, target, observed_at, id);

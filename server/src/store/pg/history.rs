@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, Utc};
+use deadpool_postgres::Transaction;
 use vantage_proto::convert;
 
 use super::*;
@@ -51,18 +52,33 @@ fn limit(n: usize) -> i64 {
 }
 
 /// What the filter selects, oldest first; series sorted by vantage, section and target.
-pub(super) async fn read(c: Object, filter: HistoryFilter) -> Result<pb::History, Failure> {
+/// Both reads see one snapshot (a read-only, repeatable-read transaction).
+pub(super) async fn read(mut c: Object, filter: HistoryFilter) -> Result<pb::History, Failure> {
     let since = filter.since.unwrap_or_else(floor);
     let section = section_param(&filter);
-    Ok(pb::History {
-        transitions: transitions(&c, since, section).await?,
-        checks: checks(&c, since, section).await?,
-    })
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    // Each series' lookup estimates as a few rows (its keys come from the outer row), so
+    // the planner may pick a bitmap scan that reads every row since `since` and sorts; the
+    // index scan backward stops after the newest few. Measured over 2.6 million rows: 3.5 s
+    // against 0.16 s.
+    tx.batch_execute("SET LOCAL enable_bitmapscan = off")
+        .await?;
+    let history = pb::History {
+        transitions: transitions(&tx, since, section).await?,
+        checks: checks(&tx, since, section).await?,
+    };
+    tx.commit().await?;
+    Ok(history)
 }
 
 /// The newest [`MAX_TRANSITIONS`] section changes at or after `since`, oldest first.
 async fn transitions(
-    c: &Object,
+    c: &Transaction<'_>,
     since: DateTime<Utc>,
     section: Option<i16>,
 ) -> Result<Vec<pb::SectionTransition>, Failure> {
@@ -111,7 +127,7 @@ type SeriesKey = (String, Section, String);
 /// Each series' newest [`MAX_SAMPLES`] samples at or after `since`. The series are those of
 /// the latest observations (a forgotten vantage has none), each read from the log's index.
 async fn checks(
-    c: &Object,
+    c: &Transaction<'_>,
     since: DateTime<Utc>,
     section: Option<i16>,
 ) -> Result<Vec<pb::CheckSeries>, Failure> {
