@@ -226,6 +226,17 @@ async fn postgres_answers_history_from_its_logs_by_time_and_section() {
         assert_eq!(s.duration.map(|d| d.nanos), Some(25_000_000));
     }
 
+    // A `since` before anything PostgreSQL can store selects everything.
+    let earliest = store
+        .history(HistoryFilter {
+            section: None,
+            since: Some(DateTime::<Utc>::MIN_UTC),
+        })
+        .await
+        .expect("read")
+        .expect("postgres logs history");
+    assert_eq!(earliest, all);
+
     // Since day 3, DERP only.
     let since = at(T0 + 3 * DAY);
     let derp_only = store

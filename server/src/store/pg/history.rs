@@ -54,7 +54,9 @@ fn limit(n: usize) -> i64 {
 /// What the filter selects, oldest first; series sorted by vantage, section and target.
 /// Both reads see one snapshot (a read-only, repeatable-read transaction).
 pub(super) async fn read(mut c: Object, filter: HistoryFilter) -> Result<pb::History, Failure> {
-    let since = filter.since.unwrap_or_else(floor);
+    // Stored times are from year 1 on; an earlier `since` (which PostgreSQL may not take)
+    // selects the same.
+    let since = filter.since.map_or_else(floor, |t| t.max(floor()));
     let section = section_param(&filter);
     let tx = c
         .build_transaction()
