@@ -1,7 +1,9 @@
 //! History kept in memory: section severity transitions (the aggregate and each vantage's
 //! view, after hysteresis) in one bounded ring, and each check's recent outcomes, bounded per
 //! series (vantage, section, target). `HealthService.GetHistory` and
-//! `GET /api/v2/debug/health/history` read it.
+//! `GET /api/v2/debug/health/history` read it when the store keeps no history of its own (the
+//! in-memory store); with PostgreSQL they read the stored logs ([`crate::store::Store::history`]),
+//! within the same bounds.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -71,17 +73,11 @@ impl History {
         if !self.series.contains_key(&key) && self.series.len() >= MAX_SERIES {
             return;
         }
-        let (ok, error) = outcome(obs);
         let samples = self.series.entry(key).or_default();
         if samples.len() == MAX_SAMPLES {
             samples.pop_front();
         }
-        samples.push_back(pb::CheckSample {
-            time: obs.observed_at,
-            ok,
-            duration: obs.elapsed,
-            error,
-        });
+        samples.push_back(check_sample(obs));
     }
 
     /// Forget a vantage's series (the vantage was forgotten); its transitions stay.
@@ -132,6 +128,18 @@ impl History {
             transitions,
             checks,
         }
+    }
+}
+
+/// An observation as a history sample: its time, whether it succeeded, how long it took and
+/// its failure's text. The in-memory ring and the PostgreSQL store both use it.
+pub fn check_sample(obs: &pb::Observation) -> pb::CheckSample {
+    let (ok, error) = outcome(obs);
+    pb::CheckSample {
+        time: obs.observed_at,
+        ok,
+        duration: obs.elapsed,
+        error,
     }
 }
 

@@ -36,7 +36,7 @@ pub use events::{PROVISIONAL_EPOCH_PREFIX, SharedEvent, Subscription, is_provisi
 pub use guard::{
     GuardStats, MAX_BODY, MAX_ELAPSED, MAX_FUTURE_SKEW, MAX_OBSERVATION, Refusal, SEQ_WINDOW,
 };
-pub use history::{HistoryFilter, MAX_SAMPLES, MAX_SERIES, MAX_TRANSITIONS};
+pub use history::{HistoryFilter, MAX_SAMPLES, MAX_SERIES, MAX_TRANSITIONS, check_sample};
 pub use report::TargetFigure;
 use state::State;
 

@@ -64,7 +64,39 @@ pub fn dismissed_names(dismissed: &[Section]) -> Vec<String> {
         .collect()
 }
 
+/// Why a history read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("the server is shutting down")]
+    Stopped,
+    /// The database could not be read (the text names what failed, never the URL).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl From<HistoryError> for Status {
+    fn from(e: HistoryError) -> Self {
+        Status::unavailable(e.to_string())
+    }
+}
+
 impl App {
+    /// The history `filter` selects: from the store's logs when it keeps them (PostgreSQL),
+    /// else from the aggregator's in-memory ring.
+    pub async fn history(
+        &self,
+        filter: crate::aggregator::HistoryFilter,
+    ) -> Result<vantage_proto::pb::History, HistoryError> {
+        match self.store.history(filter).await? {
+            Some(h) => Ok(h),
+            None => self
+                .agg
+                .history(filter)
+                .await
+                .map_err(|_| HistoryError::Stopped),
+        }
+    }
+
     /// Ask every connected vantage to run now; wait (bounded) until all have reported. Those
     /// that did not answer the previous forced run are asked but not waited for: once the
     /// others have answered, the run ends at once as timed out, naming them.

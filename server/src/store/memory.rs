@@ -329,6 +329,14 @@ impl Store for MemoryStore {
         })
     }
 
+    /// The memory store logs no history: the aggregator's bounded ring answers.
+    fn history(
+        &self,
+        _filter: crate::aggregator::HistoryFilter,
+    ) -> BoxFuture<'_, Result<Option<pb::History>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     fn listen(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
     }

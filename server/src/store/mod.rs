@@ -12,6 +12,9 @@
 //!   plus the latest observation per (vantage, check);
 //! - events: the `Watch` history, with cluster-wide monotonic revisions, for resuming.
 //!
+//! The PostgreSQL store also answers `GetHistory` from its logs ([`Store::history`]); the
+//! memory store leaves that to the aggregator's bounded ring.
+//!
 //! Stores announce changes on [`Store::listen`] ([`Notice`]); the PostgreSQL store forwards
 //! the database's `NOTIFY`s, so a replica sees what the others stored. Notices are hints: a
 //! receiver re-reads (`observations_after`, `events_after`, `load_dismissed`) and treats
@@ -268,6 +271,20 @@ pub trait Store: Send + Sync + 'static {
     fn latest_event_revision(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
     /// Keep only the newest `keep_last` events; how many were removed.
     fn prune_events(&self, keep_last: usize) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// The history `filter` selects from what this store logs: section transitions from the
+    /// stored section-change events and per-check samples from the observation log, oldest
+    /// first, bounded like the in-memory ring (the newest [`MAX_TRANSITIONS`] transitions and
+    /// [`MAX_SAMPLES`] samples per series, at most [`MAX_SERIES`] series). `None`: this store
+    /// logs no history, and the aggregator's in-memory ring answers (the memory store).
+    ///
+    /// [`MAX_TRANSITIONS`]: crate::aggregator::MAX_TRANSITIONS
+    /// [`MAX_SAMPLES`]: crate::aggregator::MAX_SAMPLES
+    /// [`MAX_SERIES`]: crate::aggregator::MAX_SERIES
+    fn history(
+        &self,
+        filter: crate::aggregator::HistoryFilter,
+    ) -> BoxFuture<'_, Result<Option<pb::History>, StoreError>>;
 
     /// Changes announced by this store (and, for a shared database, by other replicas).
     fn listen(&self) -> broadcast::Receiver<Notice>;

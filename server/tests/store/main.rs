@@ -28,6 +28,8 @@ use vantage_server::store::{
 
 use vantage_testkit::{CutProxy, TestDb, closed_tcp_port, eventually, test_db};
 
+mod history;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 fn now() -> DateTime<Utc> {

@@ -115,7 +115,7 @@ impl pb::health_service_server::HealthService for HealthApi {
             ),
         };
         let filter = crate::aggregator::HistoryFilter { section, since };
-        Ok(Response::new(self.app.agg.history(filter).await?))
+        Ok(Response::new(self.app.history(filter).await?))
     }
 
     async fn list_vantages(

@@ -1,5 +1,6 @@
-//! `GET /api/v2/debug/health/history?section=…&since=…`: the aggregator's history (section
-//! transitions and per-check outcomes) as JSON.
+//! `GET /api/v2/debug/health/history?section=…&since=…`: the history (section transitions and
+//! per-check outcomes; from the database's logs with PostgreSQL, else the in-memory ring) as
+//! JSON.
 
 use std::collections::HashMap;
 
@@ -12,7 +13,7 @@ use vantage_proto::{Section, Severity, convert, pb};
 
 use super::{api_error, coder_json, json_response, unavailable};
 use crate::aggregator::HistoryFilter;
-use crate::api::App;
+use crate::api::{App, HistoryError};
 
 #[derive(Debug, Serialize)]
 struct HistoryJson {
@@ -155,9 +156,14 @@ pub(super) async fn get_history(
             }
         }
     }
-    match app.agg.history(filter).await {
+    match app.history(filter).await {
         Ok(h) => json_response(StatusCode::OK, coder_json(&to_json(h))),
-        Err(_) => unavailable(),
+        Err(HistoryError::Stopped) => unavailable(),
+        Err(HistoryError::Store(e)) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The stored history cannot be read.",
+            &e.to_string(),
+        ),
     }
 }
 

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dismissal_notes",
         sql: include_str!("../../../migrations/0003_dismissal_notes.sql"),
     },
+    Migration {
+        version: 4,
+        name: "history",
+        sql: include_str!("../../../migrations/0004_history.sql"),
+    },
 ];
 
 /// Apply the migrations not yet applied, in one transaction under [`MIGRATION_LOCK`].

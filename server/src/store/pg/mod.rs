@@ -19,6 +19,7 @@
 //! [`PgPinger`] is the Database check's pinger: a pooled connection and `SELECT 1`.
 
 mod connect;
+mod history;
 mod leader;
 mod listen;
 mod migrate;
@@ -478,18 +479,20 @@ impl Store for PgStore {
             }
             let n = events.len();
             let payloads: Vec<Vec<u8>> = events.into_iter().map(|e| e.payload).collect();
+            let (sections, times) = history::event_columns(&payloads);
             let tx = c.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENT_LOCK])
                 .await?;
             let insert = tx
                 .prepare_cached(
-                    "INSERT INTO vantage_events (payload)
-                     SELECT p FROM unnest($1::bytea[]) WITH ORDINALITY AS t(p, n) ORDER BY n
+                    "INSERT INTO vantage_events (payload, section, at)
+                     SELECT p, s, a FROM unnest($1::bytea[], $2::int2[], $3::timestamptz[])
+                         WITH ORDINALITY AS t(p, s, a, n) ORDER BY n
                      RETURNING revision",
                 )
                 .await?;
             let mut revisions: Vec<i64> = tx
-                .query(&insert, &[&payloads])
+                .query(&insert, &[&payloads, &sections, &times])
                 .await?
                 .iter()
                 .map(|r| r.get(0))
@@ -559,6 +562,17 @@ impl Store for PgStore {
             )
             .await?)
         }))
+    }
+
+    fn history(
+        &self,
+        filter: crate::aggregator::HistoryFilter,
+    ) -> BoxFuture<'_, Result<Option<pb::History>, StoreError>> {
+        Box::pin(async move {
+            self.run("reading the history", move |c| history::read(c, filter))
+                .await
+                .map(Some)
+        })
     }
 
     fn listen(&self) -> broadcast::Receiver<Notice> {

@@ -34,6 +34,10 @@ struct LogColumns {
     checks: Vec<String>,
     seqs: Vec<i64>,
     bodies: Vec<Vec<u8>>,
+    /// For the history: the section number (NULL when out of range), target and time.
+    sections: Vec<Option<i16>>,
+    targets: Vec<String>,
+    observed: Vec<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl LogColumns {
@@ -46,6 +50,9 @@ impl LogColumns {
             checks: Vec::with_capacity(n),
             seqs: Vec::with_capacity(n),
             bodies: Vec::with_capacity(n),
+            sections: Vec::with_capacity(n),
+            targets: Vec::with_capacity(n),
+            observed: Vec::with_capacity(n),
         };
         for o in observations {
             cols.vantages.push(o.vantage.clone());
@@ -53,6 +60,11 @@ impl LogColumns {
             cols.checks.push(o.observation.check_id.clone());
             cols.seqs.push(to_i64("seq", o.observation.seq)?);
             cols.bodies.push(o.observation.encode_to_vec());
+            cols.sections
+                .push(i16::try_from(o.observation.section).ok());
+            cols.targets.push(o.observation.target.clone());
+            cols.observed
+                .push(history::storable_time(o.observation.observed_at.as_ref()));
         }
         Ok(cols)
     }
@@ -124,10 +136,12 @@ async fn insert_log(tx: &Transaction<'_>, log: &LogColumns) -> Result<Vec<i64>, 
     let insert = tx
         .prepare_cached(
             "INSERT INTO vantage_observation_log
-                         (vantage, instance_id, check_id, seq, observation)
-                     SELECT v, i, c, s, o
-                     FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bytea[])
-                         WITH ORDINALITY AS t(v, i, c, s, o, n)
+                         (vantage, instance_id, check_id, seq, observation,
+                          section, target, observed_at)
+                     SELECT v, i, c, s, o, sec, tg, at
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bytea[],
+                                 $6::int2[], $7::text[], $8::timestamptz[])
+                         WITH ORDINALITY AS t(v, i, c, s, o, sec, tg, at, n)
                      ORDER BY n
                      RETURNING id",
         )
@@ -141,6 +155,9 @@ async fn insert_log(tx: &Transaction<'_>, log: &LogColumns) -> Result<Vec<i64>, 
                 &log.checks,
                 &log.seqs,
                 &log.bodies,
+                &log.sections,
+                &log.targets,
+                &log.observed,
             ],
         )
         .await?
