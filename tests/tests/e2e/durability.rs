@@ -162,6 +162,8 @@ async fn a_full_write_queue_is_backpressure_and_nothing_acknowledged_is_lost() {
         "100ms",
         "--write-queue",
         "20",
+        "--database-threshold",
+        "5s",
     ])
     .await;
     let _probe = Probe::start(&server.url, "fra-1", "fra");
