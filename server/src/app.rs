@@ -16,7 +16,7 @@ use crate::aggregator::{Aggregator, AggregatorConfig, ClusterCommand, DurablePar
 use crate::api::App;
 use crate::api::grpc::HealthApi;
 use crate::config::{Config, ConfigError};
-use crate::ingest::inventory::{AccessTarget, DerpRegion, EchoAuth, Inventory};
+use crate::ingest::inventory::{AccessTarget, DerpRegion, EchoAuth, Inventory, Timing};
 use crate::ingest::{derpmap, hub, own};
 use crate::registry::Registry;
 use crate::store::pg::{PgOptions, PgPinger, PgStore};
@@ -52,6 +52,8 @@ pub(crate) struct Targets {
     map: DerpMap,
     derp_regions: Arc<tokio::sync::watch::Sender<Arc<Vec<DerpRegion>>>>,
     map_json: Arc<tokio::sync::watch::Sender<Arc<String>>>,
+    /// The intervals and timeouts of the checks (the global one and `[sections.*]`).
+    pub(crate) timing: Arc<tokio::sync::watch::Sender<Timing>>,
 }
 
 impl Targets {
@@ -82,7 +84,12 @@ impl Targets {
             // Attached, a configured access URL is taken to be Coder's.
             coder: config.coder_url.is_some() && config.access_url.is_some(),
         });
+        let (timing, _) = tokio::sync::watch::channel(Timing {
+            interval: config.interval,
+            sections: config.sections.clone(),
+        });
         Ok(Targets {
+            timing: Arc::new(timing),
             access: Arc::new(access),
             access_url,
             base: base.to_owned(),
@@ -285,7 +292,7 @@ pub(crate) fn follow_inventory(
             token: config.coder.websocket_token.clone(),
             over_tls: config.tls_cert.is_some(),
         },
-        interval: config.interval,
+        timing: targets.timing.subscribe(),
         database_threshold: config.database_threshold,
         heartbeat: HEARTBEAT,
         derp_regions: targets.derp_regions.subscribe(),

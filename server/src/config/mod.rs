@@ -9,6 +9,7 @@
 mod alerting;
 mod file;
 mod flags;
+mod sections;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,7 @@ pub use alerting::{AlertAuth, AlertingConfig, DEFAULT_ALERT_RESEND, Secret};
 
 pub use file::{CoderFile, ProxyFile};
 pub use flags::{DeprecatedFlags, Flags};
+pub use sections::{MAX_SECTION_TIMEOUT, SectionTiming, Sections};
 pub use settings::Settings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
@@ -162,6 +164,8 @@ pub struct Config {
     pub embedded_relay_region: Option<i64>,
     /// The rest of `[coder]`: proxy regions and the WebSocket token.
     pub coder: CoderFile,
+    /// `[sections.<section>]`: per-section intervals and timeouts.
+    pub sections: Sections,
     /// Where alerts are pushed (`config/alerting.rs`).
     pub alerting: AlertingConfig,
     /// The deprecated names the configuration used, for `main` to log.
@@ -215,6 +219,7 @@ impl Default for Config {
             embedded_relay_region: None,
             check_database_url: None,
             coder: CoderFile::default(),
+            sections: Sections::default(),
             alerting: AlertingConfig::default(),
             deprecations: Vec::new(),
         }
@@ -232,6 +237,7 @@ impl Config {
         let settings = flags.into_settings(&mut deprecations)?.or(file.settings);
         let mut config = Config::resolve(settings, file.workspace_proxies, deprecations)?;
         config.coder = file.coder;
+        config.sections = file.sections;
         config.validate()?;
         Ok(config)
     }
@@ -320,6 +326,7 @@ impl Config {
             embedded_relay_region: s.embedded_relay_region,
             check_database_url: s.check_database_url,
             coder: CoderFile::default(),
+            sections: Sections::default(),
             alerting,
             deprecations,
         })
