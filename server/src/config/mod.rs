@@ -54,6 +54,7 @@ pub const DEFAULT_PROXIES_ALL_VANTAGES: bool = false;
 pub const DEFAULT_PROVISIONER_DAEMONS_REQUIRED: bool = false;
 pub const DEFAULT_PROVISIONER_STALE_AFTER: Duration = Duration::from_secs(90);
 pub const DEFAULT_CODER_REFRESH: Duration = Duration::from_secs(30);
+pub const DEFAULT_DERP_MAP_REFRESH: Duration = Duration::from_secs(15);
 /// The name of the server's own vantage (replicas sharing a database name theirs
 /// `server-<something>` with `--server-vantage-name`); the default `server_vantage_name`.
 pub const SERVER_VANTAGE: &str = "server";
@@ -142,6 +143,8 @@ pub struct Config {
     pub event_retention: usize,
     pub observation_retention: usize,
     pub derp_map: Option<String>,
+    /// How often `derp_map` is read again.
+    pub derp_map_refresh: Duration,
     pub embedded_relay: bool,
     pub stun_listen: Option<SocketAddr>,
     pub stun_servers: Vec<String>,
@@ -170,6 +173,24 @@ pub struct Config {
     pub alerting: AlertingConfig,
     /// The deprecated names the configuration used, for `main` to log.
     pub deprecations: Vec<Deprecation>,
+    /// Where it came from, to read it again on SIGHUP ([`Config::reread`]).
+    pub source: ConfigSource,
+}
+
+/// Where a configuration came from: the file (`--config`) and the layer of flags and
+/// variables over it, which a reload keeps.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: Option<std::path::PathBuf>,
+    flags: Settings,
+}
+
+/// Where a configuration came from is not part of its value: two configurations are equal
+/// when their settings are, however they were given.
+impl PartialEq for ConfigSource {
+    fn eq(&self, _: &ConfigSource) -> bool {
+        true
+    }
 }
 
 impl Default for Config {
@@ -201,6 +222,7 @@ impl Default for Config {
             event_retention: DEFAULT_EVENT_RETENTION,
             observation_retention: DEFAULT_OBSERVATION_RETENTION,
             derp_map: None,
+            derp_map_refresh: DEFAULT_DERP_MAP_REFRESH,
             embedded_relay: DEFAULT_EMBEDDED_RELAY,
             stun_listen: None,
             stun_servers: Vec::new(),
@@ -222,6 +244,7 @@ impl Default for Config {
             sections: Sections::default(),
             alerting: AlertingConfig::default(),
             deprecations: Vec::new(),
+            source: ConfigSource::default(),
         }
     }
 }
@@ -230,14 +253,29 @@ impl Config {
     /// Resolve flags over the file over the defaults, and validate.
     pub fn load(flags: Flags) -> Result<Config, ConfigError> {
         let mut deprecations = Vec::new();
-        let file = match &flags.config {
+        let file = flags.config.clone();
+        let flags = flags.into_settings(&mut deprecations)?;
+        Config::from_source(ConfigSource { file, flags }, deprecations)
+    }
+
+    /// The configuration file read again, under the same flags and variables (SIGHUP).
+    pub fn reread(&self) -> Result<Config, ConfigError> {
+        Config::from_source(self.source.clone(), Vec::new())
+    }
+
+    fn from_source(
+        source: ConfigSource,
+        mut deprecations: Vec<Deprecation>,
+    ) -> Result<Config, ConfigError> {
+        let file = match &source.file {
             Some(path) => file::read_file(path, &mut deprecations)?,
             None => file::FileConfig::default(),
         };
-        let settings = flags.into_settings(&mut deprecations)?.or(file.settings);
+        let settings = source.flags.clone().or(file.settings);
         let mut config = Config::resolve(settings, file.workspace_proxies, deprecations)?;
         config.coder = file.coder;
         config.sections = file.sections;
+        config.source = source;
         config.validate()?;
         Ok(config)
     }
@@ -287,6 +325,7 @@ impl Config {
                 .observation_retention
                 .unwrap_or(DEFAULT_OBSERVATION_RETENTION),
             derp_map: s.derp_map,
+            derp_map_refresh: s.derp_map_refresh.unwrap_or(DEFAULT_DERP_MAP_REFRESH),
             embedded_relay: s.embedded_relay.unwrap_or(DEFAULT_EMBEDDED_RELAY),
             stun_listen: s
                 .stun_listen
@@ -329,6 +368,7 @@ impl Config {
             sections: Sections::default(),
             alerting,
             deprecations,
+            source: ConfigSource::default(),
         })
     }
 
@@ -384,6 +424,15 @@ impl Config {
                 format!(
                     "{:?} is too short (expected at least 100ms)",
                     self.coder_refresh
+                ),
+            ));
+        }
+        if self.derp_map_refresh < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "derp_map_refresh",
+                format!(
+                    "{:?} is too short (expected at least 100ms)",
+                    self.derp_map_refresh
                 ),
             ));
         }
