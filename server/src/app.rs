@@ -90,11 +90,9 @@ impl Targets {
         let (loaded, warning) = match derpfeed::read(config.derp_map.as_deref()).await {
             Ok(map) => (map, None),
             Err(e) => {
-                tracing::warn!(error = %e, "the DERP map cannot be read: starting without it");
-                (
-                    DerpMap::default(),
-                    Some(format!("the DERP map cannot be read: {e}")),
-                )
+                let warning = derpfeed::unreadable(&e);
+                tracing::warn!("{warning}");
+                (DerpMap::default(), Some(warning))
             }
         };
         let map = derpfeed::compose(&loaded, &extras);

@@ -52,6 +52,13 @@ pub fn compose(loaded: &DerpMap, extras: &DerpMap) -> DerpMap {
     map
 }
 
+/// The EDERP05 message of a map that cannot be read.
+pub fn unreadable(e: &str) -> String {
+    format!(
+        "the DERP map cannot be read (it is read again every refresh; meanwhile the last map read, if any, is checked): {e}"
+    )
+}
+
 /// Read `source` (if any): the map, or why it cannot be read.
 pub async fn read(source: Option<&str>) -> Result<DerpMap, String> {
     match source {
@@ -108,9 +115,7 @@ impl Refresher {
                 self.last = map;
                 None
             }
-            Err(e) => Some(format!(
-                "the DERP map cannot be read, the last one read is kept: {e}"
-            )),
+            Err(e) => Some(unreadable(&e)),
         };
         let next = Base {
             map: Arc::new(compose(&self.last, &self.extras)),
