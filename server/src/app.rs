@@ -363,24 +363,6 @@ pub(crate) fn follow_inventory(
     })
 }
 
-/// With a configuration file: SIGHUP reads it again and applies what can change.
-pub(crate) fn reload_on_hangup(
-    config: &Config,
-    targets: &Targets,
-    stores: &Stores,
-    cancel: &CancellationToken,
-) {
-    if config.source.file.is_none() {
-        return;
-    }
-    let live = crate::reload::Live {
-        registry: stores.registry.clone(),
-        map_source: targets.map_source.clone(),
-        timing: targets.timing.clone(),
-    };
-    crate::reload::on_hangup(config.clone(), live, cancel);
-}
-
 /// Attach mode (`--coder-url`): import and follow the Coder deployment. Returns what the
 /// ProvisionerDaemons section takes from it (always `None` when not attached).
 fn attach_coder(

@@ -97,7 +97,7 @@ pub async fn serve(
         app::follow_cluster(&config, &stores, &agg, &cancel).await?;
     }
     let inventory = app::follow_inventory(&config, &targets, &stores, &agg, &cancel);
-    app::reload_on_hangup(&config, &targets, &stores, &cancel);
+    reload::reload_on_hangup(&config, &targets, &stores, &cancel);
     let mut surface = app::surface(&config, &stores, &agg, &cancel);
     surface.alerts = app::start_alerts(&config, &targets, &base, &agg, &cancel)?;
     if config.server_vantage {

@@ -32,8 +32,26 @@ pub(crate) struct Outcome {
     pub(crate) need_restart: Vec<&'static str>,
 }
 
+/// With a configuration file: SIGHUP reads it again and applies what can change.
+pub(crate) fn reload_on_hangup(
+    config: &Config,
+    targets: &crate::app::Targets,
+    stores: &crate::app::Stores,
+    cancel: &CancellationToken,
+) {
+    if config.source.file.is_none() {
+        return;
+    }
+    let live = Live {
+        registry: stores.registry.clone(),
+        map_source: targets.map_source.clone(),
+        timing: targets.timing.clone(),
+    };
+    on_hangup(config.clone(), live, cancel);
+}
+
 /// Reload `config`'s file on every SIGHUP until `cancel`.
-pub(crate) fn on_hangup(config: Config, live: Live, cancel: &CancellationToken) {
+fn on_hangup(config: Config, live: Live, cancel: &CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,

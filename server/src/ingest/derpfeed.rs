@@ -329,4 +329,123 @@ mod tests {
         );
         assert_eq!(compose(&loaded, &extras).regions[&1].region_code, "mine");
     }
+
+    fn aggregator() -> Aggregator {
+        Aggregator::spawn(
+            crate::aggregator::AggregatorConfig {
+                quorum: 1,
+                stale_after: Duration::from_secs(90),
+                forget_after: Duration::from_secs(3600),
+                raise_after: 1,
+                clear_after: 1,
+                history: 100,
+                version: "v0.1.0".into(),
+                expected: vec![],
+                derp_regions: vec![],
+                derp_has_nodes: true,
+                epoch: None,
+                dedicated_thread: false,
+                max_vantages: 100,
+                holder_silence: Duration::from_secs(7),
+                force_join: Duration::from_secs(30),
+            },
+            vec![],
+        )
+        .unwrap()
+    }
+
+    /// What `f` finds in the aggregated DERP section, waiting (5 s at most) until it finds it.
+    async fn until<T>(
+        agg: &Aggregator,
+        f: impl Fn(&vantage_proto::report::DerpReport) -> Option<T>,
+    ) -> T {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let (report, _) = agg.report().await.unwrap();
+                if let Some(t) = f(&report.derp.report) {
+                    return t;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn coders_map_goes_over_the_configured_one_as_either_changes_and_the_warning_shows() {
+        let agg = aggregator();
+        let (base_tx, base) = watch::channel(Base {
+            map: Arc::new(map(ONE)),
+            warning: None,
+        });
+        let (coder_tx, coder) = watch::channel(None);
+        let (regions_tx, mut regions) = watch::channel(Arc::new(Vec::new()));
+        let (json_tx, json) = watch::channel(Arc::new(String::new()));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(
+            Publisher {
+                base,
+                coder,
+                regions: Arc::new(regions_tx),
+                map_json: Arc::new(json_tx),
+                agg: agg.clone(),
+                cancel: cancel.clone(),
+            }
+            .run(),
+        );
+        let ids = |r: &Vec<DerpRegion>| r.iter().map(|r| r.id).collect::<Vec<_>>();
+        regions.changed().await.unwrap();
+        assert_eq!(ids(&regions.borrow_and_update()), vec![1]);
+        // Coder's map: over the configured one, Coder's region 1 wins the clash.
+        let coders = map(
+            r#"{"Regions":{"1":{"RegionID":1,"RegionCode":"coder","RegionName":"Coder","Nodes":[]},"5":{"RegionID":5,"RegionCode":"c5","RegionName":"C5","Nodes":[]}}}"#,
+        );
+        coder_tx.send_replace(Some(CoderMap {
+            map: coders,
+            force_websockets: true,
+        }));
+        regions.changed().await.unwrap();
+        {
+            let r = regions.borrow_and_update();
+            assert_eq!(ids(&r), vec![1, 5]);
+            assert_eq!(r[0].code, "coder");
+            assert!(r.iter().all(|r| r.force_websockets));
+        }
+        // The configured map changes under it (a refresh): merged again, with the warning.
+        base_tx.send_replace(Base {
+            map: Arc::new(map(TWO)),
+            warning: Some(unreadable("HTTP 503")),
+        });
+        regions.changed().await.unwrap();
+        assert_eq!(ids(&regions.borrow_and_update()), vec![1, 2, 5]);
+        let text = json.borrow().to_string();
+        assert!(text.contains("\"RegionCode\":\"iad\""), "{text}");
+        // The aggregator hears of it once the publisher has sent it.
+        let w = until(&agg, |d| {
+            d.base
+                .warnings
+                .iter()
+                .find(|w| w.code == "EDERP05")
+                .cloned()
+        })
+        .await;
+        assert!(w.message.contains("HTTP 503"), "{w:?}");
+        until(&agg, |d| {
+            (d.base.severity == vantage_proto::Severity::Warning).then_some(())
+        })
+        .await;
+        // A read that succeeds clears it.
+        base_tx.send_modify(|b| b.warning = None);
+        until(&agg, |d| {
+            d.base
+                .warnings
+                .iter()
+                .all(|w| w.code != "EDERP05")
+                .then_some(())
+        })
+        .await;
+        cancel.cancel();
+        task.await.unwrap();
+    }
 }
