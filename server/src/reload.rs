@@ -165,113 +165,34 @@ fn reloadable_changes(a: &Config, b: &Config) -> Vec<&'static str> {
     out
 }
 
+/// Destructures `$a` exhaustively (a new setting must be sorted here) and names the fields of
+/// the first list that differ in `$b`.
+macro_rules! differing {
+    ($a:expr, $b:expr; compare $($field:ident),* ; skip $($skipped:ident),* $(,)?) => {{
+        let Config { $($field,)* $($skipped: _,)* } = $a;
+        let mut out = Vec::new();
+        $( if *$field != $b.$field { out.push(stringify!($field)); } )*
+        out
+    }};
+}
+
 /// The settings a reload does not apply that differ between `a` and `b` (names only: some
-/// are secrets). The destructuring is exhaustive: a new setting must be sorted here.
+/// are secrets).
 fn needs_restart(a: &Config, b: &Config) -> Vec<&'static str> {
-    let Config {
-        listen,
-        access_url,
-        database_url,
-        database_threshold,
-        insecure_no_auth,
-        tls_cert,
-        tls_key,
-        tls_client_ca,
-        token_file,
-        stale_after,
-        forget_after,
-        quorum,
-        raise_after,
-        clear_after,
-        history,
-        write_queue,
-        server_vantage,
-        force_timeout,
-        drain,
-        shutdown_grace,
-        health_listen,
-        server_vantage_name,
-        event_retention,
-        observation_retention,
-        embedded_relay,
-        stun_listen,
-        stun_servers,
-        derp_node_timeout,
-        derp_all_vantages,
-        server_checks_derp,
-        proxies_all_vantages,
-        provisioner_daemons_required,
-        provisioner_stale_after,
-        max_vantages,
-        allowed_proxy_networks,
-        coder_url,
-        coder_token,
-        coder_refresh,
-        check_database_url,
-        embedded_relay_region,
-        coder,
-        alerting,
-        // Applied by a reload.
-        interval: _,
-        sections: _,
-        derp_map: _,
-        derp_map_refresh: _,
-        workspace_proxies: _,
-        // Not settings.
-        deprecations: _,
-        source: _,
-    } = a;
-    let mut out = Vec::new();
-    macro_rules! differ {
-        ($($field:ident),* $(,)?) => {
-            $( if *$field != b.$field { out.push(stringify!($field)); } )*
-        };
-    }
-    differ!(
-        listen,
-        access_url,
-        database_url,
-        database_threshold,
-        insecure_no_auth,
-        tls_cert,
-        tls_key,
-        tls_client_ca,
-        token_file,
-        stale_after,
-        forget_after,
-        quorum,
-        raise_after,
-        clear_after,
-        history,
-        write_queue,
-        server_vantage,
-        force_timeout,
-        drain,
-        shutdown_grace,
-        health_listen,
-        server_vantage_name,
-        event_retention,
-        observation_retention,
-        embedded_relay,
-        stun_listen,
-        stun_servers,
-        derp_node_timeout,
-        derp_all_vantages,
-        server_checks_derp,
-        proxies_all_vantages,
-        provisioner_daemons_required,
-        provisioner_stale_after,
-        max_vantages,
-        allowed_proxy_networks,
-        coder_url,
-        coder_token,
-        coder_refresh,
-        check_database_url,
-        embedded_relay_region,
-        coder,
-        alerting,
-    );
-    out
+    differing!(a, b;
+        compare listen, access_url, database_url, database_threshold, insecure_no_auth,
+        tls_cert, tls_key, tls_client_ca, token_file, stale_after, forget_after, quorum,
+        raise_after, clear_after, history, write_queue, server_vantage, force_timeout, drain,
+        shutdown_grace, health_listen, server_vantage_name, event_retention,
+        observation_retention, embedded_relay, stun_listen, stun_servers, derp_node_timeout,
+        derp_all_vantages, server_checks_derp, proxies_all_vantages,
+        provisioner_daemons_required, provisioner_stale_after, max_vantages,
+        allowed_proxy_networks, coder_url, coder_token, coder_refresh, check_database_url,
+        embedded_relay_region, coder, alerting;
+        // Applied by a reload, or not settings.
+        skip interval, sections, derp_map, derp_map_refresh, workspace_proxies, deprecations,
+        source,
+    )
 }
 
 #[cfg(test)]

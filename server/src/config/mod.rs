@@ -454,6 +454,16 @@ impl Config {
                 ),
             ));
         }
+        let derp = self.sections.get(vantage_proto::Section::Derp);
+        if let Some(t) = derp.timeout.filter(|t| *t < self.derp_node_timeout) {
+            return Err(ConfigError::new(
+                "sections.derp.timeout",
+                format!(
+                    "{t:?} is shorter than derp_node_timeout {:?} (expected at least the node timeout: a region's run includes its nodes')",
+                    self.derp_node_timeout
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -528,6 +528,11 @@ fn bad_section_tables_name_the_key_the_value_and_what_is_expected() {
             "expected interval or timeout",
         ),
         ("sections = 1\n", "sections", "not a table"),
+        (
+            "[sections.derp]\ntimeout = \"5s\"\n",
+            "sections.derp.timeout",
+            "shorter than derp_node_timeout 10s",
+        ),
     ] {
         let e = load_toml(text).unwrap_err();
         assert_eq!(e.field, field, "{text}: {e}");
