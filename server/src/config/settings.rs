@@ -94,7 +94,8 @@ pub struct Settings {
     /// Kubernetes probes, which speak neither TLS nor tokens), e.g. 0.0.0.0:7081.
     #[arg(long, env = "VANTAGE_HEALTH_LISTEN", value_name = "ADDR")]
     pub health_listen: Option<String>,
-    /// DERP map in Tailscale's JSON format: a file path or an http(s) URL.
+    /// DERP map in Tailscale's JSON format: a file path or an http(s) URL, read again every
+    /// --derp-map-refresh.
     #[arg(long, env = "VANTAGE_DERP_MAP", value_name = "FILE|URL")]
     pub derp_map: Option<String>,
     /// How often the DERP map is read again (jittered ±10 %); a failed read keeps the last map
