@@ -25,6 +25,7 @@ pub const EDERP01: &str = "EDERP01";
 pub const EDERP02: &str = "EDERP02";
 pub const EDERP03: &str = "EDERP03";
 pub const EDERP04: &str = "EDERP04";
+pub const EDERP05: &str = "EDERP05";
 pub const ESTUN01: &str = "ESTUN01";
 pub const ESTUN02: &str = "ESTUN02";
 pub const EWP01: &str = "EWP01";
@@ -134,6 +135,12 @@ pub const CATALOGUE: &[CodeDoc] = &[
         section: "DERP",
         title: "A DERP region is unhealthy",
         description: "vantage's code for the alerts of a DERP region at warning or error because its nodes fail without a code of their own (a node that cannot connect, relay messages or answer STUN). It is not a message of the report: the alert's description lists each failing node's error and the vantages that see it. Check the relay process, its port and the network path from those vantages.",
+    },
+    CodeDoc {
+        code: EDERP05,
+        section: "DERP",
+        title: "The DERP map cannot be read",
+        description: "vantaged could not read the configured DERP map (--derp-map: the URL did not answer with a valid map, or the file is missing or invalid) when it last tried. It keeps checking the last map it read (at start: only the embedded relay and the STUN servers) and tries again every --derp-map-refresh; the warning clears once a read succeeds. The message says what failed: fix the URL or the file, or the server that serves it.",
     },
     CodeDoc {
         code: ESTUN01,

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vantage_derp::map::DerpMap;
 use vantage_probe::checks::CheckContext;
@@ -16,7 +17,8 @@ use crate::aggregator::{Aggregator, AggregatorConfig, ClusterCommand, DurablePar
 use crate::api::App;
 use crate::api::grpc::HealthApi;
 use crate::config::{Config, ConfigError};
-use crate::ingest::inventory::{AccessTarget, DerpRegion, EchoAuth, Inventory};
+use crate::ingest::derpfeed::{self, Base, CoderMap, MapSource};
+use crate::ingest::inventory::{AccessTarget, DerpRegion, EchoAuth, Inventory, Timing};
 use crate::ingest::{derpmap, hub, own};
 use crate::registry::Registry;
 use crate::store::pg::{PgOptions, PgPinger, PgStore};
@@ -38,20 +40,30 @@ pub(crate) fn refuse_unauthenticated(config: &Config, addr: SocketAddr) -> Resul
     })
 }
 
-/// What the checks target: the access URL and the effective DERP map (the configured one, and
-/// an attached Coder's over it, kept current by the importer).
+/// What the checks target: the access URL, the effective DERP map (the configured one, read
+/// again every refresh, and an attached Coder's over it) and the intervals, each kept current.
 pub(crate) struct Targets {
     /// The configured access URL, or the listen URL.
     access_url: String,
     /// What the checks target now (attached without `--access-url`: Coder's `dashboard_url`
     /// once imported).
-    access: Arc<tokio::sync::watch::Sender<AccessTarget>>,
+    access: Arc<watch::Sender<AccessTarget>>,
     /// The listen URL.
     base: String,
-    /// The map from the configuration: `--derp-map`, the embedded relay, STUN servers.
-    map: DerpMap,
-    derp_regions: Arc<tokio::sync::watch::Sender<Arc<Vec<DerpRegion>>>>,
-    map_json: Arc<tokio::sync::watch::Sender<Arc<String>>>,
+    /// Where the configured map comes from (a reloaded configuration changes it).
+    pub(crate) map_source: Arc<watch::Sender<MapSource>>,
+    /// The regions every configured map gets: the embedded relay, the STUN servers.
+    extras: DerpMap,
+    /// The map read at start (none when it could not be read).
+    loaded: DerpMap,
+    /// The configured map: `--derp-map` with the extras, kept current by the refresher.
+    configured: Arc<watch::Sender<Base>>,
+    /// An attached Coder's map, kept current by the importer.
+    coder_map: Arc<watch::Sender<Option<CoderMap>>>,
+    derp_regions: Arc<watch::Sender<Arc<Vec<DerpRegion>>>>,
+    map_json: Arc<watch::Sender<Arc<String>>>,
+    /// The intervals and timeouts of the checks (the global one and `[sections.*]`).
+    pub(crate) timing: Arc<watch::Sender<Timing>>,
 }
 
 impl Targets {
@@ -73,23 +85,74 @@ impl Targets {
         let embedded = embedded_id
             .filter(|_| config.embedded_relay)
             .map(|id| (&access, id));
-        let map =
-            derpmap::effective(config.derp_map.as_deref(), embedded, &config.stun_servers).await?;
-        let (derp_regions, _) = tokio::sync::watch::channel(Arc::new(DerpRegion::all(&map, false)));
-        let (map_json, _) = tokio::sync::watch::channel(Arc::new(map.to_json()));
-        let (access, _) = tokio::sync::watch::channel(AccessTarget {
+        let extras = derpmap::effective(None, embedded, &config.stun_servers).await?;
+        // A map that cannot be read at start is EDERP05, not an exit: it is read again.
+        let (loaded, warning) = match derpfeed::read(config.derp_map.as_deref()).await {
+            Ok(map) => (map, None),
+            Err(e) => {
+                let warning = derpfeed::unreadable(&e);
+                tracing::warn!("{warning}");
+                (DerpMap::default(), Some(warning))
+            }
+        };
+        let map = derpfeed::compose(&loaded, &extras);
+        let (derp_regions, _) = watch::channel(Arc::new(DerpRegion::all(&map, false)));
+        let (map_json, _) = watch::channel(Arc::new(map.to_json()));
+        let (configured, _) = watch::channel(Base {
+            map: Arc::new(map),
+            warning,
+        });
+        let (map_source, _) = watch::channel(MapSource {
+            source: config.derp_map.clone(),
+            refresh: config.derp_map_refresh,
+        });
+        let (access, _) = watch::channel(AccessTarget {
             url: access_url.as_str().into(),
             // Attached, a configured access URL is taken to be Coder's.
             coder: config.coder_url.is_some() && config.access_url.is_some(),
         });
+        let (timing, _) = watch::channel(Timing {
+            interval: config.interval,
+            sections: config.sections.clone(),
+        });
         Ok(Targets {
+            timing: Arc::new(timing),
             access: Arc::new(access),
             access_url,
             base: base.to_owned(),
-            map,
+            map_source: Arc::new(map_source),
+            extras,
+            loaded,
+            configured: Arc::new(configured),
+            coder_map: Arc::new(watch::channel(None).0),
             derp_regions: Arc::new(derp_regions),
             map_json: Arc::new(map_json),
         })
+    }
+
+    /// Read the configured map again and again, and publish the effective map on each change.
+    fn follow_derp_map(&self, agg: &Aggregator, cancel: &CancellationToken) {
+        tokio::spawn(
+            derpfeed::Refresher {
+                source: self.map_source.subscribe(),
+                extras: self.extras.clone(),
+                last: self.loaded.clone(),
+                base: self.configured.clone(),
+                cancel: cancel.clone(),
+            }
+            .run(),
+        );
+        tokio::spawn(
+            derpfeed::Publisher {
+                base: self.configured.subscribe(),
+                coder: self.coder_map.subscribe(),
+                regions: self.derp_regions.clone(),
+                map_json: self.map_json.clone(),
+                agg: agg.clone(),
+                cancel: cancel.clone(),
+            }
+            .run(),
+        );
     }
 }
 
@@ -187,12 +250,14 @@ pub(crate) async fn start_aggregator(
         version: vantage_probe::VERSION.to_owned(),
         expected,
         derp_regions: targets
+            .configured
+            .borrow()
             .map
             .regions
             .values()
             .map(|r| (r.region_id, r.region_name.clone()))
             .collect(),
-        derp_has_nodes: targets.map.has_derp_nodes(),
+        derp_has_nodes: targets.configured.borrow().map.has_derp_nodes(),
         epoch: stores.durable.as_ref().map(|d| d.epoch.clone()),
         dedicated_thread: true,
         max_vantages: config.max_vantages,
@@ -267,6 +332,7 @@ pub(crate) fn follow_inventory(
     cancel: &CancellationToken,
 ) -> Arc<Inventory> {
     let (proxies_tx, proxies_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    targets.follow_derp_map(agg, cancel);
     let coder_daemons = attach_coder(config, targets, stores, agg, cancel);
     tokio::spawn(crate::registry::follow::follow(
         stores.registry.clone(),
@@ -285,7 +351,7 @@ pub(crate) fn follow_inventory(
             token: config.coder.websocket_token.clone(),
             over_tls: config.tls_cert.is_some(),
         },
-        interval: config.interval,
+        timing: targets.timing.subscribe(),
         database_threshold: config.database_threshold,
         heartbeat: HEARTBEAT,
         derp_regions: targets.derp_regions.subscribe(),
@@ -306,7 +372,7 @@ fn attach_coder(
     agg: &Aggregator,
     cancel: &CancellationToken,
 ) -> tokio::sync::watch::Receiver<Option<Arc<crate::ingest::coder::CoderDaemons>>> {
-    use crate::ingest::coder::{DerpFollow, Importer, client::CoderClient};
+    use crate::ingest::coder::{Importer, client::CoderClient};
     let (tx, rx) = tokio::sync::watch::channel(None);
     let Some(url) = &config.coder_url else {
         return rx;
@@ -320,11 +386,7 @@ fn attach_coder(
                     registry: stores.registry.clone(),
                     agg: agg.clone(),
                     daemons: tx,
-                    derp: DerpFollow {
-                        base: targets.map.clone(),
-                        regions: targets.derp_regions.clone(),
-                        map_json: targets.map_json.clone(),
-                    },
+                    derp: targets.coder_map.clone(),
                     refresh: config.coder_refresh,
                     proxy_regions: config.coder.proxy_regions.clone(),
                     access: config.access_url.is_none().then(|| targets.access.clone()),

@@ -5,8 +5,9 @@
 //! own vantage, the inventory) → [`aggregator`] (the one owner of health state, using the pure
 //! rules of [`aggregate`]) → [`api`] (gRPC and HTTP) and [`alerts`] (pushes to Alertmanager).
 //! [`store`] keeps state durable, [`registry`] knows the announced components, `cluster` follows
-//! other replicas, [`security`] is TLS and tokens on the listener, `serving` runs the listeners
-//! and the drain at shutdown, and `app` composes it all.
+//! other replicas, [`security`] is TLS and tokens on the listener, `reload` applies a changed
+//! configuration file on SIGHUP, `serving` runs the listeners and the drain at shutdown, and
+//! `app` composes it all.
 //!
 //! Libraries take a bound listener and a shutdown future; only `main.rs` binds, reads the
 //! environment and installs logging.
@@ -20,6 +21,7 @@ mod cluster;
 pub mod config;
 pub mod ingest;
 pub mod registry;
+mod reload;
 pub mod security;
 mod serving;
 pub mod store;
@@ -95,6 +97,7 @@ pub async fn serve(
         app::follow_cluster(&config, &stores, &agg, &cancel).await?;
     }
     let inventory = app::follow_inventory(&config, &targets, &stores, &agg, &cancel);
+    reload::reload_on_hangup(&config, &targets, &stores, &cancel);
     let mut surface = app::surface(&config, &stores, &agg, &cancel);
     surface.alerts = app::start_alerts(&config, &targets, &base, &agg, &cancel)?;
     if config.server_vantage {

@@ -136,11 +136,13 @@ pub enum AdminCommand {
     ServerSection { report: SectionReport },
     /// The registry's workspace proxies changed.
     Proxies { proxies: Vec<ProxyInput> },
-    /// The effective DERP map's regions changed (an attached Coder's map): (id, name) each,
-    /// and whether any region has a DERP node.
+    /// The effective DERP map changed (the configured map was read again, an attached Coder's
+    /// map): its regions, (id, name) each, and whether any region has a DERP node.
     DerpRegions {
         regions: Vec<(i64, String)>,
         has_nodes: bool,
+        /// Why the configured map could not be read last time (EDERP05), if it could not.
+        map_warning: Option<String>,
     },
     /// A vantage whose sections were computed elsewhere (Coder's own report, as `coderd`).
     ExternalVantage {

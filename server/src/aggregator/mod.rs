@@ -187,6 +187,7 @@ impl Aggregator {
             vantages: BTreeMap::new(),
             aggregates: HashMap::new(),
             server_sections: HashMap::new(),
+            derp_map_warning: None,
             coder: None,
             revision: 0,
             changed_at: Utc::now(),

@@ -51,6 +51,8 @@ pub(super) struct State {
     pub(super) vantages: BTreeMap<String, Vantage>,
     pub(super) aggregates: HashMap<Section, (SectionReport, Alert)>,
     pub(super) server_sections: HashMap<Section, SectionReport>,
+    /// Why the configured DERP map could not be read last time (EDERP05 in the DERP section).
+    pub(super) derp_map_warning: Option<String>,
     /// What the Coder importer last found (attach mode only).
     pub(super) coder: Option<vantage_proto::report::CoderReport>,
     pub(super) revision: u64,
@@ -234,10 +236,18 @@ impl State {
                 self.reaggregate(Section::WorkspaceProxy, Cause::Here);
                 self.bump();
             }
-            AdminCommand::DerpRegions { regions, has_nodes } => {
-                if self.config.derp_regions != regions || self.config.derp_has_nodes != has_nodes {
+            AdminCommand::DerpRegions {
+                regions,
+                has_nodes,
+                map_warning,
+            } => {
+                if self.config.derp_regions != regions
+                    || self.config.derp_has_nodes != has_nodes
+                    || self.derp_map_warning != map_warning
+                {
                     self.config.derp_regions = regions;
                     self.config.derp_has_nodes = has_nodes;
+                    self.derp_map_warning = map_warning;
                     self.reaggregate(Section::Derp, Cause::Here);
                     self.bump();
                 }
@@ -387,12 +397,20 @@ impl State {
                 SectionReport::Derp(r) => Some(r),
                 _ => None,
             });
-            SectionReport::Derp(crate::aggregate::aggregate_derp(
+            let mut derp = crate::aggregate::aggregate_derp(
                 &reports,
                 self.config.quorum,
                 &self.config.derp_regions,
                 self.config.derp_has_nodes,
-            ))
+            );
+            if let Some(w) = &self.derp_map_warning {
+                derp.base.warnings.push(vantage_proto::report::Message::new(
+                    vantage_proto::codes::EDERP05,
+                    w.clone(),
+                ));
+                derp.base.raise(vantage_proto::Severity::Warning);
+            }
+            SectionReport::Derp(derp)
         } else if section == Section::WorkspaceProxy {
             let reports = self.fresh_reports(section, |r| match r {
                 SectionReport::WorkspaceProxy(r) => Some(r),

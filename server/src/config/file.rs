@@ -1,4 +1,5 @@
-//! The TOML file (`--config`): every [`Settings`] key, the `[[workspace_proxies]]`, and the
+//! The TOML file (`--config`): every [`Settings`] key, the `[[workspace_proxies]]`, the
+//! `[coder]` and `[sections.<section>]` tables, and the
 //! deprecated `[provisioner_daemons]` table (still accepted, recorded as a [`Deprecation`]).
 //! Each key is read on its own, so an error names the key, the value and what was expected.
 
@@ -40,6 +41,7 @@ pub(super) struct FileConfig {
     pub settings: Settings,
     pub workspace_proxies: Vec<ProxyFile>,
     pub coder: CoderFile,
+    pub sections: super::sections::Sections,
 }
 
 /// The keys of `[coder]` that are not settings.
@@ -76,6 +78,10 @@ fn parse(
             .map_err(|e: toml::de::Error| ConfigError::new(WORKSPACE_PROXIES, e.message()))?,
         None => Vec::new(),
     };
+    let sections = match table.remove(super::sections::SECTIONS) {
+        Some(v) => super::sections::parse(v)?,
+        None => super::sections::Sections::default(),
+    };
     let mut old_names = lift_deprecated(&mut table, deprecations)?;
     let coder = lift_coder(&mut table, &mut old_names)?;
     let keys = Settings::keys();
@@ -86,7 +92,7 @@ fn parse(
             return Err(ConfigError::new(
                 &field,
                 format!(
-                    "unknown key in {} (expected one of {}, {WORKSPACE_PROXIES}, [{CODER}])",
+                    "unknown key in {} (expected one of {}, {WORKSPACE_PROXIES}, [{CODER}], [sections.<section>])",
                     path.display(),
                     keys.join(", ")
                 ),
@@ -101,6 +107,7 @@ fn parse(
         settings,
         workspace_proxies,
         coder,
+        sections,
     })
 }
 

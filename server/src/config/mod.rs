@@ -9,6 +9,7 @@
 mod alerting;
 mod file;
 mod flags;
+mod sections;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,7 @@ pub use alerting::{AlertAuth, AlertingConfig, DEFAULT_ALERT_RESEND, Secret};
 
 pub use file::{CoderFile, ProxyFile};
 pub use flags::{DeprecatedFlags, Flags};
+pub use sections::{MAX_SECTION_TIMEOUT, SectionTiming, Sections};
 pub use settings::Settings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
@@ -52,6 +54,7 @@ pub const DEFAULT_PROXIES_ALL_VANTAGES: bool = false;
 pub const DEFAULT_PROVISIONER_DAEMONS_REQUIRED: bool = false;
 pub const DEFAULT_PROVISIONER_STALE_AFTER: Duration = Duration::from_secs(90);
 pub const DEFAULT_CODER_REFRESH: Duration = Duration::from_secs(30);
+pub const DEFAULT_DERP_MAP_REFRESH: Duration = Duration::from_secs(15);
 /// The name of the server's own vantage (replicas sharing a database name theirs
 /// `server-<something>` with `--server-vantage-name`); the default `server_vantage_name`.
 pub const SERVER_VANTAGE: &str = "server";
@@ -140,6 +143,8 @@ pub struct Config {
     pub event_retention: usize,
     pub observation_retention: usize,
     pub derp_map: Option<String>,
+    /// How often `derp_map` is read again.
+    pub derp_map_refresh: Duration,
     pub embedded_relay: bool,
     pub stun_listen: Option<SocketAddr>,
     pub stun_servers: Vec<String>,
@@ -162,10 +167,30 @@ pub struct Config {
     pub embedded_relay_region: Option<i64>,
     /// The rest of `[coder]`: proxy regions and the WebSocket token.
     pub coder: CoderFile,
+    /// `[sections.<section>]`: per-section intervals and timeouts.
+    pub sections: Sections,
     /// Where alerts are pushed (`config/alerting.rs`).
     pub alerting: AlertingConfig,
     /// The deprecated names the configuration used, for `main` to log.
     pub deprecations: Vec<Deprecation>,
+    /// Where it came from, to read it again on SIGHUP ([`Config::reread`]).
+    pub source: ConfigSource,
+}
+
+/// Where a configuration came from: the file (`--config`) and the layer of flags and
+/// variables over it, which a reload keeps.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: Option<std::path::PathBuf>,
+    flags: Settings,
+}
+
+/// Where a configuration came from is not part of its value: two configurations are equal
+/// when their settings are, however they were given.
+impl PartialEq for ConfigSource {
+    fn eq(&self, _: &ConfigSource) -> bool {
+        true
+    }
 }
 
 impl Default for Config {
@@ -197,6 +222,7 @@ impl Default for Config {
             event_retention: DEFAULT_EVENT_RETENTION,
             observation_retention: DEFAULT_OBSERVATION_RETENTION,
             derp_map: None,
+            derp_map_refresh: DEFAULT_DERP_MAP_REFRESH,
             embedded_relay: DEFAULT_EMBEDDED_RELAY,
             stun_listen: None,
             stun_servers: Vec::new(),
@@ -215,8 +241,10 @@ impl Default for Config {
             embedded_relay_region: None,
             check_database_url: None,
             coder: CoderFile::default(),
+            sections: Sections::default(),
             alerting: AlertingConfig::default(),
             deprecations: Vec::new(),
+            source: ConfigSource::default(),
         }
     }
 }
@@ -225,13 +253,29 @@ impl Config {
     /// Resolve flags over the file over the defaults, and validate.
     pub fn load(flags: Flags) -> Result<Config, ConfigError> {
         let mut deprecations = Vec::new();
-        let file = match &flags.config {
+        let file = flags.config.clone();
+        let flags = flags.into_settings(&mut deprecations)?;
+        Config::from_source(ConfigSource { file, flags }, deprecations)
+    }
+
+    /// The configuration file read again, under the same flags and variables (SIGHUP).
+    pub fn reread(&self) -> Result<Config, ConfigError> {
+        Config::from_source(self.source.clone(), Vec::new())
+    }
+
+    fn from_source(
+        source: ConfigSource,
+        mut deprecations: Vec<Deprecation>,
+    ) -> Result<Config, ConfigError> {
+        let file = match &source.file {
             Some(path) => file::read_file(path, &mut deprecations)?,
             None => file::FileConfig::default(),
         };
-        let settings = flags.into_settings(&mut deprecations)?.or(file.settings);
+        let settings = source.flags.clone().or(file.settings);
         let mut config = Config::resolve(settings, file.workspace_proxies, deprecations)?;
         config.coder = file.coder;
+        config.sections = file.sections;
+        config.source = source;
         config.validate()?;
         Ok(config)
     }
@@ -281,6 +325,7 @@ impl Config {
                 .observation_retention
                 .unwrap_or(DEFAULT_OBSERVATION_RETENTION),
             derp_map: s.derp_map,
+            derp_map_refresh: s.derp_map_refresh.unwrap_or(DEFAULT_DERP_MAP_REFRESH),
             embedded_relay: s.embedded_relay.unwrap_or(DEFAULT_EMBEDDED_RELAY),
             stun_listen: s
                 .stun_listen
@@ -320,8 +365,10 @@ impl Config {
             embedded_relay_region: s.embedded_relay_region,
             check_database_url: s.check_database_url,
             coder: CoderFile::default(),
+            sections: Sections::default(),
             alerting,
             deprecations,
+            source: ConfigSource::default(),
         })
     }
 
@@ -380,6 +427,15 @@ impl Config {
                 ),
             ));
         }
+        if self.derp_map_refresh < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "derp_map_refresh",
+                format!(
+                    "{:?} is too short (expected at least 100ms)",
+                    self.derp_map_refresh
+                ),
+            ));
+        }
         if self.shutdown_grace < self.drain {
             return Err(ConfigError::new(
                 "shutdown_grace",
@@ -394,6 +450,16 @@ impl Config {
                 "derp_node_timeout",
                 format!(
                     "{:?} is out of range (expected more than 0 and at most the run's 30s)",
+                    self.derp_node_timeout
+                ),
+            ));
+        }
+        let derp = self.sections.get(vantage_proto::Section::Derp);
+        if let Some(t) = derp.timeout.filter(|t| *t < self.derp_node_timeout) {
+            return Err(ConfigError::new(
+                "sections.derp.timeout",
+                format!(
+                    "{t:?} is shorter than derp_node_timeout {:?} (expected at least the node timeout: a region's run includes its nodes')",
                     self.derp_node_timeout
                 ),
             ));

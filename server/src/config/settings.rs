@@ -94,9 +94,15 @@ pub struct Settings {
     /// Kubernetes probes, which speak neither TLS nor tokens), e.g. 0.0.0.0:7081.
     #[arg(long, env = "VANTAGE_HEALTH_LISTEN", value_name = "ADDR")]
     pub health_listen: Option<String>,
-    /// DERP map in Tailscale's JSON format: a file path or an http(s) URL.
+    /// DERP map in Tailscale's JSON format: a file path or an http(s) URL, read again every
+    /// --derp-map-refresh.
     #[arg(long, env = "VANTAGE_DERP_MAP", value_name = "FILE|URL")]
     pub derp_map: Option<String>,
+    /// How often the DERP map is read again (jittered ±10 %); a failed read keeps the last map
+    /// (EDERP05).
+    #[arg(long, env = "VANTAGE_DERP_MAP_REFRESH", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub derp_map_refresh: Option<Duration>,
     /// Serve the embedded DERP relay (region 999) at /derp.
     #[arg(long, env = "VANTAGE_EMBEDDED_RELAY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub embedded_relay: Option<bool>,
@@ -265,7 +271,7 @@ impl Settings {
             tls_key, tls_client_ca, token_file, interval, stale_after, forget_after, quorum,
             raise_after, clear_after, history, write_queue, force_timeout, drain, shutdown_grace,
             health_listen,
-            derp_map, embedded_relay, stun_listen, stun_servers, derp_node_timeout,
+            derp_map, derp_map_refresh, embedded_relay, stun_listen, stun_servers, derp_node_timeout,
             derp_all_vantages, server_checks_derp, proxies_all_vantages,
             provisioner_daemons_required, provisioner_stale_after, event_retention,
             observation_retention, server_vantage_name, server_vantage, max_vantages,

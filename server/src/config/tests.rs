@@ -456,3 +456,86 @@ fn drain_grace_and_the_health_listener_are_read_and_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn section_tables_set_intervals_and_timeouts() {
+    use vantage_proto::Section;
+    let c = load_toml(
+        "interval = \"1m\"\n[sections.derp]\ninterval = \"15s\"\ntimeout = \"20s\"\n\
+         [sections.database]\ntimeout = \"2s\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.interval, Duration::from_secs(60));
+    assert_eq!(
+        c.sections.get(Section::Derp),
+        SectionTiming {
+            interval: Some(Duration::from_secs(15)),
+            timeout: Some(Duration::from_secs(20)),
+        }
+    );
+    assert_eq!(
+        c.sections.get(Section::Database),
+        SectionTiming {
+            interval: None,
+            timeout: Some(Duration::from_secs(2)),
+        }
+    );
+    assert_eq!(c.sections.get(Section::Websocket), SectionTiming::default());
+    assert!(load_toml("").unwrap().sections.is_empty());
+}
+
+#[test]
+fn bad_section_tables_name_the_key_the_value_and_what_is_expected() {
+    for (text, field, says) in [
+        (
+            "[sections.provisioner_daemons]\ninterval = \"1m\"\n",
+            "sections.provisioner_daemons",
+            "no probe check",
+        ),
+        (
+            "[sections.derpp]\ninterval = \"1m\"\n",
+            "sections.derpp",
+            "expected one of access_url, database, derp, websocket, workspace_proxy",
+        ),
+        (
+            "[sections.derp]\ninterval = \"0s\"\n",
+            "sections.derp.interval",
+            "\"0s\" is too short",
+        ),
+        (
+            "[sections.derp]\ntimeout = \"0s\"\n",
+            "sections.derp.timeout",
+            "expected more than 0 and at most 5m",
+        ),
+        (
+            "[sections.derp]\ntimeout = \"6m\"\n",
+            "sections.derp.timeout",
+            "\"6m\" is out of range",
+        ),
+        (
+            "[sections.derp]\ntimeout = \"soon\"\n",
+            "sections.derp.timeout",
+            "invalid duration \"soon\"",
+        ),
+        (
+            "[sections.derp]\ntimeout = 20\n",
+            "sections.derp.timeout",
+            "20 is not a duration",
+        ),
+        (
+            "[sections.derp]\nretries = \"1\"\n",
+            "sections.derp.retries",
+            "expected interval or timeout",
+        ),
+        ("sections = 1\n", "sections", "not a table"),
+        (
+            "[sections.derp]\ntimeout = \"5s\"\n",
+            "sections.derp.timeout",
+            "shorter than derp_node_timeout 10s",
+        ),
+    ] {
+        let e = load_toml(text).unwrap_err();
+        assert_eq!(e.field, field, "{text}: {e}");
+        assert!(e.message.contains(says), "{text}: {e}");
+    }
+}

@@ -71,6 +71,32 @@ pub struct EchoAuth {
     pub over_tls: bool,
 }
 
+/// How often and how long each section's checks run: the global `interval` and the
+/// `[sections.<section>]` tables, kept current (a reloaded configuration changes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timing {
+    pub interval: Duration,
+    pub sections: crate::config::Sections,
+}
+
+impl Timing {
+    pub fn new(interval: Duration) -> Timing {
+        Timing {
+            interval,
+            sections: crate::config::Sections::default(),
+        }
+    }
+
+    /// The interval and timeout of `section`'s checks (`timeout`: the built-in one).
+    pub fn of(&self, section: Section, timeout: Duration) -> (Duration, Duration) {
+        let given = self.sections.get(section);
+        (
+            given.interval.unwrap_or(self.interval),
+            given.timeout.unwrap_or(timeout),
+        )
+    }
+}
+
 /// The effective inventory.
 #[derive(Debug, Clone)]
 pub struct Inventory {
@@ -78,7 +104,8 @@ pub struct Inventory {
     /// once imported).
     pub access: watch::Receiver<AccessTarget>,
     pub echo: EchoAuth,
-    pub interval: Duration,
+    /// The intervals and timeouts, kept current.
+    pub timing: watch::Receiver<Timing>,
     pub database_threshold: Duration,
     pub heartbeat: Duration,
     /// The effective DERP map's regions, kept current (an attached Coder's map changes).
@@ -103,10 +130,11 @@ pub const DERP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Inventory {
     fn check(&self, id: String, section: Section, timeout: Duration, target: Target) -> pb::Check {
+        let (interval, timeout) = self.timing.borrow().of(section, timeout);
         pb::Check {
             id,
             section: pb::Section::from(section) as i32,
-            interval: Some(convert::duration(self.interval)),
+            interval: Some(convert::duration(interval)),
             timeout: Some(convert::duration(timeout)),
             target: Some(target),
         }
@@ -122,6 +150,7 @@ impl Inventory {
             c.id.hash(&mut hasher);
             format!("{:?}", c.target).hash(&mut hasher);
             c.interval.map(|d| (d.seconds, d.nanos)).hash(&mut hasher);
+            c.timeout.map(|d| (d.seconds, d.nanos)).hash(&mut hasher);
         }
         pb::Assignment {
             generation: hasher.finish(),
@@ -212,13 +241,15 @@ impl Inventory {
 }
 
 /// One vantage's view of the inventory: its assignment now, and each new one when what it
-/// must check changes (the registry's proxies, the DERP map's regions). Shared by probe
+/// must check changes (the registry's proxies, the DERP map's regions, the access URL, the
+/// intervals and timeouts). Shared by probe
 /// sessions and the own vantage.
 pub struct Assignments {
     inventory: Arc<Inventory>,
     proxies: watch::Receiver<Arc<Vec<ProxyTarget>>>,
     derp: watch::Receiver<Arc<Vec<DerpRegion>>>,
     access: watch::Receiver<AccessTarget>,
+    timing: watch::Receiver<Timing>,
     name: String,
     region: String,
     generation: u64,
@@ -236,6 +267,7 @@ impl Assignments {
             proxies: inventory.proxies.clone(),
             derp: inventory.derp_regions.clone(),
             access: inventory.access.clone(),
+            timing: inventory.timing.clone(),
             inventory,
             name: name.to_owned(),
             region: region.to_owned(),
@@ -252,6 +284,7 @@ impl Assignments {
                 r = self.proxies.changed() => r.ok()?,
                 r = self.derp.changed() => r.ok()?,
                 r = self.access.changed() => r.ok()?,
+                r = self.timing.changed() => r.ok()?,
             }
             let a = self.inventory.assignment_for(&self.name, &self.region);
             if a.generation != self.generation {
@@ -279,6 +312,7 @@ mod tests {
         watch::Sender<Arc<Vec<ProxyTarget>>>,
         watch::Sender<Arc<Vec<DerpRegion>>>,
         watch::Sender<AccessTarget>,
+        watch::Sender<Timing>,
     );
 
     fn inv(proxies: Vec<ProxyTarget>) -> (Inventory, Senders) {
@@ -299,11 +333,12 @@ mod tests {
             url: "http://127.0.0.1:1".into(),
             coder: false,
         });
+        let (timing_tx, timing_rx) = watch::channel(Timing::new(Duration::from_secs(30)));
         (
             Inventory {
                 access: access_rx,
                 echo: EchoAuth::default(),
-                interval: Duration::from_secs(30),
+                timing: timing_rx,
                 database_threshold: Duration::from_millis(15),
                 heartbeat: Duration::from_secs(5),
                 derp_regions: derp_rx,
@@ -313,7 +348,7 @@ mod tests {
                 proxies_all_vantages: false,
                 proxies: rx,
             },
-            (tx, derp_tx, access_tx),
+            (tx, derp_tx, access_tx, timing_tx),
         )
     }
 
@@ -328,7 +363,8 @@ mod tests {
             url: format!("http://{n}"),
             region: r.into(),
         };
-        let (inv, (tx, derp_tx, _access)) = inv(vec![proxy("p-fra", "fra"), proxy("p-iad", "iad")]);
+        let (inv, (tx, derp_tx, _access, _timing)) =
+            inv(vec![proxy("p-fra", "fra"), proxy("p-iad", "iad")]);
         assert_eq!(
             ids(&inv.assignment_for("fra-1", "fra")),
             vec!["access_url", "websocket", "derp/1", "proxy/p-fra"]
@@ -379,7 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_hears_of_a_new_derp_region() {
-        let (inv, (_tx, derp_tx, _access)) = inv(vec![]);
+        let (inv, (_tx, derp_tx, _access, _timing)) = inv(vec![]);
         let (mut follow, first) = Assignments::follow(Arc::new(inv), "syd-1", "syd");
         assert_eq!(ids(&first), vec!["access_url", "websocket"]);
         derp_tx.send_modify(|r| {
@@ -409,7 +445,7 @@ mod tests {
 
     #[tokio::test]
     async fn coders_dashboard_url_and_echo_token_reach_assignments() {
-        let (mut inv, (_tx, _derp, access_tx)) = inv(vec![]);
+        let (mut inv, (_tx, _derp, access_tx, _timing)) = inv(vec![]);
         inv.echo.token = Some(crate::config::Secret::new("owner-secret"));
         let inv = Arc::new(inv);
         let (mut follow, first) = Assignments::follow(inv.clone(), "syd-1", "syd");
@@ -435,5 +471,67 @@ mod tests {
             echo_of(&tls.assignment_for("syd-1", "syd")).session_token,
             "owner-secret"
         );
+    }
+
+    fn timing_of(a: &pb::Assignment, id: &str) -> (Duration, Duration) {
+        let c = a.checks.iter().find(|c| c.id == id).unwrap();
+        (
+            convert::from_duration(c.interval.as_ref()).unwrap(),
+            convert::from_duration(c.timeout.as_ref()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn section_intervals_and_timeouts_reach_the_checks_and_follow_changes() {
+        use crate::config::SectionTiming;
+        let (inv, (_tx, _derp, _access, timing_tx)) = inv(vec![]);
+        let inv = Arc::new(inv);
+        let (mut follow, first) = Assignments::follow(inv.clone(), SERVER_VANTAGE, "");
+        assert_eq!(
+            timing_of(&first, "derp/1"),
+            (Duration::from_secs(30), DERP_TIMEOUT)
+        );
+        let mut next = Timing::new(Duration::from_secs(60));
+        next.sections.set(
+            Section::Derp,
+            SectionTiming {
+                interval: Some(Duration::from_secs(15)),
+                timeout: Some(Duration::from_secs(20)),
+            },
+        );
+        next.sections.set(
+            Section::Database,
+            SectionTiming {
+                interval: None,
+                timeout: Some(Duration::from_secs(2)),
+            },
+        );
+        timing_tx.send_replace(next);
+        let a = follow.changed().await.unwrap();
+        assert_eq!(
+            timing_of(&a, "derp/1"),
+            (Duration::from_secs(15), Duration::from_secs(20))
+        );
+        assert_eq!(
+            timing_of(&a, "database"),
+            (Duration::from_secs(60), Duration::from_secs(2))
+        );
+        assert_eq!(
+            timing_of(&a, "access_url"),
+            (Duration::from_secs(60), ACCESS_URL_TIMEOUT)
+        );
+        // Only a timeout changes: still a new assignment.
+        timing_tx.send_modify(|t| {
+            t.sections.set(
+                Section::Derp,
+                SectionTiming {
+                    interval: Some(Duration::from_secs(15)),
+                    timeout: Some(Duration::from_secs(25)),
+                },
+            )
+        });
+        let b = follow.changed().await.unwrap();
+        assert_ne!(a.generation, b.generation);
+        assert_eq!(timing_of(&b, "derp/1").1, Duration::from_secs(25));
     }
 }

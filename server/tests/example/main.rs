@@ -62,11 +62,10 @@ fn every_commented_key_of_the_example_is_valid() {
             _ => line,
         })
         .map(|line| {
-            // The proxy table's lines are commented examples too.
-            if line == "# [[workspace_proxies]]" {
-                "[[workspace_proxies]]"
-            } else {
-                line
+            // The tables' header lines are commented examples too.
+            match line.strip_prefix("# ") {
+                Some(header) if header.starts_with('[') => header,
+                _ => line,
             }
         })
         .collect::<Vec<_>>()
@@ -79,4 +78,7 @@ fn every_commented_key_of_the_example_is_valid() {
     assert!(c.database_url.is_some() && c.stun_listen.is_some() && c.access_url.is_some());
     assert_eq!(c.workspace_proxies.len(), 1, "{uncommented}");
     assert_eq!(c.workspace_proxies[0].region, "syd");
+    let derp = c.sections.get(vantage_proto::Section::Derp);
+    assert_eq!(derp.interval, Some(std::time::Duration::from_secs(15)));
+    assert_eq!(derp.timeout, Some(std::time::Duration::from_secs(20)));
 }

@@ -476,22 +476,31 @@ async fn a_non_loopback_listener_needs_an_explicit_opt_out() {
 
     let err = usage_error(&["--interval", "soon"]).await;
     assert!(err.contains("\"soon\""), "{err}");
+}
 
-    // A broken DERP map is a startup error naming the problem.
+#[tokio::test]
+async fn a_broken_derp_map_at_start_is_a_warning_not_an_exit() {
+    // The map is read again every --derp-map-refresh: vantaged starts without it and says why
+    // (EDERP05), naming the problem.
     let dir = tempfile::tempdir().unwrap();
     let map = dir.path().join("map.json");
     std::fs::write(&map, r#"{"Regions": {"7": {"RegionID": 8, "Nodes": []}}}"#).unwrap();
-    let err = usage_error(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--derp-map",
-        map.to_str().unwrap(),
-    ])
+    let server = Server::start(&["--derp-map", map.to_str().unwrap()]).await;
+    let derp = eventually(Duration::from_secs(20), "EDERP05", || async {
+        let report = server.report().await;
+        let found = report["derp"]["warnings"]
+            .as_array()?
+            .iter()
+            .any(|w| w["code"] == "EDERP05");
+        found.then(|| report["derp"].clone())
+    })
     .await;
+    let text = derp.to_string();
     assert!(
-        err.contains("derp_map") && err.contains("RegionID"),
-        "{err}"
+        text.contains("RegionID") && text.contains("map.json"),
+        "{text}"
     );
+    assert_eq!(derp["severity"], "warning", "{derp}");
 }
 
 #[tokio::test]

@@ -17,4 +17,5 @@ mod fleet;
 mod history;
 mod page;
 mod registry;
+mod reload;
 mod security;

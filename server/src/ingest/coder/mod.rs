@@ -24,8 +24,8 @@ use vantage_proto::report::{CoderReplica, CoderReport, Unavailable};
 use self::client::CoderClient;
 use self::import::{ImportedProxy, ProxyRegions, Round};
 use crate::aggregator::{AdminCommand, Aggregator};
-use crate::ingest::derpmap;
-use crate::ingest::inventory::{AccessTarget, DerpRegion};
+use crate::ingest::derpfeed::CoderMap;
+use crate::ingest::inventory::AccessTarget;
 use crate::registry::Registry;
 use vantage_derp::map::DerpMap;
 
@@ -39,21 +39,15 @@ pub struct CoderDaemons {
     pub daemons: Vec<DaemonInput>,
 }
 
-/// Where Coder's DERP map goes: merged over the configured map (Coder wins every region-ID
-/// clash), into the assignments, the aggregator and `/api/v2/debug/derp-map`.
-pub struct DerpFollow {
-    pub base: DerpMap,
-    pub regions: Arc<watch::Sender<Arc<Vec<DerpRegion>>>>,
-    pub map_json: Arc<watch::Sender<Arc<String>>>,
-}
-
 /// The importer's parts.
 pub struct Importer {
     pub client: CoderClient,
     pub registry: Arc<Registry>,
     pub agg: Aggregator,
     pub daemons: watch::Sender<Option<Arc<CoderDaemons>>>,
-    pub derp: DerpFollow,
+    /// Where Coder's DERP map goes: merged over the configured map (Coder wins every
+    /// region-ID clash) by [`crate::ingest::derpfeed::Publisher`].
+    pub derp: Arc<watch::Sender<Option<CoderMap>>>,
     pub refresh: Duration,
     pub proxy_regions: ProxyRegions,
     /// Without `--access-url`: where Coder's `dashboard_url` goes (the checks' access URL).
@@ -94,35 +88,20 @@ impl Importer {
         }
     }
 
-    /// Put Coder's map over the configured one; a change re-sends assignments at once.
-    async fn follow_derp(&self, coder: &DerpMap, force_websockets: bool) {
-        let map = derpmap::merge_coder(&self.derp.base, coder);
-        let regions = DerpRegion::all(&map, force_websockets);
-        let same = {
-            let old = self.derp.regions.borrow();
-            old.len() == regions.len()
-                && old.iter().zip(&regions).all(|(a, b)| {
-                    a.id == b.id && a.json == b.json && a.force_websockets == b.force_websockets
-                })
+    /// Coder's map, for the publisher to put over the configured one; a change re-sends
+    /// assignments at once.
+    fn follow_derp(&self, map: DerpMap, force_websockets: bool) {
+        let next = CoderMap {
+            map,
+            force_websockets,
         };
-        if same {
-            return;
-        }
-        let names = map
-            .regions
-            .values()
-            .map(|r| (r.region_id, r.region_name.clone()))
-            .collect();
-        let has_nodes = map.has_derp_nodes();
-        self.derp.regions.send_replace(Arc::new(regions));
-        self.derp.map_json.send_replace(Arc::new(map.to_json()));
-        let _ = self
-            .agg
-            .send(AdminCommand::DerpRegions {
-                regions: names,
-                has_nodes,
-            })
-            .await;
+        self.derp.send_if_modified(|now| {
+            let changed = now.as_ref() != Some(&next);
+            if changed {
+                *now = Some(next);
+            }
+            changed
+        });
     }
 
     /// Without `--access-url`: Coder's dashboard URL becomes what the checks target (a change
@@ -176,7 +155,7 @@ impl Importer {
             last.proxies = p;
         }
         if let Some((map, force_websockets)) = round.derp {
-            self.follow_derp(&map, force_websockets).await;
+            self.follow_derp(map, force_websockets);
         }
         if let Some(sections) = round.coderd {
             let _ = self
