@@ -436,6 +436,7 @@ pub(crate) fn surface(
         watchers: Arc::new(AtomicUsize::new(0)),
         cancel: cancel.clone(),
         alerts: None,
+        report_json: Arc::default(),
     }
 }
 

@@ -38,6 +38,30 @@ pub struct App {
     pub cancel: tokio_util::sync::CancellationToken,
     /// The Alertmanager sender's figures, when one is configured.
     pub alerts: Option<crate::alerts::AlertStats>,
+    /// Coder's JSON of the latest report, encoded once and shared by every reader of it.
+    pub report_json: Arc<ReportJson>,
+}
+
+/// The last report's JSON encoding: however many readers ask at once, a report is encoded
+/// once and its bytes are shared (memory does not grow with concurrent GETs of a large report).
+#[derive(Default)]
+pub struct ReportJson {
+    last: tokio::sync::Mutex<Option<(Arc<vantage_proto::report::HealthReport>, bytes::Bytes)>>,
+}
+
+impl ReportJson {
+    /// The JSON of `report`: the shared bytes when it is the report last encoded.
+    pub async fn of(&self, report: &Arc<vantage_proto::report::HealthReport>) -> bytes::Bytes {
+        let mut last = self.last.lock().await;
+        if let Some((r, body)) = last.as_ref()
+            && Arc::ptr_eq(r, report)
+        {
+            return body.clone();
+        }
+        let body = bytes::Bytes::from(vantage_proto::report::coder_json(&**report));
+        *last = Some((report.clone(), body.clone()));
+        body
+    }
 }
 
 /// Why a forced report did not complete.
@@ -227,5 +251,47 @@ impl App {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod report_json_tests {
+    use std::sync::Arc;
+
+    use vantage_proto::Severity;
+    use vantage_proto::report::{HealthReport, coder_json};
+
+    use super::ReportJson;
+
+    fn report(revision: u64) -> Arc<HealthReport> {
+        Arc::new(HealthReport {
+            time: chrono::DateTime::default(),
+            healthy: true,
+            severity: Severity::Ok,
+            derp: Default::default(),
+            access_url: Default::default(),
+            websocket: Default::default(),
+            database: Default::default(),
+            workspace_proxy: Default::default(),
+            provisioner_daemons: Default::default(),
+            coder_version: String::new(),
+            vantages: Default::default(),
+            revision,
+            coder: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn one_encoding_per_report_shared_by_every_reader() {
+        let cache = ReportJson::default();
+        let first = report(1);
+        let a = cache.of(&first).await;
+        let b = cache.of(&first).await;
+        // The same bytes, not a second encoding.
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        let second = report(2);
+        let c = cache.of(&second).await;
+        assert_ne!(a.as_ptr(), c.as_ptr());
+        assert_eq!(c, bytes::Bytes::from(coder_json(&*second)));
     }
 }

@@ -296,6 +296,7 @@ fn app(agg: &Aggregator) -> App {
         watchers: Arc::new(AtomicUsize::new(0)),
         cancel: CancellationToken::new(),
         alerts: None,
+        report_json: Arc::default(),
     }
 }
 

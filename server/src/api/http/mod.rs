@@ -124,7 +124,13 @@ async fn health(State(app): State<App>, Query(q): Query<HashMap<String, String>>
         );
         return r;
     }
-    json_response(StatusCode::OK, coder_json(&*report))
+    let body = app.report_json.of(&report).await;
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
 }
 
 /// Coder's settings body, plus (additive, optional) the dismissals' end times and reasons.
