@@ -832,3 +832,84 @@ async fn big_echo_messages_do_not_grow_memory() {
         (after - before) >> 20
     );
 }
+
+/// The registry is bounded: 10 000 daemons and 10 000 proxies at most, the next one refused
+/// with RESOURCE_EXHAUSTED naming the bound; memory is measured at the bound (140 MB for 5 000
+/// of each before the caps).
+#[tokio::test]
+async fn the_registry_is_bounded_and_its_memory_measured() {
+    const MAX: usize = 10_000;
+    let server = Server::start(&["--interval", "1h"]).await;
+    let before = rss_bytes(server.pid());
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let registry = pb::registry_service_client::RegistryServiceClient::new(channel);
+    let started = Instant::now();
+    let outcomes: Vec<Result<(), tonic::Status>> = futures::stream::iter(0..=MAX)
+        .map(|i| {
+            let mut r = registry.clone();
+            async move {
+                r.provisioner_heartbeat(pb::ProvisionerHeartbeatRequest {
+                    name: format!("daemon-{i}"),
+                    version: "v2.26.0".into(),
+                    api_version: "1.9".into(),
+                    provisioners: vec!["terraform".into()],
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())?;
+                r.register_workspace_proxy(pb::RegisterWorkspaceProxyRequest {
+                    name: format!("proxy-{i}"),
+                    url: format!("http://127.0.0.1:9/{i}"),
+                    region: "syd".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let after = rss_bytes(server.pid());
+    let refused: Vec<&tonic::Status> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    println!(
+        "{} daemons and proxies registered in {:?}: RSS {} -> {} MiB",
+        MAX,
+        started.elapsed(),
+        before >> 20,
+        after >> 20
+    );
+    // The last of the 10 001 is refused (the daemon first, so its proxy is never sent).
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        refused[0].code(),
+        Code::ResourceExhausted,
+        "{:?}",
+        refused[0]
+    );
+    assert!(
+        refused[0].message().contains("10000"),
+        "{}",
+        refused[0].message()
+    );
+    let mut r = registry.clone();
+    let more = r
+        .register_workspace_proxy(pb::RegisterWorkspaceProxyRequest {
+            name: "one-too-many".into(),
+            url: "http://127.0.0.1:9/x".into(),
+            region: "syd".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(more.code(), Code::ResourceExhausted, "{more:?}");
+    assert!(
+        after.saturating_sub(before) < 200 << 20,
+        "RSS grew by {} MiB for {MAX} daemons and {MAX} proxies",
+        after.saturating_sub(before) >> 20
+    );
+}
