@@ -71,7 +71,7 @@ pub enum ProbeCommand {
     /// The checks its assignment holds (what its observations may be about).
     Assigned {
         name: String,
-        check_ids: Vec<(String, Section)>,
+        check_ids: Vec<AssignedCheck>,
     },
     RunComplete {
         name: String,
@@ -189,3 +189,13 @@ macro_rules! into_command {
     )*};
 }
 into_command!(ProbeCommand => Probe, Query => Query, AdminCommand => Admin, ClusterCommand => Cluster);
+
+/// A check of a vantage's assignment: its section and the targets its observations may name
+/// (the URL, the proxy's name, `database`, or the nodes of the DERP region, as the probe names
+/// them); an observation of another target is not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedCheck {
+    pub id: String,
+    pub section: Section,
+    pub targets: std::collections::BTreeSet<String>,
+}

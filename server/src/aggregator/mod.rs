@@ -29,7 +29,8 @@ mod state;
 mod vantage;
 
 pub use command::{
-    AdminCommand, Attached, ClusterCommand, Command, ProbeCommand, Query, SessionTx, SettingsUpdate,
+    AdminCommand, AssignedCheck, Attached, ClusterCommand, Command, ProbeCommand, Query, SessionTx,
+    SettingsUpdate,
 };
 pub use durable::DurableParts;
 pub use events::{PROVISIONAL_EPOCH_PREFIX, SharedEvent, Subscription, is_provisional};

@@ -218,8 +218,30 @@ impl Config {
             None => file::FileConfig::default(),
         };
         let settings = flags.into_settings(&mut deprecations)?.or(file.settings);
-        let mut config = Config::resolve(settings, file.workspace_proxies, deprecations)?;
-        config.coder = file.coder;
+        Config::from_parts(settings, file.workspace_proxies, file.coder, deprecations)
+    }
+
+    /// The configuration a file with `text` gives with no flags: what `vantaged --config FILE`
+    /// loads (and how the fuzzer and its corpus drive the file parser).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let mut deprecations = Vec::new();
+        let file = file::parse(text, std::path::Path::new("<text>"), &mut deprecations)?;
+        Config::from_parts(
+            file.settings,
+            file.workspace_proxies,
+            file.coder,
+            deprecations,
+        )
+    }
+
+    fn from_parts(
+        settings: Settings,
+        workspace_proxies: Vec<ProxyFile>,
+        coder: CoderFile,
+        deprecations: Vec<Deprecation>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::resolve(settings, workspace_proxies, deprecations)?;
+        config.coder = coder;
         config.validate()?;
         Ok(config)
     }
