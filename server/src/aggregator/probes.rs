@@ -78,7 +78,8 @@ impl State {
             .vantages
             .get(&hello.name)
             .filter(|v| !v.instance_id.is_empty() && v.instance_id == hello.instance_id)
-            .map_or((false, 0), |v| (true, v.seq.last));
+            // What this replica applied, or knows stored by any replica (acks mean stored).
+            .map_or((false, 0), |v| (true, v.seq.last.max(v.stored_seq())));
         if let Err(refusal) = resume_fault(&hello.name, &hello, known, last) {
             self.stats.guard.refused_seq += 1;
             if self.refusal_log.allow(&hello.name) {
