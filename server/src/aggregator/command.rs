@@ -118,6 +118,9 @@ pub enum AdminCommand {
     Force {
         reply: oneshot::Sender<super::ForceStarted>,
     },
+    /// Stop waiting, in the forced run in flight, for the vantages not heard from since they
+    /// were asked (they did not even acknowledge the RunNow); replies with their names.
+    ForceUnheard { reply: oneshot::Sender<Vec<String>> },
     /// Dismiss exactly these sections (already persisted); those listed in `until` only
     /// until then (a maintenance window: it ends by this aggregator's clock).
     Dismiss {

@@ -339,6 +339,12 @@ impl Aggregator {
         self.ask(|reply| AdminCommand::Force { reply }).await
     }
 
+    /// Stop waiting for the vantages of the forced run in flight that were not heard from
+    /// since they were asked; their names.
+    pub async fn force_unheard(&self) -> Result<Vec<String>, Stopped> {
+        self.ask(|reply| AdminCommand::ForceUnheard { reply }).await
+    }
+
     /// Whether the database answers, as the aggregator last heard (`true` without one).
     pub fn database_ok(&self) -> bool {
         self.db_ok

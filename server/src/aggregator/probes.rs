@@ -216,6 +216,12 @@ impl State {
 
     /// The vantage was heard from: fresh again if it was stale.
     fn seen(&mut self, name: &str, cause: Cause) {
+        if let Some(run) = &mut self.force
+            && run.pending.borrow().contains(name)
+        {
+            // Acknowledged the forced run (probes send a heartbeat on RunNow).
+            run.heard.insert(name.to_owned());
+        }
         let Some(v) = self.vantages.get_mut(name) else {
             return;
         };
@@ -457,11 +463,31 @@ impl State {
             pending: tx,
             silent: silent.clone(),
             started: now,
+            heard: BTreeSet::new(),
         });
         ForceStarted {
             pending: rx,
             silent,
         }
+    }
+
+    /// The pending vantages of the run in flight not heard from since they were asked are no
+    /// longer waited for: they join the silent ones. Their names.
+    pub(super) fn force_unheard(&mut self) -> Vec<String> {
+        let Some(run) = &mut self.force else {
+            return Vec::new();
+        };
+        let unheard: Vec<String> = run
+            .pending
+            .borrow()
+            .iter()
+            .filter(|n| !run.heard.contains(*n))
+            .cloned()
+            .collect();
+        run.pending
+            .send_if_modified(|p| unheard.iter().fold(false, |m, n| p.remove(n) || m));
+        run.silent.extend(unheard.iter().cloned());
+        unheard
     }
 
     pub(super) fn run_complete(&mut self, name: &str) {

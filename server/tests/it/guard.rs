@@ -426,3 +426,42 @@ async fn a_hello_may_not_resume_another_sessions_instance() {
     ingest(&agg, &fresh, vec![obs(1, 200)]).await;
     assert_eq!(vantage(&agg, "fra-1").await.last_applied_seq, 1);
 }
+
+/// A vantage that does not even acknowledge its RunNow (a probe sends a heartbeat on receiving
+/// one) stops being waited for at the first force: it joins the silent ones, and the run waits
+/// only for those that acknowledged.
+#[tokio::test(start_paused = true)]
+async fn a_force_stops_waiting_for_a_vantage_that_never_acknowledged_its_run_now() {
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
+    let mut good = attach(&agg, "fra-1", "a", 0).await;
+    let mut lazy = attach(&agg, "iad-1", "b", 0).await;
+    let mut run = agg.force().await.unwrap();
+    assert_eq!(run_nows(&mut good.rx).len(), 1);
+    assert_eq!(run_nows(&mut lazy.rx).len(), 1);
+    agg.send(ProbeCommand::Heartbeat {
+        name: "fra-1".into(),
+        session_id: good.session_id,
+        replay_dropped: 0,
+    })
+    .await
+    .unwrap();
+    assert_eq!(agg.force_unheard().await.unwrap(), ["iad-1"]);
+    assert_eq!(
+        run.pending.borrow().iter().collect::<Vec<_>>(),
+        ["fra-1"],
+        "only the vantage that acknowledged is still waited for"
+    );
+    // Once it answers, the run is over: nobody holds it for the rest of the timeout.
+    agg.send(ProbeCommand::RunComplete {
+        name: "fra-1".into(),
+        request_id: 0,
+    })
+    .await
+    .unwrap();
+    run.pending.wait_for(|p| p.is_empty()).await.unwrap();
+    // The next force does not wait for the lazy one either.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let next = agg.force().await.unwrap();
+    assert_eq!(next.silent, ["iad-1"]);
+    assert!(!next.pending.borrow().contains("iad-1"));
+}
