@@ -484,8 +484,11 @@ impl State {
             .filter(|n| !run.heard.contains(*n))
             .cloned()
             .collect();
-        run.pending
-            .send_if_modified(|p| unheard.iter().fold(false, |m, n| p.remove(n) || m));
+        run.pending.send_if_modified(|p| {
+            let before = p.len();
+            p.retain(|n| !unheard.contains(n));
+            p.len() != before
+        });
         run.silent.extend(unheard.iter().cloned());
         unheard
     }
