@@ -392,7 +392,14 @@ impl Session {
             tokio::select! {
                 () = shutdown.as_mut() => return Ended::Shutdown,
                 msg = down.message() => match msg {
-                    Ok(Some(m)) => self.handle_down(m),
+                    Ok(Some(m)) => {
+                        let run_now = matches!(m.msg, Some(Down::RunNow(_)));
+                        self.handle_down(m);
+                        if run_now {
+                            // Acknowledged at once: a force waits only for vantages that did.
+                            let _ = up.try_send(self.heartbeat_message());
+                        }
+                    }
                     Ok(None) => return Ended::Lost(AttemptError::Closed),
                     Err(status) => return Ended::Lost(AttemptError::Attach(status)),
                 },
@@ -409,15 +416,21 @@ impl Session {
                     permit.send(pb::ProbeMessage { msg: Some(Up::Observations(pb::ObservationBatch { observations: batch })) });
                 }
                 _ = heartbeat.tick() => {
-                    let _ = up.try_send(pb::ProbeMessage { msg: Some(Up::Heartbeat(pb::Heartbeat {
-                        replay_dropped: self.buffer.dropped(),
-                        buffered: self.buffer.len() as u64,
-                    })) });
+                    let _ = up.try_send(self.heartbeat_message());
                 }
             }
             // An assignment may have changed the heartbeat interval.
             heartbeat.set_period(self.heartbeat);
             self.send_completions(&up, sent);
+        }
+    }
+
+    fn heartbeat_message(&self) -> pb::ProbeMessage {
+        pb::ProbeMessage {
+            msg: Some(Up::Heartbeat(pb::Heartbeat {
+                replay_dropped: self.buffer.dropped(),
+                buffered: self.buffer.len() as u64,
+            })),
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod coturn;
 mod fuzz;
+mod fuzz_corpus;
 mod health_e2e;
 mod nginx;
 mod relay_http;

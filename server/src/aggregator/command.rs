@@ -71,7 +71,7 @@ pub enum ProbeCommand {
     /// The checks its assignment holds (what its observations may be about).
     Assigned {
         name: String,
-        check_ids: Vec<(String, Section)>,
+        check_ids: Vec<AssignedCheck>,
     },
     RunComplete {
         name: String,
@@ -118,6 +118,9 @@ pub enum AdminCommand {
     Force {
         reply: oneshot::Sender<super::ForceStarted>,
     },
+    /// Stop waiting, in the forced run in flight, for the vantages not heard from since they
+    /// were asked (they did not even acknowledge the RunNow); replies with their names.
+    ForceUnheard { reply: oneshot::Sender<Vec<String>> },
     /// Dismiss exactly these sections (already persisted); those listed in `until` only
     /// until then (a maintenance window: it ends by this aggregator's clock).
     Dismiss {
@@ -191,3 +194,13 @@ macro_rules! into_command {
     )*};
 }
 into_command!(ProbeCommand => Probe, Query => Query, AdminCommand => Admin, ClusterCommand => Cluster);
+
+/// A check of a vantage's assignment: its section and the targets its observations may name
+/// (the URL, the proxy's name, `database`, or the nodes of the DERP region, as the probe names
+/// them); an observation of another target is not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedCheck {
+    pub id: String,
+    pub section: Section,
+    pub targets: std::collections::BTreeSet<String>,
+}

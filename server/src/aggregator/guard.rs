@@ -1,5 +1,6 @@
 //! What the aggregator refuses, and counts: a second session for a name a live session holds,
-//! a vantage beyond `max_vantages`, sequence numbers that jump past the window, and
+//! a vantage beyond `max_vantages`, a hello resuming an instance past what was applied for
+//! it, sequence numbers that jump past the window, and
 //! observations it will not apply (wrong section, unassigned check or target, insane
 //! timestamps, oversized bodies). Every refusal says what was wrong and changes nothing.
 
@@ -47,6 +48,25 @@ pub enum Refusal {
         max + 1
     )]
     Full { name: String, max: usize },
+    #[error(
+        "hello.last_acked_seq: {claimed} is past the sequence window for {name:?}: at most {bound} (the {last} this server last applied for instance {instance:?} + {SEQ_WINDOW})"
+    )]
+    SeqWindow {
+        name: String,
+        instance: String,
+        claimed: u64,
+        last: u64,
+        bound: u64,
+    },
+    #[error(
+        "hello.last_acked_seq: {claimed} is more than the {applied} this server applied for {name:?}'s instance {instance:?}; a session may resume only its own instance (a new process uses a new instance_id)"
+    )]
+    NotResumable {
+        name: String,
+        instance: String,
+        claimed: u64,
+        applied: u64,
+    },
 }
 
 impl From<Refusal> for Status {
@@ -54,6 +74,9 @@ impl From<Refusal> for Status {
         match &r {
             Refusal::Held { .. } => Status::already_exists(r.to_string()),
             Refusal::Full { .. } => Status::resource_exhausted(r.to_string()),
+            Refusal::SeqWindow { .. } | Refusal::NotResumable { .. } => {
+                Status::invalid_argument(r.to_string())
+            }
         }
     }
 }
@@ -66,6 +89,9 @@ pub struct GuardStats {
     pub refused_held: u64,
     /// Attaches refused because `max_vantages` was reached.
     pub refused_full: u64,
+    /// Attaches refused because the hello's `last_acked_seq` was past the window or past what
+    /// this server applied for the instance it names.
+    pub refused_seq: u64,
     /// Observations not applied, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
     /// Forced runs a vantage was spared because it ran one a moment ago.
@@ -102,6 +128,40 @@ impl LogLimit {
         }
         true
     }
+}
+
+/// Whether a hello's `last_acked_seq` may be taken: for the instance this server knows
+/// (`known`: the same instance id, `last`: the highest sequence applied for it) at most `last`
+/// (a session resumes only what was acknowledged to that instance); for a fresh instance at
+/// most [`SEQ_WINDOW`] past 0, the window an observation may jump.
+pub(super) fn resume_fault(
+    name: &str,
+    hello: &pb::Hello,
+    known: bool,
+    last: u64,
+) -> Result<(), Refusal> {
+    let claimed = hello.last_acked_seq;
+    let instance = hello.instance_id.clone();
+    if known && claimed > last {
+        return Err(Refusal::NotResumable {
+            name: name.to_owned(),
+            instance,
+            claimed,
+            applied: last,
+        });
+    }
+    let base = if known { last } else { 0 };
+    let bound = base.saturating_add(SEQ_WINDOW);
+    if claimed > bound {
+        return Err(Refusal::SeqWindow {
+            name: name.to_owned(),
+            instance,
+            claimed,
+            last: base,
+            bound,
+        });
+    }
+    Ok(())
 }
 
 /// Why an observation of a probe is not applied (its reason label in `/metrics`), or `None`.

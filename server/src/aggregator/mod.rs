@@ -29,7 +29,8 @@ mod state;
 mod vantage;
 
 pub use command::{
-    AdminCommand, Attached, ClusterCommand, Command, ProbeCommand, Query, SessionTx, SettingsUpdate,
+    AdminCommand, AssignedCheck, Attached, ClusterCommand, Command, ProbeCommand, Query, SessionTx,
+    SettingsUpdate,
 };
 pub use durable::DurableParts;
 pub use events::{PROVISIONAL_EPOCH_PREFIX, SharedEvent, Subscription, is_provisional};
@@ -337,6 +338,12 @@ impl Aggregator {
     /// the names still running.
     pub async fn force(&self) -> Result<ForceStarted, Stopped> {
         self.ask(|reply| AdminCommand::Force { reply }).await
+    }
+
+    /// Stop waiting for the vantages of the forced run in flight that were not heard from
+    /// since they were asked; their names.
+    pub async fn force_unheard(&self) -> Result<Vec<String>, Stopped> {
+        self.ask(|reply| AdminCommand::ForceUnheard { reply }).await
     }
 
     /// Whether the database answers, as the aggregator last heard (`true` without one).

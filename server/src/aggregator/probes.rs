@@ -11,11 +11,11 @@ use vantage_proto::pb::server_message::Msg as Down;
 use vantage_proto::report::VantageChange;
 use vantage_proto::{Section, pb};
 
-use super::guard::{Refusal, observation_fault};
+use super::guard::{Refusal, observation_fault, resume_fault};
 use super::state::{Cause, ForceRun, State};
 use super::vantage::{SeqStats, Vantage};
 use super::{
-    Attached, FORCE_COALESCE, ForceStarted, ForgetOutcome, MAX_REMOTE_OBSERVATIONS,
+    AssignedCheck, Attached, FORCE_COALESCE, ForceStarted, ForgetOutcome, MAX_REMOTE_OBSERVATIONS,
     MAX_TARGETS_PER_CHECK, SessionTx, ack,
 };
 use crate::store::NewObservation;
@@ -58,8 +58,8 @@ impl State {
             None => return Ok(()),
         };
         let key = match refusal {
-            Refusal::Held { .. } => name,
             Refusal::Full { .. } => "",
+            _ => name,
         };
         if self.refusal_log.allow(key) {
             tracing::warn!(vantage = %name, error = %refusal, "attach refused (logged once a minute per name)");
@@ -74,6 +74,19 @@ impl State {
         peer: String,
     ) -> Result<Attached, Refusal> {
         self.admit(&hello.name)?;
+        let (known, last) = self
+            .vantages
+            .get(&hello.name)
+            .filter(|v| !v.instance_id.is_empty() && v.instance_id == hello.instance_id)
+            // What this replica applied, or knows stored by any replica (acks mean stored).
+            .map_or((false, 0), |v| (true, v.seq.last.max(v.stored_seq())));
+        if let Err(refusal) = resume_fault(&hello.name, &hello, known, last) {
+            self.stats.guard.refused_seq += 1;
+            if self.refusal_log.allow(&hello.name) {
+                tracing::warn!(vantage = %hello.name, error = %refusal, "attach refused (logged once a minute per name)");
+            }
+            return Err(refusal);
+        }
         let session_id = self.next_session;
         self.next_session += 1;
         let name = hello.name.clone();
@@ -186,12 +199,14 @@ impl State {
         }
     }
 
-    /// The checks of the vantage's new assignment: observations of other checks are dropped.
-    pub(super) fn assigned(&mut self, name: &str, check_ids: Vec<(String, Section)>) {
+    /// The checks of the vantage's new assignment: observations of other checks and targets
+    /// are dropped.
+    pub(super) fn assigned(&mut self, name: &str, checks: Vec<AssignedCheck>) {
         if let Some(v) = self.vantages.get_mut(name) {
-            v.assigned = check_ids.into_iter().collect();
+            v.assigned = checks.into_iter().map(|c| (c.id.clone(), c)).collect();
             let assigned = &v.assigned;
-            v.observations.retain_checks(|id| assigned.contains_key(id));
+            v.observations
+                .retain(|id, target| assigned.get(id).is_some_and(|c| c.targets.contains(target)));
             for s in Section::ALL {
                 self.recompute(name, s, Cause::Here);
             }
@@ -201,6 +216,12 @@ impl State {
 
     /// The vantage was heard from: fresh again if it was stale.
     fn seen(&mut self, name: &str, cause: Cause) {
+        if let Some(run) = &mut self.force
+            && run.pending.borrow().contains(name)
+        {
+            // Acknowledged the forced run (probes send a heartbeat on RunNow).
+            run.heard.insert(name.to_owned());
+        }
         let Some(v) = self.vantages.get_mut(name) else {
             return;
         };
@@ -327,12 +348,9 @@ impl State {
             v.seq.applied += 1;
             self.stats.applied += 1;
             let section = if remote {
-                Section::from_pb(obs.section)
+                Section::from_pb(obs.section).ok_or("unassigned")
             } else {
-                v.assigned
-                    .get(&obs.check_id)
-                    .copied()
-                    .filter(|s| Section::from_pb(obs.section) == Some(*s))
+                assigned_section(&v.assigned, &obs)
             };
             if let Some(reason) = fault {
                 // Consumed (its number is taken), kept nowhere.
@@ -340,11 +358,14 @@ impl State {
                 self.stats.rejected += 1;
                 continue;
             }
-            let Some(section) = section else {
-                // Not (or no longer) assigned: counted as applied, kept nowhere.
-                self.stats.guard.reject("unassigned");
-                self.stats.rejected += 1;
-                continue;
+            let section = match section {
+                Ok(section) => section,
+                Err(reason) => {
+                    // Not (or no longer) assigned: counted as applied, kept nowhere.
+                    self.stats.guard.reject(reason);
+                    self.stats.rejected += 1;
+                    continue;
+                }
             };
             let (limit, per_check) = if remote {
                 (MAX_REMOTE_OBSERVATIONS, MAX_REMOTE_OBSERVATIONS)
@@ -442,11 +463,34 @@ impl State {
             pending: tx,
             silent: silent.clone(),
             started: now,
+            heard: BTreeSet::new(),
         });
         ForceStarted {
             pending: rx,
             silent,
         }
+    }
+
+    /// The pending vantages of the run in flight not heard from since they were asked are no
+    /// longer waited for: they join the silent ones. Their names.
+    pub(super) fn force_unheard(&mut self) -> Vec<String> {
+        let Some(run) = &mut self.force else {
+            return Vec::new();
+        };
+        let unheard: Vec<String> = run
+            .pending
+            .borrow()
+            .iter()
+            .filter(|n| !run.heard.contains(*n))
+            .cloned()
+            .collect();
+        run.pending.send_if_modified(|p| {
+            let before = p.len();
+            p.retain(|n| !unheard.contains(n));
+            p.len() != before
+        });
+        run.silent.extend(unheard.iter().cloned());
+        unheard
     }
 
     pub(super) fn run_complete(&mut self, name: &str) {
@@ -455,4 +499,21 @@ impl State {
             run.silent.retain(|n| n != name);
         }
     }
+}
+
+/// The section of an observation of an assigned check and target, or why it is not applied:
+/// `unassigned` (no such check, or another section), `unassigned_target` (a target the
+/// assignment does not name).
+fn assigned_section(
+    assigned: &rustc_hash::FxHashMap<String, AssignedCheck>,
+    obs: &pb::Observation,
+) -> Result<Section, &'static str> {
+    let check = assigned
+        .get(&obs.check_id)
+        .filter(|c| Section::from_pb(obs.section) == Some(c.section))
+        .ok_or("unassigned")?;
+    if !check.targets.contains(&obs.target) {
+        return Err("unassigned_target");
+    }
+    Ok(check.section)
 }

@@ -24,6 +24,8 @@ pub(super) struct ForceRun {
     pub(super) pending: watch::Sender<BTreeSet<String>>,
     pub(super) silent: Vec<String>,
     pub(super) started: Instant,
+    /// Pending vantages heard from (a heartbeat, observations) since they were asked.
+    pub(super) heard: BTreeSet<String>,
 }
 
 /// Where a change was caused. In a cluster each event is stored once, by the replica that
@@ -208,6 +210,9 @@ impl State {
             AdminCommand::Force { reply } => {
                 let rx = self.force();
                 let _ = reply.send(rx);
+            }
+            AdminCommand::ForceUnheard { reply } => {
+                let _ = reply.send(self.force_unheard());
             }
             AdminCommand::Dismiss {
                 dismissed,

@@ -73,8 +73,12 @@ impl Latest {
         self.by_check.values().flat_map(FxHashMap::values)
     }
 
-    pub(super) fn retain_checks(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.by_check.retain(|check, _| keep(check));
+    /// Keep only the observations of the checks and targets `keep` accepts.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        self.by_check.retain(|check, targets| {
+            targets.retain(|target, _| keep(check, target));
+            !targets.is_empty()
+        });
         self.len = self.by_check.values().map(FxHashMap::len).sum();
     }
 }
@@ -97,7 +101,7 @@ pub(super) struct Vantage {
     pub(super) stale_since: Option<DateTime<Utc>>,
     /// Latest observation per assigned check and target.
     pub(super) observations: Latest,
-    pub(super) assigned: FxHashMap<String, Section>,
+    pub(super) assigned: FxHashMap<String, super::AssignedCheck>,
     pub(super) sections: HashMap<Section, SectionReport>,
     pub(super) alerts: HashMap<Section, Alert>,
     pub(super) seq: SeqStats,

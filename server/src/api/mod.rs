@@ -15,6 +15,9 @@ use crate::store::{DismissalNote, Store};
 
 /// Longest reason a dismissal may carry.
 pub const MAX_REASON: usize = 500;
+/// How long a force waits for a vantage to acknowledge its RunNow (a probe sends a heartbeat
+/// on receiving it) before it stops waiting for it.
+pub const FORCE_ACK_WAIT: Duration = Duration::from_secs(2);
 
 pub mod grpc;
 pub mod http;
@@ -122,29 +125,36 @@ impl App {
     }
 
     /// Ask every connected vantage to run now; wait (bounded) until all have reported. Those
-    /// that did not answer the previous forced run are asked but not waited for: once the
-    /// others have answered, the run ends at once as timed out, naming them.
+    /// that did not answer the previous forced run are asked but not waited for, nor are those
+    /// that did not acknowledge the RunNow within [`FORCE_ACK_WAIT`] (a probe sends a
+    /// heartbeat on receiving it): once the others have answered, the run ends as timed out,
+    /// naming them.
     pub async fn force(&self) -> Result<(), ForceError> {
         let started = self.agg.force().await.map_err(|_| ForceError::Stopped)?;
+        let mut silent = started.silent;
         let mut pending = started.pending;
-        let done = tokio::time::timeout(self.force_timeout, async {
-            // An error means the run's sender is gone (the server stops): nothing to wait for.
-            let _ = pending.wait_for(BTreeSet::is_empty).await;
-        })
-        .await;
-        match done {
-            // Those that did not answer the previous run were not waited for; the answer is
-            // prompt, and names them as still running.
-            Ok(()) if !started.silent.is_empty() => {
-                Err(ForceError::TimedOut(started.silent.into_iter().collect()))
-            }
-            Ok(()) => Ok(()),
-            Err(_) => {
-                let mut left = pending.borrow().clone();
-                left.extend(started.silent);
-                Err(ForceError::TimedOut(left))
-            }
+        let deadline = tokio::time::Instant::now() + self.force_timeout;
+        // An error means the run's sender is gone (the server stops): nothing to wait for.
+        let ack_wait = FORCE_ACK_WAIT.min(self.force_timeout);
+        let mut done = tokio::time::timeout(ack_wait, pending.wait_for(BTreeSet::is_empty))
+            .await
+            .is_ok();
+        if !done {
+            let unheard = self.agg.force_unheard().await.unwrap_or_default();
+            silent.extend(unheard);
+            done = tokio::time::timeout_at(deadline, pending.wait_for(BTreeSet::is_empty))
+                .await
+                .is_ok();
         }
+        if done && silent.is_empty() {
+            return Ok(());
+        }
+        // Those not waited for make the answer prompt, and are named as still running.
+        let mut left: BTreeSet<String> = silent.into_iter().collect();
+        if !done {
+            left.extend(pending.borrow().iter().cloned());
+        }
+        Err(ForceError::TimedOut(left))
     }
 
     /// Validate settings names as Coder does; the error names the first bad one.

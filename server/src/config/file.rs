@@ -64,7 +64,7 @@ pub(super) fn read_file(
 }
 
 /// Parse the text of the file at `path`.
-fn parse(
+pub(super) fn parse(
     text: &str,
     path: &Path,
     deprecations: &mut Vec<Deprecation>,

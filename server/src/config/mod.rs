@@ -271,11 +271,43 @@ impl Config {
             Some(path) => file::read_file(path, &mut deprecations)?,
             None => file::FileConfig::default(),
         };
-        let settings = source.flags.clone().or(file.settings);
-        let mut config = Config::resolve(settings, file.workspace_proxies, deprecations)?;
-        config.coder = file.coder;
-        config.sections = file.sections;
+        let file::FileConfig {
+            settings,
+            workspace_proxies,
+            coder,
+            sections,
+        } = file;
+        let settings = source.flags.clone().or(settings);
+        let mut config =
+            Config::from_parts(settings, workspace_proxies, coder, sections, deprecations)?;
         config.source = source;
+        Ok(config)
+    }
+
+    /// The configuration a file with `text` gives with no flags: what `vantaged --config FILE`
+    /// loads (and how the fuzzer and its corpus drive the file parser).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let mut deprecations = Vec::new();
+        let file = file::parse(text, std::path::Path::new("<text>"), &mut deprecations)?;
+        Config::from_parts(
+            file.settings,
+            file.workspace_proxies,
+            file.coder,
+            file.sections,
+            deprecations,
+        )
+    }
+
+    fn from_parts(
+        settings: Settings,
+        workspace_proxies: Vec<ProxyFile>,
+        coder: CoderFile,
+        sections: Sections,
+        deprecations: Vec<Deprecation>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::resolve(settings, workspace_proxies, deprecations)?;
+        config.coder = coder;
+        config.sections = sections;
         config.validate()?;
         Ok(config)
     }

@@ -59,7 +59,9 @@ fn valid_name(field: &str, value: &str, allow_empty: bool) -> Result<(), Status>
     Ok(())
 }
 
-fn validate_hello(h: &pb::Hello) -> Result<(), Status> {
+/// Whether a hello may attach at all (before the aggregator sees it): names, labels and
+/// instance id well formed, reserved names refused in any letter case.
+pub fn validate_hello(h: &pb::Hello) -> Result<(), Status> {
     valid_name("name", &h.name, false)?;
     valid_name("region", &h.region, true)?;
     if crate::config::is_server_vantage(&h.name.to_ascii_lowercase()) {
@@ -255,7 +257,7 @@ fn peer_of<T>(request: &Request<T>) -> String {
 
 /// A batch the hub forwards: at most [`MAX_BATCH`] observations, each numbered and with a
 /// result; otherwise the status the stream ends with and the reason logged.
-fn check_batch(batch: &pb::ObservationBatch) -> Result<(), (Status, &'static str)> {
+pub fn check_batch(batch: &pb::ObservationBatch) -> Result<(), (Status, &'static str)> {
     if batch.observations.len() > MAX_BATCH {
         let status = Status::resource_exhausted(format!(
             "observations: {} in one message, at most {MAX_BATCH}",

@@ -2,6 +2,7 @@
 //! access URL and websocket to every vantage; each DERP region and each workspace proxy to the
 //! vantages of its region (or to all, by configuration); the database to `server`.
 
+use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use vantage_proto::pb::check::Target;
 use vantage_proto::{Section, convert, pb};
+
+use crate::aggregator::AssignedCheck;
 
 /// A workspace proxy as assignments need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,11 +299,43 @@ impl Assignments {
 }
 
 /// The check ids and sections of an assignment, for the aggregator.
-pub fn check_ids(a: &pb::Assignment) -> Vec<(String, Section)> {
+pub fn check_ids(a: &pb::Assignment) -> Vec<AssignedCheck> {
     a.checks
         .iter()
-        .filter_map(|c| Some((c.id.clone(), Section::from_pb(c.section)?)))
+        .filter_map(|c| {
+            Some(AssignedCheck {
+                id: c.id.clone(),
+                section: Section::from_pb(c.section)?,
+                targets: targets(c),
+            })
+        })
         .collect()
+}
+
+/// The targets a probe names in its observations of `check` (`vantage_probe::checks`): the
+/// URL, `database`, the proxy's name, or for a DERP region each node (and `derp` or the check
+/// id for a region it could not check); the check id for a check without a target.
+fn targets(check: &pb::Check) -> BTreeSet<String> {
+    use vantage_probe::checks::derp::node_target;
+    match &check.target {
+        Some(Target::AccessUrl(t)) => BTreeSet::from([t.url.clone()]),
+        Some(Target::Websocket(t)) => BTreeSet::from([t.url.clone()]),
+        Some(Target::Database(_)) => BTreeSet::from(["database".to_owned()]),
+        Some(Target::WorkspaceProxy(t)) => BTreeSet::from([t.name.clone()]),
+        Some(Target::DerpRegion(t)) => {
+            let mut targets = BTreeSet::from(["derp".to_owned(), check.id.clone()]);
+            if let Ok(region) = serde_json::from_str::<vantage_derp::Region>(&t.region_json) {
+                targets.extend(
+                    region
+                        .nodes
+                        .iter()
+                        .map(|n| node_target(region.region_id, &n.name)),
+                );
+            }
+            targets
+        }
+        None => BTreeSet::from([check.id.clone()]),
+    }
 }
 
 #[cfg(test)]
@@ -353,7 +388,7 @@ mod tests {
     }
 
     fn ids(a: &pb::Assignment) -> Vec<String> {
-        check_ids(a).into_iter().map(|(id, _)| id).collect()
+        check_ids(a).into_iter().map(|c| c.id).collect()
     }
 
     #[test]

@@ -62,7 +62,8 @@ pub async fn run(
             msg = rx.recv() => match msg {
                 Some(Ok(pb::ServerMessage { msg: Some(Down::RunNow(r)) })) => {
                     scheduler.run_now(r.request_id);
-                    continue;
+                    // Heard at once: a force waits for a vantage that acknowledged its RunNow.
+                    ProbeCommand::Heartbeat { name: name.clone(), session_id: attached.session_id, replay_dropped: 0 }
                 }
                 Some(_) => continue,
                 None => return,

@@ -2,7 +2,8 @@
 //! path (or the gRPC method path) to the role it needs, checks the bearer token, puts the
 //! [`Principal`] into the request's extensions and counts every refusal by reason. Handlers
 //! do not change. Open without a token, as in Coder: `/healthz`, `/readyz`, `grpc.health.v1`,
-//! the DERP relay and its probes, `/health/codes`, the page's HTML and the WebSocket echo.
+//! the DERP relay and its probes, `/health/codes`, the page's HTML, script and style sheet,
+//! and the WebSocket echo.
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub fn required_role(method: &Method, path: &str, query: Option<&str>) -> Option
     }
     match path {
         "/healthz" | "/readyz" | "/health" | "/health/codes" | "/api/v2/debug/ws" => None,
+        // The page's static files hold no data: the page loads, then asks for a reader token.
+        "/health/page.js" | "/health/page.css" => None,
         "/derp" | "/derp/probe" | "/derp/latency-check" => None,
         "/api/v2/debug/health/settings" if method == Method::GET => Some(Role::Reader),
         "/api/v2/debug/health/settings" => Some(Role::Admin),
@@ -218,6 +221,8 @@ mod tests {
             ("/readyz", None, None),
             ("/health", None, None),
             ("/health/codes", None, None),
+            ("/health/page.js", None, None),
+            ("/health/page.css", None, None),
             ("/api/v2/debug/ws", None, None),
             ("/derp", None, None),
             ("/grpc.health.v1.Health/Check", None, None),

@@ -253,16 +253,17 @@ async fn force_is_coalesced_and_a_silent_vantage_holds_nobody_twice() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_probe_cannot_grow_a_one_target_check_by_naming_new_targets() {
+async fn observations_of_targets_the_assignment_does_not_name_are_refused() {
     let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
     let p = attach(&agg, "fra-1", "a", 0).await;
-    let many = (1..=300)
+    ingest(&agg, &p, vec![obs(1, 200)]).await;
+    let forged = (2..=300)
         .map(|seq| pb::Observation {
             target: format!("http://target-{seq}"),
-            ..obs(seq, 200)
+            ..obs(seq, 503)
         })
         .collect();
-    ingest(&agg, &p, many).await;
+    ingest(&agg, &p, forged).await;
     let kept: Vec<_> = agg
         .targets()
         .await
@@ -270,6 +271,197 @@ async fn a_probe_cannot_grow_a_one_target_check_by_naming_new_targets() {
         .into_iter()
         .filter(|t| t.vantage == "fra-1")
         .collect();
-    assert_eq!(kept.len(), 1, "only the latest target is kept");
-    assert_eq!(kept[0].target, "http://target-300");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].target, "http://x", "the assigned target stays");
+    assert_eq!(
+        agg.stats().guard.rejected.get("unassigned_target"),
+        Some(&299)
+    );
+    let (r, _) = agg.report().await.unwrap();
+    assert_eq!(
+        r.access_url.report.base.severity,
+        vantage_proto::Severity::Ok,
+        "the forged 503s changed nothing"
+    );
+}
+
+/// A DERP region's check takes observations of the region's nodes (as the probe names them)
+/// and of nothing else.
+#[tokio::test(start_paused = true)]
+async fn a_derp_check_takes_only_the_nodes_of_its_region() {
+    use vantage_server::ingest::inventory::check_ids;
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
+    let (tx, _rx): (SessionTx, _) = mpsc::channel(64);
+    let a = agg.attach(hello("fra-1", "a", 0), tx).await.unwrap();
+    let region = r#"{"RegionID":7,"RegionCode":"fra","RegionName":"Frankfurt","Nodes":[{"Name":"7a","RegionID":7,"HostName":"derp.example"}]}"#;
+    let assignment = pb::Assignment {
+        checks: vec![pb::Check {
+            id: "derp/7".into(),
+            section: pb::Section::Derp as i32,
+            target: Some(pb::check::Target::DerpRegion(pb::DerpRegionTarget {
+                region_json: region.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let check_ids = check_ids(&assignment);
+    assert!(
+        check_ids[0].targets.contains("derp/7/7a"),
+        "{:?}",
+        check_ids[0].targets
+    );
+    agg.send(ProbeCommand::Assigned {
+        name: "fra-1".into(),
+        check_ids,
+    })
+    .await
+    .unwrap();
+    let node = |seq: u64, target: &str| pb::Observation {
+        seq,
+        check_id: "derp/7".into(),
+        section: pb::Section::Derp as i32,
+        target: target.into(),
+        result: Some(ObsResult::DerpNode(pb::DerpNodeResult {
+            region_id: 7,
+            node_name: "7a".into(),
+            can_exchange_messages: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let observations = vec![
+        node(1, "derp/7/7a"),
+        node(2, "derp/7/7b"),
+        node(3, "derp/8/7a"),
+        node(4, "http://x"),
+    ];
+    agg.send(ProbeCommand::Ingest {
+        name: "fra-1".into(),
+        session_id: a.session_id,
+        observations,
+    })
+    .await
+    .unwrap();
+    let kept: Vec<String> = agg
+        .targets()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.vantage == "fra-1")
+        .map(|t| t.target)
+        .collect();
+    assert_eq!(kept, ["derp/7/7a"]);
+    assert_eq!(
+        agg.stats().guard.rejected.get("unassigned_target"),
+        Some(&3)
+    );
+}
+
+/// `Hello.last_acked_seq` is bounded like an observation's sequence: a fresh instance may not
+/// claim more than the window past 0, so `u64::MAX` cannot freeze the vantage.
+#[tokio::test(start_paused = true)]
+async fn a_hello_claiming_acks_past_the_window_is_refused_and_changes_nothing() {
+    let window = vantage_server::aggregator::SEQ_WINDOW;
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
+    for claimed in [u64::MAX, window + 1] {
+        let (tx, _rx): (SessionTx, _) = mpsc::channel(16);
+        let s = refusal(agg.attach(hello("fra-1", "forger", claimed), tx).await);
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(
+            s.message().contains("hello.last_acked_seq")
+                && s.message().contains(&claimed.to_string())
+                && s.message().contains(&format!("at most {window}")),
+            "names the field, the value and the bound: {}",
+            s.message()
+        );
+    }
+    assert!(
+        agg.vantages().await.unwrap().is_empty(),
+        "nothing was created"
+    );
+    assert_eq!(agg.stats().guard.refused_seq, 2);
+    // At the bound it is taken: the next observation continues after it.
+    let p = attach(&agg, "fra-1", "honest", window).await;
+    assert_eq!(p.applied_seq, window);
+    ingest(&agg, &p, vec![obs(window + 1, 200)]).await;
+    assert_eq!(vantage(&agg, "fra-1").await.last_applied_seq, window + 1);
+}
+
+/// Once a name's holder is gone, a session naming its instance resumes it only as that
+/// instance would: claiming no more than was applied for it. A claim past that is refused and
+/// changes nothing; the instance itself comes back where it was; a new instance starts fresh.
+#[tokio::test(start_paused = true)]
+async fn a_hello_may_not_resume_another_sessions_instance() {
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
+    let mut real = attach(&agg, "fra-1", "real", 0).await;
+    ingest(&agg, &real, (1..=5).map(|seq| obs(seq, 200)).collect()).await;
+    assert_eq!(vantage(&agg, "fra-1").await.last_applied_seq, 5);
+    real.rx.close();
+    // An impostor that knows the instance id claims acks it was never sent.
+    let (tx, _rx): (SessionTx, _) = mpsc::channel(16);
+    let s = refusal(agg.attach(hello("fra-1", "real", 6), tx).await);
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(
+        s.message().contains("hello.last_acked_seq: 6")
+            && s.message().contains("the 5 this server applied")
+            && s.message().contains("its own instance"),
+        "{}",
+        s.message()
+    );
+    let v = vantage(&agg, "fra-1").await;
+    assert_eq!((v.last_applied_seq, v.applied), (5, 5), "nothing changed");
+    assert_eq!(agg.stats().guard.refused_seq, 1);
+    // The instance reconnecting (it saw 4 of its 5 acks) resumes where it was.
+    let mut back = attach(&agg, "fra-1", "real", 4).await;
+    assert_eq!(back.applied_seq, 5);
+    ingest(&agg, &back, vec![obs(5, 503), obs(6, 200)]).await;
+    let v = vantage(&agg, "fra-1").await;
+    assert_eq!((v.last_applied_seq, v.duplicates), (6, 1));
+    back.rx.close();
+    // A new process of the vantage starts afresh.
+    let fresh = attach(&agg, "fra-1", "restarted", 0).await;
+    assert_eq!(fresh.applied_seq, 0);
+    ingest(&agg, &fresh, vec![obs(1, 200)]).await;
+    assert_eq!(vantage(&agg, "fra-1").await.last_applied_seq, 1);
+}
+
+/// A vantage that does not even acknowledge its RunNow (a probe sends a heartbeat on receiving
+/// one) stops being waited for at the first force: it joins the silent ones, and the run waits
+/// only for those that acknowledged.
+#[tokio::test(start_paused = true)]
+async fn a_force_stops_waiting_for_a_vantage_that_never_acknowledged_its_run_now() {
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
+    let mut good = attach(&agg, "fra-1", "a", 0).await;
+    let mut lazy = attach(&agg, "iad-1", "b", 0).await;
+    let mut run = agg.force().await.unwrap();
+    assert_eq!(run_nows(&mut good.rx).len(), 1);
+    assert_eq!(run_nows(&mut lazy.rx).len(), 1);
+    agg.send(ProbeCommand::Heartbeat {
+        name: "fra-1".into(),
+        session_id: good.session_id,
+        replay_dropped: 0,
+    })
+    .await
+    .unwrap();
+    assert_eq!(agg.force_unheard().await.unwrap(), ["iad-1"]);
+    assert_eq!(
+        run.pending.borrow().iter().collect::<Vec<_>>(),
+        ["fra-1"],
+        "only the vantage that acknowledged is still waited for"
+    );
+    // Once it answers, the run is over: nobody holds it for the rest of the timeout.
+    agg.send(ProbeCommand::RunComplete {
+        name: "fra-1".into(),
+        request_id: 0,
+    })
+    .await
+    .unwrap();
+    run.pending.wait_for(|p| p.is_empty()).await.unwrap();
+    // The next force does not wait for the lazy one either.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let next = agg.force().await.unwrap();
+    assert_eq!(next.silent, ["iad-1"]);
+    assert!(!next.pending.borrow().contains("iad-1"));
 }

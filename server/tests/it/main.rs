@@ -13,11 +13,14 @@ use tokio_util::sync::CancellationToken;
 use vantage_proto::pb::observation::Result as ObsResult;
 use vantage_proto::pb::server_message::Msg as Down;
 use vantage_proto::{Section, Severity, pb};
-use vantage_server::aggregator::{Aggregator, AggregatorConfig, ProbeCommand, SessionTx};
+use vantage_server::aggregator::{
+    Aggregator, AggregatorConfig, AssignedCheck, ProbeCommand, SessionTx,
+};
 use vantage_server::api::App;
 use vantage_server::api::grpc::watch::{Filter, watch_stream};
 use vantage_server::store::MemoryStore;
 
+mod fuzz_corpus;
 mod guard;
 
 fn config() -> AggregatorConfig {
@@ -77,7 +80,11 @@ async fn attach(agg: &Aggregator, name: &str, instance: &str, acked: u64) -> Pro
     let a = agg.attach(hello(name, instance, acked), tx).await.unwrap();
     agg.send(ProbeCommand::Assigned {
         name: name.into(),
-        check_ids: vec![("access_url".into(), Section::AccessUrl)],
+        check_ids: vec![AssignedCheck {
+            id: "access_url".into(),
+            section: Section::AccessUrl,
+            targets: ["http://x".to_owned()].into(),
+        }],
     })
     .await
     .unwrap();

@@ -612,3 +612,49 @@ async fn a_partial_request_line_is_closed_by_the_header_timeout() {
         "closed after {waited:?}"
     );
 }
+
+/// With a token file the page still loads (its HTML, script and style sheet hold no data) and
+/// then asks for a reader token: the data behind it answers 401 without one.
+#[tokio::test]
+async fn with_a_token_file_the_page_and_its_files_load_without_a_token_and_the_data_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tokens(dir.path()).await;
+    let file = t.file.display().to_string();
+    let server = Server::start(&["--token-file", &file]).await;
+    let url = server.url.as_str();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let page = http.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    // Every file the page itself loads from the server.
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|s| s.starts_with("/health/"))
+        .collect();
+    for path in ["/health/page.js", "/health/page.css"] {
+        assert!(assets.contains(&path), "the page loads {path}: {assets:?}");
+    }
+    for path in &assets {
+        let r = http.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} without a token");
+        assert!(!r.text().await.unwrap().is_empty(), "{path}");
+    }
+    for data in [
+        "/api/v2/debug/health",
+        "/api/v2/debug/health/history",
+        "/metrics",
+    ] {
+        let r = http.get(format!("{url}{data}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{data} without a token");
+    }
+    let r = http
+        .get(format!("{url}/api/v2/debug/health"))
+        .bearer_auth(&t.reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "with the reader token");
+}

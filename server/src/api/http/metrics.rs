@@ -295,7 +295,7 @@ fn render_guard(b: &mut Builder, stats: &Stats) {
     let g = &stats.guard;
     let refused = b.counters(
         "vantage_attach_refused",
-        "Probe attaches refused, by reason (held: a live session holds the name; max_vantages: the cap is reached)",
+        "Probe attaches refused, by reason (held: a live session holds the name; max_vantages: the cap is reached; last_acked_seq: the hello claims more than was applied for its instance, or past the sequence window)",
     );
     refused
         .get_or_create(&vec![("reason", "held".to_owned())])
@@ -303,6 +303,9 @@ fn render_guard(b: &mut Builder, stats: &Stats) {
     refused
         .get_or_create(&vec![("reason", "max_vantages".to_owned())])
         .inc_by(g.refused_full);
+    refused
+        .get_or_create(&vec![("reason", "last_acked_seq".to_owned())])
+        .inc_by(g.refused_seq);
     let rejected = b.counters(
         "vantage_observations_rejected",
         "Observations not applied, by reason",

@@ -1,0 +1,9 @@
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../drivers/derp.rs"]
+mod drivers;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    drivers::stun(data);
+});
