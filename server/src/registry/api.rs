@@ -33,7 +33,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
     ) -> Result<Response<pb::WorkspaceProxyRegistration>, Status> {
         let spec = ProxySpec::try_from(request.into_inner())?;
         let record = self.registry.register_proxy(spec).await?;
-        Ok(Response::new(record.to_pb()))
+        Ok(Response::new(registration(&record)))
     }
 
     async fn deregister_workspace_proxy(
@@ -57,7 +57,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
             .proxies(filter)
             .await
             .iter()
-            .map(ProxyRecord::to_pb)
+            .map(registration)
             .collect();
         Ok(Response::new(pb::ListWorkspaceProxiesResponse { proxies }))
     }
@@ -76,5 +76,23 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         Ok(Response::new(pb::ListProvisionerDaemonsResponse {
             daemons,
         }))
+    }
+}
+
+/// A registered proxy as `RegistryService` answers it.
+fn registration(p: &WorkspaceProxy) -> pb::WorkspaceProxyRegistration {
+    pb::WorkspaceProxyRegistration {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        display_name: p.display_name.clone(),
+        url: p.url.clone(),
+        region: p.region.clone(),
+        icon_url: p.icon_url.clone(),
+        derp_enabled: p.derp_enabled,
+        derp_only: p.derp_only,
+        version: p.version.clone(),
+        created_at: Some(convert::timestamp(p.created_at)),
+        updated_at: Some(convert::timestamp(p.updated_at)),
+        source: p.source.as_str().to_owned(),
     }
 }

@@ -40,7 +40,7 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 #[derive(Default)]
 struct State {
     daemons: BTreeMap<String, DaemonRecord>,
-    proxies: BTreeMap<String, ProxyRecord>,
+    proxies: BTreeMap<String, WorkspaceProxy>,
 }
 
 /// The provisioner-daemon and workspace-proxy registries.
@@ -213,7 +213,7 @@ impl Registry {
     /// Register (or update) a proxy. Over a configured proxy of the same name, the
     /// registration supplies the URL and version, and the fields the configuration leaves
     /// empty; the entry stays configured.
-    pub async fn register_proxy(&self, spec: ProxySpec) -> Result<ProxyRecord, RegistryError> {
+    pub async fn register_proxy(&self, spec: ProxySpec) -> Result<WorkspaceProxy, RegistryError> {
         spec.validate("")?;
         check_proxy_network("url", &spec.url, &self.allowed_proxy_networks)?;
         let now = self.now();
@@ -228,7 +228,7 @@ impl Registry {
                             configured.to_owned()
                         }
                     };
-                    ProxyRecord {
+                    WorkspaceProxy {
                         url: spec.url,
                         version: spec.version,
                         display_name: or(&old.display_name, spec.display_name),
@@ -240,7 +240,7 @@ impl Registry {
                         ..old.clone()
                     }
                 }
-                Some(old) => ProxyRecord {
+                Some(old) => WorkspaceProxy {
                     id: old.id.clone(),
                     created_at: old.created_at,
                     ..proxy_record(spec, now, ProxySource::Registered)
@@ -335,7 +335,7 @@ impl Registry {
                         } else {
                             spec.version.clone()
                         };
-                        let fresh = ProxyRecord {
+                        let fresh = WorkspaceProxy {
                             id: old.id.clone(),
                             created_at: old.created_at,
                             url,
@@ -346,7 +346,7 @@ impl Registry {
                         if &fresh == old {
                             continue;
                         }
-                        ProxyRecord {
+                        WorkspaceProxy {
                             updated_at: now,
                             ..fresh
                         }
@@ -395,7 +395,7 @@ impl Registry {
                 }
                 names.insert(spec.name.clone());
                 let fresh = match old {
-                    Some(o) => ProxyRecord {
+                    Some(o) => WorkspaceProxy {
                         id: o.id.clone(),
                         created_at: o.created_at,
                         updated_at: o.updated_at,
@@ -409,7 +409,7 @@ impl Registry {
                 if old == Some(&fresh) {
                     continue;
                 }
-                let record = ProxyRecord {
+                let record = WorkspaceProxy {
                     updated_at: now,
                     ..fresh
                 };
@@ -445,7 +445,7 @@ impl Registry {
     }
 
     /// The proxies of `region` (every proxy when `None`), by name.
-    pub async fn proxies(&self, region: Option<&str>) -> Vec<ProxyRecord> {
+    pub async fn proxies(&self, region: Option<&str>) -> Vec<WorkspaceProxy> {
         self.state
             .read()
             .await
@@ -474,7 +474,7 @@ impl Registry {
             .await
             .proxies
             .values()
-            .map(ProxyRecord::to_input)
+            .map(|p| p.clone().unpolled())
             .collect()
     }
 
@@ -487,7 +487,7 @@ impl Registry {
             .proxies
             .values()
             .filter(|p| all || p.region == region)
-            .map(ProxyRecord::to_target)
+            .map(WorkspaceProxy::target)
             .collect()
     }
 }
@@ -506,8 +506,9 @@ fn daemon_record(hb: Heartbeat, now: DateTime<Utc>) -> DaemonRecord {
     }
 }
 
-fn proxy_record(spec: ProxySpec, now: DateTime<Utc>, source: ProxySource) -> ProxyRecord {
-    ProxyRecord {
+/// The registry's entry for a validated `spec`, new at `now`.
+fn proxy_record(spec: ProxySpec, now: DateTime<Utc>, source: ProxySource) -> WorkspaceProxy {
+    WorkspaceProxy {
         id: uuid::Uuid::new_v4().to_string(),
         name: spec.name,
         display_name: spec.display_name,

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use tonic::Status;
 use vantage_probe::rules::provisioners::DaemonInput;
-use vantage_probe::rules::workspace_proxy::ProxyInput;
+pub use vantage_probe::rules::workspace_proxy::{ProxySource, WorkspaceProxy};
 use vantage_proto::{convert, pb};
 
 use super::*;
@@ -109,91 +109,6 @@ impl DaemonRecord {
     }
 }
 
-/// Where a proxy entry comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxySource {
-    /// The server's configuration: it owns the entry, the API cannot remove it.
-    Config,
-    /// `RegisterWorkspaceProxy`.
-    Registered,
-    /// Imported from the attached Coder deployment (`--coder-url`); replaced on every import.
-    Coder,
-}
-
-impl ProxySource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProxySource::Config => "config",
-            ProxySource::Registered => "registered",
-            ProxySource::Coder => "coder",
-        }
-    }
-}
-
-/// A workspace proxy as the registry keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyRecord {
-    pub id: String,
-    pub name: String,
-    pub display_name: String,
-    pub icon_url: String,
-    pub url: String,
-    pub region: String,
-    pub derp_enabled: bool,
-    pub derp_only: bool,
-    pub version: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub source: ProxySource,
-}
-
-impl ProxyRecord {
-    /// The rule input, never polled yet (the caller joins the latest polls,
-    /// e.g. with [`vantage_probe::rules::workspace_proxy::observed`]).
-    pub fn to_input(&self) -> ProxyInput {
-        ProxyInput {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            display_name: self.display_name.clone(),
-            icon_url: self.icon_url.clone(),
-            url: self.url.clone(),
-            region: self.region.clone(),
-            derp_enabled: self.derp_enabled,
-            derp_only: self.derp_only,
-            version: self.version.clone(),
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            deleted: false,
-            result: None,
-            checked_at: None,
-        }
-    }
-
-    pub fn to_pb(&self) -> pb::WorkspaceProxyRegistration {
-        pb::WorkspaceProxyRegistration {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            display_name: self.display_name.clone(),
-            url: self.url.clone(),
-            region: self.region.clone(),
-            icon_url: self.icon_url.clone(),
-            derp_enabled: self.derp_enabled,
-            derp_only: self.derp_only,
-            version: self.version.clone(),
-            created_at: Some(convert::timestamp(self.created_at)),
-            updated_at: Some(convert::timestamp(self.updated_at)),
-            source: self.source.as_str().to_owned(),
-        }
-    }
-
-    pub fn to_target(&self) -> pb::WorkspaceProxyTarget {
-        pb::WorkspaceProxyTarget {
-            name: self.name.clone(),
-            url: self.url.clone(),
-        }
-    }
-}
-
 /// A validated heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -256,8 +171,10 @@ impl TryFrom<pb::ProvisionerHeartbeatRequest> for Heartbeat {
     }
 }
 
-/// A workspace proxy, from the configuration (`[[workspace_proxies]]`, read by serde) or a
-/// registration; [`ProxySpec::validate`] checks it before the registry takes it.
+/// What may be given of a workspace proxy, from the configuration (`[[workspace_proxies]]`,
+/// read by serde), a registration or a Coder import: the input the registry validates
+/// ([`ProxySpec::validate`]) before it makes a [`WorkspaceProxy`] of it (id, timestamps,
+/// source).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxySpec {

@@ -12,7 +12,7 @@ use super::*;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegistrySnapshot {
     pub daemons: Vec<DaemonRecord>,
-    pub proxies: Vec<ProxyRecord>,
+    pub proxies: Vec<WorkspaceProxy>,
 }
 
 /// Where the registry lives across restarts. Saves are upserts by name; of two saves of one
@@ -21,7 +21,7 @@ pub trait RegistryStore: Send + Sync + 'static {
     fn load_registry(&self) -> BoxFuture<'_, Result<RegistrySnapshot, StoreError>>;
     fn save_daemon(&self, daemon: DaemonRecord) -> BoxFuture<'_, Result<(), StoreError>>;
     fn delete_daemons(&self, names: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>>;
-    fn save_proxy(&self, proxy: ProxyRecord) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn save_proxy(&self, proxy: WorkspaceProxy) -> BoxFuture<'_, Result<(), StoreError>>;
     fn delete_proxy(&self, name: String) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
@@ -30,7 +30,7 @@ pub trait RegistryStore: Send + Sync + 'static {
 pub struct MemoryRegistryStore {
     inner: Mutex<(
         BTreeMap<String, DaemonRecord>,
-        BTreeMap<String, ProxyRecord>,
+        BTreeMap<String, WorkspaceProxy>,
     )>,
 }
 
@@ -40,7 +40,7 @@ impl MemoryRegistryStore {
         f: impl FnOnce(
             &mut (
                 BTreeMap<String, DaemonRecord>,
-                BTreeMap<String, ProxyRecord>,
+                BTreeMap<String, WorkspaceProxy>,
             ),
         ) -> T,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
@@ -79,7 +79,7 @@ impl RegistryStore for MemoryRegistryStore {
         })
     }
 
-    fn save_proxy(&self, proxy: ProxyRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_proxy(&self, proxy: WorkspaceProxy) -> BoxFuture<'_, Result<(), StoreError>> {
         self.with(move |(_, p)| {
             if p.get(&proxy.name)
                 .is_none_or(|old| old.updated_at <= proxy.updated_at)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use futures::future::BoxFuture;
 
 use super::{Failure, PgStore};
-use crate::registry::{DaemonRecord, ProxyRecord, ProxySource, RegistrySnapshot, RegistryStore};
+use crate::registry::{DaemonRecord, ProxySource, RegistrySnapshot, RegistryStore, WorkspaceProxy};
 use crate::store::StoreError;
 
 fn tags_json(tags: &BTreeMap<String, String>) -> Result<serde_json::Value, Failure> {
@@ -16,12 +16,7 @@ fn tags_json(tags: &BTreeMap<String, String>) -> Result<serde_json::Value, Failu
 }
 
 fn source(s: &str) -> Result<ProxySource, Failure> {
-    match s {
-        "config" => Ok(ProxySource::Config),
-        "registered" => Ok(ProxySource::Registered),
-        "coder" => Ok(ProxySource::Coder),
-        other => Err(Failure(format!("unknown proxy source {other:?}"))),
-    }
+    ProxySource::parse(s).ok_or_else(|| Failure(format!("unknown proxy source {s:?}")))
 }
 
 impl RegistryStore for PgStore {
@@ -62,7 +57,7 @@ impl RegistryStore for PgStore {
                 .await?
                 .into_iter()
                 .map(|r| {
-                    Ok(ProxyRecord {
+                    Ok(WorkspaceProxy {
                         id: r.get(0),
                         name: r.get(1),
                         display_name: r.get(2),
@@ -132,7 +127,7 @@ impl RegistryStore for PgStore {
         )
     }
 
-    fn save_proxy(&self, proxy: ProxyRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_proxy(&self, proxy: WorkspaceProxy) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.run("saving a workspace proxy", move |c| async move {
             c.execute(
                 "INSERT INTO vantage_workspace_proxies AS p
