@@ -22,7 +22,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         let hb = Heartbeat::try_from(request.into_inner())?;
         let record = self.registry.heartbeat(hb).await?;
         Ok(Response::new(pb::ProvisionerHeartbeatResponse {
-            daemon: Some(record.to_pb()),
+            daemon: Some(daemon_pb(&record)),
             stale_after: Some(convert::duration(STALE_AFTER)),
         }))
     }
@@ -71,7 +71,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
             .daemons()
             .await
             .iter()
-            .map(DaemonRecord::to_pb)
+            .map(daemon_pb)
             .collect();
         Ok(Response::new(pb::ListProvisionerDaemonsResponse {
             daemons,
@@ -94,5 +94,20 @@ fn registration(p: &WorkspaceProxy) -> pb::WorkspaceProxyRegistration {
         created_at: Some(convert::timestamp(p.created_at)),
         updated_at: Some(convert::timestamp(p.updated_at)),
         source: p.source.as_str().to_owned(),
+    }
+}
+
+/// A provisioner daemon as `RegistryService` answers it.
+fn daemon_pb(d: &ProvisionerDaemon) -> pb::ProvisionerDaemonInfo {
+    pb::ProvisionerDaemonInfo {
+        id: d.id.clone(),
+        organization_id: d.organization_id.clone(),
+        name: d.name.clone(),
+        version: d.version.clone(),
+        api_version: d.api_version.clone(),
+        provisioners: d.provisioners.clone(),
+        tags: d.tags.clone().into_iter().collect(),
+        created_at: Some(convert::timestamp(d.created_at)),
+        last_seen_at: d.last_seen_at.map(convert::timestamp),
     }
 }

@@ -63,7 +63,7 @@ pub async fn follow(
             last_inputs = Some(inputs);
         }
         // Heartbeats still count beside Coder's own daemons.
-        let mut daemons = registry.provisioner_inputs().await;
+        let mut daemons = registry.daemons().await;
         let attached = coder.borrow_and_update().clone();
         let version = match &attached {
             Some(c) => {

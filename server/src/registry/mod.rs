@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::RwLock;
-use vantage_probe::rules::provisioners::{DaemonInput, STALE_AFTER};
+use vantage_probe::rules::provisioners::STALE_AFTER;
 use vantage_probe::rules::workspace_proxy::ProxyInput;
 use vantage_proto::convert;
 use vantage_proto::pb;
@@ -39,7 +39,7 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 #[derive(Default)]
 struct State {
-    daemons: BTreeMap<String, DaemonRecord>,
+    daemons: BTreeMap<String, ProvisionerDaemon>,
     proxies: BTreeMap<String, WorkspaceProxy>,
 }
 
@@ -161,7 +161,7 @@ impl Registry {
 
     /// Record a heartbeat: the daemon is created on its first (with a new id) and its fields
     /// and `last_seen_at` refreshed on every one.
-    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<DaemonRecord, RegistryError> {
+    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<ProvisionerDaemon, RegistryError> {
         let now = self.now();
         let (record, pruned) = {
             let mut state = self.state.write().await;
@@ -176,7 +176,7 @@ impl Registry {
                 }
             }
             let record = match state.daemons.get(&hb.name) {
-                Some(old) => DaemonRecord {
+                Some(old) => ProvisionerDaemon {
                     id: old.id.clone(),
                     created_at: old.created_at,
                     ..daemon_record(hb, now)
@@ -439,8 +439,9 @@ impl Registry {
         Ok(skipped)
     }
 
-    /// Every daemon, stale ones included, by name.
-    pub async fn daemons(&self) -> Vec<DaemonRecord> {
+    /// Every daemon, stale ones included, by name (the inputs of
+    /// [`vantage_probe::rules::provisioners::section`]).
+    pub async fn daemons(&self) -> Vec<ProvisionerDaemon> {
         self.state.read().await.daemons.values().cloned().collect()
     }
 
@@ -453,17 +454,6 @@ impl Registry {
             .values()
             .filter(|p| region.is_none_or(|r| p.region == r))
             .cloned()
-            .collect()
-    }
-
-    /// The inputs of [`vantage_probe::rules::provisioners::section`].
-    pub async fn provisioner_inputs(&self) -> Vec<DaemonInput> {
-        self.state
-            .read()
-            .await
-            .daemons
-            .values()
-            .map(DaemonRecord::to_input)
             .collect()
     }
 
@@ -492,17 +482,18 @@ impl Registry {
     }
 }
 
-fn daemon_record(hb: Heartbeat, now: DateTime<Utc>) -> DaemonRecord {
-    DaemonRecord {
+fn daemon_record(hb: Heartbeat, now: DateTime<Utc>) -> ProvisionerDaemon {
+    ProvisionerDaemon {
         id: uuid::Uuid::new_v4().to_string(),
         organization_id: hb.organization_id,
+        key_id: NIL_UUID.to_owned(),
         name: hb.name,
         version: hb.version,
         api_version: hb.api_version,
         provisioners: hb.provisioners,
         tags: hb.tags,
         created_at: now,
-        last_seen_at: now,
+        last_seen_at: Some(now),
     }
 }
 
@@ -532,14 +523,14 @@ fn full_proxies(n: usize) -> RegistryError {
 
 /// Remove the daemons unseen for longer than `older_than`; their names.
 fn prune(
-    daemons: &mut BTreeMap<String, DaemonRecord>,
+    daemons: &mut BTreeMap<String, ProvisionerDaemon>,
     now: DateTime<Utc>,
     older_than: Duration,
 ) -> Vec<String> {
     let gone: Vec<String> = daemons
         .values()
         .filter(|d| {
-            (now - d.last_seen_at)
+            (now - d.last_seen_at.unwrap_or(d.created_at))
                 .to_std()
                 .is_ok_and(|age| age > older_than)
         })
@@ -633,7 +624,7 @@ mod tests {
         assert_ne!(second.last_seen_at, d1.last_seen_at);
 
         let registry = &a.registry;
-        let section = |registry: &Registry, inputs: &[DaemonInput]| {
+        let section = |registry: &Registry, inputs: &[ProvisionerDaemon]| {
             provisioners::section(
                 inputs,
                 registry.now(),
@@ -643,16 +634,16 @@ mod tests {
                 STALE_AFTER,
             )
         };
-        let r = section(registry, &registry.provisioner_inputs().await);
+        let r = section(registry, &registry.daemons().await);
         assert_eq!(r.base.severity, Severity::Ok);
         assert_eq!(r.items.len(), 1);
 
         tokio::time::advance(Duration::from_secs(90)).await;
-        let r = section(registry, &registry.provisioner_inputs().await);
+        let r = section(registry, &registry.daemons().await);
         assert_eq!(r.items.len(), 1, "exactly 90 s: still fresh");
 
         tokio::time::advance(Duration::from_millis(1)).await;
-        let r = section(registry, &registry.provisioner_inputs().await);
+        let r = section(registry, &registry.daemons().await);
         assert!(r.items.is_empty(), "past 90 s: stale");
         assert_eq!(r.base.severity, Severity::Error);
         assert_eq!(r.base.warnings[0].code, "EPD01");
@@ -1023,8 +1014,8 @@ mod tests {
         );
 
         // An older save arriving late does not overwrite a newer one.
-        let older = DaemonRecord {
-            last_seen_at: d.last_seen_at - chrono::TimeDelta::seconds(5),
+        let older = ProvisionerDaemon {
+            last_seen_at: d.last_seen_at.map(|t| t - chrono::TimeDelta::seconds(5)),
             version: "v0.1.0".into(),
             ..d.clone()
         };

@@ -1,10 +1,9 @@
 //! The entries the registry keeps (daemons, proxies), validated from what announces them.
 
-use chrono::{DateTime, Utc};
 use tonic::Status;
-use vantage_probe::rules::provisioners::DaemonInput;
+pub use vantage_probe::rules::provisioners::ProvisionerDaemon;
 pub use vantage_probe::rules::workspace_proxy::{ProxySource, WorkspaceProxy};
-use vantage_proto::{convert, pb};
+use vantage_proto::pb;
 
 use super::*;
 
@@ -60,51 +59,6 @@ impl From<RegistryError> for Status {
                 tracing::warn!(error = %err, "registry store failed");
                 Status::unavailable("the registry could not be saved; retry later")
             }
-        }
-    }
-}
-
-/// A provisioner daemon as the registry keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DaemonRecord {
-    pub id: String,
-    pub organization_id: String,
-    pub name: String,
-    pub version: String,
-    pub api_version: String,
-    pub provisioners: Vec<String>,
-    pub tags: BTreeMap<String, String>,
-    pub created_at: DateTime<Utc>,
-    pub last_seen_at: DateTime<Utc>,
-}
-
-impl DaemonRecord {
-    pub fn to_input(&self) -> DaemonInput {
-        DaemonInput {
-            id: self.id.clone(),
-            organization_id: self.organization_id.clone(),
-            key_id: NIL_UUID.to_owned(),
-            created_at: self.created_at,
-            last_seen_at: Some(self.last_seen_at),
-            name: self.name.clone(),
-            version: self.version.clone(),
-            api_version: self.api_version.clone(),
-            provisioners: self.provisioners.clone(),
-            tags: self.tags.clone(),
-        }
-    }
-
-    pub fn to_pb(&self) -> pb::ProvisionerDaemonInfo {
-        pb::ProvisionerDaemonInfo {
-            id: self.id.clone(),
-            organization_id: self.organization_id.clone(),
-            name: self.name.clone(),
-            version: self.version.clone(),
-            api_version: self.api_version.clone(),
-            provisioners: self.provisioners.clone(),
-            tags: self.tags.clone().into_iter().collect(),
-            created_at: Some(convert::timestamp(self.created_at)),
-            last_seen_at: Some(convert::timestamp(self.last_seen_at)),
         }
     }
 }

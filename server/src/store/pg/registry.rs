@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use futures::future::BoxFuture;
 
 use super::{Failure, PgStore};
-use crate::registry::{DaemonRecord, ProxySource, RegistrySnapshot, RegistryStore, WorkspaceProxy};
+use crate::registry::{
+    NIL_UUID, ProvisionerDaemon, ProxySource, RegistrySnapshot, RegistryStore, WorkspaceProxy,
+};
 use crate::store::StoreError;
 
 fn tags_json(tags: &BTreeMap<String, String>) -> Result<serde_json::Value, Failure> {
@@ -33,9 +35,10 @@ impl RegistryStore for PgStore {
                 .into_iter()
                 .map(|r| {
                     let tags: serde_json::Value = r.get(6);
-                    Ok(DaemonRecord {
+                    Ok(ProvisionerDaemon {
                         id: r.get(0),
                         organization_id: r.get(1),
+                        key_id: NIL_UUID.to_owned(),
                         name: r.get(2),
                         version: r.get(3),
                         api_version: r.get(4),
@@ -77,10 +80,12 @@ impl RegistryStore for PgStore {
         }))
     }
 
-    fn save_daemon(&self, daemon: DaemonRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_daemon(&self, daemon: ProvisionerDaemon) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(
             self.run("saving a provisioner daemon", move |c| async move {
                 let tags = tags_json(&daemon.tags)?;
+                // The registry's daemons were all seen (a heartbeat made them).
+                let last_seen_at = daemon.last_seen_at.unwrap_or(daemon.created_at);
                 c.execute(
                     "INSERT INTO vantage_provisioner_daemons AS d
                      (name, id, organization_id, version, api_version, provisioners, tags,
@@ -105,7 +110,7 @@ impl RegistryStore for PgStore {
                         &daemon.provisioners,
                         &tags,
                         &daemon.created_at,
-                        &daemon.last_seen_at,
+                        &last_seen_at,
                     ],
                 )
                 .await?;
