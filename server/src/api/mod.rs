@@ -56,12 +56,22 @@ impl ForceError {
     }
 }
 
-/// The settings' wire form (Coder's `dismissed_healthchecks`): section names.
-pub fn dismissed_names(dismissed: &[Section]) -> Vec<String> {
-    dismissed
-        .iter()
-        .map(|s| s.settings_name().to_owned())
-        .collect()
+/// The health settings as both surfaces answer them: the dismissed sections, and the notes
+/// (end time, reason, who, when) of those that have one. Each surface only encodes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsView {
+    pub dismissed: Vec<Section>,
+    pub notes: Vec<DismissalNote>,
+}
+
+impl SettingsView {
+    /// The wire form of the dismissed sections (Coder's `dismissed_healthchecks`): their names.
+    pub fn dismissed_names(&self) -> Vec<String> {
+        self.dismissed
+            .iter()
+            .map(|s| s.settings_name().to_owned())
+            .collect()
+    }
 }
 
 /// Why a history read failed.
@@ -183,9 +193,16 @@ impl App {
         Ok(Some(applied.dismissed))
     }
 
-    /// The notes of the sections dismissed now (a failed read is logged and gives none).
-    pub async fn dismissal_notes(&self, dismissed: &[Section]) -> Vec<DismissalNote> {
-        match self.store.load_dismissal_notes().await {
+    /// The settings now.
+    pub async fn settings(&self) -> Result<SettingsView, Stopped> {
+        let now = self.agg.settings(None).await?;
+        Ok(self.settings_view(now.dismissed).await)
+    }
+
+    /// `dismissed` (as a change applied them) with the notes of those sections (a failed
+    /// read of the notes is logged and gives none).
+    pub async fn settings_view(&self, dismissed: Vec<Section>) -> SettingsView {
+        let notes = match self.store.load_dismissal_notes().await {
             Ok(notes) => notes
                 .into_iter()
                 .filter(|n| dismissed.contains(&n.section))
@@ -194,7 +211,8 @@ impl App {
                 tracing::warn!(error = %e, "loading the dismissals' notes");
                 Vec::new()
             }
-        }
+        };
+        SettingsView { dismissed, notes }
     }
 
     /// Check a change's notes: each names a dismissed section once, ends in the future and

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use serde_json::json;
 
-use crate::api::{App, ForceError};
+use crate::api::{App, ForceError, SettingsView};
 
 pub mod guard;
 mod history;
@@ -151,31 +151,28 @@ struct DismissalBody {
     at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-async fn settings_body(app: &App, dismissed: &[vantage_proto::Section]) -> HealthSettings {
-    let dismissals = app
-        .dismissal_notes(dismissed)
-        .await
-        .into_iter()
-        .map(|n| DismissalBody {
-            section: n.section.settings_name().to_owned(),
-            until: n.until,
-            reason: n.reason,
-            actor: n.actor,
-            at: Some(n.at),
-        })
-        .collect();
-    HealthSettings {
-        dismissed_healthchecks: crate::api::dismissed_names(dismissed),
-        dismissals,
+impl From<SettingsView> for HealthSettings {
+    fn from(view: SettingsView) -> Self {
+        HealthSettings {
+            dismissed_healthchecks: view.dismissed_names(),
+            dismissals: view
+                .notes
+                .into_iter()
+                .map(|n| DismissalBody {
+                    section: n.section.settings_name().to_owned(),
+                    until: n.until,
+                    reason: n.reason,
+                    actor: n.actor,
+                    at: Some(n.at),
+                })
+                .collect(),
+        }
     }
 }
 
 async fn get_settings(State(app): State<App>) -> Response {
-    match app.agg.settings(None).await {
-        Ok(s) => json_response(
-            StatusCode::OK,
-            coder_json(&settings_body(&app, &s.dismissed).await),
-        ),
+    match app.settings().await {
+        Ok(view) => json_response(StatusCode::OK, coder_json(&HealthSettings::from(view))),
         Err(_) => unavailable(),
     }
 }
@@ -245,10 +242,10 @@ async fn put_settings(
         .update_settings(wanted, notes, &App::actor(&extensions, "http", Some(peer)))
         .await
     {
-        Ok(Some(dismissed)) => json_response(
-            StatusCode::OK,
-            coder_json(&settings_body(&app, &dismissed).await),
-        ),
+        Ok(Some(dismissed)) => {
+            let view = app.settings_view(dismissed).await;
+            json_response(StatusCode::OK, coder_json(&HealthSettings::from(view)))
+        }
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
         Err(status) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,
