@@ -74,6 +74,14 @@ impl SettingsView {
     }
 }
 
+/// One dismissal note of a settings change as a surface decoded it: the section's name, the
+/// end time (or why the surface could not read it, naming the field) and the reason.
+pub struct GivenNote {
+    pub section: String,
+    pub until: Result<Option<chrono::DateTime<chrono::Utc>>, String>,
+    pub reason: String,
+}
+
 /// Why a history read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -213,6 +221,31 @@ impl App {
             }
         };
         SettingsView { dismissed, notes }
+    }
+
+    /// The notes of a settings change as a surface decoded them, validated against the
+    /// dismissed sections ([`App::check_notes`]); the error names the field. Their actor and
+    /// time are filled in by [`App::update_settings`].
+    pub fn parse_notes(
+        wanted: &[Section],
+        given: impl IntoIterator<Item = GivenNote>,
+    ) -> Result<Vec<DismissalNote>, String> {
+        let mut notes = Vec::new();
+        for (i, g) in given.into_iter().enumerate() {
+            let section = g
+                .section
+                .parse()
+                .map_err(|e| format!("dismissals[{i}].section: {e}"))?;
+            notes.push(DismissalNote {
+                section,
+                until: g.until?,
+                reason: g.reason,
+                actor: String::new(),
+                at: chrono::Utc::now(),
+            });
+        }
+        Self::check_notes(wanted, &notes)?;
+        Ok(notes)
     }
 
     /// Check a change's notes: each names a dismissed section once, ends in the future and

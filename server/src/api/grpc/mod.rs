@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use vantage_proto::{Section, pb};
 
 use crate::aggregator::ForgetOutcome;
-use crate::api::{App, ForceError, SettingsView};
+use crate::api::{App, ForceError, GivenNote, SettingsView};
 use watch::{Filter, watch_stream};
 
 pub mod health;
@@ -181,27 +181,15 @@ fn notes_from_pb(
     wanted: &[Section],
     dismissals: &[pb::Dismissal],
 ) -> Result<Vec<crate::store::DismissalNote>, String> {
-    let mut notes = Vec::with_capacity(dismissals.len());
-    for (i, d) in dismissals.iter().enumerate() {
-        let section = d
-            .section
-            .parse()
-            .map_err(|e| format!("dismissals[{i}].section: {e}"))?;
-        let until = match &d.until {
-            None => None,
-            Some(t) => Some(
-                vantage_proto::convert::from_timestamp(Some(t))
-                    .ok_or_else(|| format!("dismissals[{i}].until: {t:?} is not a valid time"))?,
-            ),
-        };
-        notes.push(crate::store::DismissalNote {
-            section,
-            until,
-            reason: d.reason.clone(),
-            actor: String::new(),
-            at: chrono::Utc::now(),
-        });
-    }
-    App::check_notes(wanted, &notes)?;
-    Ok(notes)
+    let given = dismissals.iter().enumerate().map(|(i, d)| GivenNote {
+        section: d.section.clone(),
+        until: match &d.until {
+            None => Ok(None),
+            Some(t) => vantage_proto::convert::from_timestamp(Some(t))
+                .map(Some)
+                .ok_or_else(|| format!("dismissals[{i}].until: {t:?} is not a valid time")),
+        },
+        reason: d.reason.clone(),
+    });
+    App::parse_notes(wanted, given)
 }

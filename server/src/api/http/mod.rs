@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use serde_json::json;
 
-use crate::api::{App, ForceError, SettingsView};
+use crate::api::{App, ForceError, GivenNote, SettingsView};
 
 pub mod guard;
 mod history;
@@ -177,29 +177,6 @@ async fn get_settings(State(app): State<App>) -> Response {
     }
 }
 
-/// The notes of a PUT body, validated against the dismissed sections.
-fn parse_notes(
-    wanted: &[vantage_proto::Section],
-    bodies: Vec<DismissalBody>,
-) -> Result<Vec<crate::store::DismissalNote>, String> {
-    let mut notes = Vec::with_capacity(bodies.len());
-    for (i, b) in bodies.into_iter().enumerate() {
-        let section = b
-            .section
-            .parse()
-            .map_err(|e| format!("dismissals[{i}].section: {e}"))?;
-        notes.push(crate::store::DismissalNote {
-            section,
-            until: b.until,
-            reason: b.reason,
-            actor: String::new(),
-            at: chrono::Utc::now(),
-        });
-    }
-    App::check_notes(wanted, &notes)?;
-    Ok(notes)
-}
-
 async fn put_settings(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -228,7 +205,12 @@ async fn put_settings(
             );
         }
     };
-    let notes = match parse_notes(&wanted, parsed.dismissals) {
+    let given = parsed.dismissals.into_iter().map(|b| GivenNote {
+        section: b.section,
+        until: Ok(b.until),
+        reason: b.reason,
+    });
+    let notes = match App::parse_notes(&wanted, given) {
         Ok(n) => n,
         Err(e) => {
             return api_error(
