@@ -102,8 +102,8 @@ pub async fn run(
             .checks
             .iter()
             .filter_map(|c| match &c.target {
-                Some(pb::check::Target::WorkspaceProxy(t)) => {
-                    Some(rules::workspace_proxy::ProxyInput {
+                Some(pb::check::Target::WorkspaceProxy(t)) => Some(
+                    rules::workspace_proxy::WorkspaceProxy {
                         id: t.name.clone(),
                         name: t.name.clone(),
                         display_name: t.name.clone(),
@@ -111,8 +111,9 @@ pub async fn run(
                         created_at: now,
                         updated_at: now,
                         ..Default::default()
-                    })
-                }
+                    }
+                    .unpolled(),
+                ),
                 _ => None,
             })
             .collect(),

@@ -212,22 +212,34 @@ section_body!(ProvisionerDaemonsReport);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProvisionerDaemonItem {
-    pub provisioner_daemon: ProvisionerDaemon,
+    pub provisioner_daemon: ReportedDaemon,
     pub warnings: Vec<Message>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A provisioner daemon: the one domain type of the registry (heartbeats), the Coder import
+/// and the ProvisionerDaemons rules; its serde form is the fields Coder's report gives a
+/// daemon. Converted to protobuf and SQL at those edges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProvisionerDaemon {
     pub id: String,
     pub organization_id: String,
     pub key_id: String,
     pub created_at: DateTime<Utc>,
+    /// `None`: never connected.
     pub last_seen_at: Option<DateTime<Utc>>,
     pub name: String,
     pub version: String,
     pub api_version: String,
     pub provisioners: Vec<String>,
     pub tags: BTreeMap<String, String>,
+}
+
+/// A daemon as Coder's report lists it: the daemon, then what only Coder knows of it (its
+/// key's name, its status and jobs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportedDaemon {
+    #[serde(flatten)]
+    pub daemon: ProvisionerDaemon,
     pub key_name: Option<String>,
     pub status: Option<String>,
     pub current_job: Option<serde_json::Value>,

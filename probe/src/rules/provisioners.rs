@@ -4,14 +4,14 @@
 //! prints the server's major). vantage's one difference: EPD01 is raised only when provisioner
 //! daemons are required (`docs/behaviour.md#difference-7`).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use vantage_proto::Severity;
 use vantage_proto::codes;
+pub use vantage_proto::report::ProvisionerDaemon;
 use vantage_proto::report::{
-    Base, Message, ProvisionerDaemon, ProvisionerDaemonItem, ProvisionerDaemonsReport,
+    Base, Message, ProvisionerDaemonItem, ProvisionerDaemonsReport, ReportedDaemon,
 };
 
 /// Coder's `proto.CurrentMajor`: the provisioner API major version the server speaks.
@@ -19,40 +19,14 @@ pub const CURRENT_API_MAJOR: u32 = 1;
 /// A daemon without a heartbeat for longer than this is gone (Coder: 90 s).
 pub const STALE_AFTER: Duration = Duration::from_secs(90);
 
-/// One provisioner daemon as the registry knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DaemonInput {
-    pub id: String,
-    pub organization_id: String,
-    pub key_id: String,
-    pub created_at: DateTime<Utc>,
-    /// `None`: never connected.
-    pub last_seen_at: Option<DateTime<Utc>>,
-    pub name: String,
-    pub version: String,
-    pub api_version: String,
-    pub provisioners: Vec<String>,
-    pub tags: BTreeMap<String, String>,
-}
-
-impl DaemonInput {
-    fn to_report(&self) -> ProvisionerDaemon {
-        ProvisionerDaemon {
-            id: self.id.clone(),
-            organization_id: self.organization_id.clone(),
-            key_id: self.key_id.clone(),
-            created_at: self.created_at,
-            last_seen_at: self.last_seen_at,
-            name: self.name.clone(),
-            version: self.version.clone(),
-            api_version: self.api_version.clone(),
-            provisioners: self.provisioners.clone(),
-            tags: self.tags.clone(),
-            key_name: None,
-            status: None,
-            current_job: None,
-            previous_job: None,
-        }
+/// What only Coder knows of a daemon (its key's name, status and jobs) is left empty.
+fn to_report(d: &ProvisionerDaemon) -> ReportedDaemon {
+    ReportedDaemon {
+        daemon: d.clone(),
+        key_name: None,
+        status: None,
+        current_job: None,
+        previous_job: None,
     }
 }
 
@@ -78,7 +52,7 @@ pub fn is_stale(
 /// `server_version` is the server's build version (`v2.26.0+abc`), `api_major` its provisioner
 /// API major ([`CURRENT_API_MAJOR`]), `required` whether an empty registry is an error (EPD01).
 pub fn section(
-    daemons: &[DaemonInput],
+    daemons: &[ProvisionerDaemon],
     now: DateTime<Utc>,
     server_version: &str,
     api_major: u32,
@@ -92,7 +66,7 @@ pub fn section(
         return r;
     }
 
-    let mut recent: Vec<&DaemonInput> = daemons
+    let mut recent: Vec<&ProvisionerDaemon> = daemons
         .iter()
         .filter(|d| !is_stale(d.last_seen_at, now, stale_after))
         .collect();
@@ -103,7 +77,7 @@ pub fn section(
         check_version(&mut r.base, &mut warnings, server_version, &d.version);
         check_api_version(&mut r.base, &mut warnings, api_major, &d.api_version);
         r.items.push(ProvisionerDaemonItem {
-            provisioner_daemon: d.to_report(),
+            provisioner_daemon: to_report(d),
             warnings,
         });
     }

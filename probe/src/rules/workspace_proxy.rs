@@ -6,8 +6,8 @@
 use chrono::{DateTime, Utc};
 use vantage_proto::convert::from_timestamp;
 use vantage_proto::report::{
-    Message, ProxyHealthReport, WorkspaceProxies, WorkspaceProxy, WorkspaceProxyReport,
-    WorkspaceProxyStatus,
+    Message, ProxyHealthReport, WorkspaceProxies, WorkspaceProxy as ProxyRegion,
+    WorkspaceProxyReport, WorkspaceProxyStatus,
 };
 use vantage_proto::{Severity, codes, pb};
 
@@ -18,13 +18,49 @@ pub const STATUS_UNHEALTHY: &str = "unhealthy";
 pub const STATUS_UNREGISTERED: &str = "unregistered";
 pub const STATUS_UNKNOWN: &str = "unknown";
 
-/// One workspace proxy: its registry entry and, if it was polled, the latest poll.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ProxyInput {
+/// Where a registered workspace proxy comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxySource {
+    /// The server's configuration: it owns the entry, the API cannot remove it.
+    Config,
+    /// `RegisterWorkspaceProxy` (the default: an entry announced rather than configured).
+    #[default]
+    Registered,
+    /// Imported from the attached Coder deployment (`--coder-url`); replaced on every import.
+    Coder,
+}
+
+impl ProxySource {
+    /// Its name in the API, the store and the report (`config`, `registered`, `coder`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxySource::Config => "config",
+            ProxySource::Registered => "registered",
+            ProxySource::Coder => "coder",
+        }
+    }
+
+    /// The source named `s` ([`ProxySource::as_str`]), `None` for any other text.
+    pub fn parse(s: &str) -> Option<ProxySource> {
+        match s {
+            "config" => Some(ProxySource::Config),
+            "registered" => Some(ProxySource::Registered),
+            "coder" => Some(ProxySource::Coder),
+            _ => None,
+        }
+    }
+}
+
+/// A registered workspace proxy: the one domain type of the server's registry, the
+/// assignments (name, URL, region) and the rules' input. Converted to protobuf, JSON and SQL
+/// only at the edges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkspaceProxy {
     pub id: String,
     pub name: String,
     pub display_name: String,
     pub icon_url: String,
+    /// Empty: not started yet (`unregistered`).
     pub url: String,
     pub region: String,
     pub derp_enabled: bool,
@@ -34,6 +70,35 @@ pub struct ProxyInput {
     pub version: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub source: ProxySource,
+}
+
+impl WorkspaceProxy {
+    /// What a probe polls: the proxy's name and URL.
+    pub fn target(&self) -> pb::WorkspaceProxyTarget {
+        pb::WorkspaceProxyTarget {
+            name: self.name.clone(),
+            url: self.url.clone(),
+        }
+    }
+
+    /// The rule input, never polled yet (join the latest polls with [`observed`]).
+    pub fn unpolled(self) -> ProxyInput {
+        ProxyInput {
+            proxy: self,
+            deleted: false,
+            result: None,
+            checked_at: None,
+        }
+    }
+}
+
+/// One workspace proxy as the rules see it: the registered proxy and, if it was polled, the
+/// latest poll.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyInput {
+    pub proxy: WorkspaceProxy,
+    /// Coder lists deleted proxies; the rules drop them before counting.
     pub deleted: bool,
     /// The latest poll, `None` if never polled.
     pub result: Option<pb::WorkspaceProxyResult>,
@@ -46,39 +111,40 @@ impl ProxyInput {
     pub fn status(&self) -> &str {
         match &self.result {
             Some(r) if !r.status.is_empty() => &r.status,
-            _ if self.url.is_empty() => STATUS_UNREGISTERED,
+            _ if self.proxy.url.is_empty() => STATUS_UNREGISTERED,
             _ => STATUS_UNKNOWN,
         }
     }
 
-    fn to_report(&self) -> WorkspaceProxy {
+    fn to_report(&self) -> ProxyRegion {
+        let p = &self.proxy;
         let status = self.status().to_owned();
         let (errors, warnings, polled_version) = match &self.result {
             Some(r) => (r.errors.clone(), r.warnings.clone(), r.version.as_str()),
             None => (Vec::new(), Vec::new(), ""),
         };
         let version = if polled_version.is_empty() {
-            self.version.clone()
+            p.version.clone()
         } else {
             polled_version.to_owned()
         };
-        WorkspaceProxy {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            display_name: self.display_name.clone(),
-            icon_url: self.icon_url.clone(),
+        ProxyRegion {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            display_name: p.display_name.clone(),
+            icon_url: p.icon_url.clone(),
             healthy: status == STATUS_OK,
-            path_app_url: self.url.clone(),
+            path_app_url: p.url.clone(),
             wildcard_hostname: String::new(),
-            derp_enabled: self.derp_enabled,
-            derp_only: self.derp_only,
+            derp_enabled: p.derp_enabled,
+            derp_only: p.derp_only,
             status: WorkspaceProxyStatus {
                 status,
                 report: ProxyHealthReport { errors, warnings },
                 checked_at: self.checked_at.unwrap_or_default(),
             },
-            created_at: self.created_at,
-            updated_at: self.updated_at,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
             deleted: self.deleted,
             version,
         }
@@ -104,14 +170,14 @@ pub fn observed<'a>(
             &r.name
         };
         let at = from_timestamp(o.observed_at.as_ref());
-        if let Some(seen) = out.iter_mut().find(|p| &p.name == name) {
+        if let Some(seen) = out.iter_mut().find(|p| &p.proxy.name == name) {
             if at >= seen.checked_at {
                 seen.result = Some(r.clone());
                 seen.checked_at = at;
             }
             continue;
         }
-        if let Some(p) = proxies.iter().find(|p| &p.name == name) {
+        if let Some(p) = proxies.iter().find(|p| &p.proxy.name == name) {
             out.push(ProxyInput {
                 result: Some(r.clone()),
                 checked_at: at,
@@ -125,8 +191,10 @@ pub fn observed<'a>(
 /// The WorkspaceProxy section from the proxies (`docs/coder-health.md#the-check`, steps 4–8).
 pub fn section(proxies: &[ProxyInput]) -> WorkspaceProxyReport {
     let mut live: Vec<&ProxyInput> = proxies.iter().filter(|p| !p.deleted).collect();
-    live.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
-    let regions: Vec<WorkspaceProxy> = live.iter().map(|p| p.to_report()).collect();
+    live.sort_by(|a, b| {
+        (a.proxy.created_at.cmp(&b.proxy.created_at)).then(a.proxy.name.cmp(&b.proxy.name))
+    });
+    let regions: Vec<ProxyRegion> = live.iter().map(|p| p.to_report()).collect();
 
     let mut report = WorkspaceProxyReport::default();
     let total = regions.len();
@@ -214,7 +282,7 @@ mod tests {
     }
 
     fn proxy(name: &str, minutes: i64) -> ProxyInput {
-        ProxyInput {
+        WorkspaceProxy {
             id: format!("id-{name}"),
             name: name.into(),
             display_name: name.to_uppercase(),
@@ -224,11 +292,12 @@ mod tests {
             updated_at: t0() + TimeDelta::minutes(minutes),
             ..Default::default()
         }
+        .unpolled()
     }
 
     fn polled(mut p: ProxyInput, status: &str, errors: &[&str], warnings: &[&str]) -> ProxyInput {
         p.result = Some(pb::WorkspaceProxyResult {
-            name: p.name.clone(),
+            name: p.proxy.name.clone(),
             status: status.into(),
             errors: errors.iter().map(|s| (*s).to_owned()).collect(),
             warnings: warnings.iter().map(|s| (*s).to_owned()).collect(),
@@ -332,9 +401,10 @@ mod tests {
             },
             Case {
                 name: "lone never-polled proxy without URL is unregistered: error with no text",
-                proxies: vec![ProxyInput {
-                    url: String::new(),
-                    ..proxy("a", 0)
+                proxies: vec![{
+                    let mut p = proxy("a", 0);
+                    p.proxy.url = String::new();
+                    p
                 }],
                 severity: Severity::Error,
                 healthy: false,
@@ -399,8 +469,8 @@ mod tests {
     #[test]
     fn region_fields_and_json_shape() {
         let mut p = polled(proxy("a", 0), STATUS_OK, &[], &["w"]);
-        p.derp_enabled = true;
-        p.version = "v2.25.0".into();
+        p.proxy.derp_enabled = true;
+        p.proxy.version = "v2.25.0".into();
         let r = section(std::slice::from_ref(&p));
         let region = &r.workspace_proxies.regions[0];
         assert!(region.healthy);
@@ -481,7 +551,7 @@ mod tests {
         ];
         let seen = observed(&registry, &list);
         assert_eq!(seen.len(), 1, "b was not observed, gone is not registered");
-        assert_eq!(seen[0].name, "a");
+        assert_eq!(seen[0].proxy.name, "a");
         assert_eq!(
             seen[0].status(),
             STATUS_UNREACHABLE,

@@ -324,7 +324,7 @@ pub fn aggregate_proxies(
                 r.workspace_proxies
                     .regions
                     .iter()
-                    .find(|w| w.name == p.name)
+                    .find(|w| w.name == p.proxy.name)
                     .map(|w| (*n, w))
             })
             .collect();
@@ -332,8 +332,8 @@ pub fn aggregate_proxies(
             let sevs: Vec<Severity> = views.iter().map(|(_, w)| rank(&w.status.status)).collect();
             agreed(&sevs, quorum)
         }) else {
-            if !p.url.is_empty() {
-                uncovered.push(p.name.clone());
+            if !p.proxy.url.is_empty() {
+                uncovered.push(p.proxy.name.clone());
             }
             inputs.push(p.clone());
             continue;

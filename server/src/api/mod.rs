@@ -83,12 +83,30 @@ impl ForceError {
     }
 }
 
-/// The settings' wire form (Coder's `dismissed_healthchecks`): section names.
-pub fn dismissed_names(dismissed: &[Section]) -> Vec<String> {
-    dismissed
-        .iter()
-        .map(|s| s.settings_name().to_owned())
-        .collect()
+/// The health settings as both surfaces answer them: the dismissed sections, and the notes
+/// (end time, reason, who, when) of those that have one. Each surface only encodes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsView {
+    pub dismissed: Vec<Section>,
+    pub notes: Vec<DismissalNote>,
+}
+
+impl SettingsView {
+    /// The wire form of the dismissed sections (Coder's `dismissed_healthchecks`): their names.
+    pub fn dismissed_names(&self) -> Vec<String> {
+        self.dismissed
+            .iter()
+            .map(|s| s.settings_name().to_owned())
+            .collect()
+    }
+}
+
+/// One dismissal note of a settings change as a surface decoded it: the section's name, the
+/// end time (or why the surface could not read it, naming the field) and the reason.
+pub struct GivenNote {
+    pub section: String,
+    pub until: Result<Option<chrono::DateTime<chrono::Utc>>, String>,
+    pub reason: String,
 }
 
 /// Why a history read failed.
@@ -217,9 +235,16 @@ impl App {
         Ok(Some(applied.dismissed))
     }
 
-    /// The notes of the sections dismissed now (a failed read is logged and gives none).
-    pub async fn dismissal_notes(&self, dismissed: &[Section]) -> Vec<DismissalNote> {
-        match self.store.load_dismissal_notes().await {
+    /// The settings now.
+    pub async fn settings(&self) -> Result<SettingsView, Stopped> {
+        let now = self.agg.settings(None).await?;
+        Ok(self.settings_view(now.dismissed).await)
+    }
+
+    /// `dismissed` (as a change applied them) with the notes of those sections (a failed
+    /// read of the notes is logged and gives none).
+    pub async fn settings_view(&self, dismissed: Vec<Section>) -> SettingsView {
+        let notes = match self.store.load_dismissal_notes().await {
             Ok(notes) => notes
                 .into_iter()
                 .filter(|n| dismissed.contains(&n.section))
@@ -228,7 +253,33 @@ impl App {
                 tracing::warn!(error = %e, "loading the dismissals' notes");
                 Vec::new()
             }
+        };
+        SettingsView { dismissed, notes }
+    }
+
+    /// The notes of a settings change as a surface decoded them, validated against the
+    /// dismissed sections ([`App::check_notes`]); the error names the field. Their actor and
+    /// time are filled in by [`App::update_settings`].
+    pub fn parse_notes(
+        wanted: &[Section],
+        given: impl IntoIterator<Item = GivenNote>,
+    ) -> Result<Vec<DismissalNote>, String> {
+        let mut notes = Vec::new();
+        for (i, g) in given.into_iter().enumerate() {
+            let section = g
+                .section
+                .parse()
+                .map_err(|e| format!("dismissals[{i}].section: {e}"))?;
+            notes.push(DismissalNote {
+                section,
+                until: g.until?,
+                reason: g.reason,
+                actor: String::new(),
+                at: chrono::Utc::now(),
+            });
         }
+        Self::check_notes(wanted, &notes)?;
+        Ok(notes)
     }
 
     /// Check a change's notes: each names a dismissed section once, ends in the future and

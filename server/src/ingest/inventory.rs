@@ -8,18 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use vantage_probe::rules::workspace_proxy::WorkspaceProxy;
 use vantage_proto::pb::check::Target;
 use vantage_proto::{Section, convert, pb};
 
 use crate::aggregator::AssignedCheck;
-
-/// A workspace proxy as assignments need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyTarget {
-    pub name: String,
-    pub url: String,
-    pub region: String,
-}
 
 /// One region of the effective DERP map, ready to assign.
 #[derive(Debug, Clone)]
@@ -122,7 +115,7 @@ pub struct Inventory {
     /// Every proxy to every vantage (default: the proxies of the probe's region).
     pub proxies_all_vantages: bool,
     /// The registry's proxies, kept current by the server.
-    pub proxies: watch::Receiver<Arc<Vec<ProxyTarget>>>,
+    pub proxies: watch::Receiver<Arc<Vec<WorkspaceProxy>>>,
 }
 
 pub const ACCESS_URL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -232,10 +225,7 @@ impl Inventory {
                     format!("proxy/{}", p.name),
                     Section::WorkspaceProxy,
                     PROXY_TIMEOUT,
-                    Target::WorkspaceProxy(pb::WorkspaceProxyTarget {
-                        name: p.name.clone(),
-                        url: p.url.clone(),
-                    }),
+                    Target::WorkspaceProxy(p.target()),
                 ));
             }
         }
@@ -249,7 +239,7 @@ impl Inventory {
 /// sessions and the own vantage.
 pub struct Assignments {
     inventory: Arc<Inventory>,
-    proxies: watch::Receiver<Arc<Vec<ProxyTarget>>>,
+    proxies: watch::Receiver<Arc<Vec<WorkspaceProxy>>>,
     derp: watch::Receiver<Arc<Vec<DerpRegion>>>,
     access: watch::Receiver<AccessTarget>,
     timing: watch::Receiver<Timing>,
@@ -344,13 +334,13 @@ mod tests {
     use crate::config::SERVER_VANTAGE;
 
     type Senders = (
-        watch::Sender<Arc<Vec<ProxyTarget>>>,
+        watch::Sender<Arc<Vec<WorkspaceProxy>>>,
         watch::Sender<Arc<Vec<DerpRegion>>>,
         watch::Sender<AccessTarget>,
         watch::Sender<Timing>,
     );
 
-    fn inv(proxies: Vec<ProxyTarget>) -> (Inventory, Senders) {
+    fn inv(proxies: Vec<WorkspaceProxy>) -> (Inventory, Senders) {
         let (tx, rx) = watch::channel(Arc::new(proxies));
         let region = |id: i64, code: &str| DerpRegion {
             id,
@@ -393,10 +383,11 @@ mod tests {
 
     #[test]
     fn assignments_follow_regions() {
-        let proxy = |n: &str, r: &str| ProxyTarget {
+        let proxy = |n: &str, r: &str| WorkspaceProxy {
             name: n.into(),
             url: format!("http://{n}"),
             region: r.into(),
+            ..Default::default()
         };
         let (inv, (tx, derp_tx, _access, _timing)) =
             inv(vec![proxy("p-fra", "fra"), proxy("p-iad", "iad")]);

@@ -22,7 +22,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         let hb = Heartbeat::try_from(request.into_inner())?;
         let record = self.registry.heartbeat(hb).await?;
         Ok(Response::new(pb::ProvisionerHeartbeatResponse {
-            daemon: Some(record.to_pb()),
+            daemon: Some(daemon_pb(&record)),
             stale_after: Some(convert::duration(STALE_AFTER)),
         }))
     }
@@ -33,7 +33,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
     ) -> Result<Response<pb::WorkspaceProxyRegistration>, Status> {
         let spec = ProxySpec::try_from(request.into_inner())?;
         let record = self.registry.register_proxy(spec).await?;
-        Ok(Response::new(record.to_pb()))
+        Ok(Response::new(registration(&record)))
     }
 
     async fn deregister_workspace_proxy(
@@ -57,7 +57,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
             .proxies(filter)
             .await
             .iter()
-            .map(ProxyRecord::to_pb)
+            .map(registration)
             .collect();
         Ok(Response::new(pb::ListWorkspaceProxiesResponse { proxies }))
     }
@@ -71,10 +71,43 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
             .daemons()
             .await
             .iter()
-            .map(DaemonRecord::to_pb)
+            .map(daemon_pb)
             .collect();
         Ok(Response::new(pb::ListProvisionerDaemonsResponse {
             daemons,
         }))
+    }
+}
+
+/// A registered proxy as `RegistryService` answers it.
+fn registration(p: &WorkspaceProxy) -> pb::WorkspaceProxyRegistration {
+    pb::WorkspaceProxyRegistration {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        display_name: p.display_name.clone(),
+        url: p.url.clone(),
+        region: p.region.clone(),
+        icon_url: p.icon_url.clone(),
+        derp_enabled: p.derp_enabled,
+        derp_only: p.derp_only,
+        version: p.version.clone(),
+        created_at: Some(convert::timestamp(p.created_at)),
+        updated_at: Some(convert::timestamp(p.updated_at)),
+        source: p.source.as_str().to_owned(),
+    }
+}
+
+/// A provisioner daemon as `RegistryService` answers it.
+fn daemon_pb(d: &ProvisionerDaemon) -> pb::ProvisionerDaemonInfo {
+    pb::ProvisionerDaemonInfo {
+        id: d.id.clone(),
+        organization_id: d.organization_id.clone(),
+        name: d.name.clone(),
+        version: d.version.clone(),
+        api_version: d.api_version.clone(),
+        provisioners: d.provisioners.clone(),
+        tags: d.tags.clone().into_iter().collect(),
+        created_at: Some(convert::timestamp(d.created_at)),
+        last_seen_at: d.last_seen_at.map(convert::timestamp),
     }
 }

@@ -8,10 +8,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use vantage_probe::rules::{SectionReport, provisioners};
 
-use super::Registry;
+use super::{Registry, WorkspaceProxy};
 use crate::aggregator::{AdminCommand, Aggregator};
 use crate::ingest::coder::CoderDaemons;
-use crate::ingest::inventory::ProxyTarget;
 
 /// What the ProvisionerDaemons section requires.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +24,7 @@ pub struct ProvisionerPolicy {
 pub async fn follow(
     registry: Arc<Registry>,
     agg: Aggregator,
-    proxies: tokio::sync::watch::Sender<Arc<Vec<ProxyTarget>>>,
+    proxies: tokio::sync::watch::Sender<Arc<Vec<WorkspaceProxy>>>,
     policy: ProvisionerPolicy,
     mut coder: tokio::sync::watch::Receiver<Option<Arc<CoderDaemons>>>,
     cancel: CancellationToken,
@@ -35,22 +34,19 @@ pub async fn follow(
         (policy.stale_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_targets: Option<Vec<ProxyTarget>> = None;
+    // Assignments change only when what they read changes: a proxy's name, URL or region.
+    let mut last_targets: Option<Vec<(String, String, String)>> = None;
     let mut last_inputs = None;
     // Without Coder the importer's sender is gone at once: stop listening to it, go on.
     let mut coder_live = true;
     loop {
         let records = registry.proxies(None).await;
-        let targets: Vec<ProxyTarget> = records
+        let targets: Vec<(String, String, String)> = records
             .iter()
-            .map(|p| ProxyTarget {
-                name: p.name.clone(),
-                url: p.url.clone(),
-                region: p.region.clone(),
-            })
+            .map(|p| (p.name.clone(), p.url.clone(), p.region.clone()))
             .collect();
         if last_targets.as_ref() != Some(&targets) {
-            proxies.send_replace(Arc::new(targets.clone()));
+            proxies.send_replace(Arc::new(records));
             last_targets = Some(targets);
         }
         let inputs = registry.proxy_inputs().await;
@@ -67,7 +63,7 @@ pub async fn follow(
             last_inputs = Some(inputs);
         }
         // Heartbeats still count beside Coder's own daemons.
-        let mut daemons = registry.provisioner_inputs().await;
+        let mut daemons = registry.daemons().await;
         let attached = coder.borrow_and_update().clone();
         let version = match &attached {
             Some(c) => {

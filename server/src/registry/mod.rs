@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::RwLock;
-use vantage_probe::rules::provisioners::{DaemonInput, STALE_AFTER};
+use vantage_probe::rules::provisioners::STALE_AFTER;
 use vantage_probe::rules::workspace_proxy::ProxyInput;
 use vantage_proto::convert;
 use vantage_proto::pb;
@@ -39,8 +39,8 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 #[derive(Default)]
 struct State {
-    daemons: BTreeMap<String, DaemonRecord>,
-    proxies: BTreeMap<String, ProxyRecord>,
+    daemons: BTreeMap<String, ProvisionerDaemon>,
+    proxies: BTreeMap<String, WorkspaceProxy>,
 }
 
 /// The provisioner-daemon and workspace-proxy registries.
@@ -161,7 +161,7 @@ impl Registry {
 
     /// Record a heartbeat: the daemon is created on its first (with a new id) and its fields
     /// and `last_seen_at` refreshed on every one.
-    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<DaemonRecord, RegistryError> {
+    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<ProvisionerDaemon, RegistryError> {
         let now = self.now();
         let (record, pruned) = {
             let mut state = self.state.write().await;
@@ -176,7 +176,7 @@ impl Registry {
                 }
             }
             let record = match state.daemons.get(&hb.name) {
-                Some(old) => DaemonRecord {
+                Some(old) => ProvisionerDaemon {
                     id: old.id.clone(),
                     created_at: old.created_at,
                     ..daemon_record(hb, now)
@@ -213,7 +213,7 @@ impl Registry {
     /// Register (or update) a proxy. Over a configured proxy of the same name, the
     /// registration supplies the URL and version, and the fields the configuration leaves
     /// empty; the entry stays configured.
-    pub async fn register_proxy(&self, spec: ProxySpec) -> Result<ProxyRecord, RegistryError> {
+    pub async fn register_proxy(&self, spec: ProxySpec) -> Result<WorkspaceProxy, RegistryError> {
         spec.validate("")?;
         check_proxy_network("url", &spec.url, &self.allowed_proxy_networks)?;
         let now = self.now();
@@ -228,7 +228,7 @@ impl Registry {
                             configured.to_owned()
                         }
                     };
-                    ProxyRecord {
+                    WorkspaceProxy {
                         url: spec.url,
                         version: spec.version,
                         display_name: or(&old.display_name, spec.display_name),
@@ -240,7 +240,7 @@ impl Registry {
                         ..old.clone()
                     }
                 }
-                Some(old) => ProxyRecord {
+                Some(old) => WorkspaceProxy {
                     id: old.id.clone(),
                     created_at: old.created_at,
                     ..proxy_record(spec, now, ProxySource::Registered)
@@ -335,7 +335,7 @@ impl Registry {
                         } else {
                             spec.version.clone()
                         };
-                        let fresh = ProxyRecord {
+                        let fresh = WorkspaceProxy {
                             id: old.id.clone(),
                             created_at: old.created_at,
                             url,
@@ -346,7 +346,7 @@ impl Registry {
                         if &fresh == old {
                             continue;
                         }
-                        ProxyRecord {
+                        WorkspaceProxy {
                             updated_at: now,
                             ..fresh
                         }
@@ -395,7 +395,7 @@ impl Registry {
                 }
                 names.insert(spec.name.clone());
                 let fresh = match old {
-                    Some(o) => ProxyRecord {
+                    Some(o) => WorkspaceProxy {
                         id: o.id.clone(),
                         created_at: o.created_at,
                         updated_at: o.updated_at,
@@ -409,7 +409,7 @@ impl Registry {
                 if old == Some(&fresh) {
                     continue;
                 }
-                let record = ProxyRecord {
+                let record = WorkspaceProxy {
                     updated_at: now,
                     ..fresh
                 };
@@ -439,13 +439,14 @@ impl Registry {
         Ok(skipped)
     }
 
-    /// Every daemon, stale ones included, by name.
-    pub async fn daemons(&self) -> Vec<DaemonRecord> {
+    /// Every daemon, stale ones included, by name (the inputs of
+    /// [`vantage_probe::rules::provisioners::section`]).
+    pub async fn daemons(&self) -> Vec<ProvisionerDaemon> {
         self.state.read().await.daemons.values().cloned().collect()
     }
 
     /// The proxies of `region` (every proxy when `None`), by name.
-    pub async fn proxies(&self, region: Option<&str>) -> Vec<ProxyRecord> {
+    pub async fn proxies(&self, region: Option<&str>) -> Vec<WorkspaceProxy> {
         self.state
             .read()
             .await
@@ -456,17 +457,6 @@ impl Registry {
             .collect()
     }
 
-    /// The inputs of [`vantage_probe::rules::provisioners::section`].
-    pub async fn provisioner_inputs(&self) -> Vec<DaemonInput> {
-        self.state
-            .read()
-            .await
-            .daemons
-            .values()
-            .map(DaemonRecord::to_input)
-            .collect()
-    }
-
     /// The inputs of [`vantage_probe::rules::workspace_proxy::section`], without polls.
     pub async fn proxy_inputs(&self) -> Vec<ProxyInput> {
         self.state
@@ -474,7 +464,7 @@ impl Registry {
             .await
             .proxies
             .values()
-            .map(ProxyRecord::to_input)
+            .map(|p| p.clone().unpolled())
             .collect()
     }
 
@@ -487,27 +477,29 @@ impl Registry {
             .proxies
             .values()
             .filter(|p| all || p.region == region)
-            .map(ProxyRecord::to_target)
+            .map(WorkspaceProxy::target)
             .collect()
     }
 }
 
-fn daemon_record(hb: Heartbeat, now: DateTime<Utc>) -> DaemonRecord {
-    DaemonRecord {
+fn daemon_record(hb: Heartbeat, now: DateTime<Utc>) -> ProvisionerDaemon {
+    ProvisionerDaemon {
         id: uuid::Uuid::new_v4().to_string(),
         organization_id: hb.organization_id,
+        key_id: NIL_UUID.to_owned(),
         name: hb.name,
         version: hb.version,
         api_version: hb.api_version,
         provisioners: hb.provisioners,
         tags: hb.tags,
         created_at: now,
-        last_seen_at: now,
+        last_seen_at: Some(now),
     }
 }
 
-fn proxy_record(spec: ProxySpec, now: DateTime<Utc>, source: ProxySource) -> ProxyRecord {
-    ProxyRecord {
+/// The registry's entry for a validated `spec`, new at `now`.
+fn proxy_record(spec: ProxySpec, now: DateTime<Utc>, source: ProxySource) -> WorkspaceProxy {
+    WorkspaceProxy {
         id: uuid::Uuid::new_v4().to_string(),
         name: spec.name,
         display_name: spec.display_name,
@@ -531,14 +523,14 @@ fn full_proxies(n: usize) -> RegistryError {
 
 /// Remove the daemons unseen for longer than `older_than`; their names.
 fn prune(
-    daemons: &mut BTreeMap<String, DaemonRecord>,
+    daemons: &mut BTreeMap<String, ProvisionerDaemon>,
     now: DateTime<Utc>,
     older_than: Duration,
 ) -> Vec<String> {
     let gone: Vec<String> = daemons
         .values()
         .filter(|d| {
-            (now - d.last_seen_at)
+            (now - d.last_seen_at.unwrap_or(d.created_at))
                 .to_std()
                 .is_ok_and(|age| age > older_than)
         })
@@ -632,7 +624,7 @@ mod tests {
         assert_ne!(second.last_seen_at, d1.last_seen_at);
 
         let registry = &a.registry;
-        let section = |registry: &Registry, inputs: &[DaemonInput]| {
+        let section = |registry: &Registry, inputs: &[ProvisionerDaemon]| {
             provisioners::section(
                 inputs,
                 registry.now(),
@@ -642,16 +634,16 @@ mod tests {
                 STALE_AFTER,
             )
         };
-        let r = section(registry, &registry.provisioner_inputs().await);
+        let r = section(registry, &registry.daemons().await);
         assert_eq!(r.base.severity, Severity::Ok);
         assert_eq!(r.items.len(), 1);
 
         tokio::time::advance(Duration::from_secs(90)).await;
-        let r = section(registry, &registry.provisioner_inputs().await);
+        let r = section(registry, &registry.daemons().await);
         assert_eq!(r.items.len(), 1, "exactly 90 s: still fresh");
 
         tokio::time::advance(Duration::from_millis(1)).await;
-        let r = section(registry, &registry.provisioner_inputs().await);
+        let r = section(registry, &registry.daemons().await);
         assert!(r.items.is_empty(), "past 90 s: stale");
         assert_eq!(r.base.severity, Severity::Error);
         assert_eq!(r.base.warnings[0].code, "EPD01");
@@ -1022,8 +1014,8 @@ mod tests {
         );
 
         // An older save arriving late does not overwrite a newer one.
-        let older = DaemonRecord {
-            last_seen_at: d.last_seen_at - chrono::TimeDelta::seconds(5),
+        let older = ProvisionerDaemon {
+            last_seen_at: d.last_seen_at.map(|t| t - chrono::TimeDelta::seconds(5)),
             version: "v0.1.0".into(),
             ..d.clone()
         };

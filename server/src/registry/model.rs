@@ -1,10 +1,9 @@
 //! The entries the registry keeps (daemons, proxies), validated from what announces them.
 
-use chrono::{DateTime, Utc};
 use tonic::Status;
-use vantage_probe::rules::provisioners::DaemonInput;
-use vantage_probe::rules::workspace_proxy::ProxyInput;
-use vantage_proto::{convert, pb};
+pub use vantage_probe::rules::provisioners::ProvisionerDaemon;
+pub use vantage_probe::rules::workspace_proxy::{ProxySource, WorkspaceProxy};
+use vantage_proto::pb;
 
 use super::*;
 
@@ -60,136 +59,6 @@ impl From<RegistryError> for Status {
                 tracing::warn!(error = %err, "registry store failed");
                 Status::unavailable("the registry could not be saved; retry later")
             }
-        }
-    }
-}
-
-/// A provisioner daemon as the registry keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DaemonRecord {
-    pub id: String,
-    pub organization_id: String,
-    pub name: String,
-    pub version: String,
-    pub api_version: String,
-    pub provisioners: Vec<String>,
-    pub tags: BTreeMap<String, String>,
-    pub created_at: DateTime<Utc>,
-    pub last_seen_at: DateTime<Utc>,
-}
-
-impl DaemonRecord {
-    pub fn to_input(&self) -> DaemonInput {
-        DaemonInput {
-            id: self.id.clone(),
-            organization_id: self.organization_id.clone(),
-            key_id: NIL_UUID.to_owned(),
-            created_at: self.created_at,
-            last_seen_at: Some(self.last_seen_at),
-            name: self.name.clone(),
-            version: self.version.clone(),
-            api_version: self.api_version.clone(),
-            provisioners: self.provisioners.clone(),
-            tags: self.tags.clone(),
-        }
-    }
-
-    pub fn to_pb(&self) -> pb::ProvisionerDaemonInfo {
-        pb::ProvisionerDaemonInfo {
-            id: self.id.clone(),
-            organization_id: self.organization_id.clone(),
-            name: self.name.clone(),
-            version: self.version.clone(),
-            api_version: self.api_version.clone(),
-            provisioners: self.provisioners.clone(),
-            tags: self.tags.clone().into_iter().collect(),
-            created_at: Some(convert::timestamp(self.created_at)),
-            last_seen_at: Some(convert::timestamp(self.last_seen_at)),
-        }
-    }
-}
-
-/// Where a proxy entry comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxySource {
-    /// The server's configuration: it owns the entry, the API cannot remove it.
-    Config,
-    /// `RegisterWorkspaceProxy`.
-    Registered,
-    /// Imported from the attached Coder deployment (`--coder-url`); replaced on every import.
-    Coder,
-}
-
-impl ProxySource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProxySource::Config => "config",
-            ProxySource::Registered => "registered",
-            ProxySource::Coder => "coder",
-        }
-    }
-}
-
-/// A workspace proxy as the registry keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyRecord {
-    pub id: String,
-    pub name: String,
-    pub display_name: String,
-    pub icon_url: String,
-    pub url: String,
-    pub region: String,
-    pub derp_enabled: bool,
-    pub derp_only: bool,
-    pub version: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub source: ProxySource,
-}
-
-impl ProxyRecord {
-    /// The rule input, never polled yet (the caller joins the latest polls,
-    /// e.g. with [`vantage_probe::rules::workspace_proxy::observed`]).
-    pub fn to_input(&self) -> ProxyInput {
-        ProxyInput {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            display_name: self.display_name.clone(),
-            icon_url: self.icon_url.clone(),
-            url: self.url.clone(),
-            region: self.region.clone(),
-            derp_enabled: self.derp_enabled,
-            derp_only: self.derp_only,
-            version: self.version.clone(),
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            deleted: false,
-            result: None,
-            checked_at: None,
-        }
-    }
-
-    pub fn to_pb(&self) -> pb::WorkspaceProxyRegistration {
-        pb::WorkspaceProxyRegistration {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            display_name: self.display_name.clone(),
-            url: self.url.clone(),
-            region: self.region.clone(),
-            icon_url: self.icon_url.clone(),
-            derp_enabled: self.derp_enabled,
-            derp_only: self.derp_only,
-            version: self.version.clone(),
-            created_at: Some(convert::timestamp(self.created_at)),
-            updated_at: Some(convert::timestamp(self.updated_at)),
-            source: self.source.as_str().to_owned(),
-        }
-    }
-
-    pub fn to_target(&self) -> pb::WorkspaceProxyTarget {
-        pb::WorkspaceProxyTarget {
-            name: self.name.clone(),
-            url: self.url.clone(),
         }
     }
 }
@@ -256,8 +125,10 @@ impl TryFrom<pb::ProvisionerHeartbeatRequest> for Heartbeat {
     }
 }
 
-/// A workspace proxy, from the configuration (`[[workspace_proxies]]`, read by serde) or a
-/// registration; [`ProxySpec::validate`] checks it before the registry takes it.
+/// What may be given of a workspace proxy, from the configuration (`[[workspace_proxies]]`,
+/// read by serde), a registration or a Coder import: the input the registry validates
+/// ([`ProxySpec::validate`]) before it makes a [`WorkspaceProxy`] of it (id, timestamps,
+/// source).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxySpec {

@@ -11,17 +11,17 @@ use super::*;
 /// Everything a store holds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegistrySnapshot {
-    pub daemons: Vec<DaemonRecord>,
-    pub proxies: Vec<ProxyRecord>,
+    pub daemons: Vec<ProvisionerDaemon>,
+    pub proxies: Vec<WorkspaceProxy>,
 }
 
 /// Where the registry lives across restarts. Saves are upserts by name; of two saves of one
 /// entry a store keeps the newer (`last_seen_at` / `updated_at`), whatever order they arrive in.
 pub trait RegistryStore: Send + Sync + 'static {
     fn load_registry(&self) -> BoxFuture<'_, Result<RegistrySnapshot, StoreError>>;
-    fn save_daemon(&self, daemon: DaemonRecord) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn save_daemon(&self, daemon: ProvisionerDaemon) -> BoxFuture<'_, Result<(), StoreError>>;
     fn delete_daemons(&self, names: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>>;
-    fn save_proxy(&self, proxy: ProxyRecord) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn save_proxy(&self, proxy: WorkspaceProxy) -> BoxFuture<'_, Result<(), StoreError>>;
     fn delete_proxy(&self, name: String) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
@@ -29,8 +29,8 @@ pub trait RegistryStore: Send + Sync + 'static {
 #[derive(Default)]
 pub struct MemoryRegistryStore {
     inner: Mutex<(
-        BTreeMap<String, DaemonRecord>,
-        BTreeMap<String, ProxyRecord>,
+        BTreeMap<String, ProvisionerDaemon>,
+        BTreeMap<String, WorkspaceProxy>,
     )>,
 }
 
@@ -39,8 +39,8 @@ impl MemoryRegistryStore {
         &self,
         f: impl FnOnce(
             &mut (
-                BTreeMap<String, DaemonRecord>,
-                BTreeMap<String, ProxyRecord>,
+                BTreeMap<String, ProvisionerDaemon>,
+                BTreeMap<String, WorkspaceProxy>,
             ),
         ) -> T,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
@@ -61,7 +61,7 @@ impl RegistryStore for MemoryRegistryStore {
         })
     }
 
-    fn save_daemon(&self, daemon: DaemonRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_daemon(&self, daemon: ProvisionerDaemon) -> BoxFuture<'_, Result<(), StoreError>> {
         self.with(move |(d, _)| {
             if d.get(&daemon.name)
                 .is_none_or(|old| old.last_seen_at <= daemon.last_seen_at)
@@ -79,7 +79,7 @@ impl RegistryStore for MemoryRegistryStore {
         })
     }
 
-    fn save_proxy(&self, proxy: ProxyRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_proxy(&self, proxy: WorkspaceProxy) -> BoxFuture<'_, Result<(), StoreError>> {
         self.with(move |(_, p)| {
             if p.get(&proxy.name)
                 .is_none_or(|old| old.updated_at <= proxy.updated_at)

@@ -19,7 +19,7 @@ use vantage_probe::checks::database::{self, DEFAULT_THRESHOLD, PingError, Pinger
 use vantage_probe::rules;
 use vantage_proto::pb::observation::Result as ObsResult;
 use vantage_proto::{Section, Severity, codes, pb};
-use vantage_server::registry::{DaemonRecord, ProxyRecord, ProxySource, RegistryStore};
+use vantage_server::registry::{ProvisionerDaemon, ProxySource, RegistryStore, WorkspaceProxy};
 use vantage_server::store::pg::{MIGRATIONS, PgOptions, PgPinger, PgStore};
 use vantage_server::store::{
     MemoryStore, NewEvent, NewObservation, NotStored, Notice, Store, VantageRecord, WriteBehind,
@@ -804,27 +804,28 @@ async fn registry_store_keeps_the_newer_entry() {
         .await
         .expect("connect");
     let t = now();
-    let daemon = DaemonRecord {
+    let daemon = ProvisionerDaemon {
         id: "d-id".into(),
         organization_id: "00000000-0000-0000-0000-000000000000".into(),
+        key_id: "00000000-0000-0000-0000-000000000000".into(),
         name: "d1".into(),
         version: "v2.26.0".into(),
         api_version: "1.9".into(),
         provisioners: vec!["terraform".into()],
         tags: BTreeMap::from([("scope".into(), "organization".into())]),
         created_at: t - TimeDelta::hours(1),
-        last_seen_at: t,
+        last_seen_at: Some(t),
     };
     store.save_daemon(daemon.clone()).await.expect("save");
     store
-        .save_daemon(DaemonRecord {
+        .save_daemon(ProvisionerDaemon {
             version: "v0.1.0".into(),
-            last_seen_at: t - TimeDelta::seconds(5),
+            last_seen_at: Some(t - TimeDelta::seconds(5)),
             ..daemon.clone()
         })
         .await
         .expect("older save");
-    let proxy = ProxyRecord {
+    let proxy = WorkspaceProxy {
         id: "p-id".into(),
         name: "eu-1".into(),
         display_name: "Europe".into(),
@@ -840,14 +841,14 @@ async fn registry_store_keeps_the_newer_entry() {
     };
     store.save_proxy(proxy.clone()).await.expect("save");
     store
-        .save_proxy(ProxyRecord {
+        .save_proxy(WorkspaceProxy {
             url: "https://old.example.com".into(),
             updated_at: t - TimeDelta::seconds(1),
             ..proxy.clone()
         })
         .await
         .expect("older save");
-    let newer = ProxyRecord {
+    let newer = WorkspaceProxy {
         source: ProxySource::Config,
         updated_at: t + TimeDelta::seconds(1),
         ..proxy.clone()
@@ -858,7 +859,7 @@ async fn registry_store_keeps_the_newer_entry() {
     assert_eq!(snap.daemons, vec![daemon]);
     assert_eq!(snap.proxies, vec![newer.clone()]);
     // A proxy imported from Coder keeps its source across a reload.
-    let imported = ProxyRecord {
+    let imported = WorkspaceProxy {
         source: ProxySource::Coder,
         updated_at: t + TimeDelta::seconds(2),
         ..newer

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::*;
 use chrono::TimeDelta;
 
@@ -108,8 +110,8 @@ fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(1_750_000_000, 0).expect("valid")
 }
 
-fn daemon(name: &str, version: &str, api: &str) -> DaemonInput {
-    DaemonInput {
+fn daemon(name: &str, version: &str, api: &str) -> ProvisionerDaemon {
+    ProvisionerDaemon {
         id: format!("id-{name}"),
         organization_id: "00000000-0000-0000-0000-000000000000".into(),
         key_id: "00000000-0000-0000-0000-000000000000".into(),
@@ -138,7 +140,7 @@ const DEPRECATED: &str =
 fn section_table() {
     struct Case {
         name: &'static str,
-        daemons: Vec<DaemonInput>,
+        daemons: Vec<ProvisionerDaemon>,
         server: &'static str,
         api_major: u32,
         required: bool,
@@ -148,7 +150,7 @@ fn section_table() {
         /// (name, item warnings) in order.
         items: Vec<(&'static str, Vec<Message>)>,
     }
-    let stale_at = |mut d: DaemonInput, age: TimeDelta| {
+    let stale_at = |mut d: ProvisionerDaemon, age: TimeDelta| {
         d.last_seen_at = Some(now() - age);
         d
     };
@@ -354,7 +356,7 @@ fn section_table() {
         },
         Case {
             name: "never seen: excluded; not required so ok",
-            daemons: vec![DaemonInput {
+            daemons: vec![ProvisionerDaemon {
                 last_seen_at: None,
                 ..daemon("a", "v2.26.0", "1.9")
             }],
@@ -418,7 +420,12 @@ fn section_table() {
         let items: Vec<(&str, Vec<Message>)> = r
             .items
             .iter()
-            .map(|i| (i.provisioner_daemon.name.as_str(), i.warnings.clone()))
+            .map(|i| {
+                (
+                    i.provisioner_daemon.daemon.name.as_str(),
+                    i.warnings.clone(),
+                )
+            })
             .collect();
         let want: Vec<(&str, Vec<Message>)> = c.items;
         assert_eq!(items, want, "{}", c.name);
@@ -437,9 +444,9 @@ fn item_carries_the_daemon_and_json_shape() {
         STALE_AFTER,
     );
     let item = &r.items[0].provisioner_daemon;
-    assert_eq!(item.id, d.id);
-    assert_eq!(item.last_seen_at, d.last_seen_at);
-    assert_eq!(item.tags, d.tags);
+    assert_eq!(item.daemon.id, d.id);
+    assert_eq!(item.daemon.last_seen_at, d.last_seen_at);
+    assert_eq!(item.daemon.tags, d.tags);
     let json = serde_json::to_value(&r).expect("serialises");
     assert_eq!(json["items"][0]["warnings"], serde_json::json!([]));
     assert_eq!(

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use vantage_proto::{Section, pb};
 
 use crate::aggregator::ForgetOutcome;
-use crate::api::{App, ForceError};
+use crate::api::{App, ForceError, GivenNote, SettingsView};
 use watch::{Filter, watch_stream};
 
 pub mod health;
@@ -70,8 +70,7 @@ impl pb::health_service_server::HealthService for HealthApi {
         &self,
         _: Request<pb::GetSettingsRequest>,
     ) -> Result<Response<pb::Settings>, Status> {
-        let s = self.app.agg.settings(None).await?;
-        Ok(Response::new(self.settings_pb(&s.dismissed).await))
+        Ok(Response::new(self.app.settings().await?.into()))
     }
 
     async fn update_settings(
@@ -83,11 +82,11 @@ impl pb::health_service_server::HealthService for HealthApi {
         let notes = notes_from_pb(&wanted, &request.get_ref().dismissals)
             .map_err(Status::invalid_argument)?;
         let actor = App::actor(request.extensions(), "grpc", request.remote_addr());
-        let dismissed = match self.app.update_settings(wanted, notes, &actor).await? {
-            Some(d) => d,
-            None => self.app.agg.settings(None).await?.dismissed,
+        let view = match self.app.update_settings(wanted, notes, &actor).await? {
+            Some(dismissed) => self.app.settings_view(dismissed).await,
+            None => self.app.settings().await?,
         };
-        Ok(Response::new(self.settings_pb(&dismissed).await))
+        Ok(Response::new(view.into()))
     }
 
     async fn get_history(
@@ -158,24 +157,21 @@ impl pb::health_service_server::HealthService for HealthApi {
         Ok(Response::new(pb::ForgetVantageResponse {}))
     }
 }
-impl HealthApi {
-    async fn settings_pb(&self, dismissed: &[Section]) -> pb::Settings {
-        let dismissals = self
-            .app
-            .dismissal_notes(dismissed)
-            .await
-            .into_iter()
-            .map(|n| pb::Dismissal {
-                section: n.section.settings_name().to_owned(),
-                until: n.until.map(vantage_proto::convert::timestamp),
-                reason: n.reason,
-                actor: n.actor,
-                at: Some(vantage_proto::convert::timestamp(n.at)),
-            })
-            .collect();
+impl From<SettingsView> for pb::Settings {
+    fn from(view: SettingsView) -> Self {
         pb::Settings {
-            dismissed_healthchecks: crate::api::dismissed_names(dismissed),
-            dismissals,
+            dismissed_healthchecks: view.dismissed_names(),
+            dismissals: view
+                .notes
+                .into_iter()
+                .map(|n| pb::Dismissal {
+                    section: n.section.settings_name().to_owned(),
+                    until: n.until.map(vantage_proto::convert::timestamp),
+                    reason: n.reason,
+                    actor: n.actor,
+                    at: Some(vantage_proto::convert::timestamp(n.at)),
+                })
+                .collect(),
         }
     }
 }
@@ -185,27 +181,15 @@ fn notes_from_pb(
     wanted: &[Section],
     dismissals: &[pb::Dismissal],
 ) -> Result<Vec<crate::store::DismissalNote>, String> {
-    let mut notes = Vec::with_capacity(dismissals.len());
-    for (i, d) in dismissals.iter().enumerate() {
-        let section = d
-            .section
-            .parse()
-            .map_err(|e| format!("dismissals[{i}].section: {e}"))?;
-        let until = match &d.until {
-            None => None,
-            Some(t) => Some(
-                vantage_proto::convert::from_timestamp(Some(t))
-                    .ok_or_else(|| format!("dismissals[{i}].until: {t:?} is not a valid time"))?,
-            ),
-        };
-        notes.push(crate::store::DismissalNote {
-            section,
-            until,
-            reason: d.reason.clone(),
-            actor: String::new(),
-            at: chrono::Utc::now(),
-        });
-    }
-    App::check_notes(wanted, &notes)?;
-    Ok(notes)
+    let given = dismissals.iter().enumerate().map(|(i, d)| GivenNote {
+        section: d.section.clone(),
+        until: match &d.until {
+            None => Ok(None),
+            Some(t) => vantage_proto::convert::from_timestamp(Some(t))
+                .map(Some)
+                .ok_or_else(|| format!("dismissals[{i}].until: {t:?} is not a valid time")),
+        },
+        reason: d.reason.clone(),
+    });
+    App::parse_notes(wanted, given)
 }

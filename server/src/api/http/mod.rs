@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use serde_json::json;
 
-use crate::api::{App, ForceError};
+use crate::api::{App, ForceError, GivenNote, SettingsView};
 
 pub mod guard;
 mod history;
@@ -157,56 +157,30 @@ struct DismissalBody {
     at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-async fn settings_body(app: &App, dismissed: &[vantage_proto::Section]) -> HealthSettings {
-    let dismissals = app
-        .dismissal_notes(dismissed)
-        .await
-        .into_iter()
-        .map(|n| DismissalBody {
-            section: n.section.settings_name().to_owned(),
-            until: n.until,
-            reason: n.reason,
-            actor: n.actor,
-            at: Some(n.at),
-        })
-        .collect();
-    HealthSettings {
-        dismissed_healthchecks: crate::api::dismissed_names(dismissed),
-        dismissals,
+impl From<SettingsView> for HealthSettings {
+    fn from(view: SettingsView) -> Self {
+        HealthSettings {
+            dismissed_healthchecks: view.dismissed_names(),
+            dismissals: view
+                .notes
+                .into_iter()
+                .map(|n| DismissalBody {
+                    section: n.section.settings_name().to_owned(),
+                    until: n.until,
+                    reason: n.reason,
+                    actor: n.actor,
+                    at: Some(n.at),
+                })
+                .collect(),
+        }
     }
 }
 
 async fn get_settings(State(app): State<App>) -> Response {
-    match app.agg.settings(None).await {
-        Ok(s) => json_response(
-            StatusCode::OK,
-            coder_json(&settings_body(&app, &s.dismissed).await),
-        ),
+    match app.settings().await {
+        Ok(view) => json_response(StatusCode::OK, coder_json(&HealthSettings::from(view))),
         Err(_) => unavailable(),
     }
-}
-
-/// The notes of a PUT body, validated against the dismissed sections.
-fn parse_notes(
-    wanted: &[vantage_proto::Section],
-    bodies: Vec<DismissalBody>,
-) -> Result<Vec<crate::store::DismissalNote>, String> {
-    let mut notes = Vec::with_capacity(bodies.len());
-    for (i, b) in bodies.into_iter().enumerate() {
-        let section = b
-            .section
-            .parse()
-            .map_err(|e| format!("dismissals[{i}].section: {e}"))?;
-        notes.push(crate::store::DismissalNote {
-            section,
-            until: b.until,
-            reason: b.reason,
-            actor: String::new(),
-            at: chrono::Utc::now(),
-        });
-    }
-    App::check_notes(wanted, &notes)?;
-    Ok(notes)
 }
 
 async fn put_settings(
@@ -237,7 +211,12 @@ async fn put_settings(
             );
         }
     };
-    let notes = match parse_notes(&wanted, parsed.dismissals) {
+    let given = parsed.dismissals.into_iter().map(|b| GivenNote {
+        section: b.section,
+        until: Ok(b.until),
+        reason: b.reason,
+    });
+    let notes = match App::parse_notes(&wanted, given) {
         Ok(n) => n,
         Err(e) => {
             return api_error(
@@ -251,10 +230,10 @@ async fn put_settings(
         .update_settings(wanted, notes, &App::actor(&extensions, "http", Some(peer)))
         .await
     {
-        Ok(Some(dismissed)) => json_response(
-            StatusCode::OK,
-            coder_json(&settings_body(&app, &dismissed).await),
-        ),
+        Ok(Some(dismissed)) => {
+            let view = app.settings_view(dismissed).await;
+            json_response(StatusCode::OK, coder_json(&HealthSettings::from(view)))
+        }
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
         Err(status) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,

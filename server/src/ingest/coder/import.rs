@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use vantage_probe::rules::provisioners::DaemonInput;
+use vantage_probe::rules::provisioners::ProvisionerDaemon;
 use vantage_proto::codes;
 use vantage_proto::report::{CoderProxy, CoderReplica, Message, Unavailable};
 
@@ -38,7 +38,7 @@ pub struct Round {
     /// Coder's DERP map and whether it forces WebSockets.
     pub derp: Option<(vantage_derp::map::DerpMap, bool)>,
     pub proxies: Option<Vec<ImportedProxy>>,
-    pub daemons: Option<Vec<DaemonInput>>,
+    pub daemons: Option<Vec<ProvisionerDaemon>>,
     pub replicas: Option<Vec<CoderReplica>>,
     /// Coder's own health report, section by section (Owner only).
     pub coderd: Option<Vec<SectionReport>>,
@@ -258,7 +258,10 @@ fn to_imported(list: Vec<model::Proxy>, regions: &ProxyRegions) -> Vec<ImportedP
         .collect()
 }
 
-async fn daemons(client: &CoderClient, r: &mut Round) -> Result<Option<Vec<DaemonInput>>, Stop> {
+async fn daemons(
+    client: &CoderClient,
+    r: &mut Round,
+) -> Result<Option<Vec<ProvisionerDaemon>>, Stop> {
     let orgs: Vec<model::Organization> = match client.get(ORGANIZATIONS).await {
         Ok(o) => o,
         Err(e) => {
@@ -274,7 +277,7 @@ async fn daemons(client: &CoderClient, r: &mut Round) -> Result<Option<Vec<Daemo
     for org in orgs {
         let endpoint = format!("{ORGANIZATIONS}/{}/provisionerdaemons", org.id);
         match client.get::<Vec<model::ProvisionerDaemon>>(&endpoint).await {
-            Ok(list) => all.extend(list.into_iter().map(model::ProvisionerDaemon::into_input)),
+            Ok(list) => all.extend(list.into_iter().map(model::ProvisionerDaemon::into_daemon)),
             Err(e) => {
                 if let Some(s) = fatal(r, &endpoint, &e) {
                     return Err(s);

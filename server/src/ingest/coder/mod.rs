@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use vantage_probe::rules::provisioners::DaemonInput;
+use vantage_probe::rules::provisioners::ProvisionerDaemon;
 use vantage_proto::Severity;
 use vantage_proto::backoff::Backoff;
 use vantage_proto::report::{CoderReplica, CoderReport, Unavailable};
@@ -36,7 +36,7 @@ pub const CODERD: &str = "coderd";
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoderDaemons {
     pub version: String,
-    pub daemons: Vec<DaemonInput>,
+    pub daemons: Vec<ProvisionerDaemon>,
 }
 
 /// The importer's parts.
@@ -62,7 +62,7 @@ pub struct Importer {
 struct Last {
     version: String,
     proxies: Vec<ImportedProxy>,
-    daemons: Vec<DaemonInput>,
+    daemons: Vec<ProvisionerDaemon>,
     replicas: Vec<CoderReplica>,
     imported_at: Option<chrono::DateTime<Utc>>,
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use vantage_probe::rules::provisioners::DaemonInput;
+use vantage_probe::rules::provisioners;
 use vantage_proto::report::CoderReplica;
 
 /// `GET /api/v2/buildinfo`.
@@ -120,8 +120,9 @@ pub struct ProvisionerDaemon {
 }
 
 impl ProvisionerDaemon {
-    pub fn into_input(self) -> DaemonInput {
-        DaemonInput {
+    /// The daemon, Coder's absent lists made empty.
+    pub fn into_daemon(self) -> provisioners::ProvisionerDaemon {
+        provisioners::ProvisionerDaemon {
             id: self.id,
             organization_id: self.organization_id,
             key_id: self.key_id,

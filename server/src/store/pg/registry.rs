@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use futures::future::BoxFuture;
 
 use super::{Failure, PgStore};
-use crate::registry::{DaemonRecord, ProxyRecord, ProxySource, RegistrySnapshot, RegistryStore};
+use crate::registry::{
+    NIL_UUID, ProvisionerDaemon, ProxySource, RegistrySnapshot, RegistryStore, WorkspaceProxy,
+};
 use crate::store::StoreError;
 
 fn tags_json(tags: &BTreeMap<String, String>) -> Result<serde_json::Value, Failure> {
@@ -16,12 +18,7 @@ fn tags_json(tags: &BTreeMap<String, String>) -> Result<serde_json::Value, Failu
 }
 
 fn source(s: &str) -> Result<ProxySource, Failure> {
-    match s {
-        "config" => Ok(ProxySource::Config),
-        "registered" => Ok(ProxySource::Registered),
-        "coder" => Ok(ProxySource::Coder),
-        other => Err(Failure(format!("unknown proxy source {other:?}"))),
-    }
+    ProxySource::parse(s).ok_or_else(|| Failure(format!("unknown proxy source {s:?}")))
 }
 
 impl RegistryStore for PgStore {
@@ -38,9 +35,10 @@ impl RegistryStore for PgStore {
                 .into_iter()
                 .map(|r| {
                     let tags: serde_json::Value = r.get(6);
-                    Ok(DaemonRecord {
+                    Ok(ProvisionerDaemon {
                         id: r.get(0),
                         organization_id: r.get(1),
+                        key_id: NIL_UUID.to_owned(),
                         name: r.get(2),
                         version: r.get(3),
                         api_version: r.get(4),
@@ -62,7 +60,7 @@ impl RegistryStore for PgStore {
                 .await?
                 .into_iter()
                 .map(|r| {
-                    Ok(ProxyRecord {
+                    Ok(WorkspaceProxy {
                         id: r.get(0),
                         name: r.get(1),
                         display_name: r.get(2),
@@ -82,10 +80,12 @@ impl RegistryStore for PgStore {
         }))
     }
 
-    fn save_daemon(&self, daemon: DaemonRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_daemon(&self, daemon: ProvisionerDaemon) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(
             self.run("saving a provisioner daemon", move |c| async move {
                 let tags = tags_json(&daemon.tags)?;
+                // The registry's daemons were all seen (a heartbeat made them).
+                let last_seen_at = daemon.last_seen_at.unwrap_or(daemon.created_at);
                 c.execute(
                     "INSERT INTO vantage_provisioner_daemons AS d
                      (name, id, organization_id, version, api_version, provisioners, tags,
@@ -110,7 +110,7 @@ impl RegistryStore for PgStore {
                         &daemon.provisioners,
                         &tags,
                         &daemon.created_at,
-                        &daemon.last_seen_at,
+                        &last_seen_at,
                     ],
                 )
                 .await?;
@@ -132,7 +132,7 @@ impl RegistryStore for PgStore {
         )
     }
 
-    fn save_proxy(&self, proxy: ProxyRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_proxy(&self, proxy: WorkspaceProxy) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.run("saving a workspace proxy", move |c| async move {
             c.execute(
                 "INSERT INTO vantage_workspace_proxies AS p
