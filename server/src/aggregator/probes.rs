@@ -338,14 +338,7 @@ impl State {
                 self.stats.rejected += 1;
                 continue;
             }
-            if v.seq.applied > 0 && obs.seq > v.seq.last + 1 {
-                v.seq.gaps += obs.seq - v.seq.last - 1;
-            }
-            if v.seq.first == 0 {
-                v.seq.first = obs.seq;
-            }
-            v.seq.last = obs.seq;
-            v.seq.applied += 1;
+            v.seq.take(obs.seq);
             self.stats.applied += 1;
             let section = if remote {
                 Section::from_pb(obs.section).ok_or("unassigned")
@@ -367,14 +360,7 @@ impl State {
                     continue;
                 }
             };
-            let (limit, per_check) = if remote {
-                (MAX_REMOTE_OBSERVATIONS, MAX_REMOTE_OBSERVATIONS)
-            } else if section == Section::Derp {
-                (MAX_REMOTE_OBSERVATIONS, MAX_TARGETS_PER_CHECK)
-            } else {
-                // One target per check (its URL, the database, the proxy).
-                (MAX_REMOTE_OBSERVATIONS, 1)
-            };
+            let (limit, per_check) = observation_limits(remote, section);
             self.timeline.sample(name, section, &obs);
             if !v.observations.put(obs, limit, per_check) {
                 // A check has at most so many targets (DERP nodes of a region).
@@ -516,4 +502,17 @@ fn assigned_section(
         return Err("unassigned_target");
     }
     Ok(check.section)
+}
+
+/// How many latest observations a vantage keeps, in all and per check: from the store as many
+/// as a replica may send; from a session one target per check, or a region's nodes for DERP.
+fn observation_limits(remote: bool, section: Section) -> (usize, usize) {
+    if remote {
+        (MAX_REMOTE_OBSERVATIONS, MAX_REMOTE_OBSERVATIONS)
+    } else if section == Section::Derp {
+        (MAX_REMOTE_OBSERVATIONS, MAX_TARGETS_PER_CHECK)
+    } else {
+        // One target per check (its URL, the database, the proxy).
+        (MAX_REMOTE_OBSERVATIONS, 1)
+    }
 }

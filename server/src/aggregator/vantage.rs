@@ -27,6 +27,20 @@ pub(super) struct SeqStats {
     pub(super) resumed_from: u64,
 }
 
+impl SeqStats {
+    /// `seq` (above `last`) is applied: the sequences skipped to it are gaps.
+    pub(super) fn take(&mut self, seq: u64) {
+        if self.applied > 0 && seq > self.last + 1 {
+            self.gaps += seq - self.last - 1;
+        }
+        if self.first == 0 {
+            self.first = seq;
+        }
+        self.last = seq;
+        self.applied += 1;
+    }
+}
+
 /// The latest observation of each check and target of one vantage. Keyed check → target so
 /// that replacing an observation (the ingest path's common case) allocates no key.
 #[derive(Default)]

@@ -583,7 +583,12 @@ async fn coders_dashboard_url_is_checked_and_its_echo_runs_only_with_an_owner_to
         "fra-1 checks Coder's access URL and echo",
         || async {
             let r = server.report().await;
-            (echo_of(&r, "fra-1")["code"] == 401).then_some(r)
+            // Both checks have run against Coder's URL (the first may still have targeted the
+            // listen URL, before the first import).
+            let access = r["access_url"]["vantage_reports"]["fra-1"]["access_url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with(&host));
+            (access && echo_of(&r, "fra-1")["code"] == 401).then_some(r)
         },
     )
     .await;
