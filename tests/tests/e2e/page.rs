@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use vantage_testkit::{closed_tcp_port, eventually};
 use vantage_tests::{Probe, Server, vantage};
 
@@ -242,4 +242,63 @@ async fn the_page_shows_a_dead_node_a_stale_vantage_and_an_unreachable_proxy() {
         "the proxy's error in full: {errors}"
     );
     b.screenshot("page-components-1400x1000").await;
+
+    // Readable: every visible text keeps a contrast of at least 4.5:1 with what is behind it,
+    // in light and in dark, on every view.
+    for scheme in ["light", "dark"] {
+        b.call(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]}),
+        )
+        .await;
+        for view in [
+            "#overview",
+            "#derp",
+            "#vantages",
+            "#components",
+            "#access_url",
+        ] {
+            b.eval(&format!("location.hash = '{view}'")).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let low = b.eval(LOW_CONTRAST).await;
+            assert_eq!(low, json!([]), "{scheme} {view}: texts below 4.5:1");
+        }
+        b.screenshot(&format!("page-overview-{scheme}-1400x1000"))
+            .await;
+    }
 }
+
+/// The visible elements whose own text has a WCAG contrast below 4.5:1 against the first
+/// opaque background behind them (white when none), as "tag.class: ratio \"text\"".
+const LOW_CONTRAST: &str = r#"(() => {
+  const parse = (c) => {
+    const m = c.match(/rgba?\(([^)]+)\)/);
+    if (!m) return null;
+    const p = m[1].split(",").map((x) => parseFloat(x));
+    return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+  };
+  const lum = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+  };
+  const behind = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c.a >= 0.5) return c;
+    }
+    return { r: 255, g: 255, b: 255, a: 1 };
+  };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const st = getComputedStyle(el);
+    if (st.display === "none" || st.visibility === "hidden" || el.getClientRects().length === 0) continue;
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own) continue;
+    const fg = parse(st.color);
+    if (!fg) continue;
+    const a = lum(fg), b = lum(behind(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) low.push(`${el.tagName.toLowerCase()}.${el.className}: ${ratio.toFixed(2)} "${el.textContent.trim().slice(0, 40)}"`);
+  }
+  return low;
+})()"#;
