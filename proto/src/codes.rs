@@ -38,6 +38,7 @@ pub const EVNT01: &str = "EVNT01";
 pub const EVNT02: &str = "EVNT02";
 pub const EVNT03: &str = "EVNT03";
 pub const EVNT04: &str = "EVNT04";
+pub const EVNT05: &str = "EVNT05";
 pub const ECDR01: &str = "ECDR01";
 pub const ECDR02: &str = "ECDR02";
 pub const ECDR03: &str = "ECDR03";
@@ -213,6 +214,12 @@ pub const CATALOGUE: &[CodeDoc] = &[
         section: "any",
         title: "A vantage lost observations",
         description: "A probe dropped observations from its replay buffer before the server acknowledged them (the server stops acknowledging while its store falls behind, so nothing acknowledged is ever lost; what the probe could not keep is). The message names the vantage and the count. Look at the database's health and at the server's write queue in /metrics; a larger --replay-buffer on the probe rides out longer outages.",
+    },
+    CodeDoc {
+        code: EVNT05,
+        section: "any",
+        title: "The report was cut to its bound",
+        description: "The report's JSON would have been larger than its bound (64 MiB): the per-vantage section reports are left out, the aggregates, their warnings and the vantage list stay. The message gives the size it would have had. Every vantage's view is still in /metrics, Watch and the history; fewer vantages, fewer assigned DERP regions or smaller bodies bring the report back under the bound.",
     },
     CodeDoc {
         code: ECDR01,

@@ -455,6 +455,17 @@ pub struct CoderReplica {
 }
 
 impl HealthReport {
+    /// Leave out every section's per-vantage reports (the aggregates stay): the report cut to
+    /// its bound.
+    pub fn drop_vantage_reports(&mut self) {
+        self.derp.vantage_reports.clear();
+        self.access_url.vantage_reports.clear();
+        self.websocket.vantage_reports.clear();
+        self.database.vantage_reports.clear();
+        self.workspace_proxy.vantage_reports.clear();
+        self.provisioner_daemons.vantage_reports.clear();
+    }
+
     /// The common fields of one section.
     pub fn base(&self, section: Section) -> &Base {
         match section {

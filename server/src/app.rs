@@ -264,6 +264,7 @@ pub(crate) async fn start_aggregator(
         // The heartbeat interval (5 s) and half of it again for a late heartbeat.
         holder_silence: HEARTBEAT * 3 / 2,
         force_join: config.force_timeout,
+        max_report_bytes: crate::aggregator::MAX_REPORT_BYTES,
     };
     let (dismissed, until) = crate::store::load_settings(&*stores.store).await?;
     let durable = stores.durable.as_ref().map(|d| DurableParts {

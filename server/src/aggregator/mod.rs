@@ -113,7 +113,14 @@ pub struct AggregatorConfig {
     /// A force joins the run in flight only while it is younger than this (the force
     /// timeout); after that the run's silent vantages are no longer waited for.
     pub force_join: Duration,
+    /// The largest report (Coder's JSON) served; beyond it the per-vantage section reports
+    /// are left out (EVNT05). [`MAX_REPORT_BYTES`] but in tests.
+    pub max_report_bytes: usize,
 }
+
+/// The bound on a report's JSON: 64 MiB. What a reader fetches (and the CLI decodes, up to
+/// 256 MiB for the gRPC form, which carries the JSON and the typed sections) stays below it.
+pub const MAX_REPORT_BYTES: usize = 64 << 20;
 
 /// Figures the aggregator keeps about itself, for `/metrics`.
 #[derive(Debug, Default, Clone)]

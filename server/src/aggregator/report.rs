@@ -116,8 +116,16 @@ impl State {
                 self.reaggregate(s, Cause::Here);
             }
         }
-        let report = self.build_report();
+        let mut report = self.build_report();
         let mut pb_report = report_pb(&report);
+        if pb_report.json.len() > self.config.max_report_bytes {
+            cut_to_bound(
+                &mut report,
+                pb_report.json.len(),
+                self.config.max_report_bytes,
+            );
+            pb_report = report_pb(&report);
+        }
         pb_report.epoch = self.current_epoch().to_owned();
         let pair = (Arc::new(report), Arc::new(pb_report));
         self.cached = Some(pair.clone());
@@ -215,6 +223,22 @@ impl State {
         overall(&mut report);
         report
     }
+}
+
+/// A report whose JSON would be `size` bytes, over `bound`: without its per-vantage section
+/// reports, saying so (EVNT05, a warning of the vantages block).
+fn cut_to_bound(report: &mut HealthReport, size: usize, bound: usize) {
+    report.drop_vantage_reports();
+    report.vantages.warnings.push(Message::new(
+        codes::EVNT05,
+        format!(
+            "the report would be {} KiB, over its bound of {} KiB: the per-vantage section reports are left out",
+            size >> 10,
+            bound >> 10
+        ),
+    ));
+    report.vantages.severity = report.vantages.severity.max(Severity::Warning);
+    overall(report);
 }
 
 /// The report's severity (the worst of the sections, the vantages block and the coder block)

@@ -348,6 +348,7 @@ mod tests {
                 max_vantages: 100,
                 holder_silence: Duration::from_secs(7),
                 force_join: Duration::from_secs(30),
+                max_report_bytes: crate::aggregator::MAX_REPORT_BYTES,
             },
             vec![],
         )

@@ -40,6 +40,7 @@ fn config() -> AggregatorConfig {
         max_vantages: 10_000,
         holder_silence: Duration::from_secs(7),
         force_join: Duration::from_secs(30),
+        max_report_bytes: vantage_server::aggregator::MAX_REPORT_BYTES,
     }
 }
 
@@ -509,4 +510,60 @@ async fn a_section_alert_fires_only_after_raise_after_evaluations_and_clears_aft
     assert!(access_url_alert(&agg).await.is_some(), "one of two");
     ingest(&agg, &p, vec![obs(7, 200)]).await;
     assert!(access_url_alert(&agg).await.is_none(), "cleared at two");
+}
+
+/// A report over its bound leaves out the per-vantage section reports and says so (EVNT05);
+/// the aggregates stay, and back under the bound the vantages' reports return.
+#[tokio::test]
+async fn a_report_over_its_bound_leaves_out_the_vantages_reports() {
+    let agg = Aggregator::spawn(
+        AggregatorConfig {
+            max_report_bytes: 50_000,
+            ..config()
+        },
+        vec![],
+    )
+    .expect("aggregator");
+    let body = |seq: u64, len: usize| {
+        let mut o = obs(seq, 200);
+        if let Some(ObsResult::AccessUrl(r)) = o.result.as_mut() {
+            r.healthz_response = "x".repeat(len);
+        }
+        o
+    };
+    // Two vantages with 30 kB bodies: about 90 kB of JSON in all (the aggregate shows one).
+    let a = attach(&agg, "fra-1", "a", 0).await;
+    let b = attach(&agg, "fra-2", "b", 0).await;
+    ingest(&agg, &a, vec![body(1, 30_000)]).await;
+    ingest(&agg, &b, vec![body(1, 30_000)]).await;
+    let (report, pb_report) = agg.report().await.unwrap();
+    assert!(
+        pb_report.json.len() <= 50_000,
+        "{} bytes",
+        pb_report.json.len()
+    );
+    assert!(report.access_url.vantage_reports.is_empty());
+    assert_eq!(
+        report.access_url.report.status_code, 200,
+        "the aggregate stays"
+    );
+    assert_eq!(report.vantages.items.len(), 2, "the vantage list stays");
+    let cut = report
+        .vantages
+        .warnings
+        .iter()
+        .find(|w| w.code == "EVNT05")
+        .expect("EVNT05");
+    assert!(
+        cut.message.contains("over its bound of 48 KiB"),
+        "{}",
+        cut.message
+    );
+    assert_eq!(report.vantages.severity, vantage_proto::Severity::Warning);
+    // Small bodies again: the vantages' own reports are back, and the warning gone.
+    ingest(&agg, &a, vec![body(2, 10)]).await;
+    ingest(&agg, &b, vec![body(2, 10)]).await;
+    let (report, _) = agg.report().await.unwrap();
+    assert_eq!(report.access_url.vantage_reports.len(), 2);
+    assert!(report.vantages.warnings.iter().all(|w| w.code != "EVNT05"));
 }

@@ -148,6 +148,7 @@ fn aggregator_config() -> AggregatorConfig {
         max_vantages: 16,
         holder_silence: Duration::from_secs(7),
         force_join: Duration::from_secs(30),
+        max_report_bytes: vantage_server::aggregator::MAX_REPORT_BYTES,
     }
 }
 
