@@ -220,3 +220,28 @@ fn section_matches(obs: &pb::Observation) -> bool {
         Some(ObsResult::UnknownError(_)) | None => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_logged_once_a_minute_per_name_and_the_names_are_bounded() {
+        let mut limit = LogLimit::default();
+        assert!(limit.allow("fra-1"));
+        assert!(
+            !limit.allow("fra-1"),
+            "the second within a minute is not logged"
+        );
+        assert!(limit.allow("iad-1"), "another name has its own minute");
+        tokio::time::advance(LOG_EVERY - Duration::from_millis(1)).await;
+        assert!(!limit.allow("fra-1"));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(limit.allow("fra-1"), "a minute later it is logged again");
+        // However many names are refused, at most LOG_NAMES are remembered.
+        for i in 0..LOG_NAMES * 2 {
+            assert!(limit.allow(&format!("flood-{i}")));
+        }
+        assert!(limit.last.len() <= LOG_NAMES);
+    }
+}

@@ -460,6 +460,94 @@ async fn mutual_tls_refuses_a_client_without_a_certificate_at_the_handshake() {
     .await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("server"));
+    // The refused handshakes are counted by reason.
+    let mut pem = std::fs::read(pki.path("client.pem")).unwrap();
+    pem.extend(std::fs::read(pki.path("client.key")).unwrap());
+    let with_cert = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(pki.path("ca.pem")).unwrap()).unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let metrics = with_cert
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = vantage_tests::metric(
+        &metrics,
+        "vantage_auth_refusals_total{reason=\"tls_handshake\"}",
+    );
+    assert!(refused >= 2.0, "{refused} handshakes refused");
+}
+
+/// The token file is reloaded when it changes, and on SIGHUP even when nothing shows a change
+/// (same length, modification time put back): each path on its own.
+#[tokio::test]
+async fn the_token_file_reloads_on_change_and_on_sighup_each_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    // Two admin tokens whose entries have the same length.
+    let (first, first_entry) = new_token(&["--name", "ops-a", "--role", "admin"]).await;
+    let (second, second_entry) = new_token(&["--name", "ops-b", "--role", "admin"]).await;
+    assert_eq!(first_entry.len(), second_entry.len());
+    std::fs::write(&file, &first_entry).unwrap();
+    let server = Server::start(&["--token-file", file.to_str().unwrap()]).await;
+    let works = |token: String| {
+        let url = server.url.clone();
+        async move { code(&cli(&["--server", &url, "--token", &token, "vantages"]).await) == 0 }
+    };
+    assert!(works(first.clone()).await);
+    assert!(!works(second.clone()).await);
+
+    // Same length, modification time put back: the file watch sees no change.
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, &second_entry).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        works(first.clone()).await,
+        "reloaded without a visible change"
+    );
+    // SIGHUP reloads all the same.
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(hup.success());
+    eventually(
+        Duration::from_secs(15),
+        "the second token after SIGHUP",
+        || {
+            let (a, b) = (works(second.clone()), works(first.clone()));
+            async move { (a.await && !b.await).then_some(()) }
+        },
+    )
+    .await;
+
+    // A visible change, no signal: the file watch reloads.
+    let (third, third_entry) = new_token(&["--name", "ops-c", "--role", "admin"]).await;
+    std::fs::write(&file, format!("{third_entry}\n# changed\n")).unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the third token after the change",
+        || {
+            let ok = works(third.clone());
+            async move { ok.await.then_some(()) }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
