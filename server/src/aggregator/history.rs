@@ -5,9 +5,10 @@
 //! in-memory store); with PostgreSQL they read the stored logs ([`crate::store::Store::history`]),
 //! within the same bounds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
+use rustc_hash::FxHashMap;
 use vantage_proto::{Section, convert, pb};
 
 /// Most section transitions kept (across sections and vantages).
@@ -20,13 +21,24 @@ pub const MAX_SERIES: usize = 4096;
 /// delivered from memory while the database was away, then fed back by it).
 const DEDUPE_WINDOW: usize = 64;
 
-type SeriesKey = (String, Section, String);
+/// One vantage's series: by section (in `Section::ALL` order), then by target. Looked up with
+/// borrowed names, so recording a sample (once per applied observation) allocates no key.
+type VantageSeries = [FxHashMap<String, VecDeque<pb::CheckSample>>; 6];
 
 /// The history of one aggregator.
 #[derive(Debug, Default)]
 pub(super) struct History {
     transitions: VecDeque<pb::SectionTransition>,
-    series: HashMap<SeriesKey, VecDeque<pb::CheckSample>>,
+    series: FxHashMap<String, VantageSeries>,
+    /// How many series there are, across vantages and sections.
+    series_count: usize,
+}
+
+fn section_index(section: Section) -> usize {
+    Section::ALL
+        .iter()
+        .position(|s| *s == section)
+        .unwrap_or_default()
 }
 
 /// What a history read asks for.
@@ -69,11 +81,25 @@ impl History {
 
     /// Record the outcome of one applied observation.
     pub(super) fn sample(&mut self, vantage: &str, section: Section, obs: &pb::Observation) {
-        let key = (vantage.to_owned(), section, obs.target.clone());
-        if !self.series.contains_key(&key) && self.series.len() >= MAX_SERIES {
-            return;
+        let i = section_index(section);
+        let known = self
+            .series
+            .get(vantage)
+            .is_some_and(|v| v[i].contains_key(obs.target.as_str()));
+        if !known {
+            if self.series_count >= MAX_SERIES {
+                return;
+            }
+            self.series_count += 1;
         }
-        let samples = self.series.entry(key).or_default();
+        let by_target = match self.series.get_mut(vantage) {
+            Some(v) => &mut v[i],
+            None => &mut self.series.entry(vantage.to_owned()).or_default()[i],
+        };
+        let samples = match by_target.get_mut(obs.target.as_str()) {
+            Some(s) => s,
+            None => by_target.entry(obs.target.clone()).or_default(),
+        };
         if samples.len() == MAX_SAMPLES {
             samples.pop_front();
         }
@@ -82,7 +108,9 @@ impl History {
 
     /// Forget a vantage's series (the vantage was forgotten); its transitions stay.
     pub(super) fn forget(&mut self, vantage: &str) {
-        self.series.retain(|(v, _, _), _| v != vantage);
+        if let Some(v) = self.series.remove(vantage) {
+            self.series_count -= v.iter().map(FxHashMap::len).sum::<usize>();
+        }
     }
 
     /// What the filter selects, oldest first; series sorted by vantage, section and target.
@@ -102,24 +130,30 @@ impl History {
             .filter(|t| section_ok(t.section) && time_ok(t.time.as_ref()))
             .cloned()
             .collect();
-        let mut keys: Vec<&SeriesKey> = self
-            .series
-            .keys()
-            .filter(|(_, s, _)| filter.section.is_none_or(|want| want == *s))
-            .collect();
-        keys.sort();
+        let mut keys: Vec<(&str, Section, &str, &VecDeque<pb::CheckSample>)> = Vec::new();
+        for (vantage, by_section) in &self.series {
+            for (section, by_target) in Section::ALL.iter().zip(by_section) {
+                if filter.section.is_some_and(|want| want != *section) {
+                    continue;
+                }
+                for (target, samples) in by_target {
+                    keys.push((vantage, *section, target, samples));
+                }
+            }
+        }
+        keys.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
         let checks = keys
             .into_iter()
-            .filter_map(|key| {
-                let samples: Vec<pb::CheckSample> = self.series[key]
+            .filter_map(|(vantage, section, target, samples)| {
+                let samples: Vec<pb::CheckSample> = samples
                     .iter()
                     .filter(|s| time_ok(s.time.as_ref()))
                     .cloned()
                     .collect();
                 (!samples.is_empty()).then(|| pb::CheckSeries {
-                    vantage: key.0.clone(),
-                    section: pb::Section::from(key.1) as i32,
-                    target: key.2.clone(),
+                    vantage: vantage.to_owned(),
+                    section: pb::Section::from(section) as i32,
+                    target: target.to_owned(),
                     samples,
                 })
             })
@@ -254,5 +288,39 @@ mod tests {
             since: None,
         });
         assert!(only.transitions.is_empty());
+    }
+
+    #[test]
+    fn the_series_are_bounded_and_a_forgotten_vantage_frees_its_own() {
+        let mut h = History::default();
+        for i in 0..MAX_SERIES {
+            h.sample(&format!("v{}", i % 7), Section::Derp, &obs(&format!("t{i}"), 1, ""));
+        }
+        // The same target in two sections is two series; beyond the bound none is added.
+        h.sample("late", Section::AccessUrl, &obs("t0", 1, ""));
+        assert_eq!(h.read(HistoryFilter::default()).checks.len(), MAX_SERIES);
+        let forgotten = h
+            .read(HistoryFilter::default())
+            .checks
+            .iter()
+            .filter(|c| c.vantage == "v0")
+            .count();
+        h.forget("v0");
+        h.sample("late", Section::AccessUrl, &obs("t0", 1, ""));
+        h.sample("late", Section::Websocket, &obs("t0", 1, ""));
+        let all = h.read(HistoryFilter::default()).checks;
+        assert_eq!(all.len(), MAX_SERIES - forgotten + 2);
+        let late: Vec<i32> = all
+            .iter()
+            .filter(|c| c.vantage == "late")
+            .map(|c| c.section)
+            .collect();
+        assert_eq!(
+            late,
+            vec![
+                pb::Section::AccessUrl as i32,
+                pb::Section::Websocket as i32
+            ]
+        );
     }
 }
