@@ -294,7 +294,11 @@ mod tests {
     fn the_series_are_bounded_and_a_forgotten_vantage_frees_its_own() {
         let mut h = History::default();
         for i in 0..MAX_SERIES {
-            h.sample(&format!("v{}", i % 7), Section::Derp, &obs(&format!("t{i}"), 1, ""));
+            h.sample(
+                &format!("v{}", i % 7),
+                Section::Derp,
+                &obs(&format!("t{i}"), 1, ""),
+            );
         }
         // The same target in two sections is two series; beyond the bound none is added.
         h.sample("late", Section::AccessUrl, &obs("t0", 1, ""));
@@ -317,10 +321,7 @@ mod tests {
             .collect();
         assert_eq!(
             late,
-            vec![
-                pb::Section::AccessUrl as i32,
-                pb::Section::Websocket as i32
-            ]
+            vec![pb::Section::AccessUrl as i32, pb::Section::Websocket as i32]
         );
     }
 }
