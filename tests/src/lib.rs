@@ -113,6 +113,15 @@ impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
+
+    /// SIGHUP: reload the configuration file, the certificate and the tokens.
+    pub fn hangup(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -HUP {}", self.pid());
+    }
 }
 
 /// A running `vantage-probe`.

@@ -84,21 +84,17 @@ impl History {
         let i = section_index(section);
         let known = self
             .series
-            .get(vantage)
-            .is_some_and(|v| v[i].contains_key(obs.target.as_str()));
-        if !known {
-            if self.series_count >= MAX_SERIES {
-                return;
+            .get_mut(vantage)
+            .and_then(|v| v[i].get_mut(obs.target.as_str()));
+        let samples = match known {
+            Some(samples) => samples,
+            None if self.series_count >= MAX_SERIES => return,
+            None => {
+                self.series_count += 1;
+                self.series.entry(vantage.to_owned()).or_default()[i]
+                    .entry(obs.target.clone())
+                    .or_default()
             }
-            self.series_count += 1;
-        }
-        let by_target = match self.series.get_mut(vantage) {
-            Some(v) => &mut v[i],
-            None => &mut self.series.entry(vantage.to_owned()).or_default()[i],
-        };
-        let samples = match by_target.get_mut(obs.target.as_str()) {
-            Some(s) => s,
-            None => by_target.entry(obs.target.clone()).or_default(),
         };
         if samples.len() == MAX_SAMPLES {
             samples.pop_front();

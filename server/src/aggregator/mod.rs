@@ -118,8 +118,8 @@ pub struct AggregatorConfig {
     pub max_report_bytes: usize,
 }
 
-/// The bound on a report's JSON: 64 MiB. What a reader fetches (and the CLI decodes, up to
-/// 256 MiB for the gRPC form, which carries the JSON and the typed sections) stays below it.
+/// The bound on a report's compact JSON (the gRPC form's `json`): 64 MiB. The CLI decodes up to
+/// 256 MiB, room for the gRPC form, which carries that JSON and the typed sections.
 pub const MAX_REPORT_BYTES: usize = 64 << 20;
 
 /// Figures the aggregator keeps about itself, for `/metrics`.

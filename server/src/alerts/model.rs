@@ -332,4 +332,4 @@ fn proxy_alerts(report: &HealthReport, ctx: &Context) -> Vec<Alert> {
 
 #[cfg(test)]
 #[path = "model_tests.rs"]
-mod tests;
+pub(crate) mod tests;

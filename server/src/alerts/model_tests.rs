@@ -13,7 +13,8 @@ fn ctx() -> Context {
     }
 }
 
-fn report() -> HealthReport {
+/// An empty, healthy report of revision 1 (the other modules' tests build on it too).
+pub(crate) fn report() -> HealthReport {
     HealthReport {
         time: DateTime::default(),
         healthy: true,

@@ -319,26 +319,14 @@ impl App {
 mod report_json_tests {
     use std::sync::Arc;
 
-    use vantage_proto::Severity;
     use vantage_proto::report::{HealthReport, coder_json};
 
     use super::ReportJson;
 
     fn report(revision: u64) -> Arc<HealthReport> {
         Arc::new(HealthReport {
-            time: chrono::DateTime::default(),
-            healthy: true,
-            severity: Severity::Ok,
-            derp: Default::default(),
-            access_url: Default::default(),
-            websocket: Default::default(),
-            database: Default::default(),
-            workspace_proxy: Default::default(),
-            provisioner_daemons: Default::default(),
-            coder_version: String::new(),
-            vantages: Default::default(),
             revision,
-            coder: None,
+            ..crate::alerts::model::tests::report()
         })
     }
 

@@ -18,6 +18,7 @@
 //! * [`eventually`]: poll with a deadline instead of sleeping for readiness.
 
 mod coturn;
+mod fuzz;
 mod net;
 mod nginx;
 mod pg;
@@ -26,6 +27,7 @@ pub mod prom;
 mod wait;
 
 pub use coturn::Coturn;
+pub use fuzz::replay_corpus;
 pub use net::{
     closed_tcp_port, closed_udp_port, loopback_listener, random_port, stun_answers, wait_tcp,
 };

@@ -637,15 +637,12 @@ async fn proxy_urls_to_metadata_or_with_credentials_are_refused() {
         .expect("allowed by allowed_proxy_networks");
 }
 
-/// The largest report a reader can fetch, asked for by 100 readers at once: it is encoded once
-/// and shared, so memory does not grow with the readers (760 MB peak for 100 concurrent GETs
-/// of a 9.7 MB report when each request encoded its own copy).
-#[tokio::test]
-async fn concurrent_readers_of_a_large_report_share_one_encoding() {
-    let server = Server::start(&["--interval", "1h"]).await;
+/// `n` vantages `<prefix>-<i>`, each sending one access-URL observation whose body is `len`
+/// bytes; their streams, held open.
+async fn vantages_with_bodies(server: &Server, prefix: &str, n: usize, len: usize) -> Vec<Raw> {
     let mut held = Vec::new();
-    for i in 0..60 {
-        let mut raw = attach(&server.url, vec![hello(&format!("big-{i}"), "i")]).await;
+    for i in 0..n {
+        let mut raw = attach(&server.url, vec![hello(&format!("{prefix}-{i}"), "i")]).await;
         let welcome = raw.welcome().await;
         let check = welcome
             .assignment
@@ -654,8 +651,7 @@ async fn concurrent_readers_of_a_large_report_share_one_encoding() {
             .into_iter()
             .find(|c| c.section == pb::Section::AccessUrl as i32)
             .unwrap();
-        // Just under the 64 KiB a body may have.
-        let big = pb::Observation {
+        let observation = pb::Observation {
             seq: 1,
             check_id: check.id,
             section: pb::Section::AccessUrl as i32,
@@ -663,7 +659,7 @@ async fn concurrent_readers_of_a_large_report_share_one_encoding() {
             result: Some(pb::observation::Result::AccessUrl(pb::AccessUrlResult {
                 reachable: true,
                 status_code: 200,
-                healthz_response: "x".repeat(60_000),
+                healthz_response: "x".repeat(len),
                 ..Default::default()
             })),
             ..Default::default()
@@ -671,13 +667,24 @@ async fn concurrent_readers_of_a_large_report_share_one_encoding() {
         raw.up
             .send(pb::ProbeMessage {
                 msg: Some(Up::Observations(pb::ObservationBatch {
-                    observations: vec![big],
+                    observations: vec![observation],
                 })),
             })
             .await
             .unwrap();
         held.push(raw);
     }
+    held
+}
+
+/// The largest report a reader can fetch, asked for by 100 readers at once: it is encoded once
+/// and shared, so memory does not grow with the readers (760 MB peak for 100 concurrent GETs
+/// of a 9.7 MB report when each request encoded its own copy).
+#[tokio::test]
+async fn concurrent_readers_of_a_large_report_share_one_encoding() {
+    let server = Server::start(&["--interval", "1h"]).await;
+    // Just under the 64 KiB a body may have.
+    let held = vantages_with_bodies(&server, "big", 60, 60_000).await;
     let url = format!("{}/api/v2/debug/health", server.url);
     let size = eventually(WAIT, "every big body in the report", || async {
         let body = reqwest::get(&url).await.ok()?.bytes().await.ok()?;
@@ -736,40 +743,7 @@ async fn concurrent_readers_of_a_large_report_share_one_encoding() {
 async fn oversized_bodies_are_not_kept() {
     let server = Server::start(&["--interval", "1h"]).await;
     let before = rss_bytes(server.pid());
-    let mut held = Vec::new();
-    for i in 0..60 {
-        let mut raw = attach(&server.url, vec![hello(&format!("fat-{i}"), "i")]).await;
-        let welcome = raw.welcome().await;
-        let check = welcome
-            .assignment
-            .unwrap()
-            .checks
-            .into_iter()
-            .find(|c| c.section == pb::Section::AccessUrl as i32)
-            .unwrap();
-        let fat = pb::Observation {
-            seq: 1,
-            check_id: check.id,
-            section: pb::Section::AccessUrl as i32,
-            target: server.url.clone(),
-            result: Some(pb::observation::Result::AccessUrl(pb::AccessUrlResult {
-                reachable: true,
-                status_code: 200,
-                healthz_response: "x".repeat(900_000),
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
-        raw.up
-            .send(pb::ProbeMessage {
-                msg: Some(Up::Observations(pb::ObservationBatch {
-                    observations: vec![fat],
-                })),
-            })
-            .await
-            .unwrap();
-        held.push(raw);
-    }
+    let held = vantages_with_bodies(&server, "fat", 60, 900_000).await;
     eventually(WAIT, "every fat body to be rejected", || async {
         let m = metrics(&server).await;
         (metric(

@@ -133,14 +133,6 @@ fn proxy_table(name: &str, url: &str) -> String {
     format!("[[workspace_proxies]]\nname = \"{name}\"\nurl = \"{url}\"\nregion = \"syd\"\n")
 }
 
-fn hangup(server: &Server) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[tokio::test]
 async fn sighup_applies_the_files_proxies_map_and_intervals_and_an_invalid_file_changes_nothing() {
     // A workspace proxy that answers healthy.
@@ -203,7 +195,7 @@ async fn sighup_applies_the_files_proxies_map_and_intervals_and_an_invalid_file_
         ),
     )
     .unwrap();
-    hangup(&server);
+    server.hangup();
     eventually(
         Duration::from_secs(20),
         "syd-b checked by syd-1",
@@ -227,7 +219,7 @@ async fn sighup_applies_the_files_proxies_map_and_intervals_and_an_invalid_file_
         ),
     )
     .unwrap();
-    hangup(&server);
+    server.hangup();
     // A valid SIGHUP after it still works, so the invalid one was handled (and refused).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = server.report().await;
@@ -243,7 +235,7 @@ async fn sighup_applies_the_files_proxies_map_and_intervals_and_an_invalid_file_
         ),
     )
     .unwrap();
-    hangup(&server);
+    server.hangup();
     eventually(Duration::from_secs(20), "only syd-c configured", || async {
         let mut names = proxies(&server.report().await);
         names.sort();

@@ -520,12 +520,7 @@ async fn the_token_file_reloads_on_change_and_on_sighup_each_on_its_own() {
         "reloaded without a visible change"
     );
     // SIGHUP reloads all the same.
-    let hup = Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(hup.success());
+    server.hangup();
     eventually(
         Duration::from_secs(15),
         "the second token after SIGHUP",
@@ -657,12 +652,7 @@ async fn a_certificate_reload_keeps_open_connections_working() {
     .await;
     assert_eq!(code(&refused), 4, "{}", stderr(&refused));
     std::fs::write(&token_file, format!("{entry}\n{more}")).unwrap();
-    let hup = Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(hup.success());
+    server.hangup();
     eventually(
         Duration::from_secs(15),
         "the new token accepted",
