@@ -53,10 +53,11 @@ pub enum ProbeCommand {
         name: String,
         session_id: u64,
     },
+    /// Observations, prepared by [`super::Aggregator::ingest`].
     Ingest {
         name: String,
         session_id: u64,
-        observations: Vec<pb::Observation>,
+        batch: super::Batch,
     },
     Heartbeat {
         name: String,

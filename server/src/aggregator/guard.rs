@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tonic::Status;
 use vantage_proto::pb;
@@ -164,15 +163,13 @@ pub(super) fn resume_fault(
     Ok(())
 }
 
-/// Why an observation of a probe is not applied (its reason label in `/metrics`), or `None`.
-pub(super) fn observation_fault(obs: &pb::Observation, last: u64) -> Option<&'static str> {
-    if obs.seq > last.saturating_add(SEQ_WINDOW) {
-        return Some("seq_window");
-    }
+/// Why an observation of a probe is not applied (its reason label in `/metrics`), or `None`:
+/// what can be told without the aggregator's state, as of `now_secs` (Unix seconds). The
+/// sequence window is the aggregator's to check.
+pub(super) fn observation_fault(obs: &pb::Observation, now_secs: i64) -> Option<&'static str> {
     if let Some(t) = &obs.observed_at {
-        let at = DateTime::<Utc>::from_timestamp(t.seconds, 0);
-        let latest = Utc::now() + MAX_FUTURE_SKEW;
-        if at.is_none_or(|at| at > latest) || t.seconds < 0 {
+        let latest = now_secs.saturating_add(MAX_FUTURE_SKEW.as_secs() as i64);
+        if t.seconds < 0 || t.seconds > latest {
             return Some("observed_at");
         }
     }

@@ -79,27 +79,33 @@ impl History {
         self.transitions.push_back(t);
     }
 
-    /// Record the outcome of one applied observation.
-    pub(super) fn sample(&mut self, vantage: &str, section: Section, obs: &pb::Observation) {
+    /// Record the outcome of one applied observation (its [`check_sample`]) of `target`.
+    pub(super) fn sample(
+        &mut self,
+        vantage: &str,
+        section: Section,
+        target: &str,
+        sample: pb::CheckSample,
+    ) {
         let i = section_index(section);
         let known = self
             .series
             .get_mut(vantage)
-            .and_then(|v| v[i].get_mut(obs.target.as_str()));
+            .and_then(|v| v[i].get_mut(target));
         let samples = match known {
             Some(samples) => samples,
             None if self.series_count >= MAX_SERIES => return,
             None => {
                 self.series_count += 1;
                 self.series.entry(vantage.to_owned()).or_default()[i]
-                    .entry(obs.target.clone())
+                    .entry(target.to_owned())
                     .or_default()
             }
         };
         if samples.len() == MAX_SAMPLES {
             samples.pop_front();
         }
-        samples.push_back(check_sample(obs));
+        samples.push_back(sample);
     }
 
     /// Forget a vantage's series (the vantage was forgotten); its transitions stay.
@@ -203,6 +209,11 @@ fn outcome(obs: &pb::Observation) -> (bool, String) {
 mod tests {
     use super::*;
 
+    /// An observation's sample, as the ingest path records it.
+    fn sample(h: &mut History, vantage: &str, section: Section, obs: &pb::Observation) {
+        h.sample(vantage, section, &obs.target, check_sample(obs));
+    }
+
     fn obs(target: &str, secs: i64, error: &str) -> pb::Observation {
         pb::Observation {
             target: target.to_owned(),
@@ -222,13 +233,14 @@ mod tests {
     fn samples_are_bounded_per_series_and_filtered_by_time() {
         let mut h = History::default();
         for i in 0..(MAX_SAMPLES as i64 + 30) {
-            h.sample(
+            sample(
+                &mut h,
                 "a",
                 Section::Derp,
                 &obs("derp/1/n", i, if i % 2 == 0 { "" } else { "down" }),
             );
         }
-        h.sample("a", Section::AccessUrl, &obs("u", 5, ""));
+        sample(&mut h, "a", Section::AccessUrl, &obs("u", 5, ""));
         let all = h.read(HistoryFilter::default());
         assert_eq!(all.checks.len(), 2);
         let derp = &all.checks[1];
@@ -290,14 +302,15 @@ mod tests {
     fn the_series_are_bounded_and_a_forgotten_vantage_frees_its_own() {
         let mut h = History::default();
         for i in 0..MAX_SERIES {
-            h.sample(
+            sample(
+                &mut h,
                 &format!("v{}", i % 7),
                 Section::Derp,
                 &obs(&format!("t{i}"), 1, ""),
             );
         }
         // The same target in two sections is two series; beyond the bound none is added.
-        h.sample("late", Section::AccessUrl, &obs("t0", 1, ""));
+        sample(&mut h, "late", Section::AccessUrl, &obs("t0", 1, ""));
         assert_eq!(h.read(HistoryFilter::default()).checks.len(), MAX_SERIES);
         let forgotten = h
             .read(HistoryFilter::default())
@@ -306,8 +319,8 @@ mod tests {
             .filter(|c| c.vantage == "v0")
             .count();
         h.forget("v0");
-        h.sample("late", Section::AccessUrl, &obs("t0", 1, ""));
-        h.sample("late", Section::Websocket, &obs("t0", 1, ""));
+        sample(&mut h, "late", Section::AccessUrl, &obs("t0", 1, ""));
+        sample(&mut h, "late", Section::Websocket, &obs("t0", 1, ""));
         let all = h.read(HistoryFilter::default()).checks;
         assert_eq!(all.len(), MAX_SERIES - forgotten + 2);
         let late: Vec<i32> = all

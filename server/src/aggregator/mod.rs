@@ -16,6 +16,7 @@ use vantage_proto::report::HealthReport;
 use vantage_proto::{Section, pb};
 
 mod alert;
+mod batch;
 mod command;
 mod durable;
 mod events;
@@ -28,6 +29,7 @@ mod report_pb;
 mod state;
 mod vantage;
 
+pub use batch::Batch;
 pub use command::{
     AdminCommand, AssignedCheck, Attached, ClusterCommand, Command, ProbeCommand, Query, SessionTx,
     SettingsUpdate,
@@ -227,6 +229,30 @@ impl Aggregator {
     /// Send a command, waiting for room (bounded backpressure).
     pub async fn send(&self, cmd: impl Into<Command>) -> Result<(), Stopped> {
         self.tx.send(cmd.into()).await.map_err(|_| Stopped)
+    }
+
+    /// A probe's observations prepared for [`ProbeCommand::Ingest`] ([`Batch::from_probe`]),
+    /// on the caller's thread (which decoded them), not on the aggregator's.
+    pub fn batch(&self, observations: Vec<pb::Observation>) -> Batch {
+        // A durable store writes every observation, so every one stays whole.
+        let keep_all = self.db_ok.is_some();
+        Batch::from_probe(observations, keep_all, Utc::now().timestamp())
+    }
+
+    /// Send a probe's observations, prepared here (see [`Aggregator::batch`]).
+    pub async fn ingest(
+        &self,
+        name: String,
+        session_id: u64,
+        observations: Vec<pb::Observation>,
+    ) -> Result<(), Stopped> {
+        let batch = self.batch(observations);
+        self.send(ProbeCommand::Ingest {
+            name,
+            session_id,
+            batch,
+        })
+        .await
     }
 
     async fn ask<T, C: Into<Command>>(

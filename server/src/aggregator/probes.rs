@@ -11,7 +11,8 @@ use vantage_proto::pb::server_message::Msg as Down;
 use vantage_proto::report::VantageChange;
 use vantage_proto::{Section, pb};
 
-use super::guard::{Refusal, observation_fault, resume_fault};
+use super::batch::{Batch, Group};
+use super::guard::{Refusal, SEQ_WINDOW, resume_fault};
 use super::state::{Cause, ForceRun, State};
 use super::vantage::{SeqStats, Vantage};
 use super::{
@@ -233,12 +234,7 @@ impl State {
         }
     }
 
-    pub(super) fn ingest(
-        &mut self,
-        name: &str,
-        session_id: u64,
-        observations: Vec<pb::Observation>,
-    ) {
+    pub(super) fn ingest(&mut self, name: &str, session_id: u64, batch: Batch) {
         let Some(v) = self.vantages.get_mut(name) else {
             return;
         };
@@ -249,27 +245,26 @@ impl State {
             return;
         }
         let tx = tx.clone();
-        let instance = v.instance_id.clone();
-        let to_store = self.durable.is_some().then(|| {
-            observations
-                .iter()
-                .filter(|o| o.seq > v.seq.last)
-                .map(|o| NewObservation {
-                    vantage: name.to_owned(),
-                    instance_id: instance.clone(),
-                    observation: o.clone(),
-                })
-                .collect::<Vec<_>>()
-        });
-        let stored = v.stored.clone();
         let Some(d) = &self.durable else {
-            let acked = self.apply(name, observations, Cause::Here);
+            let acked = self.apply(name, batch, Cause::Here);
             // Cumulative ack; if the session's queue is full a later ack covers this one.
             let _ = tx.try_send(ack(acked));
             return;
         };
-        let batch = to_store.unwrap_or_default();
-        if batch.is_empty() {
+        // With a durable store every observation of the batch is whole (`keep_all`).
+        let to_store: Vec<NewObservation> = batch
+            .entries
+            .iter()
+            .filter(|e| e.seq > v.seq.last)
+            .filter_map(|e| e.whole.clone())
+            .map(|observation| NewObservation {
+                vantage: name.to_owned(),
+                instance_id: v.instance_id.clone(),
+                observation,
+            })
+            .collect();
+        let stored = v.stored.clone();
+        if to_store.is_empty() {
             // Nothing new: acknowledge only what is known stored.
             let _ = tx.try_send(ack(stored.load(std::sync::atomic::Ordering::Acquire)));
             return;
@@ -277,7 +272,7 @@ impl State {
         // An acknowledgement means stored, so a full write queue is backpressure: nothing of
         // this batch is applied or acknowledged, the session ends, and the probe resends
         // from what is stored once it reconnects (keeping the rest in its replay buffer).
-        let receipt = match d.writer.try_submit(batch) {
+        let receipt = match d.writer.try_submit(to_store) {
             Ok(r) => r,
             Err(full) => {
                 self.stats.backpressure += 1;
@@ -299,7 +294,7 @@ impl State {
                 return;
             }
         };
-        let acked = self.apply(name, observations, Cause::Here);
+        let acked = self.apply(name, batch, Cause::Here);
         let durable = self.durable.as_ref().map(|d| d.acks.clone());
         if let Some(acks) = durable {
             // If the ack queue is full, a later cumulative ack covers this one.
@@ -310,47 +305,47 @@ impl State {
     /// Apply observations of `name` in sequence order, once each; returns the highest
     /// sequence applied. From [`Cause::Elsewhere`] (heard through the store) the check need not
     /// be in this replica's assignment of the vantage.
-    pub(super) fn apply(
-        &mut self,
-        name: &str,
-        observations: Vec<pb::Observation>,
-        cause: Cause,
-    ) -> u64 {
+    pub(super) fn apply(&mut self, name: &str, mut batch: Batch, cause: Cause) -> u64 {
         let remote = cause == Cause::Elsewhere;
         let Some(v) = self.vantages.get_mut(name) else {
             return 0;
         };
         let mut dirty: u8 = 0;
-        for obs in observations {
-            if obs.seq <= v.seq.last {
+        // Per run of one check and target: its section in the assignment (or why none).
+        let mut run: Option<(usize, Result<Section, &'static str>)> = None;
+        for e in &mut batch.entries {
+            if e.seq <= v.seq.last {
                 v.seq.duplicates += 1;
                 self.stats.duplicates += 1;
                 continue;
             }
-            let fault = if remote {
-                None
-            } else {
-                observation_fault(&obs, v.seq.last)
-            };
-            if fault == Some("seq_window") {
+            if !remote && e.seq > v.seq.last.saturating_add(SEQ_WINDOW) {
                 // Refused, not applied: the sequence stays where it was.
                 self.stats.guard.reject("seq_window");
                 self.stats.rejected += 1;
                 continue;
             }
-            v.seq.take(obs.seq);
+            v.seq.take(e.seq);
             self.stats.applied += 1;
-            let section = if remote {
-                Section::from_pb(obs.section).ok_or("unassigned")
-            } else {
-                assigned_section(&v.assigned, &obs)
-            };
-            if let Some(reason) = fault {
+            if let Some(reason) = e.fault {
                 // Consumed (its number is taken), kept nowhere.
                 self.stats.guard.reject(reason);
                 self.stats.rejected += 1;
                 continue;
             }
+            let g = &batch.groups[e.group];
+            let section = match run {
+                Some((i, section)) if i == e.group => section,
+                _ => {
+                    let section = if remote {
+                        Section::from_pb(g.section).ok_or("unassigned")
+                    } else {
+                        assigned_section(&v.assigned, g)
+                    };
+                    run = Some((e.group, section));
+                    section
+                }
+            };
             let section = match section {
                 Ok(section) => section,
                 Err(reason) => {
@@ -361,8 +356,15 @@ impl State {
                 }
             };
             let (limit, per_check) = observation_limits(remote, section);
-            self.timeline.sample(name, section, &obs);
-            if !v.observations.put(obs, limit, per_check) {
+            self.timeline
+                .sample(name, section, &g.target, std::mem::take(&mut e.sample));
+            let kept = match e.whole.take() {
+                Some(obs) => v.observations.put(obs, limit, per_check),
+                None => v
+                    .observations
+                    .admits(&g.check_id, &g.target, limit, per_check),
+            };
+            if !kept {
                 // A check has at most so many targets (DERP nodes of a region).
                 self.stats.guard.reject("too_many_targets");
                 self.stats.rejected += 1;
@@ -492,13 +494,13 @@ impl State {
 /// assignment does not name).
 fn assigned_section(
     assigned: &rustc_hash::FxHashMap<String, AssignedCheck>,
-    obs: &pb::Observation,
+    run: &Group,
 ) -> Result<Section, &'static str> {
     let check = assigned
-        .get(&obs.check_id)
-        .filter(|c| Section::from_pb(obs.section) == Some(c.section))
+        .get(&run.check_id)
+        .filter(|c| Section::from_pb(run.section) == Some(c.section))
         .ok_or("unassigned")?;
-    if !check.targets.contains(&obs.target) {
+    if !check.targets.contains(&run.target) {
         return Err("unassigned_target");
     }
     Ok(check.section)

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use vantage_proto::{Section, pb};
 
 use super::MAX_REMOTE_OBSERVATIONS;
+use super::batch::Batch;
 use super::command::ClusterCommand;
 use super::state::{Cause, State};
 use super::vantage::SeqStats;
@@ -67,7 +68,7 @@ impl State {
                 // Its probe now reports through another replica.
                 v.home = false;
             }
-            self.apply(&name, list, Cause::Elsewhere);
+            self.apply(&name, Batch::from_store(list), Cause::Elsewhere);
         }
     }
 

@@ -133,8 +133,8 @@ impl State {
             ProbeCommand::Ingest {
                 name,
                 session_id,
-                observations,
-            } => self.ingest(&name, session_id, observations),
+                batch,
+            } => self.ingest(&name, session_id, batch),
             ProbeCommand::Heartbeat {
                 name,
                 session_id,

@@ -83,6 +83,19 @@ impl Latest {
         true
     }
 
+    /// Whether [`Latest::put`] of an observation of `check` and `target` would keep it
+    /// (without keeping anything).
+    pub(super) fn admits(&self, check: &str, target: &str, limit: usize, per_check: usize) -> bool {
+        match self.by_check.get(check) {
+            Some(targets) => {
+                targets.contains_key(target)
+                    || (per_check == 1 && targets.len() == 1)
+                    || (targets.len() < per_check && self.len < limit)
+            }
+            None => self.len < limit,
+        }
+    }
+
     pub(super) fn values(&self) -> impl Iterator<Item = &pb::Observation> {
         self.by_check.values().flat_map(FxHashMap::values)
     }

@@ -218,7 +218,7 @@ async fn session(
                 ProbeCommand::Ingest {
                     name: name.to_owned(),
                     session_id,
-                    observations: batch.observations,
+                    batch: agg.batch(batch.observations),
                 }
             }
             Some(Up::Heartbeat(h)) => ProbeCommand::Heartbeat {

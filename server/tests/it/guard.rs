@@ -337,13 +337,9 @@ async fn a_derp_check_takes_only_the_nodes_of_its_region() {
         node(3, "derp/8/7a"),
         node(4, "http://x"),
     ];
-    agg.send(ProbeCommand::Ingest {
-        name: "fra-1".into(),
-        session_id: a.session_id,
-        observations,
-    })
-    .await
-    .unwrap();
+    agg.ingest("fra-1".into(), a.session_id, observations)
+        .await
+        .unwrap();
     let kept: Vec<String> = agg
         .targets()
         .await

@@ -98,13 +98,9 @@ async fn attach(agg: &Aggregator, name: &str, instance: &str, acked: u64) -> Pro
 }
 
 async fn ingest(agg: &Aggregator, p: &Probe, observations: Vec<pb::Observation>) {
-    agg.send(ProbeCommand::Ingest {
-        name: p.name.clone(),
-        session_id: p.session_id,
-        observations,
-    })
-    .await
-    .unwrap();
+    agg.ingest(p.name.clone(), p.session_id, observations)
+        .await
+        .unwrap();
 }
 
 async fn vantage(agg: &Aggregator, name: &str) -> pb::Vantage {

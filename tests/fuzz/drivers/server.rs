@@ -94,7 +94,7 @@ async fn stream(messages: Vec<pb::ProbeMessage>) -> usize {
                 ProbeCommand::Ingest {
                     name: name.clone(),
                     session_id: *session_id,
-                    observations: batch.observations,
+                    batch: agg.batch(batch.observations),
                 }
             }
             Some(Up::Heartbeat(h)) => {
