@@ -23,8 +23,8 @@ pub(super) struct Entry {
     pub(super) fault: Option<&'static str>,
     /// Its history sample.
     pub(super) sample: pb::CheckSample,
-    /// The whole observation, when kept.
-    pub(super) whole: Option<pb::Observation>,
+    /// Its whole observation, when kept: an index into [`Batch::whole`].
+    pub(super) whole: Option<usize>,
 }
 
 /// The check and target a run of consecutive observations is about.
@@ -40,6 +40,8 @@ pub(super) struct Group {
 pub struct Batch {
     pub(super) entries: Vec<Entry>,
     pub(super) groups: Vec<Group>,
+    /// The observations kept whole (apart from the entries, which stay small).
+    pub(super) whole: Vec<pb::Observation>,
 }
 
 impl Batch {
@@ -58,6 +60,7 @@ impl Batch {
         let mut batch = Batch {
             entries: Vec::with_capacity(observations.len()),
             groups: Vec::new(),
+            whole: Vec::new(),
         };
         // Which of a run is applied depends on the sequence numbers alone when they rise
         // without jumping past the window inside the batch: then the applied ones of a run
@@ -81,13 +84,25 @@ impl Batch {
             let fault = now.and_then(|now| observation_fault(&obs, now));
             let (seq, sample) = (obs.seq, check_sample(&obs));
             let whole = if keep_all {
-                Some(obs)
+                batch.whole.push(obs);
+                Some(batch.whole.len() - 1)
             } else if fault.is_none() {
-                // Only the run's last good one can end up latest: drop the previous one here.
-                if let Some(previous) = kept.replace(index) {
-                    batch.entries[previous].whole = None;
+                // Only the run's last good one can end up latest: it takes the previous
+                // one's place (dropping it here).
+                match kept.replace(index) {
+                    Some(previous) => {
+                        let slot = batch.entries[previous].whole.take();
+                        match slot {
+                            Some(slot) => batch.whole[slot] = obs,
+                            None => batch.whole.push(obs),
+                        }
+                        Some(slot.unwrap_or(batch.whole.len() - 1))
+                    }
+                    None => {
+                        batch.whole.push(obs);
+                        Some(batch.whole.len() - 1)
+                    }
                 }
-                Some(obs)
             } else {
                 None
             };
@@ -148,7 +163,7 @@ mod tests {
     fn whole(b: &Batch) -> Vec<Option<u64>> {
         b.entries
             .iter()
-            .map(|e| e.whole.as_ref().map(|o| o.seq))
+            .map(|e| e.whole.map(|i| b.whole[i].seq))
             .collect()
     }
 
@@ -182,7 +197,9 @@ mod tests {
 
     #[test]
     fn everything_stays_whole_for_a_durable_store_or_when_the_numbers_do_not_rise() {
-        let all = |b: &Batch| b.entries.iter().all(|e| e.whole.is_some());
+        let all = |b: &Batch| {
+            b.entries.iter().all(|e| e.whole.is_some()) && b.whole.len() == b.entries.len()
+        };
         let rising = vec![obs(1, "a", 200), obs(2, "a", 200), obs(3, "a", -1)];
         assert!(all(&Batch::from_probe(rising, true, 1_000)));
         let falling = vec![obs(5, "a", 200), obs(4, "a", 200)];

@@ -213,9 +213,11 @@ impl Aggregator {
             refusal_log: guard::LogLimit::default(),
         };
         if state.config.dedicated_thread {
-            // A single-threaded runtime of its own; its timers and I/O are this thread's.
+            // A single-threaded runtime of its own, with timers and no I/O driver: the
+            // aggregator does no I/O, and without one a wake-up is a futex, not an eventfd
+            // write and an epoll_wait.
             let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_time()
                 .build()?;
             std::thread::Builder::new()
                 .name("vantage-aggregator".into())

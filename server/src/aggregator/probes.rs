@@ -256,7 +256,7 @@ impl State {
             .entries
             .iter()
             .filter(|e| e.seq > v.seq.last)
-            .filter_map(|e| e.whole.clone())
+            .filter_map(|e| e.whole.map(|i| batch.whole[i].clone()))
             .map(|observation| NewObservation {
                 vantage: name.to_owned(),
                 instance_id: v.instance_id.clone(),
@@ -358,8 +358,11 @@ impl State {
             let (limit, per_check) = observation_limits(remote, section);
             self.timeline
                 .sample(name, section, &g.target, std::mem::take(&mut e.sample));
-            let kept = match e.whole.take() {
-                Some(obs) => v.observations.put(obs, limit, per_check),
+            let kept = match e.whole {
+                Some(i) => {
+                    v.observations
+                        .put(std::mem::take(&mut batch.whole[i]), limit, per_check)
+                }
                 None => v
                     .observations
                     .admits(&g.check_id, &g.target, limit, per_check),
