@@ -182,9 +182,21 @@ async fn session(
     idle: Duration,
     mut follow: Assignments,
 ) -> String {
+    // One timer for the silence, re-armed only when it fires early: a message costs a clock
+    // read, not a timer registration.
+    let silence = tokio::time::sleep(idle);
+    tokio::pin!(silence);
+    let mut heard = tokio::time::Instant::now();
     loop {
         let msg = tokio::select! {
-            m = tokio::time::timeout(idle, inbound.message()) => m,
+            m = inbound.message() => Ok(m),
+            () = &mut silence => {
+                if heard.elapsed() < idle {
+                    silence.as_mut().reset(heard + idle);
+                    continue;
+                }
+                Err(())
+            }
             () = tx.closed() => return "the response stream closed".into(),
             Some(a) = follow.changed() => {
                 let check_ids = inventory::check_ids(&a);
@@ -198,8 +210,9 @@ async fn session(
                 continue;
             }
         };
+        heard = tokio::time::Instant::now();
         let msg = match msg {
-            Err(_) => return format!("silent for {idle:?}"),
+            Err(()) => return format!("silent for {idle:?}"),
             Ok(Err(status)) => {
                 let status = inbound_error(status);
                 let reason = format!("stream error: {}", status.message());

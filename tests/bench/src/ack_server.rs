@@ -1,7 +1,8 @@
 //! The ingestion baseline: a bare `ProbeService` that does nothing but acknowledge. It reads the
 //! hello, answers with a welcome (an assignment with one access-URL check), then acks every
 //! observation batch cumulatively, over the same transport stack as `vantaged` (tonic routes in
-//! an axum router served by `axum::serve`, TCP_NODELAY, jemalloc) and the same session-queue semantics (bounded, a
+//! an axum router served by `vantaged`'s own accept loop, TCP_NODELAY, the same TLS
+//! configuration when asked, jemalloc) and the same session-queue semantics (bounded, a
 //! full queue skips an ack that a later one covers).
 
 use std::pin::Pin;
@@ -96,15 +97,28 @@ impl pb::probe_service_server::ProbeService for AckOnly {
     }
 }
 
-/// Serve the baseline on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    let url = format!("http://{}", listener.local_addr()?);
+/// Serve the baseline on `listener` until the process ends: through `vantaged`'s own accept
+/// loop (hyper's automatic HTTP/1.1-or-2 connection, `TCP_NODELAY`, and TLS from the same
+/// rustls configuration when `tls` names a certificate and key).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<()> {
+    use vantage_server::security;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr()?);
     let svc = pb::probe_service_server::ProbeServiceServer::new(AckOnly { access_url: url })
         .max_decoding_message_size(MAX_MESSAGE);
-    let app = tonic::service::Routes::new(svc).into_axum_router();
-    // The same socket options as vantaged: no Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app).await
+    let router = tonic::service::Routes::new(svc).into_axum_router();
+    let tls = match tls {
+        Some((cert, key)) => {
+            let slot = std::sync::Arc::new(security::tls::CertSlot::load(cert, key)?);
+            Some(security::tls::server_config(slot, None)?)
+        }
+        None => None,
+    };
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let counters = std::sync::Arc::new(security::Counters::default());
+    security::accept::serve(listener, router, tls, counters, stop_rx).await?;
+    Ok(())
 }

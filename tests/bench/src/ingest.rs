@@ -31,7 +31,7 @@ pub struct IngestConfig {
     /// Attach streams sharing one HTTP/2 connection.
     pub streams_per_channel: usize,
     pub ack_server: PathBuf,
-    /// Serve `vantaged` over TLS (the baseline stays plaintext).
+    /// Serve `vantaged` and the baseline over TLS (the same certificate and configuration).
     pub tls: bool,
 }
 
@@ -194,9 +194,9 @@ pub async fn run(cfg: &IngestConfig) -> anyhow::Result<Vec<IngestRow>> {
             ..Default::default()
         };
         let mut cmd = Command::new(&cfg.ack_server);
-        cmd.stderr(std::process::Stdio::inherit());
+        cmd.args(&tls_args).stderr(std::process::Stdio::inherit());
         let baseline = ReadyChild::spawn(cmd, "bench_ack_server").await?;
-        row.baseline = load(&baseline.url, baseline.pid()?, n, cfg, None)
+        row.baseline = load(&baseline.url, baseline.pid()?, n, cfg, ca)
             .await
             .context("baseline")?;
         baseline.stop().await;

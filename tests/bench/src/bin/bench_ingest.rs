@@ -3,7 +3,8 @@
 //!
 //! `target/release/bench_ingest [--probes 1,100,1000] [--seconds 5] [--warmup 1] [--window 4096] [--tls]`
 //!
-//! `--tls` serves `vantaged` over TLS (a test CA made at start); the baseline stays plaintext.
+//! `--tls` serves `vantaged` and the baseline over TLS (a test CA made at start; the baseline
+//! uses `vantaged`'s accept loop and TLS configuration).
 #![allow(clippy::print_stdout)] // The figures are this binary's output.
 
 use std::time::Duration;
@@ -24,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     };
     println!(
         "ingest{}: window {} observations, {} per message, {} streams per connection, {:?} measured after {:?}",
-        if cfg.tls { " (vantaged over TLS)" } else { "" },
+        if cfg.tls { " (both over TLS)" } else { "" },
         cfg.window,
         bench::wire::BATCH,
         cfg.streams_per_channel,
