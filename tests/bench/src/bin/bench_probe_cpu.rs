@@ -28,12 +28,23 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let rows = runtime.block_on(probe_cpu::run(&cfg))?;
     println!("{}", probe_cpu::render(&rows));
-    if let ([probe, bb, ..], true) = (rows.as_slice(), cfg.blackbox) {
-        let ratio = probe.per_10k() / bb.per_10k().max(f64::EPSILON);
+    if let ([probe, bb, rest @ ..], true) = (rows.as_slice(), cfg.blackbox) {
+        let bb = bb.per_10k().max(f64::EPSILON);
         println!(
-            "target <= 0.5 x blackbox_exporter's CPU per check: {ratio:.3} {}",
-            if ratio <= 0.5 { "PASS" } else { "MISS" }
+            "check code alone: {:.3} x blackbox_exporter's CPU per check",
+            probe.per_10k() / bb
         );
+        // The target is the whole probe process, end to end: what an operator pays.
+        match rest.first() {
+            Some(whole) => {
+                let ratio = whole.per_10k() / bb;
+                println!(
+                    "target <= 0.25 x blackbox_exporter's CPU per check, whole probe process end to end: {ratio:.3} {}",
+                    if ratio <= 0.25 { "PASS" } else { "MISS" }
+                );
+            }
+            None => println!("no verdict: the end-to-end run was skipped (--e2e-seconds 0)"),
+        }
     }
     Ok(())
 }
