@@ -23,16 +23,16 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", memory::render(&rows));
     for r in &rows {
         println!(
-            "target with {} streams per connection: <= 64 KiB per idle probe: {:.1} {}; <= 32 KiB per watcher: {:.1} {}",
+            "target with {} streams per connection: <= 32 KiB per idle probe: {:.1} {}; <= 16 KiB per watcher: {:.1} {}",
             r.streams_per_channel,
             r.per_probe_kib(),
-            if r.per_probe_kib() <= 64.0 {
+            if r.per_probe_kib() <= 32.0 {
                 "PASS"
             } else {
                 "MISS"
             },
             r.per_watcher_kib(),
-            if r.per_watcher_kib() <= 32.0 {
+            if r.per_watcher_kib() <= 16.0 {
                 "PASS"
             } else {
                 "MISS"
