@@ -106,11 +106,31 @@ async fn store_events(
 /// Acks waiting for their observations to be stored, in order (the writer stores in order).
 /// An acknowledgement means stored: a write that was not stored is never acknowledged, so
 /// its observations stay in the probe's replay buffer and are resent after it reconnects.
+/// An ack that finds its session's queue full is kept (the latest per session) and tried
+/// again every [`ACK_RETRY`]: acks are cumulative, but a later one may never come.
 async fn ack_when_stored(mut pending: mpsc::Receiver<PendingAck>) {
-    while let Some((tx, seq, receipt, stored)) = pending.recv().await {
-        if receipt.stored().await.is_ok() {
-            stored.fetch_max(seq, Ordering::AcqRel);
-            let _ = tx.try_send(ack(seq));
+    let mut unsent: Vec<(SessionTx, u64)> = Vec::new();
+    let mut retry = tokio::time::interval(ACK_RETRY);
+    loop {
+        tokio::select! {
+            next = pending.recv() => {
+                let Some((tx, seq, receipt, stored)) = next else { return };
+                if receipt.stored().await.is_ok() {
+                    stored.fetch_max(seq, Ordering::AcqRel);
+                    unsent.retain(|(t, _)| !t.same_channel(&tx));
+                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ack(seq)) {
+                        unsent.push((tx, seq));
+                    }
+                }
+            }
+            _ = retry.tick(), if !unsent.is_empty() => {
+                unsent.retain(|(tx, seq)| {
+                    matches!(tx.try_send(ack(*seq)), Err(mpsc::error::TrySendError::Full(_)))
+                });
+            }
         }
     }
 }
+
+/// How often an ack that found its session's queue full is tried again.
+const ACK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);

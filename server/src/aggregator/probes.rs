@@ -247,8 +247,7 @@ impl State {
         let tx = tx.clone();
         let Some(d) = &self.durable else {
             let acked = self.apply(name, batch, Cause::Here);
-            // Cumulative ack; if the session's queue is full a later ack covers this one.
-            let _ = tx.try_send(ack(acked));
+            self.send_ack(name, &tx, acked);
             return;
         };
         // With a durable store every observation of the batch is whole (`keep_all`).
@@ -266,7 +265,8 @@ impl State {
         let stored = v.stored.clone();
         if to_store.is_empty() {
             // Nothing new: acknowledge only what is known stored.
-            let _ = tx.try_send(ack(stored.load(std::sync::atomic::Ordering::Acquire)));
+            let seq = stored.load(std::sync::atomic::Ordering::Acquire);
+            self.send_ack(name, &tx, seq);
             return;
         }
         // An acknowledgement means stored, so a full write queue is backpressure: nothing of
@@ -299,6 +299,35 @@ impl State {
         if let Some(acks) = durable {
             // If the ack queue is full, a later cumulative ack covers this one.
             let _ = acks.try_send((tx, acked, receipt, stored));
+        }
+    }
+
+    /// Acknowledge `seq` to `name`'s session. Acks are cumulative, so a full queue only
+    /// postpones this one: it is kept and sent again on the tick, unless a later one gets
+    /// through first.
+    pub(super) fn send_ack(&mut self, name: &str, tx: &SessionTx, seq: u64) {
+        let unsent = match tx.try_send(ack(seq)) {
+            Err(mpsc::error::TrySendError::Full(_)) => seq,
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => 0,
+        };
+        if let Some(v) = self.vantages.get_mut(name) {
+            v.unsent_ack = unsent;
+        }
+    }
+
+    /// Send again the acks that found their session's queue full.
+    pub(super) fn resend_acks(&mut self) {
+        for v in self.vantages.values_mut().filter(|v| v.unsent_ack != 0) {
+            let Some((_, tx)) = &v.session else {
+                v.unsent_ack = 0;
+                continue;
+            };
+            if !matches!(
+                tx.try_send(ack(v.unsent_ack)),
+                Err(mpsc::error::TrySendError::Full(_))
+            ) {
+                v.unsent_ack = 0;
+            }
         }
     }
 

@@ -92,6 +92,7 @@ impl State {
                     None => return,
                 },
                 _ = tick.tick() => {
+                    self.resend_acks();
                     self.check_staleness();
                     self.expire_dismissals();
                 }

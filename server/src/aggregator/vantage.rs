@@ -119,6 +119,9 @@ pub(super) struct Vantage {
     pub(super) address: String,
     pub(super) instance_id: String,
     pub(super) session: Option<(u64, SessionTx)>,
+    /// An acknowledgement its session's full queue did not take (0: none): sent again on the
+    /// aggregator's tick, since a later one may never come.
+    pub(super) unsent_ack: u64,
     /// The peer address of its current session (empty for the own vantage and remote ones).
     pub(super) peer: String,
     /// When it last ran a forced run (force is coalesced per vantage).
@@ -154,6 +157,7 @@ impl Vantage {
             address: String::new(),
             instance_id: String::new(),
             session: None,
+            unsent_ack: 0,
             peer: String::new(),
             forced_at: None,
             last_seen: Instant::now(),

@@ -563,3 +563,42 @@ async fn a_report_over_its_bound_leaves_out_the_vantages_reports() {
     assert_eq!(report.access_url.vantage_reports.len(), 2);
     assert!(report.vantages.warnings.iter().all(|w| w.code != "EVNT05"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ack_that_finds_the_session_queue_full_is_sent_once_there_is_room() {
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
+    // A session queue of one: the first ack fills it.
+    let (tx, mut rx): (SessionTx, _) = mpsc::channel(1);
+    let a = agg.attach(hello("fra-1", "inst-a", 0), tx).await.unwrap();
+    agg.send(ProbeCommand::Assigned {
+        name: "fra-1".into(),
+        check_ids: vec![AssignedCheck {
+            id: "access_url".into(),
+            section: Section::AccessUrl,
+            targets: ["http://x".to_owned()].into(),
+        }],
+    })
+    .await
+    .unwrap();
+    for seq in 1..=3 {
+        agg.ingest("fra-1".into(), a.session_id, vec![obs(seq, 200)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(vantage(&agg, "fra-1").await.applied, 3);
+    let acks = |rx: &mut mpsc::Receiver<Result<pb::ServerMessage, tonic::Status>>| {
+        let mut seen = Vec::new();
+        while let Ok(Ok(m)) = rx.try_recv() {
+            if let Some(Down::Ack(a)) = m.msg {
+                seen.push(a.seq);
+            }
+        }
+        seen
+    };
+    assert_eq!(acks(&mut rx), [1], "2 and 3 found the queue full");
+    // There is room now: the aggregator's next tick sends the latest ack again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(acks(&mut rx), [3]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(acks(&mut rx).is_empty(), "sent once");
+}
