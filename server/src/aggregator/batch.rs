@@ -137,7 +137,6 @@ mod tests {
                 failure: (status >= 500).then(|| pb::Message {
                     code: "EACS02".into(),
                     message: "503".into(),
-                    ..Default::default()
                 }),
                 ..Default::default()
             })),
