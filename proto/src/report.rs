@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Section, Severity};
 
+mod derp;
+pub use derp::{DerpNode, DerpNodeReport, DerpRegion, DerpRegionReport, Given};
+
 /// `{"code": "...", "message": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
@@ -137,14 +140,13 @@ pub struct WebsocketReport {
 }
 section_body!(WebsocketReport, healthy);
 
-/// The DERP section. Regions are Tailscale-shaped objects (PascalCase inside), kept as JSON
-/// values here because their types live with the DERP code (`vantage-derp`).
+/// The DERP section: region reports by region ID (a decimal string, as in JSON).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DerpReport {
     pub healthy: bool,
     #[serde(flatten)]
     pub base: Base,
-    pub regions: BTreeMap<String, serde_json::Value>,
+    pub regions: BTreeMap<String, DerpRegionReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netcheck: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

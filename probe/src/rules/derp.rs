@@ -72,3 +72,43 @@ pub fn to_report(h: &vantage_derp::health::DerpHealthReport) -> DerpReport {
             r
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vantage_derp::health::{Severity, node_verdict};
+    use vantage_derp::map::Node;
+    use vantage_proto::report::coder_json;
+
+    #[test]
+    fn the_regions_json_is_what_the_derp_rules_serialize() {
+        let node = Node {
+            name: "1a".into(),
+            region_id: 1,
+            host_name: "derp.example".into(),
+            ..Node::default()
+        };
+        let region = Region {
+            region_id: 1,
+            region_code: "fra".into(),
+            region_name: "Frankfurt <1>".into(),
+            nodes: vec![node.clone()],
+            ..Region::default()
+        };
+        let mut failed = DerpNodeReport {
+            node,
+            uses_websocket: true,
+            error: Some("dial tcp: refused".into()),
+            ..DerpNodeReport::default()
+        };
+        node_verdict(&mut failed);
+        let h = section_report([(1, region_report(&region, vec![failed]))].into(), &[]);
+        let report = to_report(&h);
+        let r = &report.regions["1"];
+        assert_eq!(r.severity, Severity::Error);
+        assert_eq!(r.region_name(), "Frankfurt <1>");
+        assert_eq!(r.warnings[0].code, "EDERP01");
+        let as_json = serde_json::to_value(&h).expect("JSON");
+        assert_eq!(coder_json(&report.regions), coder_json(&as_json["regions"]));
+    }
+}

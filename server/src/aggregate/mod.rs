@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use vantage_probe::rules::SectionReport;
-use vantage_proto::report::{DerpReport, Message, SectionBody};
+use vantage_proto::report::{DerpRegionReport, DerpReport, Message, SectionBody};
 use vantage_proto::{Section, Severity, codes};
 
 /// Aggregate `reports` (fresh vantages' reports of `section`, sorted by vantage name).
@@ -126,12 +126,6 @@ fn preference(name: &str) -> (bool, &str) {
     (!crate::config::is_server_vantage(name), name)
 }
 
-fn value_severity(v: &serde_json::Value) -> Severity {
-    v.get("severity")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .unwrap_or(Severity::Error)
-}
-
 /// The DERP section across vantages: each region from the vantages that checked it (quorum
 /// per region, the worst agreed region report shown), regions nobody fresh covers (EVNT02),
 /// the section-level findings of each vantage (ESTUN01/ESTUN02, naming the vantages), and
@@ -149,7 +143,7 @@ pub fn aggregate_derp(
     };
     for id in derp_region_ids(reports, expected) {
         let key = id.to_string();
-        let views: Vec<(&str, &serde_json::Value)> = reports
+        let views: Vec<(&str, &DerpRegionReport)> = reports
             .iter()
             .filter_map(|(n, r)| r.regions.get(&key).map(|v| (*n, v)))
             .collect();
@@ -199,34 +193,24 @@ fn derp_region_uncovered(out: &mut DerpReport, id: i64, expected: &[(i64, String
 fn merge_derp_region(
     out: &mut DerpReport,
     id: i64,
-    views: &[(&str, &serde_json::Value)],
+    views: &[(&str, &DerpRegionReport)],
     quorum: usize,
 ) {
-    let sevs: Vec<Severity> = views.iter().map(|(_, v)| value_severity(v)).collect();
+    let sevs: Vec<Severity> = views.iter().map(|(_, v)| v.severity).collect();
     let level = agreed(&sevs, quorum);
-    let mut region = derp_representative(views, level);
+    let region = derp_representative(views, level);
     let below: Vec<String> = views
         .iter()
-        .filter(|(_, v)| value_severity(v) > level)
-        .map(|(n, v)| format!("{n} ({})", value_severity(v)))
+        .filter(|(_, v)| v.severity > level)
+        .map(|(n, v)| format!("{n} ({})", v.severity))
         .collect();
-    if let Some(ws) = region.get("warnings").and_then(|w| w.as_array()) {
-        for w in ws {
-            if let Ok(m) = serde_json::from_value::<Message>(w.clone()) {
-                out.base.warnings.push(m);
-            }
-        }
-    }
+    out.base.warnings.extend(region.warnings.iter().cloned());
     if !below.is_empty() {
-        let name = region
-            .pointer("/region/RegionName")
-            .and_then(|n| n.as_str())
-            .unwrap_or("")
-            .to_owned();
         out.base.warnings.push(Message::new(
             codes::EVNT03,
             format!(
-                "DERP region {name} ({id}): seen by {} of {} vantages, fewer than the quorum of {}: {}",
+                "DERP region {} ({id}): seen by {} of {} vantages, fewer than the quorum of {}: {}",
+                region.region_name(),
                 below.len(),
                 views.len(),
                 quorum.max(1),
@@ -235,37 +219,29 @@ fn merge_derp_region(
         ));
         out.base.raise(Severity::Warning);
     }
-    if region.get("healthy") == Some(&serde_json::Value::Bool(false)) {
+    if !region.healthy {
         out.healthy = false;
     }
     out.base.raise(level);
-    if let Some(o) = region.as_object_mut() {
-        o.entry("severity").or_insert(serde_json::json!(level));
-    }
     out.regions.insert(id.to_string(), region);
 }
 
 /// The region report to show at the agreed `level`: the preferred vantage's at that level,
 /// or else the mildest one, lowered to `level` and cleared of its findings.
-fn derp_representative(views: &[(&str, &serde_json::Value)], level: Severity) -> serde_json::Value {
+fn derp_representative(views: &[(&str, &DerpRegionReport)], level: Severity) -> DerpRegionReport {
     views
         .iter()
-        .filter(|(_, v)| value_severity(v) == level)
+        .filter(|(_, v)| v.severity == level)
         .min_by_key(|(n, _)| preference(n))
         .map(|(_, v)| (*v).clone())
         .unwrap_or_else(|| {
             // Nobody sits exactly at the agreed level: show the mildest, at that level.
             let mut v = views
                 .iter()
-                .min_by_key(|(_, v)| value_severity(v))
+                .min_by_key(|(_, v)| v.severity)
                 .map(|(_, v)| (*v).clone())
                 .unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("severity".into(), serde_json::json!(level));
-                o.insert("healthy".into(), serde_json::json!(true));
-                o.remove("error");
-                o.insert("warnings".into(), serde_json::json!([]));
-            }
+            v.clear_findings(level);
             v
         })
 }
@@ -471,6 +447,70 @@ mod tests {
         let out = aggregate(Section::WorkspaceProxy, &[], 1, false);
         assert_eq!(out.severity(), Severity::Ok);
         assert!(out.base().warnings.is_empty());
+    }
+
+    fn derp_view(sev: &str, healthy: bool, error: Option<&str>) -> DerpReport {
+        let mut region = serde_json::json!({
+            "healthy": healthy, "severity": sev,
+            "warnings": [{"code": "EDERP02", "message": "one node down"}],
+            "region": {"EmbeddedRelay": false, "RegionID": 7, "RegionCode": "fra",
+                "RegionName": "Frankfurt", "Nodes": [{"Name": "7a", "RegionID": 7, "HostName": "h"}]},
+            "node_reports": [{"node": {"Name": "7a"}, "error": error, "extra": [1]}],
+        });
+        if let Some(e) = error {
+            region["error"] = e.into();
+        }
+        let mut r = DerpReport::default();
+        let typed = serde_json::from_value(region).expect("a region report");
+        r.regions.insert("7".to_owned(), typed);
+        r
+    }
+
+    #[test]
+    fn a_derp_region_below_quorum_is_shown_at_the_agreed_level_without_its_findings() {
+        let ok = derp_view("ok", true, None);
+        let bad = derp_view("error", false, Some("node 7a failed"));
+        // Nobody sits at the agreed level: the failing view, cleared of its findings.
+        let out = aggregate_derp(&[("a", &bad)], 2, &[(7, "Frankfurt".into())], true);
+        assert_eq!(out.base.severity, Severity::Warning);
+        assert!(out.healthy);
+        let region = serde_json::to_value(&out.regions["7"]).expect("JSON");
+        let mut expected = serde_json::to_value(&bad.regions["7"]).expect("JSON");
+        let o = expected.as_object_mut().expect("an object");
+        o.remove("error");
+        o.insert("severity".into(), serde_json::json!("ok"));
+        o.insert("healthy".into(), serde_json::json!(true));
+        o.insert("warnings".into(), serde_json::json!([]));
+        assert_eq!(region, expected);
+        let evnt03: Vec<_> = out
+            .base
+            .warnings
+            .iter()
+            .filter(|w| w.code == "EVNT03")
+            .collect();
+        assert_eq!(out.base.warnings.len(), 1, "{:?}", out.base.warnings);
+        assert!(
+            evnt03[0]
+                .message
+                .starts_with("DERP region Frankfurt (7): seen by 1 of 1 vantages"),
+            "{evnt03:?}"
+        );
+        // A view at the agreed level is shown as the vantage gave it.
+        let both = [("a", &bad), ("b", &ok)];
+        let out = aggregate_derp(&both, 2, &[], true);
+        assert_eq!(out.regions["7"], ok.regions["7"]);
+        assert_eq!(out.base.warnings[0].code, "EDERP02");
+        assert_eq!(out.base.warnings[1].code, "EVNT03");
+        // At quorum 1 the failing view is the region, kept as the vantage gave it.
+        let out = aggregate_derp(&both, 1, &[], true);
+        assert_eq!(out.base.severity, Severity::Error);
+        assert!(!out.healthy);
+        assert_eq!(out.regions["7"], bad.regions["7"]);
+        assert_eq!(out.base.warnings[0].code, "EDERP02");
+        assert_eq!(
+            serde_json::to_string(&out.regions).expect("JSON"),
+            serde_json::to_string(&bad.regions).expect("JSON")
+        );
     }
 
     #[test]

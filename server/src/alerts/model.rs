@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-use vantage_proto::report::{Base, HealthReport, Message, VantageState};
+use vantage_proto::report::{Base, DerpRegionReport, HealthReport, Message, VantageState};
 use vantage_proto::{Section, Severity, codes};
 
 /// One alert as vantage wants it to be: its identity (labels) and what describes it.
@@ -201,35 +200,22 @@ fn stale_alerts(report: &HealthReport, ctx: &Context) -> Vec<Alert> {
 }
 
 /// A DERP region report's severity, id, code and messages (Coder's JSON).
-fn region_facts(v: &Value) -> Option<(Severity, i64, String, Vec<Message>)> {
-    let severity: Severity = serde_json::from_value(v.get("severity")?.clone()).ok()?;
-    let region = v.get("region")?;
-    let id = region.get("RegionID")?.as_i64()?;
-    let code = region
-        .get("RegionCode")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let mut base = Base {
+fn region_facts(v: &DerpRegionReport) -> Option<(Severity, i64, String, Vec<Message>)> {
+    let severity = v.severity;
+    let region = v.region.get()?;
+    let id = region.region_id;
+    let code = region.region_code.clone();
+    let base = Base {
         severity,
+        warnings: v.warnings.clone(),
+        error: v.error_text().map(str::to_owned),
         ..Base::default()
     };
-    base.warnings =
-        serde_json::from_value(v.get("warnings").cloned().unwrap_or_default()).unwrap_or_default();
-    base.error = v.get("error").and_then(Value::as_str).map(str::to_owned);
     let mut msgs = messages(&base);
     // The nodes' own errors say why (a node that cannot connect has no code).
-    for n in v
-        .get("node_reports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(e) = n.get("error").and_then(Value::as_str) {
-            let name = n
-                .pointer("/node/Name")
-                .and_then(Value::as_str)
-                .unwrap_or("?");
+    for n in v.nodes() {
+        if let Some(e) = n.error.get() {
+            let name = n.node.get().map_or("?", |n| n.name.as_str());
             msgs.push(Message::new("", format!("node {name}: {e}")));
         }
     }

@@ -2,7 +2,7 @@
 
 use super::*;
 use chrono::DateTime;
-use vantage_proto::report::{VantageInfo, WorkspaceProxy};
+use vantage_proto::report::{Given, VantageInfo, WorkspaceProxy};
 
 const BASE: &str = "https://vantage.example:8443";
 
@@ -33,12 +33,13 @@ pub(crate) fn report() -> HealthReport {
 }
 
 /// Region 2 (`fra`) with one node `2a` that could not connect (no code), at error.
-fn failing_region() -> Value {
-    serde_json::json!({
+fn failing_region() -> DerpRegionReport {
+    let region = serde_json::json!({
         "healthy": false, "severity": "error", "warnings": [],
         "region": {"RegionID": 2, "RegionCode": "fra", "Nodes": [{"Name": "2a"}]},
         "node_reports": [{"node": {"Name": "2a"}, "error": "dial tcp: connection refused"}]
-    })
+    });
+    serde_json::from_value(region).expect("a region report")
 }
 
 fn find<'a>(alerts: &'a [Alert], name: &str) -> &'a Alert {
@@ -194,9 +195,9 @@ fn a_derp_region_alert_names_the_region_its_vantages_and_always_has_a_runbook() 
 fn a_region_with_a_coded_warning_links_that_code() {
     let mut r = report();
     let mut region = failing_region();
-    region["severity"] = "warning".into();
-    region["warnings"] = serde_json::json!([{"code": "EDERP02", "message": "one node down"}]);
-    region["node_reports"] = serde_json::json!([]);
+    region.severity = Severity::Warning;
+    region.warnings = vec![Message::new("EDERP02", "one node down")];
+    region.node_reports = Given::Value(vec![]);
     r.derp.report.regions.insert("2".to_owned(), region);
     let alerts = desired(&r, &[], &ctx());
     let a = find(&alerts, "VantageDerpRegionUnhealthy");

@@ -219,19 +219,18 @@ fn target_labels(s: &Scrape<'_>, t: &TargetFigure) -> Labels {
     ];
     let mut parts = t.target.splitn(3, '/');
     if let (Some("derp"), Some(id), Some(node)) = (parts.next(), parts.next(), parts.next()) {
-        let r = s.report.derp.report.regions.get(id);
-        let text = |v: Option<&serde_json::Value>| {
-            v.and_then(serde_json::Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
-        let code = text(r.and_then(|r| r.pointer("/region/RegionCode")));
-        let host = text(
-            r.and_then(|r| r.pointer("/region/Nodes"))
-                .and_then(serde_json::Value::as_array)
-                .and_then(|nodes| nodes.iter().find(|n| n["Name"] == node))
-                .and_then(|n| n.get("HostName")),
-        );
+        let region = s
+            .report
+            .derp
+            .report
+            .regions
+            .get(id)
+            .and_then(|r| r.region.get());
+        let code = region.map_or("", |r| r.region_code.as_str()).to_owned();
+        let host = region
+            .and_then(|r| r.node(node))
+            .map_or("", |n| n.host_name.as_str())
+            .to_owned();
         l.extend([
             ("region_id", id.to_owned()),
             ("region_code", code),
