@@ -61,7 +61,7 @@ pub struct DerpRegionReport {
     /// Deprecated summary.
     #[serde(default = "healthy_when_unsaid")]
     pub healthy: bool,
-    #[serde(default = "error_when_unsaid")]
+    #[serde(default = "error_when_unsaid", deserialize_with = "severity_or_error")]
     pub severity: Severity,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub warnings: Vec<Message>,
@@ -84,6 +84,14 @@ fn healthy_when_unsaid() -> bool {
 
 fn error_when_unsaid() -> Severity {
     Severity::Error
+}
+
+/// A severity this version does not know (or `null`) counts as an error, as an absent one
+/// does: one odd region must not cost the whole section.
+fn severity_or_error<'de, D: Deserializer<'de>>(d: D) -> Result<Severity, D::Error> {
+    Ok(Option::<Value>::deserialize(d)?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or(Severity::Error))
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Message>, D::Error> {

@@ -109,3 +109,18 @@ fn a_region_without_severity_or_healthy_counts_as_a_healthy_error() {
         serde_json::json!({"healthy": true, "severity": "error", "warnings": [], "region": null, "node_reports": null})
     );
 }
+
+#[test]
+fn a_severity_this_version_does_not_know_counts_as_an_error() {
+    for json in [
+        r#"{"severity": "catastrophic"}"#,
+        r#"{"severity": null}"#,
+        r#"{"severity": 3}"#,
+    ] {
+        let typed: DerpRegionReport = serde_json::from_str(json).expect("a region report");
+        assert_eq!(typed.severity, Severity::Error, "{json}");
+    }
+    let known: DerpRegionReport =
+        serde_json::from_str(r#"{"severity": "warning"}"#).expect("a region report");
+    assert_eq!(known.severity, Severity::Warning);
+}
