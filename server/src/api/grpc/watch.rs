@@ -145,7 +145,9 @@ struct WatchState {
     /// The epoch `last` belongs to; an event of another epoch means a resync.
     epoch: String,
     filter: Filter,
-    cancel: tokio_util::sync::CancellationToken,
+    /// The server's shutdown, registered once: a future made per event would take the
+    /// token's lock twice per event and watcher.
+    cancelled: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     _guard: WatcherGuard,
 }
 
@@ -234,7 +236,7 @@ fn watch_outs(
                 return Some((Ok(ev), st));
             }
             let received = tokio::select! {
-                () = st.cancel.cancelled() => return None,
+                () = st.cancelled.as_mut() => return None,
                 r = st.sub.events.recv() => r,
             };
             match received {
@@ -289,7 +291,7 @@ fn first_state(app: &App, sub: Subscription, filter: Filter, since: u64) -> Watc
         last: since,
         epoch: String::new(),
         filter,
-        cancel: app.cancel.clone(),
+        cancelled: Box::pin(app.cancel.clone().cancelled_owned()),
         _guard: WatcherGuard(app.watchers.clone()),
         sub: Subscription {
             events: sub.events,
