@@ -14,7 +14,6 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use vantage_proto::pb;
 use vantage_proto::pb::server_message::Msg as Down;
-use vantage_proto::pb::watch_event::Event;
 
 use crate::wire::{self, BatchEncoder};
 use crate::{channels, cpu_seconds, percentile, start_vantaged};
@@ -65,24 +64,52 @@ struct WatcherOut {
     mismatches: u64,
 }
 
-fn is_aggregate_access_url(ev: &pb::WatchEvent) -> Option<&pb::SectionChange> {
-    match &ev.event {
-        Some(Event::SectionChange(c))
-            if c.vantage.is_empty() && c.section == pb::Section::AccessUrl as i32 =>
-        {
-            Some(c)
-        }
-        _ => None,
-    }
+/// What a benchmark watcher reads of a `WatchEvent` (same field numbers; prost skips the
+/// rest, a snapshot's report included): the generator shares the two cores with the server it
+/// measures, so it decodes as little as it can.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteEvent {
+    #[prost(message, optional, tag = "3")]
+    snapshot: Option<LiteSnapshot>,
+    #[prost(message, optional, tag = "4")]
+    section_change: Option<LiteChange>,
 }
 
-async fn subscribe(channel: Channel) -> anyhow::Result<tonic::Streaming<pb::WatchEvent>> {
-    let mut client = pb::health_service_client::HealthServiceClient::new(channel);
-    let mut stream = client
-        .watch(pb::WatchRequest {
-            sections: vec![pb::Section::AccessUrl as i32],
-            ..Default::default()
-        })
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteSnapshot {
+    #[prost(bool, tag = "1")]
+    resync: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteChange {
+    #[prost(int32, tag = "1")]
+    section: i32,
+    #[prost(string, tag = "2")]
+    vantage: String,
+    #[prost(int32, tag = "4")]
+    to: i32,
+}
+
+fn is_aggregate_access_url(ev: &LiteEvent) -> Option<&LiteChange> {
+    ev.section_change
+        .as_ref()
+        .filter(|c| c.vantage.is_empty() && c.section == pb::Section::AccessUrl as i32)
+}
+
+async fn subscribe(channel: Channel) -> anyhow::Result<tonic::Streaming<LiteEvent>> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| anyhow::anyhow!("watch: the channel is not ready: {e}"))?;
+    let request = pb::WatchRequest {
+        sections: vec![pb::Section::AccessUrl as i32],
+        ..Default::default()
+    };
+    let path = http::uri::PathAndQuery::from_static("/vantage.v1.HealthService/Watch");
+    let codec = tonic_prost::ProstCodec::<pb::WatchRequest, LiteEvent>::default();
+    let mut stream = grpc
+        .server_streaming(tonic::Request::new(request), path, codec)
         .await
         .map_err(|s| anyhow::anyhow!("watch: {:?} {}", s.code(), s.message()))?
         .into_inner();
@@ -92,16 +119,15 @@ async fn subscribe(channel: Channel) -> anyhow::Result<tonic::Streaming<pb::Watc
         .await
         .map_err(|s| anyhow::anyhow!("first watch event: {:?} {}", s.code(), s.message()))?;
     match first {
-        Some(pb::WatchEvent {
-            event: Some(Event::Snapshot(_)),
-            ..
+        Some(LiteEvent {
+            snapshot: Some(_), ..
         }) => Ok(stream),
         other => bail!("expected a snapshot first, got {other:?}"),
     }
 }
 
 async fn watcher(
-    mut stream: tonic::Streaming<pb::WatchEvent>,
+    mut stream: tonic::Streaming<LiteEvent>,
     flips: usize,
     stamps: Arc<Stamps>,
     deadline: tokio::time::Instant,
@@ -119,7 +145,7 @@ async fn watcher(
                 .map_err(|s| anyhow::anyhow!("watch stream: {:?} {}", s.code(), s.message()))?
                 .context("the watch stream ended")?,
         };
-        if let Some(Event::Snapshot(s)) = &ev.event {
+        if let Some(s) = &ev.snapshot {
             out.resynced |= s.resync;
             break;
         }

@@ -166,10 +166,15 @@ impl Out {
         }
     }
 
-    fn into_bytes(self) -> bytes::Bytes {
+    /// Write the encoded event into `dst`: a snapshot is encoded there, a shared event's
+    /// encoding copied (no clone of it, no count of its references).
+    pub fn encode_into(&self, dst: &mut impl bytes::BufMut) -> Result<(), prost::EncodeError> {
         match self {
-            Out::Own(ev) => bytes::Bytes::from(prost::Message::encode_to_vec(&*ev)),
-            Out::Shared(ev) => ev.encoded.clone(),
+            Out::Own(ev) => prost::Message::encode(&**ev, dst),
+            Out::Shared(ev) => {
+                dst.put_slice(&ev.encoded);
+                Ok(())
+            }
         }
     }
 }
@@ -185,16 +190,15 @@ pub fn watch_stream(
     watch_outs(app, sub, filter, since).map(|o| o.map(Out::into_event))
 }
 
-/// The stream of one watcher as encoded messages: live events are the shared bytes, copied
-/// into the response, never encoded per watcher (`watch_service`).
+/// The stream of one watcher before encoding: live events are shared, and their encoding is
+/// copied into the response, never made per watcher (`watch_codec`).
 pub fn watch_stream_encoded(
     app: &App,
     sub: Subscription,
     filter: Filter,
     since: u64,
-) -> impl Stream<Item = Result<bytes::Bytes, Status>> + Send + 'static {
-    use futures::StreamExt as _;
-    watch_outs(app, sub, filter, since).map(|o| o.map(Out::into_bytes))
+) -> impl Stream<Item = Result<Out, Status>> + Send + 'static {
+    watch_outs(app, sub, filter, since)
 }
 
 /// Start over from a fresh snapshot (the watcher fell behind, or the epoch changed).

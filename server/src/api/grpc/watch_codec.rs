@@ -5,7 +5,6 @@
 
 use std::pin::Pin;
 
-use bytes::{BufMut as _, Bytes};
 use futures::Stream;
 use futures::future::BoxFuture;
 use tonic::Status;
@@ -13,22 +12,22 @@ use tonic::codec::{Codec, EncodeBuf, Encoder};
 use vantage_proto::pb;
 
 use crate::api::App;
-use crate::api::grpc::watch::{Filter, watch_stream_encoded};
+use crate::api::grpc::watch::{Filter, Out, watch_stream_encoded};
 
 /// The method's path.
 pub const PATH: &str = "/vantage.v1.HealthService/Watch";
 
-/// Writes bytes that already are an encoded `WatchEvent`.
+/// Writes a watch stream's events: a shared one's encoding copied, a snapshot encoded.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawEncoder;
 
 impl Encoder for RawEncoder {
-    type Item = Bytes;
+    type Item = Out;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
+    fn encode(&mut self, item: Out, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode_into(dst)
+            .map_err(|e| Status::internal(format!("encoding a watch event: {e}")))
     }
 }
 
@@ -37,7 +36,7 @@ impl Encoder for RawEncoder {
 pub struct WatchCodec;
 
 impl Codec for WatchCodec {
-    type Encode = Bytes;
+    type Encode = Out;
     type Decode = pb::WatchRequest;
     type Encoder = RawEncoder;
     type Decoder = tonic_prost::ProstDecoder<pb::WatchRequest>;
@@ -53,10 +52,10 @@ impl Codec for WatchCodec {
 
 struct WatchService(App);
 
-type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send + 'static>>;
+type EncodedStream = Pin<Box<dyn Stream<Item = Result<Out, Status>> + Send + 'static>>;
 
 impl tonic::server::ServerStreamingService<pb::WatchRequest> for WatchService {
-    type Response = Bytes;
+    type Response = Out;
     type ResponseStream = EncodedStream;
     type Future = BoxFuture<'static, Result<tonic::Response<EncodedStream>, Status>>;
 
