@@ -160,7 +160,19 @@ impl State {
             self.timeline.transition(ev.event.time, c);
         }
         self.stats.events += 1;
-        let _ = self.events.send(ev);
+        match &mut self.held {
+            Some(held) => held.push(ev),
+            None => {
+                let _ = self.events.send(ev);
+            }
+        }
+    }
+
+    /// Send the events held back while a batch was applied (in order).
+    pub(super) fn release_events(&mut self) {
+        for ev in self.held.take().unwrap_or_default() {
+            let _ = self.events.send(ev);
+        }
     }
 
     /// Events from the database, in revision order: into the history and to the watchers.

@@ -202,6 +202,7 @@ impl Aggregator {
             revision: 0,
             changed_at: Utc::now(),
             events,
+            held: None,
             dismissed,
             dismiss_until: Vec::new(),
             cached: None,

@@ -60,6 +60,9 @@ pub(super) struct State {
     pub(super) revision: u64,
     pub(super) changed_at: DateTime<Utc>,
     pub(super) events: broadcast::Sender<Arc<SharedEvent>>,
+    /// Events held back from the watchers while a batch is applied, so that the probe's ack
+    /// is queued before a thousand watcher wake-ups (see [`State::release_events`]).
+    pub(super) held: Option<Vec<Arc<SharedEvent>>>,
     pub(super) history: VecDeque<Arc<SharedEvent>>,
     /// Section transitions and check outcomes over time (bounded), for `GetHistory`.
     pub(super) timeline: super::history::History,
@@ -135,7 +138,11 @@ impl State {
                 name,
                 session_id,
                 batch,
-            } => self.ingest(&name, session_id, batch),
+            } => {
+                self.held = Some(Vec::new());
+                self.ingest(&name, session_id, batch);
+                self.release_events();
+            }
             ProbeCommand::Heartbeat {
                 name,
                 session_id,
