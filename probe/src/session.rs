@@ -403,7 +403,13 @@ impl Session {
                     Ok(None) => return Ended::Lost(AttemptError::Closed),
                     Err(status) => return Ended::Lost(AttemptError::Attach(status)),
                 },
-                Some(out) = self.out_rx.recv() => self.take(out),
+                Some(out) = self.out_rx.recv() => {
+                    self.take(out);
+                    // What else is ready goes into the same message.
+                    while let Ok(out) = self.out_rx.try_recv() {
+                        self.take(out);
+                    }
+                }
                 permit = up.reserve(), if unsent => {
                     let Ok(permit) = permit else { return Ended::Lost(AttemptError::Closed) };
                     let batch = self.buffer.after(sent, BATCH);
