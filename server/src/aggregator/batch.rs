@@ -69,10 +69,10 @@ impl Batch {
             .windows(2)
             .all(|w| w[0].seq < w[1].seq && w[1].seq - w[0].seq <= SEQ_WINDOW);
         let keep_all = keep_all || !orderly;
-        // The entry holding the current run's kept observation.
+        // First by reference: faults, samples, runs, and which entries stay whole.
         let mut kept: Option<usize> = None;
-        for obs in observations {
-            if !batch.continues_run(&obs) {
+        for (index, obs) in observations.iter().enumerate() {
+            if !batch.continues_run(obs) {
                 batch.groups.push(Group {
                     check_id: obs.check_id.clone(),
                     target: obs.target.clone(),
@@ -80,39 +80,28 @@ impl Batch {
                 });
                 kept = None;
             }
-            let index = batch.entries.len();
-            let fault = now.and_then(|now| observation_fault(&obs, now));
-            let (seq, sample) = (obs.seq, check_sample(&obs));
-            let whole = if keep_all {
-                batch.whole.push(obs);
-                Some(batch.whole.len() - 1)
-            } else if fault.is_none() {
-                // Only the run's last good one can end up latest: it takes the previous
-                // one's place (dropping it here).
-                match kept.replace(index) {
-                    Some(previous) => {
-                        let slot = batch.entries[previous].whole.take();
-                        match slot {
-                            Some(slot) => batch.whole[slot] = obs,
-                            None => batch.whole.push(obs),
-                        }
-                        Some(slot.unwrap_or(batch.whole.len() - 1))
-                    }
-                    None => {
-                        batch.whole.push(obs);
-                        Some(batch.whole.len() - 1)
-                    }
+            let fault = now.and_then(|now| observation_fault(obs, now));
+            let whole = keep_all || fault.is_none();
+            if whole && !keep_all {
+                // Only the run's last good one can end up latest.
+                if let Some(previous) = kept.replace(index) {
+                    batch.entries[previous].whole = None;
                 }
-            } else {
-                None
-            };
+            }
             batch.entries.push(Entry {
-                seq,
+                seq: obs.seq,
                 group: batch.groups.len() - 1,
                 fault,
-                sample,
-                whole,
+                sample: check_sample(obs),
+                whole: whole.then_some(index),
             });
+        }
+        // Then move the kept ones out; the rest are dropped here, on this thread.
+        for (index, obs) in observations.into_iter().enumerate() {
+            if let Some(slot) = batch.entries[index].whole.as_mut() {
+                *slot = batch.whole.len();
+                batch.whole.push(obs);
+            }
         }
         batch
     }
