@@ -77,7 +77,18 @@ struct Probe {
 }
 
 async fn attach(agg: &Aggregator, name: &str, instance: &str, acked: u64) -> Probe {
-    let (tx, rx): (SessionTx, _) = mpsc::channel(1024);
+    attach_queue(agg, name, instance, acked, 1024).await
+}
+
+/// [`attach`] with a session queue of `capacity` messages.
+async fn attach_queue(
+    agg: &Aggregator,
+    name: &str,
+    instance: &str,
+    acked: u64,
+    capacity: usize,
+) -> Probe {
+    let (tx, rx): (SessionTx, _) = mpsc::channel(capacity);
     let a = agg.attach(hello(name, instance, acked), tx).await.unwrap();
     agg.send(ProbeCommand::Assigned {
         name: name.into(),
@@ -568,22 +579,9 @@ async fn a_report_over_its_bound_leaves_out_the_vantages_reports() {
 async fn an_ack_that_finds_the_session_queue_full_is_sent_once_there_is_room() {
     let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
     // A session queue of one: the first ack fills it.
-    let (tx, mut rx): (SessionTx, _) = mpsc::channel(1);
-    let a = agg.attach(hello("fra-1", "inst-a", 0), tx).await.unwrap();
-    agg.send(ProbeCommand::Assigned {
-        name: "fra-1".into(),
-        check_ids: vec![AssignedCheck {
-            id: "access_url".into(),
-            section: Section::AccessUrl,
-            targets: ["http://x".to_owned()].into(),
-        }],
-    })
-    .await
-    .unwrap();
+    let mut p = attach_queue(&agg, "fra-1", "inst-a", 0, 1).await;
     for seq in 1..=3 {
-        agg.ingest("fra-1".into(), a.session_id, vec![obs(seq, 200)])
-            .await
-            .unwrap();
+        ingest(&agg, &p, vec![obs(seq, 200)]).await;
     }
     assert_eq!(vantage(&agg, "fra-1").await.applied, 3);
     let acks = |rx: &mut mpsc::Receiver<Result<pb::ServerMessage, tonic::Status>>| {
@@ -595,10 +593,10 @@ async fn an_ack_that_finds_the_session_queue_full_is_sent_once_there_is_room() {
         }
         seen
     };
-    assert_eq!(acks(&mut rx), [1], "2 and 3 found the queue full");
+    assert_eq!(acks(&mut p.rx), [1], "2 and 3 found the queue full");
     // There is room now: the aggregator's next tick sends the latest ack again.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(acks(&mut rx), [3]);
+    assert_eq!(acks(&mut p.rx), [3]);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(acks(&mut rx).is_empty(), "sent once");
+    assert!(acks(&mut p.rx).is_empty(), "sent once");
 }
