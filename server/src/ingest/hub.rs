@@ -222,40 +222,54 @@ async fn session(
             Ok(Ok(None)) => return "the probe closed the stream".into(),
             Ok(Ok(Some(m))) => m,
         };
-        let cmd = match msg.msg {
-            Some(Up::Observations(batch)) => {
-                if let Err((status, reason)) = check_batch(&batch) {
-                    end_with(tx, status).await;
-                    return reason.into();
-                }
-                ProbeCommand::Ingest {
-                    name: name.to_owned(),
-                    session_id,
-                    batch: agg.batch(batch.observations),
-                }
-            }
-            Some(Up::Heartbeat(h)) => ProbeCommand::Heartbeat {
-                name: name.to_owned(),
-                session_id,
-                replay_dropped: h.replay_dropped,
-            },
-            Some(Up::RunComplete(r)) => ProbeCommand::RunComplete {
-                name: name.to_owned(),
-                request_id: r.request_id,
-            },
-            Some(Up::Hello(_)) => {
-                let status = Status::failed_precondition(
-                    "hello: a second hello on one stream is refused (attach again on a new stream)",
-                );
+        let cmd = match command(agg, name, session_id, msg) {
+            Ok(Some(cmd)) => cmd,
+            Ok(None) => continue,
+            Err((status, reason)) => {
                 end_with(tx, status).await;
-                return "a second hello".into();
+                return reason.into();
             }
-            None => continue,
         };
         if agg.send(cmd).await.is_err() {
             return "the server is shutting down".into();
         }
     }
+}
+
+/// What a probe's message asks of the aggregator (`None`: nothing), or the status its stream
+/// ends with and the reason logged.
+fn command(
+    agg: &Aggregator,
+    name: &str,
+    session_id: u64,
+    msg: pb::ProbeMessage,
+) -> Result<Option<ProbeCommand>, (Status, &'static str)> {
+    Ok(Some(match msg.msg {
+        Some(Up::Observations(batch)) => {
+            check_batch(&batch)?;
+            ProbeCommand::Ingest {
+                name: name.to_owned(),
+                session_id,
+                batch: agg.batch(batch.observations),
+            }
+        }
+        Some(Up::Heartbeat(h)) => ProbeCommand::Heartbeat {
+            name: name.to_owned(),
+            session_id,
+            replay_dropped: h.replay_dropped,
+        },
+        Some(Up::RunComplete(r)) => ProbeCommand::RunComplete {
+            name: name.to_owned(),
+            request_id: r.request_id,
+        },
+        Some(Up::Hello(_)) => {
+            let status = Status::failed_precondition(
+                "hello: a second hello on one stream is refused (attach again on a new stream)",
+            );
+            return Err((status, "a second hello"));
+        }
+        None => return Ok(None),
+    }))
 }
 
 /// The peer address of a request: axum's connection info (the shared listener), else tonic's.
