@@ -1,10 +1,11 @@
 //! A batch of one vantage's observations, prepared where it arrived (the probe's session task)
 //! for the aggregator to apply. Everything that needs no aggregator state happens here, on the
 //! worker thread that decoded the batch: the stateless checks (timestamps, sizes, section), the
-//! history sample of each observation, and grouping into runs of one check and target. Of a run only the
-//! last observation that passed those checks is kept whole (the only one of the run that can
-//! become its check's latest); the others are dropped here, on the thread that allocated them. With a
-//! durable store every observation is kept whole, since every one is written.
+//! history sample of each observation, and grouping into runs of one check and target. Of a
+//! run only the last observation that passed those checks is kept whole (the only one of the
+//! run that can become its check's latest); the others are dropped here, on the thread that
+//! allocated them. With a durable store every observation is kept whole, since every one is
+//! written.
 //!
 //! The aggregator then does per observation only what needs its state: the sequence number
 //! (duplicates, the window, gaps), the assignment and the history push.
@@ -111,14 +112,6 @@ impl Batch {
         self.groups.last().is_some_and(|g| {
             g.section == obs.section && g.check_id == obs.check_id && g.target == obs.target
         })
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
