@@ -37,7 +37,6 @@ pub(super) struct Group {
 }
 
 /// Observations of one vantage, in the order they came.
-#[derive(Default)]
 pub struct Batch {
     pub(super) entries: Vec<Entry>,
     pub(super) groups: Vec<Group>,

@@ -190,17 +190,6 @@ pub fn watch_stream(
     watch_outs(app, sub, filter, since).map(|o| o.map(Out::into_event))
 }
 
-/// The stream of one watcher before encoding: live events are shared, and their encoding is
-/// copied into the response, never made per watcher (`watch_codec`).
-pub fn watch_stream_encoded(
-    app: &App,
-    sub: Subscription,
-    filter: Filter,
-    since: u64,
-) -> impl Stream<Item = Result<Out, Status>> + Send + 'static {
-    watch_outs(app, sub, filter, since)
-}
-
 /// Start over from a fresh snapshot (the watcher fell behind, or the epoch changed).
 async fn resync(st: &mut WatchState) -> bool {
     let Ok(sub) = st.agg.subscribe(0, "").await else {
@@ -226,8 +215,9 @@ fn continues_into_provisional(st: &WatchState, ev: &SharedEvent) -> bool {
 }
 
 /// The stream of one watcher: snapshot or backlog first, then live events; when it falls
-/// behind the broadcast it is sent a fresh snapshot marked `resync`.
-fn watch_outs(
+/// behind the broadcast it is sent a fresh snapshot marked `resync`. Live events are shared,
+/// and their encoding is copied into the response, never made per watcher (`watch_codec`).
+pub fn watch_outs(
     app: &App,
     sub: Subscription,
     filter: Filter,

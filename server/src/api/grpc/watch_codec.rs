@@ -12,7 +12,7 @@ use tonic::codec::{Codec, EncodeBuf, Encoder};
 use vantage_proto::pb;
 
 use crate::api::App;
-use crate::api::grpc::watch::{Filter, Out, watch_stream_encoded};
+use crate::api::grpc::watch::{Filter, Out, watch_outs};
 
 /// The method's path.
 pub const PATH: &str = "/vantage.v1.HealthService/Watch";
@@ -69,8 +69,7 @@ impl tonic::server::ServerStreamingService<pb::WatchRequest> for WatchService {
                 .agg
                 .subscribe(req.since_revision, &req.since_epoch)
                 .await?;
-            let stream: EncodedStream =
-                Box::pin(watch_stream_encoded(&app, sub, filter, req.since_revision));
+            let stream: EncodedStream = Box::pin(watch_outs(&app, sub, filter, req.since_revision));
             Ok(tonic::Response::new(stream))
         })
     }
