@@ -371,7 +371,8 @@ async fn start_servers(
     (core, edge)
 }
 
-/// Both probes fresh, each with its view of the edge region and of the STUN region.
+/// Both probes fresh, each with its view of the access URL, of the edge region and of the
+/// STUN region.
 async fn both_regions_report(ns: &Netns, auth: &Auth) -> Value {
     eventually(
         Duration::from_secs(60),
@@ -380,6 +381,7 @@ async fn both_regions_report(ns: &Netns, auth: &Auth) -> Value {
             let r = report(ns, auth).await;
             let done = ["fra-1", "iad-1"].iter().all(|n| {
                 state(&r, n) == "fresh"
+                    && r["access_url"]["vantage_reports"][*n]["severity"].is_string()
                     && seen(&r, n, "1")["severity"].is_string()
                     && seen(&r, n, "1000")["node_reports"][0]["stun"]["CanSTUN"] == true
             });
