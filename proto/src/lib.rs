@@ -19,6 +19,7 @@ pub mod pb {
 }
 
 pub mod backoff;
+pub mod codec;
 pub mod codes;
 pub mod convert;
 pub mod report;

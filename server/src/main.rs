@@ -5,6 +5,7 @@ use std::process::ExitCode;
 /// jemalloc: the ingest path allocates on the stream tasks and frees on the aggregator's
 /// thread, which glibc's allocator handles poorly; jemalloc also keeps idle connections small
 /// (BENCHMARKS.md: ingestion and memory).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use vantage_server::config::{Config, Flags};

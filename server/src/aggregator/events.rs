@@ -33,6 +33,11 @@ impl std::ops::Deref for SharedEvent {
     }
 }
 
+/// What one broadcast carries: the events of one applied command, in revision order. A
+/// watcher wakes once for all of them and writes them into its response together (a batch
+/// that changes a section and a vantage makes two events, one wake-up per watcher).
+pub type EventGroup = Arc<[Arc<SharedEvent>]>;
+
 /// Most events this replica caused that it remembers until the database feeds them back.
 pub(super) const UNCONFIRMED_CAPACITY: usize = 16_384;
 
@@ -47,7 +52,7 @@ pub fn is_provisional(epoch: &str) -> bool {
 /// A new subscription: the receiver is subscribed before the snapshot or backlog is taken,
 /// so nothing falls between them.
 pub struct Subscription {
-    pub events: broadcast::Receiver<Arc<SharedEvent>>,
+    pub events: broadcast::Receiver<EventGroup>,
     /// Set when the subscriber starts from scratch or its revision is out of the history.
     pub snapshot: Option<(bool, Arc<pb::Report>)>,
     pub backlog: Vec<Arc<SharedEvent>>,
@@ -163,20 +168,33 @@ impl State {
         match &mut self.held {
             Some(held) => held.push(ev),
             None => {
-                let _ = self.events.send(ev);
+                let _ = self.events.send(Arc::new([ev]));
             }
         }
     }
 
-    /// Send the events held back while a batch was applied (in order).
+    /// Hold events back from the watchers until [`Self::release_events`]; `false` if they
+    /// already are (the caller then leaves the release to whoever held them).
+    pub(super) fn hold_events(&mut self) -> bool {
+        if self.held.is_some() {
+            return false;
+        }
+        self.held = Some(Vec::new());
+        true
+    }
+
+    /// Send the events held back while a command was applied, as one group (in order).
     pub(super) fn release_events(&mut self) {
-        for ev in self.held.take().unwrap_or_default() {
-            let _ = self.events.send(ev);
+        if let Some(held) = self.held.take()
+            && !held.is_empty()
+        {
+            let _ = self.events.send(EventGroup::from(held));
         }
     }
 
     /// Events from the database, in revision order: into the history and to the watchers.
     pub(super) fn stored_events(&mut self, events: Vec<crate::store::StoredEvent>) {
+        let held = self.hold_events();
         if !events.is_empty() && self.degraded.take().is_some() {
             tracing::info!("the database is back: events come from it again");
             self.revision = self.db_revision;
@@ -200,6 +218,9 @@ impl State {
             self.publish(SharedEvent::new(ev));
         }
         self.cached = None;
+        if held {
+            self.release_events();
+        }
     }
 
     /// The epoch revisions currently belong to.

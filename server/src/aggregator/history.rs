@@ -34,6 +34,14 @@ pub(super) struct History {
     series_count: usize,
 }
 
+/// Append a sample to a series, dropping its oldest beyond [`MAX_SAMPLES`].
+pub(super) fn push_sample(samples: &mut VecDeque<pb::CheckSample>, sample: pb::CheckSample) {
+    if samples.len() == MAX_SAMPLES {
+        samples.pop_front();
+    }
+    samples.push_back(sample);
+}
+
 fn section_index(section: Section) -> usize {
     Section::ALL
         .iter()
@@ -80,6 +88,7 @@ impl History {
     }
 
     /// Record the outcome of one applied observation (its [`check_sample`]) of `target`.
+    #[cfg(test)]
     pub(super) fn sample(
         &mut self,
         vantage: &str,
@@ -87,25 +96,39 @@ impl History {
         target: &str,
         sample: pb::CheckSample,
     ) {
+        if let Some(samples) = self.series(vantage, section, target) {
+            push_sample(samples, sample);
+        }
+    }
+
+    /// The samples of one series, made when new; `None` when there are already
+    /// [`MAX_SERIES`] (the ingest path looks a run of one target up once).
+    pub(super) fn series(
+        &mut self,
+        vantage: &str,
+        section: Section,
+        target: &str,
+    ) -> Option<&mut VecDeque<pb::CheckSample>> {
         let i = section_index(section);
         let known = self
             .series
-            .get_mut(vantage)
-            .and_then(|v| v[i].get_mut(target));
-        let samples = match known {
-            Some(samples) => samples,
-            None if self.series_count >= MAX_SERIES => return,
-            None => {
-                self.series_count += 1;
-                self.series.entry(vantage.to_owned()).or_default()[i]
-                    .entry(target.to_owned())
-                    .or_default()
-            }
-        };
-        if samples.len() == MAX_SAMPLES {
-            samples.pop_front();
+            .get(vantage)
+            .is_some_and(|v| v[i].contains_key(target));
+        if known {
+            return self
+                .series
+                .get_mut(vantage)
+                .and_then(|v| v[i].get_mut(target));
         }
-        samples.push_back(sample);
+        if self.series_count >= MAX_SERIES {
+            return None;
+        }
+        self.series_count += 1;
+        Some(
+            self.series.entry(vantage.to_owned()).or_default()[i]
+                .entry(target.to_owned())
+                .or_default(),
+        )
     }
 
     /// Forget a vantage's series (the vantage was forgotten); its transitions stay.

@@ -35,7 +35,7 @@ pub use command::{
     SettingsUpdate,
 };
 pub use durable::DurableParts;
-pub use events::{PROVISIONAL_EPOCH_PREFIX, SharedEvent, Subscription, is_provisional};
+pub use events::{EventGroup, PROVISIONAL_EPOCH_PREFIX, SharedEvent, Subscription, is_provisional};
 pub use guard::{
     GuardStats, MAX_BODY, MAX_ELAPSED, MAX_FUTURE_SKEW, MAX_OBSERVATION, Refusal, SEQ_WINDOW,
 };
@@ -82,7 +82,8 @@ pub enum AttachError {
     Refused(#[from] Refusal),
 }
 
-/// Capacity of the event broadcast; a subscriber further behind is told to resync.
+/// Capacity of the event broadcast, in groups (the events of one applied command); a
+/// subscriber further behind is told to resync.
 pub const EVENT_CAPACITY: usize = 4096;
 
 /// What the aggregator needs to know.

@@ -1,7 +1,7 @@
 //! What probe sessions (and the server's own vantage) cause: attach, detach, observations
 //! applied exactly once by per-instance sequence number, forced runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use chrono::Utc;
 use tokio::sync::{mpsc, watch};
@@ -13,6 +13,7 @@ use vantage_proto::{Section, pb};
 
 use super::batch::{Batch, Group};
 use super::guard::{Refusal, SEQ_WINDOW, resume_fault};
+use super::history::push_sample;
 use super::state::{Cause, ForceRun, State};
 use super::vantage::{SeqStats, Vantage};
 use super::{
@@ -340,8 +341,10 @@ impl State {
             return 0;
         };
         let mut dirty: u8 = 0;
-        // Per run of one check and target: its section in the assignment (or why none).
+        // Per run of one check and target: its section in the assignment (or why none), and
+        // its history series (looked up once a run, not once an observation).
         let mut run: Option<(usize, Result<Section, &'static str>)> = None;
+        let mut series: Option<(usize, Option<&mut VecDeque<pb::CheckSample>>)> = None;
         for e in &mut batch.entries {
             if e.seq <= v.seq.last {
                 v.seq.duplicates += 1;
@@ -385,8 +388,12 @@ impl State {
                 }
             };
             let (limit, per_check) = observation_limits(remote, section);
-            self.timeline
-                .sample(name, section, &g.target, std::mem::take(&mut e.sample));
+            if series.as_ref().is_none_or(|(i, _)| *i != e.group) {
+                series = Some((e.group, self.timeline.series(name, section, &g.target)));
+            }
+            if let Some((_, Some(samples))) = series.as_mut() {
+                push_sample(samples, std::mem::take(&mut e.sample));
+            }
             let kept = match e.whole {
                 Some(i) => {
                     v.observations

@@ -59,7 +59,7 @@ pub(super) struct State {
     pub(super) coder: Option<vantage_proto::report::CoderReport>,
     pub(super) revision: u64,
     pub(super) changed_at: DateTime<Utc>,
-    pub(super) events: broadcast::Sender<Arc<SharedEvent>>,
+    pub(super) events: broadcast::Sender<super::events::EventGroup>,
     /// Events held back from the watchers while a batch is applied, so that the probe's ack
     /// is queued before a thousand watcher wake-ups (see [`State::release_events`]).
     pub(super) held: Option<Vec<Arc<SharedEvent>>>,
@@ -158,9 +158,11 @@ impl State {
                 session_id,
                 batch,
             } => {
-                self.held = Some(Vec::new());
+                let held = self.hold_events();
                 self.ingest(&name, session_id, batch);
-                self.release_events();
+                if held {
+                    self.release_events();
+                }
             }
             ProbeCommand::Heartbeat {
                 name,

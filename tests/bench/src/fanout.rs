@@ -42,6 +42,8 @@ pub struct FanoutRow {
     pub applied: u64,
     pub ack_p99_ms: f64,
     pub server_cpu: f64,
+    /// CPU seconds of this process (the generator: the flipper and every watcher).
+    pub generator_cpu: f64,
     pub elapsed: f64,
 }
 
@@ -64,37 +66,142 @@ struct WatcherOut {
     mismatches: u64,
 }
 
-/// What a benchmark watcher reads of a `WatchEvent` (same field numbers; prost skips the
-/// rest, a snapshot's report included): the generator shares the two cores with the server it
-/// measures, so it decodes as little as it can.
-#[derive(Clone, PartialEq, prost::Message)]
+/// What a benchmark watcher reads of a `WatchEvent`: the generator shares the two cores with
+/// the server it measures, so it reads the encoded event in place ([`LiteEvent::parse`]) and
+/// looks at three fields of a change and one of a snapshot.
+#[derive(Debug, Default)]
 struct LiteEvent {
-    #[prost(message, optional, tag = "3")]
-    snapshot: Option<LiteSnapshot>,
-    #[prost(message, optional, tag = "4")]
+    /// A snapshot: its `resync` flag.
+    snapshot: Option<bool>,
     section_change: Option<LiteChange>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct LiteSnapshot {
-    #[prost(bool, tag = "1")]
-    resync: bool,
+#[derive(Debug, Default)]
+struct LiteChange {
+    section: i32,
+    /// `vantage` is empty: the aggregate's change.
+    aggregate: bool,
+    to: i32,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct LiteChange {
-    #[prost(int32, tag = "1")]
-    section: i32,
-    #[prost(string, tag = "2")]
-    vantage: String,
-    #[prost(int32, tag = "4")]
-    to: i32,
+/// One field of an encoded protobuf message.
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Other,
+}
+
+/// Every field of the protobuf message `buf`, in order.
+fn for_each_field(mut buf: &[u8], mut f: impl FnMut(u32, Field<'_>)) -> Result<(), String> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let short = |what: &str| format!("the event ends inside {what}");
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        let field = match wire {
+            WireType::Varint => Field::Varint(decode_varint(&mut buf).map_err(|e| e.to_string())?),
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut buf).map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+                let bytes = buf
+                    .get(..len)
+                    .ok_or_else(|| short("a length-delimited field"))?;
+                buf = &buf[len..];
+                Field::Bytes(bytes)
+            }
+            WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                let len = if wire == WireType::SixtyFourBit { 8 } else { 4 };
+                buf = buf.get(len..).ok_or_else(|| short("a fixed-size field"))?;
+                Field::Other
+            }
+            WireType::StartGroup | WireType::EndGroup => {
+                return Err(format!("field {tag}: groups are not used by vantage"));
+            }
+        };
+        f(tag, field);
+    }
+    Ok(())
+}
+
+impl LiteEvent {
+    /// `WatchEvent` fields 3 (snapshot: `resync` = 1) and 4 (section change: `section` = 1,
+    /// `vantage` = 2, `to` = 4); the rest is skipped.
+    fn parse(buf: &[u8]) -> Result<LiteEvent, String> {
+        let mut ev = LiteEvent::default();
+        let mut inner = Ok(());
+        for_each_field(buf, |tag, field| match (tag, field) {
+            (3, Field::Bytes(b)) => {
+                let mut resync = false;
+                inner = inner.clone().and(for_each_field(b, |t, f| {
+                    if let (1, Field::Varint(v)) = (t, f) {
+                        resync = v != 0;
+                    }
+                }));
+                ev.snapshot = Some(resync);
+            }
+            (4, Field::Bytes(b)) => {
+                let mut c = LiteChange {
+                    aggregate: true,
+                    ..Default::default()
+                };
+                inner = inner.clone().and(for_each_field(b, |t, f| match (t, f) {
+                    (1, Field::Varint(v)) => c.section = v as i32,
+                    (2, Field::Bytes(v)) => c.aggregate = v.is_empty(),
+                    (4, Field::Varint(v)) => c.to = v as i32,
+                    _ => {}
+                }));
+                ev.section_change = Some(c);
+            }
+            _ => {}
+        })?;
+        inner.map(|()| ev)
+    }
+}
+
+/// The watchers' codec: the request through prost, each event read by [`LiteEvent::parse`].
+#[derive(Debug, Default)]
+struct LiteCodec;
+
+impl tonic::codec::Codec for LiteCodec {
+    type Encode = pb::WatchRequest;
+    type Decode = LiteEvent;
+    type Encoder = tonic_prost::ProstEncoder<pb::WatchRequest>;
+    type Decoder = LiteCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        LiteCodec
+    }
+}
+
+impl tonic::codec::Decoder for LiteCodec {
+    type Item = LiteEvent;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<LiteEvent>, tonic::Status> {
+        use bytes::Buf as _;
+        // tonic's buffer is contiguous: the event is read where it lies.
+        let len = buf.remaining();
+        let parsed = match buf.chunk() {
+            chunk if chunk.len() == len => LiteEvent::parse(chunk),
+            _ => Err("the event is not contiguous in the decode buffer".to_owned()),
+        };
+        buf.advance(len);
+        parsed
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("watch event: {e}")))
+    }
 }
 
 fn is_aggregate_access_url(ev: &LiteEvent) -> Option<&LiteChange> {
     ev.section_change
         .as_ref()
-        .filter(|c| c.vantage.is_empty() && c.section == pb::Section::AccessUrl as i32)
+        .filter(|c| c.aggregate && c.section == pb::Section::AccessUrl as i32)
 }
 
 async fn subscribe(channel: Channel) -> anyhow::Result<tonic::Streaming<LiteEvent>> {
@@ -107,7 +214,7 @@ async fn subscribe(channel: Channel) -> anyhow::Result<tonic::Streaming<LiteEven
         ..Default::default()
     };
     let path = http::uri::PathAndQuery::from_static("/vantage.v1.HealthService/Watch");
-    let codec = tonic_prost::ProstCodec::<pb::WatchRequest, LiteEvent>::default();
+    let codec = LiteCodec;
     let mut stream = grpc
         .server_streaming(tonic::Request::new(request), path, codec)
         .await
@@ -138,15 +245,20 @@ async fn watcher(
         mismatches: 0,
     };
     let mut k = 0usize;
+    // One timer for the whole run (a timeout per message costs the generator a timer
+    // registration per event, 2 M a second).
+    let give_up = tokio::time::sleep_until(deadline);
+    tokio::pin!(give_up);
     while k < flips {
-        let ev = match tokio::time::timeout_at(deadline, stream.message()).await {
-            Err(_) => break,
-            Ok(r) => r
+        let ev = tokio::select! {
+            biased;
+            r = stream.message() => r
                 .map_err(|s| anyhow::anyhow!("watch stream: {:?} {}", s.code(), s.message()))?
                 .context("the watch stream ended")?,
+            () = &mut give_up => break,
         };
-        if let Some(s) = &ev.snapshot {
-            out.resynced |= s.resync;
+        if let Some(resync) = ev.snapshot {
+            out.resynced |= resync;
             break;
         }
         let Some(change) = is_aggregate_access_url(&ev) else {
@@ -260,6 +372,7 @@ pub async fn run_one(w: usize, cfg: &FanoutConfig) -> anyhow::Result<FanoutRow> 
         tasks.spawn(watcher(s, flips, stamps.clone(), deadline));
     }
     let cpu0 = cpu_seconds(pid)?;
+    let own0 = cpu_seconds(std::process::id())?;
     let t0 = Instant::now();
     let ack_lat = flipper(att, flips, cfg.rate, stamps.clone()).await?;
     let mut row = FanoutRow {
@@ -276,6 +389,7 @@ pub async fn run_one(w: usize, cfg: &FanoutConfig) -> anyhow::Result<FanoutRow> 
     }
     row.elapsed = t0.elapsed().as_secs_f64();
     row.server_cpu = cpu_seconds(pid)? - cpu0;
+    row.generator_cpu = cpu_seconds(std::process::id())? - own0;
     drop(stalled);
     all.sort_by(f64::total_cmp);
     row.receipts = all.len() as u64;
@@ -354,6 +468,7 @@ pub fn render(rows: &[FanoutRow], rate: f64) -> String {
                 format!("{} / {}", r.applied, r.flips + 1),
                 format!("{:.2}", r.ack_p99_ms),
                 format!("{:.2}", r.server_cpu / r.elapsed.max(f64::EPSILON)),
+                format!("{:.2}", r.generator_cpu / r.elapsed.max(f64::EPSILON)),
             ]
         })
         .collect();
@@ -370,6 +485,7 @@ pub fn render(rows: &[FanoutRow], rate: f64) -> String {
             "applied / sent (+stalled watcher)",
             "ack p99 ms",
             "vantaged CPU cores",
+            "generator CPU cores",
         ],
         &body,
     )

@@ -2,17 +2,21 @@
 //! [`Filter`]; a watcher that falls behind is resynced, never waited for.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 
-use futures::Stream;
-use tokio::sync::broadcast::error::RecvError;
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt as _};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::Status;
 use vantage_proto::pb;
 use vantage_proto::report::VantageChange;
 use vantage_proto::{Section, Severity};
 
-use crate::aggregator::{Aggregator, SharedEvent, Subscription, is_provisional};
+use crate::aggregator::{Aggregator, EventGroup, SharedEvent, Subscription, is_provisional};
 use crate::api::App;
 
 /// Which events a watcher wants.
@@ -137,9 +141,14 @@ impl Drop for WatcherGuard {
     }
 }
 
-struct WatchState {
+/// One watcher: the stream [`watch_outs`] returns. A hand-written stream, so that an event
+/// costs a poll of the broadcast and no move of this state (an `unfold` moves it in and out
+/// of a new future per event, and a thousand watchers take every event).
+pub struct WatchState {
     agg: Aggregator,
-    sub: Subscription,
+    events: BroadcastStream<EventGroup>,
+    /// A fresh subscription on its way (the watcher fell behind, or the epoch changed).
+    resyncing: Option<BoxFuture<'static, Option<Subscription>>>,
     queue: VecDeque<Out>,
     last: u64,
     /// The epoch `last` belongs to; an event of another epoch means a resync.
@@ -147,7 +156,7 @@ struct WatchState {
     filter: Filter,
     /// The server's shutdown, registered once: a future made per event would take the
     /// token's lock twice per event and watcher.
-    cancelled: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     _guard: WatcherGuard,
 }
 
@@ -186,23 +195,74 @@ pub fn watch_stream(
     filter: Filter,
     since: u64,
 ) -> impl Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static {
-    use futures::StreamExt as _;
     watch_outs(app, sub, filter, since).map(|o| o.map(Out::into_event))
 }
 
-/// Start over from a fresh snapshot (the watcher fell behind, or the epoch changed).
-async fn resync(st: &mut WatchState) -> bool {
-    let Ok(sub) = st.agg.subscribe(0, "").await else {
-        return false;
-    };
-    st.sub.events = sub.events;
-    if let Some((_, report)) = sub.snapshot {
-        st.last = report.revision;
-        st.epoch.clone_from(&report.epoch);
-        st.queue
-            .push_back(Out::Own(Box::new(snapshot_event(true, report, &st.filter))));
+impl WatchState {
+    /// Start over from a fresh snapshot (the watcher fell behind, or the epoch changed).
+    fn start_resync(&mut self) {
+        let agg = self.agg.clone();
+        self.resyncing = Some(Box::pin(async move { agg.subscribe(0, "").await.ok() }));
     }
-    true
+
+    /// The fresh subscription of a resync: its events from now on, its snapshot next.
+    fn resynced(&mut self, sub: Subscription) {
+        self.events = BroadcastStream::new(sub.events);
+        if let Some((_, report)) = sub.snapshot {
+            self.last = report.revision;
+            self.epoch.clone_from(&report.epoch);
+            self.queue.push_back(Out::Own(Box::new(snapshot_event(
+                true,
+                report,
+                &self.filter,
+            ))));
+        }
+    }
+
+    /// Queue what a broadcast group holds for this watcher, in order; an event of another
+    /// epoch starts a resync (the rest of the group is in its snapshot).
+    fn take_group(&mut self, group: &EventGroup) {
+        for ev in group.iter() {
+            match take(self, ev) {
+                Take::Deliver => self.queue.push_back(Out::Shared(ev.clone())),
+                Take::Skip => {}
+                Take::Resync => {
+                    self.start_resync();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Stream for WatchState {
+    type Item = Result<Out, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(resyncing) = this.resyncing.as_mut() {
+                let sub = ready!(resyncing.as_mut().poll(cx));
+                this.resyncing = None;
+                match sub {
+                    Some(sub) => this.resynced(sub),
+                    None => return Poll::Ready(None),
+                }
+            }
+            if let Some(out) = this.queue.pop_front() {
+                return Poll::Ready(Some(Ok(out)));
+            }
+            if this.cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            match ready!(this.events.poll_next_unpin(cx)) {
+                Some(Ok(group)) => this.take_group(&group),
+                // Fell behind: start over from a fresh snapshot.
+                Some(Err(BroadcastStreamRecvError::Lagged(_))) => this.start_resync(),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
 }
 
 /// Whether `ev` opens a provisional epoch right after the last revision this watcher has.
@@ -214,70 +274,46 @@ fn continues_into_provisional(st: &WatchState, ev: &SharedEvent) -> bool {
         && ev.revision == st.last + 1
 }
 
+/// What a watcher does with one live event.
+enum Take {
+    Deliver,
+    Skip,
+    Resync,
+}
+
+/// Follow one live event: its revision becomes the watcher's last, and it is delivered when
+/// it passes the filter; an event of another epoch means a resync.
+fn take(st: &mut WatchState, ev: &SharedEvent) -> Take {
+    if continues_into_provisional(st, ev) {
+        // The database went away: the provisional epoch goes on from the last revision this
+        // watcher has, so it simply follows (one resync per outage: when the database's feed
+        // takes over again).
+        st.epoch.clone_from(&ev.epoch);
+    } else if !st.epoch.is_empty() && ev.epoch != st.epoch {
+        // The revision sequence changed under us (the database came back, or a provisional
+        // epoch this watcher cannot follow without a gap): start over from a fresh snapshot.
+        return Take::Resync;
+    } else {
+        if st.epoch.is_empty() {
+            st.epoch.clone_from(&ev.epoch);
+        }
+        if ev.revision <= st.last {
+            return Take::Skip;
+        }
+    }
+    st.last = ev.revision;
+    if st.filter.passes(ev) {
+        Take::Deliver
+    } else {
+        Take::Skip
+    }
+}
+
 /// The stream of one watcher: snapshot or backlog first, then live events; when it falls
 /// behind the broadcast it is sent a fresh snapshot marked `resync`. Live events are shared,
 /// and their encoding is copied into the response, never made per watcher (`watch_codec`).
-pub fn watch_outs(
-    app: &App,
-    sub: Subscription,
-    filter: Filter,
-    since: u64,
-) -> impl Stream<Item = Result<Out, Status>> + Send + 'static {
-    let state = first_state(app, sub, filter, since);
-    futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(ev) = st.queue.pop_front() {
-                return Some((Ok(ev), st));
-            }
-            let received = tokio::select! {
-                () = st.cancelled.as_mut() => return None,
-                r = st.sub.events.recv() => r,
-            };
-            match received {
-                Ok(ev) if continues_into_provisional(&st, &ev) => {
-                    // The database went away: the provisional epoch goes on from the last
-                    // revision this watcher has, so it simply follows (one resync per
-                    // outage: when the database's feed takes over again).
-                    st.epoch.clone_from(&ev.epoch);
-                    st.last = ev.revision;
-                    if st.filter.passes(&ev) {
-                        return Some((Ok(Out::Shared(ev)), st));
-                    }
-                }
-                Ok(ev) if !st.epoch.is_empty() && ev.epoch != st.epoch => {
-                    // The revision sequence changed under us (the database came back, or a
-                    // provisional epoch this watcher cannot follow without a gap): start over
-                    // from a fresh snapshot.
-                    if !resync(&mut st).await {
-                        return None;
-                    }
-                }
-                Ok(ev) => {
-                    if st.epoch.is_empty() {
-                        st.epoch.clone_from(&ev.epoch);
-                    }
-                    if ev.revision <= st.last {
-                        continue;
-                    }
-                    st.last = ev.revision;
-                    if st.filter.passes(&ev) {
-                        return Some((Ok(Out::Shared(ev)), st));
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {
-                    // Fell behind: start over from a fresh snapshot.
-                    if !resync(&mut st).await {
-                        return None;
-                    }
-                }
-                Err(RecvError::Closed) => return None,
-            }
-        }
-    })
-}
-
-/// A new watcher's state: counted, with its snapshot or backlog queued.
-fn first_state(app: &App, sub: Subscription, filter: Filter, since: u64) -> WatchState {
+/// It starts counted, with its snapshot or backlog queued.
+pub fn watch_outs(app: &App, sub: Subscription, filter: Filter, since: u64) -> WatchState {
     app.watchers.fetch_add(1, Ordering::Relaxed);
     let mut state = WatchState {
         agg: app.agg.clone(),
@@ -287,11 +323,8 @@ fn first_state(app: &App, sub: Subscription, filter: Filter, since: u64) -> Watc
         filter,
         cancelled: Box::pin(app.cancel.clone().cancelled_owned()),
         _guard: WatcherGuard(app.watchers.clone()),
-        sub: Subscription {
-            events: sub.events,
-            snapshot: None,
-            backlog: Vec::new(),
-        },
+        events: BroadcastStream::new(sub.events),
+        resyncing: None,
     };
     if let Some((resync, report)) = sub.snapshot {
         state.last = report.revision;

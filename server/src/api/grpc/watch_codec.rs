@@ -8,7 +8,7 @@ use std::pin::Pin;
 use futures::Stream;
 use futures::future::BoxFuture;
 use tonic::Status;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use vantage_proto::pb;
 
 use crate::api::App;
@@ -29,6 +29,10 @@ impl Encoder for RawEncoder {
         item.encode_into(dst)
             .map_err(|e| Status::internal(format!("encoding a watch event: {e}")))
     }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        vantage_proto::codec::settings()
+    }
 }
 
 /// Requests decoded with prost, responses written pre-encoded.
@@ -46,7 +50,7 @@ impl Codec for WatchCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::default()
+        tonic_prost::ProstDecoder::new(vantage_proto::codec::settings())
     }
 }
 
