@@ -252,10 +252,18 @@ impl Stream for WatchState {
             if let Some(out) = this.queue.pop_front() {
                 return Poll::Ready(Some(Ok(out)));
             }
-            if this.cancelled.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            match ready!(this.events.poll_next_unpin(cx)) {
+            // The shutdown is looked at only while no event is ready (it takes a lock): a
+            // stopping server stops the aggregator too, which ends the broadcast.
+            let received = match this.events.poll_next_unpin(cx) {
+                Poll::Ready(received) => received,
+                Poll::Pending => {
+                    if this.cancelled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Pending;
+                }
+            };
+            match received {
                 Some(Ok(group)) => this.take_group(&group),
                 // Fell behind: start over from a fresh snapshot.
                 Some(Err(BroadcastStreamRecvError::Lagged(_))) => this.start_resync(),

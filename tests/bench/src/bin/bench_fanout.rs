@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use vantage_bench::{self as bench, fanout};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let a = bench::args();
     let cfg = fanout::FanoutConfig {
