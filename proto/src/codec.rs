@@ -1,12 +1,15 @@
 //! The gRPC codec of every `vantage.v1` service: prost, with 1 KiB initial buffers instead of
 //! tonic's 8 KiB. Each stream holds an encode and a decode buffer for its whole life, and most
-//! of a fleet's streams are idle probes and watchers whose messages are small; a buffer grows
-//! to the largest message it carries (and keeps that size), so busy streams pay one growth.
+//! of a fleet's streams are idle probes and watchers whose messages are small. The decode
+//! buffer grows to the largest message it carries and keeps that size; the encoder reserves
+//! each message's whole size before writing it, so a large message costs one allocation, not
+//! a doubling series from 1 KiB.
 
 use std::marker::PhantomData;
 
-use tonic::codec::{BufferSettings, Codec};
-use tonic_prost::{ProstDecoder, ProstEncoder};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic_prost::ProstDecoder;
 
 /// Initial size of a stream's encode and decode buffers.
 pub const BUFFER_SIZE: usize = 1024;
@@ -35,14 +38,33 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = SmallBufferEncoder<T>;
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(settings())
+        SmallBufferEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         ProstDecoder::new(settings())
+    }
+}
+
+/// Encodes a prost message after reserving its whole size.
+#[derive(Debug)]
+pub struct SmallBufferEncoder<T>(PhantomData<T>);
+
+impl<T: prost::Message> Encoder for SmallBufferEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.reserve(item.encoded_len());
+        item.encode(buf)
+            .map_err(|e| Status::internal(format!("encoding a message: {e}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        settings()
     }
 }
