@@ -365,6 +365,64 @@ async fn a_watcher_that_never_reads_does_not_slow_ingestion_and_is_resynced() {
 }
 
 #[tokio::test]
+async fn a_batchs_events_reach_a_watcher_as_one_broadcast_in_revision_order() {
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
+    let app = app(&agg);
+    let p = attach(&agg, "fra-1", "a", 0).await;
+    ingest(&agg, &p, vec![obs(1, 200)]).await;
+    let mut raw = agg.subscribe(0, "").await.unwrap();
+    let sub = agg.subscribe(0, "").await.unwrap();
+    let filter = Filter {
+        sections: vec![Section::AccessUrl],
+        ..Default::default()
+    };
+    let mut stream = std::pin::pin!(watch_stream(&app, sub, filter, 0));
+    assert_eq!(
+        is_snapshot(&stream.next().await.unwrap().unwrap()),
+        Some(false)
+    );
+
+    // One batch that turns the access URL from OK to failing: the vantage's section and the
+    // aggregate change, in one broadcast.
+    ingest(&agg, &p, vec![obs(2, 503)]).await;
+    let group = raw.events.recv().await.unwrap();
+    let changes: Vec<(u64, String)> = group
+        .iter()
+        .filter_map(|e| match &e.event.event {
+            Some(pb::watch_event::Event::SectionChange(c)) => Some((e.revision, c.vantage.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(
+        changes.iter().any(|(_, v)| v.is_empty()),
+        "the aggregate's: {changes:?}"
+    );
+    assert!(
+        changes.iter().any(|(_, v)| v == "fra-1"),
+        "the vantage's: {changes:?}"
+    );
+    let revisions: Vec<u64> = group.iter().map(|e| e.revision).collect();
+    assert!(
+        revisions.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive revisions: {revisions:?}"
+    );
+
+    // The watcher gets both, once each, in that order.
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the watcher gets the batch's events")
+            .unwrap()
+            .unwrap();
+        got.push(ev.revision);
+    }
+    let want: Vec<u64> = changes.iter().map(|(r, _)| *r).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
 async fn watch_resumes_from_history_or_resyncs() {
     let agg = Aggregator::spawn(
         AggregatorConfig {
