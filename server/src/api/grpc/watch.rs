@@ -253,7 +253,8 @@ impl Stream for WatchState {
                 return Poll::Ready(Some(Ok(out)));
             }
             // The shutdown is looked at only while no event is ready (it takes a lock): a
-            // stopping server stops the aggregator too, which ends the broadcast.
+            // watcher that always has an event ready sees it once the events pause (on
+            // shutdown the probes' sessions end, and with them the events).
             let received = match this.events.poll_next_unpin(cx) {
                 Poll::Ready(received) => received,
                 Poll::Pending => {
