@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use vantage_proto::backoff::Backoff;
 
-use super::ack;
 use super::command::{ClusterCommand, Command, SessionTx};
+use super::try_ack;
 use crate::store::{NewEvent, Receipt, Store, WriteBehind};
 
 /// Acks waiting for storage; beyond this a later cumulative ack covers the skipped ones.
@@ -118,15 +118,13 @@ async fn ack_when_stored(mut pending: mpsc::Receiver<PendingAck>) {
                 if receipt.stored().await.is_ok() {
                     stored.fetch_max(seq, Ordering::AcqRel);
                     unsent.retain(|(t, _)| !t.same_channel(&tx));
-                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ack(seq)) {
+                    if try_ack(&tx, seq) {
                         unsent.push((tx, seq));
                     }
                 }
             }
             _ = retry.tick(), if !unsent.is_empty() => {
-                unsent.retain(|(tx, seq)| {
-                    matches!(tx.try_send(ack(*seq)), Err(mpsc::error::TrySendError::Full(_)))
-                });
+                unsent.retain(|(tx, seq)| try_ack(tx, *seq));
             }
         }
     }

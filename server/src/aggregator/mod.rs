@@ -403,3 +403,12 @@ fn ack(seq: u64) -> Result<pb::ServerMessage, Status> {
         msg: Some(Down::Ack(pb::Ack { seq })),
     })
 }
+
+/// Queue the acknowledgement of `seq` on a session; `true` when its queue was full, so the
+/// ack is to be tried again (a closed session needs none).
+fn try_ack(tx: &SessionTx, seq: u64) -> bool {
+    matches!(
+        tx.try_send(ack(seq)),
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_))
+    )
+}

@@ -18,7 +18,7 @@ use super::state::{Cause, ForceRun, State};
 use super::vantage::{SeqStats, Vantage};
 use super::{
     AssignedCheck, Attached, FORCE_COALESCE, ForceStarted, ForgetOutcome, MAX_REMOTE_OBSERVATIONS,
-    MAX_TARGETS_PER_CHECK, SessionTx, ack,
+    MAX_TARGETS_PER_CHECK, SessionTx, try_ack,
 };
 use crate::store::NewObservation;
 
@@ -307,10 +307,7 @@ impl State {
     /// postpones this one: it is kept and sent again on the tick, unless a later one gets
     /// through first.
     pub(super) fn send_ack(&mut self, name: &str, tx: &SessionTx, seq: u64) {
-        let unsent = match tx.try_send(ack(seq)) {
-            Err(mpsc::error::TrySendError::Full(_)) => seq,
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => 0,
-        };
+        let unsent = if try_ack(tx, seq) { seq } else { 0 };
         if let Some(v) = self.vantages.get_mut(name) {
             v.unsent_ack = unsent;
         }
@@ -323,10 +320,7 @@ impl State {
                 v.unsent_ack = 0;
                 continue;
             };
-            if !matches!(
-                tx.try_send(ack(v.unsent_ack)),
-                Err(mpsc::error::TrySendError::Full(_))
-            ) {
+            if !try_ack(tx, v.unsent_ack) {
                 v.unsent_ack = 0;
             }
         }

@@ -51,40 +51,36 @@ pub(super) struct Latest {
 
 impl Latest {
     /// Keep `obs` as the latest of its check and target; `false` when that would exceed
-    /// `limit` in all or `per_check` targets of its check.
+    /// `limit` in all or `per_check` targets of its check (see [`Latest::admits`]).
     pub(super) fn put(&mut self, obs: pb::Observation, limit: usize, per_check: usize) -> bool {
-        if let Some(targets) = self.by_check.get_mut(obs.check_id.as_str()) {
-            if let Some(slot) = targets.get_mut(obs.target.as_str()) {
-                *slot = obs;
-                return true;
-            }
-            if per_check == 1 && targets.len() == 1 {
-                // A check of one target (all but DERP regions): its latest target replaces
-                // the previous one, so a probe cannot grow it by naming new targets.
-                targets.clear();
-                targets.insert(obs.target.clone(), obs);
-                return true;
-            }
-            if targets.len() >= per_check || self.len >= limit {
-                return false;
-            }
-            targets.insert(obs.target.clone(), obs);
-            self.len += 1;
-            return true;
-        }
-        if self.len >= limit {
+        if !self.admits(&obs.check_id, &obs.target, limit, per_check) {
             return false;
         }
-        let mut targets = FxHashMap::default();
-        let check = obs.check_id.clone();
-        targets.insert(obs.target.clone(), obs);
-        self.by_check.insert(check, targets);
-        self.len += 1;
+        let Some(targets) = self.by_check.get_mut(obs.check_id.as_str()) else {
+            let mut targets = FxHashMap::default();
+            let check = obs.check_id.clone();
+            targets.insert(obs.target.clone(), obs);
+            self.by_check.insert(check, targets);
+            self.len += 1;
+            return true;
+        };
+        if let Some(slot) = targets.get_mut(obs.target.as_str()) {
+            *slot = obs;
+        } else if per_check == 1 && targets.len() == 1 {
+            // A check of one target (all but DERP regions): its latest target replaces the
+            // previous one, so a probe cannot grow it by naming new targets.
+            targets.clear();
+            targets.insert(obs.target.clone(), obs);
+        } else {
+            targets.insert(obs.target.clone(), obs);
+            self.len += 1;
+        }
         true
     }
 
-    /// Whether [`Latest::put`] of an observation of `check` and `target` would keep it
-    /// (without keeping anything).
+    /// Whether an observation of `check` and `target` may be kept: its slot exists, or it
+    /// replaces the one target of a single-target check, or there is room (`per_check`
+    /// targets of its check, `limit` in all). [`Latest::put`] keeps by this rule.
     pub(super) fn admits(&self, check: &str, target: &str, limit: usize, per_check: usize) -> bool {
         match self.by_check.get(check) {
             Some(targets) => {

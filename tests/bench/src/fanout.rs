@@ -91,8 +91,11 @@ enum Field<'a> {
     Other,
 }
 
-/// Every field of the protobuf message `buf`, in order.
-fn for_each_field(mut buf: &[u8], mut f: impl FnMut(u32, Field<'_>)) -> Result<(), String> {
+/// Every field of the protobuf message `buf`, in order, until `f` fails.
+fn for_each_field(
+    mut buf: &[u8],
+    mut f: impl FnMut(u32, Field<'_>) -> Result<(), String>,
+) -> Result<(), String> {
     use prost::encoding::{WireType, decode_key, decode_varint};
     let short = |what: &str| format!("the event ends inside {what}");
     while !buf.is_empty() {
@@ -117,7 +120,7 @@ fn for_each_field(mut buf: &[u8], mut f: impl FnMut(u32, Field<'_>)) -> Result<(
                 return Err(format!("field {tag}: groups are not used by vantage"));
             }
         };
-        f(tag, field);
+        f(tag, field)?;
     }
     Ok(())
 }
@@ -127,33 +130,39 @@ impl LiteEvent {
     /// `vantage` = 2, `to` = 4); the rest is skipped.
     fn parse(buf: &[u8]) -> Result<LiteEvent, String> {
         let mut ev = LiteEvent::default();
-        let mut inner = Ok(());
-        for_each_field(buf, |tag, field| match (tag, field) {
-            (3, Field::Bytes(b)) => {
-                let mut resync = false;
-                inner = inner.clone().and(for_each_field(b, |t, f| {
-                    if let (1, Field::Varint(v)) = (t, f) {
-                        resync = v != 0;
-                    }
-                }));
-                ev.snapshot = Some(resync);
+        for_each_field(buf, |tag, field| {
+            match (tag, field) {
+                (3, Field::Bytes(b)) => {
+                    let mut resync = false;
+                    for_each_field(b, |t, f| {
+                        if let (1, Field::Varint(v)) = (t, f) {
+                            resync = v != 0;
+                        }
+                        Ok(())
+                    })?;
+                    ev.snapshot = Some(resync);
+                }
+                (4, Field::Bytes(b)) => {
+                    let mut c = LiteChange {
+                        aggregate: true,
+                        ..Default::default()
+                    };
+                    for_each_field(b, |t, f| {
+                        match (t, f) {
+                            (1, Field::Varint(v)) => c.section = v as i32,
+                            (2, Field::Bytes(v)) => c.aggregate = v.is_empty(),
+                            (4, Field::Varint(v)) => c.to = v as i32,
+                            _ => {}
+                        }
+                        Ok(())
+                    })?;
+                    ev.section_change = Some(c);
+                }
+                _ => {}
             }
-            (4, Field::Bytes(b)) => {
-                let mut c = LiteChange {
-                    aggregate: true,
-                    ..Default::default()
-                };
-                inner = inner.clone().and(for_each_field(b, |t, f| match (t, f) {
-                    (1, Field::Varint(v)) => c.section = v as i32,
-                    (2, Field::Bytes(v)) => c.aggregate = v.is_empty(),
-                    (4, Field::Varint(v)) => c.to = v as i32,
-                    _ => {}
-                }));
-                ev.section_change = Some(c);
-            }
-            _ => {}
+            Ok(())
         })?;
-        inner.map(|()| ev)
+        Ok(ev)
     }
 }
 
