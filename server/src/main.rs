@@ -8,6 +8,7 @@ use std::process::ExitCode;
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use vantage_server::config::{Config, Flags};
 use vantage_server::{ServeError, Sockets, serve};
 
@@ -85,6 +86,7 @@ fn main() -> ExitCode {
         }
     };
     vantage_probe::logging::init();
+    purge_in_the_background();
     for d in &config.deprecations {
         tracing::warn!(old = %d.old, new = %d.new, "deprecated configuration name");
     }
@@ -96,6 +98,20 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(config))
+}
+
+/// Start one jemalloc background thread (not its default of one per CPU): it hands freed pages back to the system over jemalloc's
+/// decay time (10 s) even while the process is idle. Without it they go back only as later
+/// allocations pass by, so the garbage of a burst (thousands of daemons registering at once, a
+/// resync of every watcher) would stay in the RSS of a quiet server.
+fn purge_in_the_background() {
+    #[cfg(feature = "jemalloc")]
+    if let Err(e) = tikv_jemalloc_ctl::max_background_threads::write(1)
+        .and_then(|()| tikv_jemalloc_ctl::background_thread::write(true))
+    {
+        tracing::warn!(error = %e, "jemalloc's background purge is off: freed memory stays in \
+            the RSS until later allocations return it");
+    }
 }
 
 /// Bind, print the base URL once serving, and serve until a shutdown signal; the exit status.

@@ -121,6 +121,32 @@ pub struct AggregatorConfig {
     pub max_report_bytes: usize,
 }
 
+#[cfg(test)]
+impl AggregatorConfig {
+    /// One vantage is a quorum, alerts raise and clear on one evaluation, and the aggregator
+    /// runs on the test's runtime (and its paused clock).
+    pub(crate) fn for_tests() -> AggregatorConfig {
+        AggregatorConfig {
+            quorum: 1,
+            stale_after: Duration::from_secs(90),
+            forget_after: Duration::from_secs(3600),
+            raise_after: 1,
+            clear_after: 1,
+            history: 100,
+            version: "v0.1.0".into(),
+            expected: vec![],
+            derp_regions: vec![],
+            derp_has_nodes: true,
+            epoch: None,
+            dedicated_thread: false,
+            max_vantages: 100,
+            holder_silence: Duration::from_secs(7),
+            force_join: Duration::from_secs(30),
+            max_report_bytes: MAX_REPORT_BYTES,
+        }
+    }
+}
+
 /// The bound on a report's compact JSON (the gRPC form's `json`): 64 MiB. The CLI decodes up to
 /// 256 MiB, room for the gRPC form, which carries that JSON and the typed sections.
 pub const MAX_REPORT_BYTES: usize = 64 << 20;

@@ -331,28 +331,7 @@ mod tests {
     }
 
     fn aggregator() -> Aggregator {
-        Aggregator::spawn(
-            crate::aggregator::AggregatorConfig {
-                quorum: 1,
-                stale_after: Duration::from_secs(90),
-                forget_after: Duration::from_secs(3600),
-                raise_after: 1,
-                clear_after: 1,
-                history: 100,
-                version: "v0.1.0".into(),
-                expected: vec![],
-                derp_regions: vec![],
-                derp_has_nodes: true,
-                epoch: None,
-                dedicated_thread: false,
-                max_vantages: 100,
-                holder_silence: Duration::from_secs(7),
-                force_join: Duration::from_secs(30),
-                max_report_bytes: crate::aggregator::MAX_REPORT_BYTES,
-            },
-            vec![],
-        )
-        .unwrap()
+        Aggregator::spawn(crate::aggregator::AggregatorConfig::for_tests(), vec![]).unwrap()
     }
 
     /// What `f` finds in the aggregated DERP section, waiting (5 s at most) until it finds it.

@@ -19,8 +19,15 @@ pub struct ProvisionerPolicy {
     pub stale_after: Duration,
 }
 
+/// The least time between two rebuilds. Each rebuild copies every daemon and proxy and makes the
+/// aggregator recompute both sections, so a burst of registrations (thousands of daemons
+/// starting at once) costs one rebuild per gap instead of one per change, and no backlog of
+/// copies builds up behind it.
+pub const REBUILD_GAP: Duration = Duration::from_millis(500);
+
 /// Keep assignments, the WorkspaceProxy rules' inputs and the ProvisionerDaemons section in
-/// step with the registry: on every change, and every few seconds (daemons go stale by time).
+/// step with the registry: on a change (at most once per [`REBUILD_GAP`]), and every few
+/// seconds (daemons go stale by time).
 pub async fn follow(
     registry: Arc<Registry>,
     agg: Aggregator,
@@ -34,20 +41,30 @@ pub async fn follow(
         (policy.stale_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Assignments change only when what they read changes: a proxy's name, URL or region.
-    let mut last_targets: Option<Vec<(String, String, String)>> = None;
     let mut last_inputs = None;
     // Without Coder the importer's sender is gone at once: stop listening to it, go on.
     let mut coder_live = true;
+    let mut last_rebuild: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(last) = last_rebuild {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep_until(last + REBUILD_GAP) => {}
+            }
+        }
+        last_rebuild = Some(tokio::time::Instant::now());
         let records = registry.proxies(None).await;
-        let targets: Vec<(String, String, String)> = records
-            .iter()
-            .map(|p| (p.name.clone(), p.url.clone(), p.region.clone()))
-            .collect();
-        if last_targets.as_ref() != Some(&targets) {
+        // Assignments change only when what they read changes: a proxy's name, URL or region.
+        let same_targets = {
+            let sent = proxies.borrow();
+            sent.len() == records.len()
+                && sent
+                    .iter()
+                    .zip(&records)
+                    .all(|(a, b)| a.name == b.name && a.url == b.url && a.region == b.region)
+        };
+        if !same_targets {
             proxies.send_replace(Arc::new(records));
-            last_targets = Some(targets);
         }
         let inputs = registry.proxy_inputs().await;
         if last_inputs.as_ref() != Some(&inputs) {

@@ -487,3 +487,70 @@ fn store_errors_are_unavailable_without_internals() {
     assert_eq!(s.code(), Code::Unavailable);
     assert!(!s.message().contains("10.0.0.5"));
 }
+
+/// A burst of registrations is one rebuild per gap: the first change is followed at once, and
+/// what arrives before the gap has passed waits for it and goes out together.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_registrations_is_followed_once_per_gap() {
+    use follow::{ProvisionerPolicy, REBUILD_GAP};
+    let a = api(Registry::in_memory().with_clock(tokio_clock()));
+    let agg = crate::aggregator::Aggregator::spawn(
+        crate::aggregator::AggregatorConfig::for_tests(),
+        vec![],
+    )
+    .expect("aggregator");
+    let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let (_coder_tx, coder_rx) = tokio::sync::watch::channel(None);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let policy = ProvisionerPolicy {
+        required: false,
+        stale_after: Duration::from_secs(90),
+    };
+    tokio::spawn(follow::follow(
+        a.registry.clone(),
+        agg,
+        tx,
+        policy,
+        coder_rx,
+        cancel.clone(),
+    ));
+    let names = |rx: &tokio::sync::watch::Receiver<Arc<Vec<WorkspaceProxy>>>| -> Vec<String> {
+        rx.borrow().iter().map(|p| p.name.clone()).collect()
+    };
+    // The follower's first rebuild (of an empty registry) has run.
+    tokio::time::sleep(REBUILD_GAP).await;
+
+    let start = tokio::time::Instant::now();
+    a.register_workspace_proxy(Request::new(reg("p1", "https://p1.example.com", "eu")))
+        .await
+        .expect("p1");
+    rx.changed().await.expect("follower runs");
+    assert_eq!(names(&rx), ["p1"]);
+    assert!(
+        start.elapsed() < REBUILD_GAP,
+        "the first change is followed at once"
+    );
+
+    let burst = tokio::time::Instant::now();
+    for n in ["p2", "p3", "p4"] {
+        a.register_workspace_proxy(Request::new(reg(
+            n,
+            &format!("https://{n}.example.com"),
+            "eu",
+        )))
+        .await
+        .expect(n);
+    }
+    rx.changed().await.expect("follower runs");
+    assert_eq!(
+        names(&rx),
+        ["p1", "p2", "p3", "p4"],
+        "one rebuild for the burst"
+    );
+    assert!(
+        burst.elapsed() >= REBUILD_GAP - Duration::from_millis(1),
+        "the burst waited for the gap: {:?}",
+        burst.elapsed()
+    );
+    cancel.cancel();
+}

@@ -813,11 +813,13 @@ async fn big_echo_messages_do_not_grow_memory() {
 }
 
 /// The registry is bounded: 10 000 daemons and 10 000 proxies at most, the next one refused
-/// with RESOURCE_EXHAUSTED naming the bound; memory is measured at the bound (140 MB for 5 000
-/// of each before the caps).
+/// with RESOURCE_EXHAUSTED naming the bound; memory is measured at the bound, right after the
+/// burst and once the allocator has handed the burst's garbage back (about 85 MiB stays in a
+/// debug build).
 #[tokio::test]
 async fn the_registry_is_bounded_and_its_memory_measured() {
     const MAX: usize = 10_000;
+    const SETTLED: u64 = 128 << 20;
     let server = Server::start(&["--interval", "1h"]).await;
     let before = rss_bytes(server.pid());
     let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
@@ -853,14 +855,24 @@ async fn the_registry_is_bounded_and_its_memory_measured() {
         .buffer_unordered(16)
         .collect()
         .await;
-    let after = rss_bytes(server.pid());
+    let peak = rss_bytes(server.pid());
+    let took = started.elapsed();
+    // What stays: the allocator hands the burst's garbage back to the system within seconds
+    // (jemalloc's background purge), so wait for the RSS to come down to the bound, 20 s at most.
+    let settle = Instant::now();
+    let mut after = peak;
+    while after.saturating_sub(before) >= SETTLED && settle.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = rss_bytes(server.pid());
+    }
     let refused: Vec<&tonic::Status> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
     println!(
-        "{} daemons and proxies registered in {:?}: RSS {} -> {} MiB",
-        MAX,
-        started.elapsed(),
+        "{MAX} daemons and proxies registered in {took:?}: RSS {} -> {} MiB right after, {} MiB \
+         {:?} later",
         before >> 20,
-        after >> 20
+        peak >> 20,
+        after >> 20,
+        settle.elapsed()
     );
     // The last of the 10 001 is refused (the daemon first, so its proxy is never sent).
     assert_eq!(refused.len(), 1, "{refused:?}");
@@ -887,8 +899,9 @@ async fn the_registry_is_bounded_and_its_memory_measured() {
         .unwrap_err();
     assert_eq!(more.code(), Code::ResourceExhausted, "{more:?}");
     assert!(
-        after.saturating_sub(before) < 200 << 20,
-        "RSS grew by {} MiB for {MAX} daemons and {MAX} proxies",
-        after.saturating_sub(before) >> 20
+        after.saturating_sub(before) < SETTLED,
+        "RSS grew by {} MiB for {MAX} daemons and {MAX} proxies, and stayed there for {:?}",
+        after.saturating_sub(before) >> 20,
+        settle.elapsed()
     );
 }
