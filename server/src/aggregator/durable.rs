@@ -32,8 +32,8 @@ pub(super) type PendingAck = (SessionTx, u64, Receipt, Arc<AtomicU64>);
 
 pub(super) struct Durable {
     /// Whether the database is answering. Written only by the aggregator (on
-    /// [`ClusterCommand::DatabaseState`]); while it is not, events are delivered from memory
-    /// under a provisional epoch.
+    /// [`ClusterCommand::DatabaseState`], and set when events come from the database); while
+    /// it is not, events are delivered from memory under a provisional epoch.
     pub(super) db_ok: Arc<AtomicBool>,
     pub(super) writer: WriteBehind,
     pub(super) acks: mpsc::Sender<PendingAck>,

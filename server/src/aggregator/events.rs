@@ -195,9 +195,17 @@ impl State {
     /// Events from the database, in revision order: into the history and to the watchers.
     pub(super) fn stored_events(&mut self, events: Vec<crate::store::StoredEvent>) {
         let held = self.hold_events();
-        if !events.is_empty() && self.degraded.take().is_some() {
-            tracing::info!("the database is back: events come from it again");
-            self.revision = self.db_revision;
+        if !events.is_empty() {
+            // The database answered. Say so before anything else happens here: an event this
+            // replica causes next would otherwise find it still marked away and open a second
+            // provisional epoch (a second resync for every watcher) until the next poll.
+            if let Some(d) = &self.durable {
+                d.db_ok.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            if self.degraded.take().is_some() {
+                tracing::info!("the database is back: events come from it again");
+                self.revision = self.db_revision;
+            }
         }
         for (revision, payload) in events {
             if self.unconfirmed.front() == Some(&payload) {
@@ -255,5 +263,82 @@ impl State {
             kind: pb::VantageChangeKind::from(change) as i32,
         };
         self.push_event(pb::watch_event::Event::VantageChange(event), cause);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vantage_proto::pb;
+
+    use crate::aggregator::{
+        AdminCommand, Aggregator, AggregatorConfig, ClusterCommand, DurableParts, is_provisional,
+    };
+    use crate::store::{MemoryStore, Store, WriteBehind, WriteBehindOptions};
+
+    fn stored(vantage: &str) -> Vec<u8> {
+        prost::Message::encode_to_vec(&pb::WatchEvent {
+            revision: 0,
+            epoch: String::new(),
+            time: None,
+            event: Some(pb::watch_event::Event::VantageChange(pb::VantageChange {
+                vantage: vantage.into(),
+                change: "attached".into(),
+                kind: pb::VantageChangeKind::Attached.into(),
+            })),
+        })
+    }
+
+    /// The database's event feed resuming is the database answering: what this replica causes
+    /// next goes to the database, not out under a second provisional epoch (a second resync of
+    /// every watcher for one outage) while the next poll has yet to say the database is back.
+    #[tokio::test]
+    async fn events_from_the_database_end_the_outage_at_once() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let writer = WriteBehind::spawn(store.clone(), WriteBehindOptions::default());
+        let durable = DurableParts { writer, store };
+        let agg = Aggregator::spawn_with(AggregatorConfig::for_tests(), vec![], Some(durable))
+            .expect("aggregator");
+        // The first report's section changes are out of the way before the outage.
+        agg.report().await.expect("a round trip");
+        agg.send(ClusterCommand::DatabaseState { ok: false })
+            .await
+            .expect("sent");
+        let mut sub = agg.subscribe(0, "").await.expect("subscribed");
+        assert!(!agg.database_ok());
+
+        agg.send(ClusterCommand::StoredEvents {
+            events: vec![(7, stored("fra-1"))],
+        })
+        .await
+        .expect("sent");
+        // A change caused here: no daemon where one is required turns the section red.
+        let none_required = vantage_probe::rules::provisioners::section(
+            &[],
+            chrono::Utc::now(),
+            "v2.26.0",
+            vantage_probe::rules::provisioners::CURRENT_API_MAJOR,
+            true,
+            std::time::Duration::from_secs(90),
+        );
+        agg.send(AdminCommand::ServerSection {
+            report: vantage_probe::rules::SectionReport::ProvisionerDaemons(none_required),
+        })
+        .await
+        .expect("sent");
+        agg.report().await.expect("a round trip");
+
+        assert!(
+            agg.database_ok(),
+            "the feed's events say the database answers"
+        );
+        let mut delivered = Vec::new();
+        while let Ok(group) = sub.events.try_recv() {
+            delivered.extend(group.iter().map(|e| (e.revision, e.epoch.clone())));
+        }
+        assert_eq!(delivered.len(), 1, "{delivered:?}");
+        assert_eq!(delivered[0].0, 7);
+        assert!(!is_provisional(&delivered[0].1), "{delivered:?}");
     }
 }
