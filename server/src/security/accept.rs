@@ -1,17 +1,23 @@
 //! The accept loop of the one listener: each TCP connection (`TCP_NODELAY`), optionally
 //! through a TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`]), is served by hyper's automatic
 //! HTTP/1.1-or-HTTP/2 connection with upgrades (WebSocket, DERP), with an HTTP/1 header-read
-//! timeout so a partial request does not hold a connection. The peer address is in every
-//! request's extensions as axum's `ConnectInfo`. On stop, every connection is shut down
-//! gracefully and the loop returns once all have ended.
+//! timeout so a partial request does not hold a connection. An HTTP/2 connection's streams run
+//! in the connection's own task ([`StreamsHere`]). The peer address is in every request's
+//! extensions as axum's `ConnectInfo`. On stop, every connection is shut down gracefully and
+//! the loop returns once all have ended.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -26,13 +32,84 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most streams an HTTP/2 client may have open on one connection (hyper's default, stated).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 200;
+
 /// What every connection shares.
 struct Shared {
     router: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     counters: Arc<Counters>,
-    builder: auto::Builder<TokioExecutor>,
     stop: watch::Receiver<bool>,
+}
+
+/// A stream's future, as hyper hands it over.
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The executor of one connection: hyper gives it each HTTP/2 stream's future, and the
+/// connection's own task polls them — every one that is ready — before it polls the
+/// connection. So what one change makes on a connection's watch streams is written together.
+/// With a task per stream (hyper's Tokio executor) the connection's task also ran between its
+/// streams' tasks, and every stream was a task to schedule and wake on its own.
+#[derive(Clone, Default)]
+struct StreamsHere(Arc<std::sync::Mutex<Handed>>);
+
+/// Streams handed over since the connection's task last looked, and how to wake that task.
+#[derive(Default)]
+struct Handed {
+    streams: Vec<StreamFuture>,
+    waker: Option<std::task::Waker>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamsHere
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let waker = match self.0.lock() {
+            // The connection's task takes them on every poll, and a client may open no more
+            // than MAX_STREAMS_PER_CONNECTION at once: beyond that (or if the lock was
+            // poisoned) the stream gets a task of its own rather than wait.
+            Ok(mut h) if h.streams.len() < MAX_STREAMS_PER_CONNECTION as usize => {
+                h.streams.push(Box::pin(fut));
+                h.waker.take()
+            }
+            _ => {
+                tokio::spawn(fut);
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl StreamsHere {
+    /// Move the streams handed over into `into`; wake this task for the next ones.
+    fn take(&self, into: &mut FuturesUnordered<StreamFuture>, cx: &std::task::Context<'_>) {
+        if let Ok(mut h) = self.0.lock() {
+            into.extend(h.streams.drain(..));
+            if !h.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                h.waker = Some(cx.waker().clone());
+            }
+        }
+    }
+}
+
+/// A connection's hyper builder: HTTP/1 with a header-read timeout, HTTP/2 with its streams in
+/// the connection's task.
+fn builder(exec: StreamsHere) -> auto::Builder<StreamsHere> {
+    let mut builder = auto::Builder::new(exec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+    builder
 }
 
 /// Serve `router` on `listener` until `stop` turns true, then let connections finish.
@@ -43,17 +120,10 @@ pub async fn serve(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
     let shared = Arc::new(Shared {
         router,
         tls: tls.map(tokio_rustls::TlsAcceptor::from),
         counters,
-        builder,
         stop: stop.clone(),
     });
     // Each connection holds a sender; when all are dropped, every connection has ended.
@@ -117,23 +187,30 @@ where
             req.extensions_mut().insert(ConnectInfo(peer));
             req
         });
-    let conn = shared
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
+    let exec = StreamsHere::default();
+    let builder = builder(exec.clone());
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
     tokio::pin!(conn);
+    let mut streams: FuturesUnordered<StreamFuture> = FuturesUnordered::new();
     let mut stop = shared.stop.clone();
     let stopping = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        }
-        () = stopping => {
+    tokio::pin!(stopping);
+    let mut shutting_down = false;
+    let ended = std::future::poll_fn(|cx| {
+        if !shutting_down && stopping.as_mut().poll(cx).is_ready() {
+            shutting_down = true;
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
         }
+        exec.take(&mut streams, cx);
+        // Every stream that is ready first, then the connection writes what they sent.
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
