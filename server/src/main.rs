@@ -100,10 +100,11 @@ fn main() -> ExitCode {
     runtime.block_on(run(config))
 }
 
-/// Start one jemalloc background thread (not its default of one per CPU): it hands freed pages back to the system over jemalloc's
-/// decay time (10 s) even while the process is idle. Without it they go back only as later
-/// allocations pass by, so the garbage of a burst (thousands of daemons registering at once, a
-/// resync of every watcher) would stay in the RSS of a quiet server.
+/// Start one jemalloc background thread (not its default of one per CPU): it hands freed pages
+/// back to the system over jemalloc's decay time (10 s by default) even while the process is
+/// idle. Without it they go back only as later allocations pass by, so the garbage of a burst
+/// (thousands of daemons registering at once, a resync of every watcher) would stay in the RSS
+/// of a quiet server.
 fn purge_in_the_background() {
     #[cfg(feature = "jemalloc")]
     if let Err(e) = tikv_jemalloc_ctl::max_background_threads::write(1)

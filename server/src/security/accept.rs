@@ -14,8 +14,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, StreamExt as _};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -71,7 +71,14 @@ where
             // than MAX_STREAMS_PER_CONNECTION at once: beyond that (or if the lock was
             // poisoned) the stream gets a task of its own rather than wait.
             Ok(mut h) if h.streams.len() < MAX_STREAMS_PER_CONNECTION as usize => {
-                h.streams.push(Box::pin(fut));
+                // A stream that panics ends alone, as it did as a task of its own, not with
+                // every other stream of its connection.
+                let isolated = std::panic::AssertUnwindSafe(fut).catch_unwind().map(|r| {
+                    if r.is_err() {
+                        tracing::error!("an HTTP/2 stream's handler panicked; the stream ended");
+                    }
+                });
+                h.streams.push(Box::pin(isolated));
                 h.waker.take()
             }
             _ => {
@@ -212,5 +219,67 @@ where
     .await;
     if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use hyper::rt::Executor as _;
+
+    use super::*;
+
+    /// Streams handed to a connection's executor run in the task that drives the connection;
+    /// one that panics ends alone; past the bound a stream gets a task of its own.
+    #[tokio::test]
+    async fn a_connections_streams_run_in_its_task_and_a_panic_ends_only_its_stream() {
+        let exec = StreamsHere::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        exec.execute(async { panic!("a handler's bug") });
+        for _ in 0..3 {
+            let done = done.clone();
+            exec.execute(async move {
+                tokio::task::yield_now().await;
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        let mut streams = FuturesUnordered::new();
+        std::future::poll_fn(|cx| {
+            exec.take(&mut streams, cx);
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if streams.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            3,
+            "the panic ended only its own stream"
+        );
+
+        // Nobody takes them: the first MAX_STREAMS_PER_CONNECTION wait, the next one runs.
+        let spawned = Arc::new(AtomicUsize::new(0));
+        for _ in 0..=MAX_STREAMS_PER_CONNECTION {
+            let spawned = spawned.clone();
+            exec.execute(async move {
+                spawned.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        vantage_testkit::eventually(Duration::from_secs(5), "the stream past the bound", || {
+            let n = spawned.load(Ordering::SeqCst);
+            async move { (n == 1).then_some(()) }
+        })
+        .await;
+        let mut streams = FuturesUnordered::new();
+        std::future::poll_fn(|cx| {
+            exec.take(&mut streams, cx);
+            Poll::Ready(())
+        })
+        .await;
+        assert_eq!(streams.len(), MAX_STREAMS_PER_CONNECTION as usize);
     }
 }
