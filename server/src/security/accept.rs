@@ -48,9 +48,9 @@ type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The executor of one connection: hyper gives it each HTTP/2 stream's future, and the
 /// connection's own task polls them — every one that is ready — before it polls the
-/// connection. So what one change makes on a connection's watch streams is written together.
-/// With a task per stream (hyper's Tokio executor) the connection's task also ran between its
-/// streams' tasks, and every stream was a task to schedule and wake on its own.
+/// connection, so what the ready streams sent reaches h2 before it writes. With a task per
+/// stream (hyper's Tokio executor) every stream was a task to schedule and wake on its own, and
+/// the connection's task ran between them.
 #[derive(Clone, Default)]
 struct StreamsHere(Arc<std::sync::Mutex<Handed>>);
 
