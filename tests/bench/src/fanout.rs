@@ -499,3 +499,59 @@ pub fn render(rows: &[FanoutRow], rate: f64) -> String {
         &body,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(event: pb::watch_event::Event) -> Vec<u8> {
+        prost::Message::encode_to_vec(&pb::WatchEvent {
+            revision: 42,
+            epoch: "e1".into(),
+            time: Some(prost_types::Timestamp {
+                seconds: 1_750_000_000,
+                nanos: 5,
+            }),
+            event: Some(event),
+        })
+    }
+
+    /// The hand-written reader agrees with prost's encoding: the fields it reads, whatever
+    /// else the event carries; a cut event is an error, not a misread.
+    #[test]
+    fn the_lite_reader_reads_what_prost_wrote() {
+        let change = |vantage: &str| {
+            encoded(pb::watch_event::Event::SectionChange(pb::SectionChange {
+                section: pb::Section::AccessUrl as i32,
+                vantage: vantage.into(),
+                from: pb::Severity::Ok as i32,
+                to: pb::Severity::Error as i32,
+                error: "EACS03".into(),
+                warnings: vec![],
+            }))
+        };
+        let aggregate = LiteEvent::parse(&change("")).expect("parsed");
+        let c = aggregate.section_change.as_ref().expect("a change");
+        assert!(c.aggregate);
+        assert_eq!(c.section, pb::Section::AccessUrl as i32);
+        assert_eq!(c.to, pb::Severity::Error as i32);
+        assert!(aggregate.snapshot.is_none());
+        let own = LiteEvent::parse(&change("fra-1")).expect("parsed");
+        assert!(!own.section_change.expect("a change").aggregate);
+        assert!(is_aggregate_access_url(&aggregate).is_some());
+
+        let snapshot = encoded(pb::watch_event::Event::Snapshot(pb::Snapshot {
+            resync: true,
+            report: Some(pb::Report {
+                json: "{}".into(),
+                ..Default::default()
+            }),
+        }));
+        let parsed = LiteEvent::parse(&snapshot).expect("parsed");
+        assert_eq!(parsed.snapshot, Some(true));
+        assert!(parsed.section_change.is_none());
+
+        let whole = change("");
+        assert!(LiteEvent::parse(&whole[..whole.len() - 1]).is_err());
+    }
+}
