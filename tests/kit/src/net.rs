@@ -34,16 +34,20 @@ pub fn closed_udp_port() -> u16 {
         .port()
 }
 
-/// A random high port (20000..60000) for a child process that must be told its port on the
-/// command line (nginx, coturn, `vantaged --stun-listen`). Nothing is bound here: start the
-/// child with it and retry with another when the child fails to bind. Successive calls differ.
+/// A random port (20000..32000) for a child process that must be told its port on the command
+/// line (nginx, coturn, Alertmanager, `vantaged --stun-listen`). Nothing is bound here: start
+/// the child with it and retry with another when the child fails to bind. Successive calls
+/// differ. Below Linux's ephemeral range (32768..60999), where every port-0 listener and
+/// outgoing connection of the other tests gets its port: a port from there could already be
+/// another test's server, and the readiness check would find that server while the child
+/// fails to bind (an Alertmanager "started" that way never answered).
 pub fn random_port() -> u16 {
     static CALLS: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let salt = CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(7919);
-    let spread = (nanos ^ std::process::id()).wrapping_add(salt) % 40_000;
+    let spread = (nanos ^ std::process::id()).wrapping_add(salt) % 12_000;
     20_000 + u16::try_from(spread).unwrap_or(0)
 }
 
