@@ -1,6 +1,13 @@
 //! `vantage-probe`: runs the checks the server assigns, continuously, and streams the
 //! observations back over one bidirectional gRPC stream.
 
+/// jemalloc: a check allocates and frees a connection's buffers every run; jemalloc's
+/// thread cache does that for less CPU than the system allocator (BENCHMARKS.md: probe
+/// efficiency).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -25,6 +25,11 @@ use crate::scheduler::{Output, Scheduler};
 pub const DEFAULT_BUFFER: usize = 10_000;
 /// Observations per message on the wire.
 const BATCH: usize = 64;
+/// How long an observation may wait for others to share its message: a round's checks end
+/// at different times, and every message costs a write here and an acknowledgement back.
+/// A full message, a forced run waiting on its observations, or a fresh session (resending
+/// what the server lacks) does not wait.
+pub const LINGER: Duration = Duration::from_millis(50);
 /// How long the server has to answer the hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first reconnect waits at most this long (jittered); later ones back off from it.
@@ -77,6 +82,39 @@ impl Heartbeat {
 
     async fn tick(&mut self) {
         self.interval.tick().await;
+    }
+}
+
+/// When the observations waiting to go out are sent: [`LINGER`] after the first of them
+/// arrived, or at once when they fill a message, something waits on them, or they are what
+/// is left after a message went out.
+#[derive(Debug, Default)]
+struct Linger {
+    /// When the oldest unsent observation arrived, while there is one.
+    since: Option<Instant>,
+    /// What is unsent goes at once (the rest of a full message, a resend after attaching).
+    flush: bool,
+}
+
+impl Linger {
+    /// `unsent` observations wait (`urgent`: a forced run waits on them); the instant to send
+    /// them at, `None` when there is nothing to send.
+    fn send_at(&mut self, unsent: u64, urgent: bool, now: Instant) -> Option<Instant> {
+        if unsent == 0 {
+            *self = Linger::default();
+            return None;
+        }
+        let since = *self.since.get_or_insert(now);
+        if self.flush || urgent || unsent >= BATCH as u64 {
+            Some(now)
+        } else {
+            Some(since + LINGER)
+        }
+    }
+
+    /// A message went out, or a session began: what is unsent now does not wait.
+    fn flush(&mut self) {
+        self.flush = true;
     }
 }
 
@@ -387,8 +425,22 @@ impl Session {
             self.apply_assignment(a);
         }
         let mut heartbeat = Heartbeat::new(self.heartbeat);
+        // What the server lacks is resent at once; new observations wait for company.
+        let mut linger = Linger::default();
+        linger.flush();
+        let hold = tokio::time::sleep(LINGER);
+        tokio::pin!(hold);
+        let mut armed: Option<Instant> = None;
         loop {
-            let unsent = self.buffer.last_seq() > sent;
+            let now = Instant::now();
+            let unsent = self.buffer.last_seq().saturating_sub(sent);
+            let send_at = linger.send_at(unsent, !self.pending_complete.is_empty(), now);
+            let due = send_at.is_some_and(|at| at <= now);
+            let wait = send_at.filter(|at| *at > now);
+            if let Some(at) = wait.filter(|at| armed != Some(*at)) {
+                hold.as_mut().reset(at);
+                armed = Some(at);
+            }
             tokio::select! {
                 () = shutdown.as_mut() => return Ended::Shutdown,
                 msg = down.message() => match msg {
@@ -410,8 +462,10 @@ impl Session {
                         self.take(out);
                     }
                 }
-                permit = up.reserve(), if unsent => {
+                () = &mut hold, if wait.is_some() => armed = None,
+                permit = up.reserve(), if due => {
                     let Ok(permit) = permit else { return Ended::Lost(AttemptError::Closed) };
+                    linger.flush();
                     let batch = self.buffer.after(sent, BATCH);
                     if let Some(last) = batch.last() {
                         sent = last.seq;

@@ -141,3 +141,23 @@ fn after_respects_max() {
     let got: Vec<_> = b.after(3, 4).iter().map(|o| o.seq).collect();
     assert_eq!(got, vec![4, 5, 6, 7]);
 }
+
+#[test]
+fn observations_wait_for_company_unless_something_waits_on_them() {
+    let t0 = Instant::now();
+    let later = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut l = Linger::default();
+    assert_eq!(l.send_at(0, false, t0), None, "nothing to send");
+    // The first arrives: it waits LINGER; others arriving meanwhile do not move that.
+    assert_eq!(l.send_at(1, false, t0), Some(t0 + LINGER));
+    assert_eq!(l.send_at(5, false, later(30)), Some(t0 + LINGER));
+    // A full message goes at once.
+    assert_eq!(l.send_at(BATCH as u64, false, later(31)), Some(later(31)));
+    // So does one a forced run waits on.
+    assert_eq!(l.send_at(2, true, later(32)), Some(later(32)));
+    // What a message left goes at once; once all is sent, the next waits again.
+    l.flush();
+    assert_eq!(l.send_at(3, false, later(40)), Some(later(40)));
+    assert_eq!(l.send_at(0, false, later(41)), None);
+    assert_eq!(l.send_at(1, false, later(60)), Some(later(60) + LINGER));
+}
