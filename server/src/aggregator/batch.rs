@@ -56,7 +56,7 @@ impl Batch {
         Self::prepare(observations, false, None)
     }
 
-    fn prepare(observations: Vec<pb::Observation>, keep_all: bool, now: Option<i64>) -> Self {
+    fn prepare(mut observations: Vec<pb::Observation>, keep_all: bool, now: Option<i64>) -> Self {
         let mut batch = Batch {
             entries: Vec::with_capacity(observations.len()),
             groups: Vec::new(),
@@ -96,13 +96,14 @@ impl Batch {
                 whole: whole.then_some(index),
             });
         }
-        // Then move the kept ones out; the rest are dropped here, on this thread.
-        for (index, obs) in observations.into_iter().enumerate() {
-            if let Some(slot) = batch.entries[index].whole.as_mut() {
+        // Then move the kept ones out; the rest are dropped here, on this thread, in place.
+        for (entry, obs) in batch.entries.iter_mut().zip(observations.iter_mut()) {
+            if let Some(slot) = entry.whole.as_mut() {
                 *slot = batch.whole.len();
-                batch.whole.push(obs);
+                batch.whole.push(std::mem::take(obs));
             }
         }
+        drop(observations);
         batch
     }
 

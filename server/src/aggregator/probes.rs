@@ -339,6 +339,9 @@ impl State {
         // its history series (looked up once a run, not once an observation).
         let mut run: Option<(usize, Result<Section, &'static str>)> = None;
         let mut series: Option<(usize, Option<&mut VecDeque<pb::CheckSample>>)> = None;
+        // Whether the latest observations admit the run's check and target: the same for
+        // every observation of a run until one is put (only a put changes them).
+        let mut admitted: Option<(usize, bool)> = None;
         for e in &mut batch.entries {
             if e.seq <= v.seq.last {
                 v.seq.duplicates += 1;
@@ -388,14 +391,20 @@ impl State {
             if let Some((_, Some(samples))) = series.as_mut() {
                 push_sample(samples, std::mem::take(&mut e.sample));
             }
-            let kept = match e.whole {
-                Some(i) => {
+            let kept = match (e.whole, admitted) {
+                (Some(i), _) => {
+                    admitted = None;
                     v.observations
                         .put(std::mem::take(&mut batch.whole[i]), limit, per_check)
                 }
-                None => v
-                    .observations
-                    .admits(&g.check_id, &g.target, limit, per_check),
+                (None, Some((group, admits))) if group == e.group => admits,
+                (None, _) => {
+                    let admits = v
+                        .observations
+                        .admits(&g.check_id, &g.target, limit, per_check);
+                    admitted = Some((e.group, admits));
+                    admits
+                }
             };
             if !kept {
                 // A check has at most so many targets (DERP nodes of a region).
