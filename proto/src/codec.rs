@@ -48,7 +48,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        SliceDecoder(PhantomData)
+        SliceDecoder::default()
     }
 }
 
@@ -71,9 +71,16 @@ impl<T: prost::Message> Encoder for SmallBufferEncoder<T> {
     }
 }
 
-/// Decodes a prost message from the contiguous bytes of its frame.
+/// Decodes a prost message from the contiguous bytes of its frame (also for hand-written
+/// codecs).
 #[derive(Debug)]
 pub struct SliceDecoder<U>(PhantomData<U>);
+
+impl<U> Default for SliceDecoder<U> {
+    fn default() -> Self {
+        SliceDecoder(PhantomData)
+    }
+}
 
 impl<U: prost::Message + Default> Decoder for SliceDecoder<U> {
     type Item = U;

@@ -35,7 +35,7 @@ impl Encoder for RawEncoder {
     }
 }
 
-/// Requests decoded with prost, responses written pre-encoded.
+/// Requests decoded as every `vantage.v1` message is, responses written pre-encoded.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WatchCodec;
 
@@ -43,14 +43,14 @@ impl Codec for WatchCodec {
     type Encode = Out;
     type Decode = pb::WatchRequest;
     type Encoder = RawEncoder;
-    type Decoder = tonic_prost::ProstDecoder<pb::WatchRequest>;
+    type Decoder = vantage_proto::codec::SliceDecoder<pb::WatchRequest>;
 
     fn encoder(&mut self) -> RawEncoder {
         RawEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::new(vantage_proto::codec::settings())
+        vantage_proto::codec::SliceDecoder::default()
     }
 }
 
