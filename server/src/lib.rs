@@ -5,7 +5,8 @@
 //! own vantage, the inventory) → [`aggregator`] (the one owner of health state, using the pure
 //! rules of [`aggregate`]) → [`api`] (gRPC and HTTP) and [`alerts`] (pushes to Alertmanager).
 //! [`store`] keeps state durable, [`registry`] knows the announced components, `cluster` follows
-//! other replicas, [`security`] is TLS and tokens on the listener, `reload` applies a changed
+//! other replicas, [`security`] is TLS and tokens on the listener (and the accept loop), [`gather`]
+//! wakes the watch streams of one connection together, `reload` applies a changed
 //! configuration file on SIGHUP, `serving` runs the listeners and the drain at shutdown, and
 //! `app` composes it all.
 //!
@@ -19,6 +20,7 @@ pub mod api;
 mod app;
 mod cluster;
 pub mod config;
+pub mod gather;
 pub mod ingest;
 pub mod registry;
 mod reload;

@@ -2,7 +2,8 @@
 //! through a TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`]), is served by hyper's automatic
 //! HTTP/1.1-or-HTTP/2 connection with upgrades (WebSocket, DERP), with an HTTP/1 header-read
 //! timeout so a partial request does not hold a connection. An HTTP/2 connection's streams run
-//! in the connection's own task ([`StreamsHere`]). The peer address is in every request's
+//! in the connection's own task ([`StreamsHere`], [`Streams`]), and its streams that wait on the
+//! aggregator's broadcast park on the connection's [`Gather`]. The peer address is in every request's
 //! extensions as axum's `ConnectInfo`. On stop, every connection is shut down gracefully and
 //! the loop returns once all have ended.
 
@@ -10,11 +11,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use futures::stream::FuturesUnordered;
+use futures::task::AtomicWaker;
 use futures::{FutureExt as _, StreamExt as _};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -26,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tower::ServiceExt as _;
 
 use super::{Counters, Refusal};
+use crate::gather::Gather;
 
 /// How long a client has to send a request's headers (HTTP/1).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +105,129 @@ impl StreamsHere {
                 h.waker = Some(cx.waker().clone());
             }
         }
+    }
+}
+
+/// Rounds of polling a connection's streams in one poll of its task, at most.
+const STREAM_ROUNDS: usize = 16;
+
+/// Wakes a connection's task for its streams, unless the task is polling them right now:
+/// then it only notes the wake-up, and the task polls them again before it lets the
+/// connection write.
+#[derive(Default)]
+struct StreamsWake {
+    polling: AtomicBool,
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for StreamsWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.task.wake();
+        }
+    }
+}
+
+/// The HTTP/2 streams of one connection, run in the connection's task.
+struct Streams {
+    exec: StreamsHere,
+    gather: Arc<Gather>,
+    running: FuturesUnordered<StreamFuture>,
+    wake: Arc<StreamsWake>,
+    waker: Waker,
+}
+
+impl Streams {
+    fn new(gather: Arc<Gather>) -> Streams {
+        let wake = Arc::new(StreamsWake::default());
+        Streams {
+            exec: StreamsHere::default(),
+            gather,
+            running: FuturesUnordered::new(),
+            waker: Waker::from(wake.clone()),
+            wake,
+        }
+    }
+
+    /// Poll every stream that is ready, and again those that became ready meanwhile, until
+    /// none is (or [`STREAM_ROUNDS`] have passed: then the task wakes itself to go on). The
+    /// streams parked on the connection's gathering point are woken here when their source
+    /// sent something.
+    ///
+    /// A `FuturesUnordered` polled once stops after two of its futures woke themselves (h2
+    /// wakes a stream that it gave room to send), so one pass handled a few of the streams
+    /// that an event had woken, the connection wrote their frames, and the task ran again for
+    /// the next few: six writes per event on a connection of 50 watchers.
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        self.wake.task.register(cx.waker());
+        self.wake.polling.store(true, Ordering::SeqCst);
+        let mut streams_cx = Context::from_waker(&self.waker);
+        for _ in 0..STREAM_ROUNDS {
+            self.wake.woken.store(false, Ordering::SeqCst);
+            self.exec.take(&mut self.running, cx);
+            self.gather.poll_release(cx);
+            while let Poll::Ready(Some(())) = self.running.poll_next_unpin(&mut streams_cx) {}
+            self.gather.poll_release(cx);
+            if !self.wake.woken.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        self.wake.polling.store(false, Ordering::SeqCst);
+        if self.wake.woken.load(Ordering::SeqCst) {
+            // Woken after the last round (or from another thread while it ran).
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
+/// A connection's transport as h2 sees it: without vectored writes, so that h2 copies every
+/// DATA frame under 1 KiB into its write buffer (with vectored writes it copies only those
+/// under 256 bytes, and a larger one is written with the buffer before the next frame may be
+/// buffered). A watch event is about that size, so the 50 watchers of a connection cost up to
+/// 50 writes per event; copied, they cost one.
+struct Copied<IO>(IO);
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Copied<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Copied<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
     }
 }
 
@@ -187,19 +314,22 @@ async fn http<IO>(shared: &Shared, io: IO, peer: SocketAddr)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The streams of this connection that wait on the same source park here (`Watch`).
+    let gather = Arc::new(Gather::default());
+    let for_requests = gather.clone();
     let svc = shared
         .router
         .clone()
         .map_request(move |mut req: http::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(for_requests.clone());
             req
         });
-    let exec = StreamsHere::default();
-    let builder = builder(exec.clone());
-    let conn =
-        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
+    let mut streams = Streams::new(gather);
+    let builder = builder(streams.exec.clone());
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(Copied(io)), TowerToHyperService::new(svc));
     tokio::pin!(conn);
-    let mut streams: FuturesUnordered<StreamFuture> = FuturesUnordered::new();
     let mut stop = shared.stop.clone();
     let stopping = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -211,9 +341,8 @@ where
             shutting_down = true;
             conn.as_mut().graceful_shutdown();
         }
-        exec.take(&mut streams, cx);
-        // Every stream that is ready first, then the connection writes what they sent.
-        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        // Every stream that is ready, then the connection writes what they all sent.
+        streams.poll(cx);
         conn.as_mut().poll(cx)
     })
     .await;
@@ -229,6 +358,72 @@ mod tests {
     use hyper::rt::Executor as _;
 
     use super::*;
+
+    /// A future that wakes itself `n` times before it ends, as a stream does that h2 gave room
+    /// to send.
+    struct WakesItself(usize, Arc<AtomicUsize>);
+
+    impl Future for WakesItself {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 == 0 {
+                self.1.fetch_add(1, Ordering::SeqCst);
+                return Poll::Ready(());
+            }
+            self.0 -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// One poll of a connection's streams runs every stream that became ready while it ran
+    /// (a `FuturesUnordered` alone stops after two woke themselves), without waking the
+    /// connection's task for them; a stream that never stops waking itself is bounded by
+    /// `STREAM_ROUNDS`, and the task is woken to go on.
+    #[test]
+    fn one_poll_runs_the_streams_that_became_ready_meanwhile_in_bounded_rounds() {
+        let mut streams = Streams::new(Arc::new(Gather::default()));
+        let done = Arc::new(AtomicUsize::new(0));
+        for _ in 0..10 {
+            streams.exec.execute(WakesItself(3, done.clone()));
+        }
+        let task = Arc::new(Counter::default());
+        let waker = Waker::from(task.clone());
+        streams.poll(&mut Context::from_waker(&waker));
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            10,
+            "every stream ran to its end"
+        );
+        assert!(streams.running.is_empty());
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            0,
+            "nothing left to wake the task for"
+        );
+
+        // Handing a stream over wakes the task once.
+        streams.exec.execute(WakesItself(usize::MAX, done.clone()));
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        streams.poll(&mut Context::from_waker(&waker));
+        assert_eq!(streams.running.len(), 1);
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            2,
+            "the task woke itself to go on"
+        );
+    }
 
     /// Streams handed to a connection's executor run in the task that drives the connection;
     /// one that panics ends alone; past the bound a stream gets a task of its own.

@@ -586,6 +586,66 @@ async fn watchers_get_state_then_changes_and_a_stuck_one_slows_nothing() {
     assert!(resync["report"].is_object());
 }
 
+/// Watchers that share one HTTP/2 connection are woken by that connection's task, together:
+/// each gets every change, and those that leave hold up none of the others.
+#[tokio::test]
+async fn watchers_sharing_a_connection_each_get_every_change_and_leavers_stop_nobody() {
+    use futures::StreamExt as _;
+    use vantage_proto::report::VantageChange;
+
+    let server = Server::start(&["--interval", "100ms"]).await;
+    settled(&server).await;
+    // One client is one connection: its twenty watch streams share it.
+    let client = vantage_client::Client::connect(&server.url, None)
+        .await
+        .unwrap();
+    let mut watchers = Vec::new();
+    for i in 0..20 {
+        let mut w = Box::pin(client.watch(pb::WatchRequest::default()).await.unwrap());
+        let first = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .unwrap_or_else(|_| panic!("watcher {i}: no snapshot in 10s"))
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(first.event, Some(pb::watch_event::Event::Snapshot(_))),
+            "watcher {i} began with {first:?}"
+        );
+        watchers.push(w);
+    }
+    // Half of them leave: their streams end while the rest wait.
+    watchers.truncate(10);
+
+    async fn next_change<S>(w: &mut S, i: usize, want: VantageChange)
+    where
+        S: futures::Stream<Item = Result<pb::WatchEvent, tonic::Status>> + Unpin,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ev = tokio::time::timeout_at(deadline, w.next())
+                .await
+                .unwrap_or_else(|_| panic!("watcher {i}: no {want:?} of fra-1 in 20s"))
+                .expect("the watch ended")
+                .unwrap();
+            if let Some(pb::watch_event::Event::VantageChange(c)) = &ev.event
+                && c.vantage == "fra-1"
+                && VantageChange::of(c) == Some(want)
+            {
+                return;
+            }
+        }
+    }
+
+    let mut probe = vantage_tests::Probe::start(&server.url, "fra-1", "fra");
+    for (i, w) in watchers.iter_mut().enumerate() {
+        next_change(w, i, VantageChange::Attached).await;
+    }
+    probe.kill().await;
+    for (i, w) in watchers.iter_mut().enumerate() {
+        next_change(w, i, VantageChange::Detached).await;
+    }
+}
+
 /// Read NDJSON lines until one matches, within a deadline.
 async fn next_line_matching<R: tokio::io::AsyncBufRead + Unpin>(
     lines: &mut tokio::io::Lines<R>,

@@ -9,6 +9,8 @@ use std::task::{Context, Poll, ready};
 
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt as _};
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::TryRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::Status;
@@ -18,6 +20,7 @@ use vantage_proto::{Section, Severity};
 
 use crate::aggregator::{Aggregator, EventGroup, SharedEvent, Subscription, is_provisional};
 use crate::api::App;
+use crate::gather::{Gather, Parking};
 
 /// Which events a watcher wants.
 #[derive(Debug, Clone, Default)]
@@ -146,7 +149,9 @@ impl Drop for WatcherGuard {
 /// of a new future per event, and a thousand watchers take every event).
 pub struct WatchState {
     agg: Aggregator,
-    events: BroadcastStream<EventGroup>,
+    events: Events,
+    /// Where this watcher stands with its connection's gathering point.
+    parking: Parking,
     /// A fresh subscription on its way (the watcher fell behind, or the epoch changed).
     resyncing: Option<BoxFuture<'static, Option<Subscription>>>,
     queue: VecDeque<Out>,
@@ -158,6 +163,68 @@ pub struct WatchState {
     /// token's lock twice per event and watcher.
     cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     _guard: WatcherGuard,
+}
+
+/// How a watcher learns of new events.
+enum Events {
+    /// Its own registration with the broadcast.
+    Alone(BroadcastStream<EventGroup>),
+    /// Its connection's task wakes it, with every other watcher of the connection
+    /// ([`crate::gather`]).
+    Gathered(broadcast::Receiver<EventGroup>, Arc<Gather>),
+}
+
+impl Events {
+    fn new(rx: broadcast::Receiver<EventGroup>, gather: Option<Arc<Gather>>) -> Events {
+        match gather {
+            Some(g) => Events::Gathered(rx, g),
+            None => Events::Alone(BroadcastStream::new(rx)),
+        }
+    }
+
+    fn gather(&self) -> Option<Arc<Gather>> {
+        match self {
+            Events::Alone(_) => None,
+            Events::Gathered(_, g) => Some(g.clone()),
+        }
+    }
+
+    /// The next group, the end of the broadcast (`None`), or a gap; `Pending` with a wake-up
+    /// arranged.
+    fn poll_next(
+        &mut self,
+        parking: &mut Parking,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<EventGroup, BroadcastStreamRecvError>>> {
+        let (rx, gather) = match self {
+            Events::Alone(events) => return events.poll_next_unpin(cx),
+            Events::Gathered(rx, gather) => (rx, gather),
+        };
+        if let Some(received) = received(rx.try_recv()) {
+            return Poll::Ready(received);
+        }
+        gather.park(parking, cx.waker(), || {
+            Box::pin(BroadcastStream::new(rx.resubscribe()).map(drop))
+        });
+        // What was sent before the connection's pump started waiting is only here.
+        match received(rx.try_recv()) {
+            Some(received) => Poll::Ready(received),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A receive's outcome as the broadcast's stream gives it; `None` when nothing is there yet.
+#[allow(clippy::option_option)]
+fn received(
+    r: Result<EventGroup, TryRecvError>,
+) -> Option<Option<Result<EventGroup, BroadcastStreamRecvError>>> {
+    match r {
+        Ok(group) => Some(Some(Ok(group))),
+        Err(TryRecvError::Lagged(n)) => Some(Some(Err(BroadcastStreamRecvError::Lagged(n)))),
+        Err(TryRecvError::Closed) => Some(None),
+        Err(TryRecvError::Empty) => None,
+    }
 }
 
 /// What a watch stream yields before it is encoded: a snapshot built for this watcher, or an
@@ -195,7 +262,7 @@ pub fn watch_stream(
     filter: Filter,
     since: u64,
 ) -> impl Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static {
-    watch_outs(app, sub, filter, since).map(|o| o.map(Out::into_event))
+    watch_outs(app, sub, filter, since, None).map(|o| o.map(Out::into_event))
 }
 
 impl WatchState {
@@ -207,7 +274,7 @@ impl WatchState {
 
     /// The fresh subscription of a resync: its events from now on, its snapshot next.
     fn resynced(&mut self, sub: Subscription) {
-        self.events = BroadcastStream::new(sub.events);
+        self.events = Events::new(sub.events, self.events.gather());
         if let Some((_, report)) = sub.snapshot {
             self.last = report.revision;
             self.epoch.clone_from(&report.epoch);
@@ -255,7 +322,7 @@ impl Stream for WatchState {
             // The shutdown is looked at only while no event is ready (it takes a lock): a
             // watcher that always has an event ready sees it once the events pause (on
             // shutdown the probes' sessions end, and with them the events).
-            let received = match this.events.poll_next_unpin(cx) {
+            let received = match this.events.poll_next(&mut this.parking, cx) {
                 Poll::Ready(received) => received,
                 Poll::Pending => {
                     if this.cancelled.as_mut().poll(cx).is_ready() {
@@ -321,8 +388,15 @@ fn take(st: &mut WatchState, ev: &SharedEvent) -> Take {
 /// The stream of one watcher: snapshot or backlog first, then live events; when it falls
 /// behind the broadcast it is sent a fresh snapshot marked `resync`. Live events are shared,
 /// and their encoding is copied into the response, never made per watcher (`watch_codec`).
-/// It starts counted, with its snapshot or backlog queued.
-pub fn watch_outs(app: &App, sub: Subscription, filter: Filter, since: u64) -> WatchState {
+/// It starts counted, with its snapshot or backlog queued. With its connection's `gather`, the
+/// connection's task wakes it.
+pub fn watch_outs(
+    app: &App,
+    sub: Subscription,
+    filter: Filter,
+    since: u64,
+    gather: Option<Arc<Gather>>,
+) -> WatchState {
     app.watchers.fetch_add(1, Ordering::Relaxed);
     let mut state = WatchState {
         agg: app.agg.clone(),
@@ -332,7 +406,8 @@ pub fn watch_outs(app: &App, sub: Subscription, filter: Filter, since: u64) -> W
         filter,
         cancelled: Box::pin(app.cancel.clone().cancelled_owned()),
         _guard: WatcherGuard(app.watchers.clone()),
-        events: BroadcastStream::new(sub.events),
+        events: Events::new(sub.events, gather),
+        parking: Parking::default(),
         resyncing: None,
     };
     if let Some((resync, report)) = sub.snapshot {

@@ -4,6 +4,7 @@
 //! generated `watch` stays as the typed implementation of the same stream.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use futures::future::BoxFuture;
@@ -13,6 +14,13 @@ use vantage_proto::pb;
 
 use crate::api::App;
 use crate::api::grpc::watch::{Filter, Out, watch_outs};
+use crate::gather::Gather;
+
+/// Encoded bytes after which a watch stream hands what it has to HTTP/2 (tonic's default is
+/// 32 KiB). h2 copies a DATA frame under 1 KiB into its connection's write buffer and writes a
+/// larger one on its own ([`crate::security`]'s accept loop): a watcher that is behind by
+/// a few events would otherwise cost its connection a write of its own.
+const YIELD_THRESHOLD: usize = 512;
 
 /// The method's path.
 pub const PATH: &str = "/vantage.v1.HealthService/Watch";
@@ -31,7 +39,7 @@ impl Encoder for RawEncoder {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        vantage_proto::codec::settings()
+        BufferSettings::new(vantage_proto::codec::BUFFER_SIZE, YIELD_THRESHOLD)
     }
 }
 
@@ -66,6 +74,8 @@ impl tonic::server::ServerStreamingService<pb::WatchRequest> for WatchService {
     fn call(&mut self, request: tonic::Request<pb::WatchRequest>) -> Self::Future {
         let app = self.0.clone();
         Box::pin(async move {
+            // The connection's gathering point, set by the accept loop.
+            let gather = request.extensions().get::<Arc<Gather>>().cloned();
             let req = request.into_inner();
             tracing::debug!(since = req.since_revision, "watch (shared encodings)");
             let filter = Filter::from_request(&req)?;
@@ -73,7 +83,8 @@ impl tonic::server::ServerStreamingService<pb::WatchRequest> for WatchService {
                 .agg
                 .subscribe(req.since_revision, &req.since_epoch)
                 .await?;
-            let stream: EncodedStream = Box::pin(watch_outs(&app, sub, filter, req.since_revision));
+            let stream: EncodedStream =
+                Box::pin(watch_outs(&app, sub, filter, req.since_revision, gather));
             Ok(tonic::Response::new(stream))
         })
     }
