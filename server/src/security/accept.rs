@@ -190,7 +190,8 @@ impl Streams {
 /// DATA frame under 1 KiB into its write buffer (with vectored writes it copies only those
 /// under 256 bytes, and a larger one is written with the buffer before the next frame may be
 /// buffered). A watch event is about that size, so the 50 watchers of a connection cost up to
-/// 50 writes per event; copied, they cost one.
+/// 50 writes per event; copied, they cost one. hyper's HTTP/1 is told apart (see [`builder`]).
+/// h2 still writes a frame of 1 KiB or more on its own, so `Watch` hands over small chunks.
 struct Copied<IO>(IO);
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Copied<IO> {
@@ -212,6 +213,16 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Copied<IO> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
+    /// hyper's HTTP/1 writes vectors when the transport does (see [`builder`]); h2 never
+    /// asks for them.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
     fn poll_flush(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -231,14 +242,17 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Copied<IO> {
     }
 }
 
-/// A connection's hyper builder: HTTP/1 with a header-read timeout, HTTP/2 with its streams in
-/// the connection's task.
-fn builder(exec: StreamsHere) -> auto::Builder<StreamsHere> {
+/// A connection's hyper builder: HTTP/1 with a header-read timeout and vectored writes when
+/// the transport has them (`vectored`), HTTP/2 with its streams in the connection's task.
+fn builder(exec: StreamsHere, vectored: bool) -> auto::Builder<StreamsHere> {
     let mut builder = auto::Builder::new(exec);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // As the transport is, not as [`Copied`] shows it to h2: otherwise hyper's HTTP/1
+        // copies every response body into its write buffer (a 3.5 MB report, per reader).
+        .writev(vectored);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -326,7 +340,7 @@ where
             req
         });
     let mut streams = Streams::new(gather);
-    let builder = builder(streams.exec.clone());
+    let builder = builder(streams.exec.clone(), io.is_write_vectored());
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(Copied(io)), TowerToHyperService::new(svc));
     tokio::pin!(conn);
