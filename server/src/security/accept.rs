@@ -296,10 +296,20 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         let alive = alive.clone();
-        tokio::spawn(async move {
-            connection(&shared, tcp, peer).await;
-            drop(alive);
-        });
+        // A plaintext connection's task holds only the plaintext connection's state: one
+        // future for both kinds was 7 KiB, the plaintext one alone is 2.3 KiB, and every
+        // connection keeps its task for its whole life.
+        if let Some(acceptor) = shared.tls.clone() {
+            tokio::spawn(async move {
+                tls_connection(&shared, &acceptor, tcp, peer).await;
+                drop(alive);
+            });
+        } else {
+            tokio::spawn(async move {
+                http(&shared, tcp, peer).await;
+                drop(alive);
+            });
+        }
     }
     drop(listener);
     drop(alive);
@@ -307,10 +317,13 @@ pub async fn serve(
     Ok(())
 }
 
-async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) {
-    let Some(acceptor) = &shared.tls else {
-        return http(shared, tcp, peer).await;
-    };
+/// A connection over TLS: the handshake, then HTTP.
+async fn tls_connection(
+    shared: &Shared,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => http(shared, tls, peer).await,
         Ok(Err(e)) => {
