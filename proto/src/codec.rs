@@ -1,9 +1,9 @@
-//! The gRPC codec of every `vantage.v1` service: prost, with 1 KiB initial buffers instead of
-//! tonic's 8 KiB. Each stream holds an encode and a decode buffer for its whole life, and most
+//! The gRPC codec of every `vantage.v1` service: prost, with 256-byte initial buffers instead
+//! of tonic's 8 KiB. Each stream holds an encode and a decode buffer for its whole life, and most
 //! of a fleet's streams are idle probes and watchers whose messages are small. The decode
 //! buffer grows to the largest message it carries and keeps that size; the encoder reserves
 //! each message's whole size before writing it, so a large message costs one allocation, not
-//! a doubling series from 1 KiB. The decoder reads a message from one contiguous slice when
+//! a doubling series from 256 bytes. The decoder reads a message from one contiguous slice when
 //! it has one (it always does: tonic buffers a whole message before decoding it), which lets
 //! prost take its fast paths instead of advancing tonic's buffer field by field.
 
@@ -14,7 +14,7 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// Initial size of a stream's encode and decode buffers.
-pub const BUFFER_SIZE: usize = 1024;
+pub const BUFFER_SIZE: usize = 256;
 /// Encoded bytes after which a stream's encoder yields (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tonic::Status;
 use vantage_probe::rules;
 use vantage_proto::report::HealthReport;
 use vantage_proto::{Section, pb};
@@ -31,8 +30,8 @@ mod vantage;
 
 pub use batch::Batch;
 pub use command::{
-    AdminCommand, AssignedCheck, Attached, ClusterCommand, Command, ProbeCommand, Query, SessionTx,
-    SettingsUpdate,
+    AdminCommand, AssignedCheck, Attached, ClusterCommand, Command, Outgoing, ProbeCommand, Query,
+    SessionTx, SettingsUpdate,
 };
 pub use durable::DurableParts;
 pub use events::{EventGroup, PROVISIONAL_EPOCH_PREFIX, SharedEvent, Subscription, is_provisional};
@@ -424,10 +423,10 @@ impl Aggregator {
 use vantage_proto::pb::server_message::Msg as Down;
 
 /// A cumulative acknowledgement.
-fn ack(seq: u64) -> Result<pb::ServerMessage, Status> {
-    Ok(pb::ServerMessage {
+fn ack(seq: u64) -> Outgoing {
+    Box::new(Ok(pb::ServerMessage {
         msg: Some(Down::Ack(pb::Ack { seq })),
-    })
+    }))
 }
 
 /// Queue the acknowledgement of `seq` on a session; `true` when its queue was full, so the

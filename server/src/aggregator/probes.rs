@@ -112,9 +112,9 @@ impl State {
         v.peer = peer;
         if let Some((_, old)) = v.session.replace((session_id, session)) {
             tracing::warn!(vantage = %name, "a new session replaces the previous one");
-            let _ = old.try_send(Err(Status::aborted(
+            let _ = old.try_send(Box::new(Err(Status::aborted(
                 "replaced by a newer session of the same vantage",
-            )));
+            ))));
         }
         if v.seq.applied == 0 {
             // Nothing applied from this instance yet: continue after what it says was acked.
@@ -153,9 +153,9 @@ impl State {
         if let Some(v) = self.vantages.remove(name)
             && let Some((_, tx)) = v.session
         {
-            let _ = tx.try_send(Err(Status::aborted(format!(
+            let _ = tx.try_send(Box::new(Err(Status::aborted(format!(
                 "vantage {name:?} was forgotten by an operator"
-            ))));
+            )))));
         }
         self.run_complete(name);
         self.vantage_event(name, VantageChange::Forgotten, Cause::Here);
@@ -283,9 +283,9 @@ impl State {
                 if let Some(v) = self.vantages.get_mut(name) {
                     v.session = None;
                 }
-                let refusal = Err(Status::unavailable(format!(
+                let refusal = Box::new(Err(Status::unavailable(format!(
                     "{full}: these observations are not acknowledged; resend them after reconnecting"
-                )));
+                ))));
                 if let Err(mpsc::error::TrySendError::Full(refusal)) = tx.try_send(refusal) {
                     // Never wait here: the refusal waits for room on a task of its own.
                     tokio::spawn(async move {
@@ -478,7 +478,7 @@ impl State {
             let msg = pb::ServerMessage {
                 msg: Some(Down::RunNow(pb::RunNow { request_id })),
             };
-            if tx.try_send(Ok(msg)).is_ok() {
+            if tx.try_send(Box::new(Ok(msg))).is_ok() {
                 v.forced_at = Some(now);
                 if unanswered.contains(&v.name) {
                     silent.push(v.name.clone());

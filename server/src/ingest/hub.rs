@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -13,7 +13,7 @@ use vantage_proto::pb;
 use vantage_proto::pb::probe_message::Msg as Up;
 use vantage_proto::pb::server_message::Msg as Down;
 
-use crate::aggregator::{Aggregator, AttachError, ProbeCommand};
+use crate::aggregator::{Aggregator, AttachError, Outgoing, ProbeCommand, SessionTx};
 use crate::config::SERVER_VANTAGE;
 use crate::ingest::inventory::{self, Assignments, Inventory};
 
@@ -87,19 +87,34 @@ pub fn validate_hello(h: &pb::Hello) -> Result<(), Status> {
     Ok(())
 }
 
-fn welcome(applied_seq: u64, assignment: pb::Assignment) -> Result<pb::ServerMessage, Status> {
-    Ok(pb::ServerMessage {
+fn welcome(applied_seq: u64, assignment: pb::Assignment) -> Outgoing {
+    Box::new(Ok(pb::ServerMessage {
         msg: Some(Down::Welcome(pb::Welcome {
             applied_seq,
             server_version: vantage_probe::VERSION.to_owned(),
             assignment: Some(assignment),
         })),
-    })
+    }))
+}
+
+/// A session's queue as the response stream: each message out of its box.
+type SessionStream = futures::stream::Map<
+    ReceiverStream<Outgoing>,
+    fn(Outgoing) -> Result<pb::ServerMessage, Status>,
+>;
+
+fn session_stream(rx: mpsc::Receiver<Outgoing>) -> SessionStream {
+    ReceiverStream::new(rx).map(unbox as fn(Outgoing) -> Result<pb::ServerMessage, Status>)
+}
+
+#[expect(clippy::boxed_local, reason = "the queue's element is the box")]
+fn unbox(o: Outgoing) -> Result<pb::ServerMessage, Status> {
+    *o
 }
 
 #[tonic::async_trait]
 impl pb::probe_service_server::ProbeService for ProbeHub {
-    type AttachStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
+    type AttachStream = SessionStream;
 
     async fn attach(
         &self,
@@ -127,7 +142,7 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         if hello.once {
             let _ = tx.try_send(welcome(0, assignment));
-            return Ok(Response::new(ReceiverStream::new(rx)));
+            return Ok(Response::new(session_stream(rx)));
         }
         let name = hello.name.clone();
         let attached = self
@@ -164,14 +179,14 @@ impl pb::probe_service_server::ProbeService for ProbeHub {
             let reason = tokio::select! {
                 r = session(&agg, &name, session_id, &mut inbound, &tx, idle, follow) => r,
                 () = cancel.cancelled() => {
-                    let _ = tx.try_send(Err(Status::unavailable("the server is shutting down")));
+                    let _ = tx.try_send(Box::new(Err(Status::unavailable("the server is shutting down"))));
                     "the server is shutting down".to_owned()
                 }
             };
             tracing::info!(vantage = %name, session = session_id, %reason, "probe detached");
             let _ = agg.send(ProbeCommand::Detach { name, session_id }).await;
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(session_stream(rx)))
     }
 }
 
@@ -182,7 +197,7 @@ async fn session(
     name: &str,
     session_id: u64,
     inbound: &mut Streaming<pb::ProbeMessage>,
-    tx: &mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    tx: &SessionTx,
     idle: Duration,
     mut follow: Assignments,
 ) -> String {
@@ -221,7 +236,7 @@ async fn session(
                         return "the server is shutting down".into();
                     }
                     let msg = pb::ServerMessage { msg: Some(Down::Assignment(a)) };
-                    if tx.send(Ok(msg)).await.is_err() {
+                    if tx.send(Box::new(Ok(msg))).await.is_err() {
                         return "the response stream closed".into();
                     }
                     continue;
@@ -335,8 +350,8 @@ const END_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// End the stream with `status` (the client sees it, not OK): queued behind what is already
 /// on its way, bounded in time.
-async fn end_with(tx: &mpsc::Sender<Result<pb::ServerMessage, Status>>, status: Status) {
-    let _ = tokio::time::timeout(END_TIMEOUT, tx.send(Err(status))).await;
+async fn end_with(tx: &SessionTx, status: Status) {
+    let _ = tokio::time::timeout(END_TIMEOUT, tx.send(Box::new(Err(status)))).await;
 }
 
 /// What the client is told of a message that did not decode: bad bytes (invalid UTF-8 in a

@@ -59,7 +59,7 @@ pub async fn run(
                 Some(Output::RunComplete(request_id)) => ProbeCommand::RunComplete { name: name.clone(), request_id },
                 None => return,
             },
-            msg = rx.recv() => match msg {
+            msg = rx.recv() => match msg.map(|m| *m) {
                 Some(Ok(pb::ServerMessage { msg: Some(Down::RunNow(r)) })) => {
                     scheduler.run_now(r.request_id);
                     // Heard at once: a force waits for a vantage that acknowledged its RunNow.

@@ -9,7 +9,7 @@ use vantage_proto::pb;
 use vantage_proto::pb::observation::Result as ObsResult;
 use vantage_proto::pb::server_message::Msg as Down;
 use vantage_server::aggregator::{
-    Aggregator, AggregatorConfig, AttachError, ForgetOutcome, ProbeCommand, SessionTx,
+    Aggregator, AggregatorConfig, AttachError, ForgetOutcome, Outgoing, ProbeCommand, SessionTx,
 };
 
 use super::{attach, config, hello, ingest, obs, vantage};
@@ -50,7 +50,7 @@ async fn a_live_name_is_refused_until_its_holder_is_gone_or_silent() {
     agg.attach_from(hello("fra-1", "restarted", 0), tx, "10.1.2.3:9".into())
         .await
         .expect("a silent holder gives way");
-    let replaced = holder_rx.recv().await.unwrap().unwrap_err();
+    let replaced = holder_rx.recv().await.map(|m| *m).unwrap().unwrap_err();
     assert_eq!(replaced.code(), tonic::Code::Aborted);
 }
 
@@ -171,7 +171,7 @@ async fn only_stale_vantages_are_forgotten_unless_forced() {
         ForgetOutcome::Forgotten
     );
     let closed = loop {
-        match p.rx.recv().await.unwrap() {
+        match *p.rx.recv().await.unwrap() {
             Err(s) => break s,
             Ok(_) => continue,
         }
@@ -193,9 +193,9 @@ async fn only_stale_vantages_are_forgotten_unless_forced() {
 }
 
 /// RunNow requests a session has been sent.
-fn run_nows(rx: &mut mpsc::Receiver<Result<pb::ServerMessage, tonic::Status>>) -> Vec<u64> {
+fn run_nows(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<u64> {
     let mut ids = Vec::new();
-    while let Ok(Ok(m)) = rx.try_recv() {
+    while let Ok(Ok(m)) = rx.try_recv().map(|m| *m) {
         if let Some(Down::RunNow(r)) = m.msg {
             ids.push(r.request_id);
         }

@@ -14,7 +14,7 @@ use vantage_proto::pb::observation::Result as ObsResult;
 use vantage_proto::pb::server_message::Msg as Down;
 use vantage_proto::{Section, Severity, pb};
 use vantage_server::aggregator::{
-    Aggregator, AggregatorConfig, AssignedCheck, ProbeCommand, SessionTx,
+    Aggregator, AggregatorConfig, AssignedCheck, Outgoing, ProbeCommand, SessionTx,
 };
 use vantage_server::api::App;
 use vantage_server::api::grpc::watch::{Filter, watch_stream};
@@ -72,7 +72,7 @@ fn obs(seq: u64, status: i32) -> pb::Observation {
 struct Probe {
     name: String,
     session_id: u64,
-    rx: mpsc::Receiver<Result<pb::ServerMessage, tonic::Status>>,
+    rx: mpsc::Receiver<Outgoing>,
     applied_seq: u64,
 }
 
@@ -126,7 +126,7 @@ async fn vantage(agg: &Aggregator, name: &str) -> pb::Vantage {
 /// The last ack the probe has been sent.
 fn last_ack(p: &mut Probe) -> u64 {
     let mut last = 0;
-    while let Ok(Ok(m)) = p.rx.try_recv() {
+    while let Ok(Ok(m)) = p.rx.try_recv().map(|m| *m) {
         if let Some(Down::Ack(a)) = m.msg {
             last = a.seq;
         }
@@ -285,7 +285,7 @@ async fn force_asks_every_session_and_waits_for_completion() {
         vec!["fra-1".to_owned()]
     );
     let request_id = loop {
-        match a.rx.recv().await.unwrap().unwrap().msg {
+        match a.rx.recv().await.map(|m| *m).unwrap().unwrap().msg {
             Some(Down::RunNow(r)) => break r.request_id,
             _ => continue,
         }
@@ -642,9 +642,9 @@ async fn an_ack_that_finds_the_session_queue_full_is_sent_once_there_is_room() {
         ingest(&agg, &p, vec![obs(seq, 200)]).await;
     }
     assert_eq!(vantage(&agg, "fra-1").await.applied, 3);
-    let acks = |rx: &mut mpsc::Receiver<Result<pb::ServerMessage, tonic::Status>>| {
+    let acks = |rx: &mut mpsc::Receiver<Outgoing>| {
         let mut seen = Vec::new();
-        while let Ok(Ok(m)) = rx.try_recv() {
+        while let Ok(Ok(m)) = rx.try_recv().map(|m| *m) {
             if let Some(Down::Ack(a)) = m.msg {
                 seen.push(a.seq);
             }
