@@ -207,14 +207,10 @@ async fn session(
     tokio::pin!(silence);
     let mut heard = tokio::time::Instant::now();
     let mut in_a_row = 0;
-    // A message taken while merging batches that was not one to merge: the next to handle.
-    let mut carried = None;
     loop {
         // A message that is already waiting is taken without arming the other waits (the
         // silence, the response stream, the assignment), a few in a row at most.
-        let waiting = if carried.is_some() {
-            carried.take()
-        } else if in_a_row < READY_IN_A_ROW {
+        let waiting = if in_a_row < READY_IN_A_ROW {
             inbound.message().now_or_never()
         } else {
             None
@@ -259,7 +255,6 @@ async fn session(
             Ok(Ok(None)) => return "the probe closed the stream".into(),
             Ok(Ok(Some(m))) => m,
         };
-        let msg = merge_waiting(msg, inbound, &mut carried, &mut in_a_row);
         let cmd = match command(agg, name, session_id, msg) {
             Ok(Some(cmd)) => cmd,
             Ok(None) => continue,
@@ -271,45 +266,6 @@ async fn session(
         if agg.send(cmd).await.is_err() {
             return "the server is shutting down".into();
         }
-    }
-}
-
-/// A batch of observations with the observations of the batches already waiting behind it
-/// appended, up to [`MAX_BATCH`] in all and [`READY_IN_A_ROW`] messages in a row: one command
-/// to the aggregator and one acknowledgement for them all. A waiting message that is not a
-/// valid batch that fits is left in `carried`, to be handled next as it is. Anything else is
-/// returned as it came.
-fn merge_waiting(
-    first: pb::ProbeMessage,
-    inbound: &mut Streaming<pb::ProbeMessage>,
-    carried: &mut Option<Result<Option<pb::ProbeMessage>, Status>>,
-    in_a_row: &mut u32,
-) -> pb::ProbeMessage {
-    let mut batch = match first.msg {
-        Some(Up::Observations(batch)) if check_batch(&batch).is_ok() => batch,
-        msg => return pb::ProbeMessage { msg },
-    };
-    while *in_a_row < READY_IN_A_ROW && batch.observations.len() < MAX_BATCH {
-        let Some(next) = inbound.message().now_or_never() else {
-            break;
-        };
-        *in_a_row += 1;
-        match next {
-            Ok(Some(pb::ProbeMessage {
-                msg: Some(Up::Observations(more)),
-            })) if batch.observations.len() + more.observations.len() <= MAX_BATCH
-                && check_batch(&more).is_ok() =>
-            {
-                batch.observations.extend(more.observations);
-            }
-            other => {
-                *carried = Some(other);
-                break;
-            }
-        }
-    }
-    pb::ProbeMessage {
-        msg: Some(Up::Observations(batch)),
     }
 }
 
@@ -414,122 +370,7 @@ fn inbound_error(status: Status) -> Status {
 
 #[cfg(test)]
 mod tests {
-    use prost::Message as _;
-
     use super::*;
-
-    /// A probe's stream of `messages`, all of them already arrived.
-    fn arrived(messages: &[pb::ProbeMessage]) -> Streaming<pb::ProbeMessage> {
-        let mut body = Vec::new();
-        for m in messages {
-            let bytes = m.encode_to_vec();
-            body.push(0);
-            body.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_be_bytes());
-            body.extend_from_slice(&bytes);
-        }
-        let body = http_body_util::Full::new(bytes::Bytes::from(body));
-        Streaming::new_request(
-            vantage_proto::codec::SliceDecoder::<pb::ProbeMessage>::default(),
-            body,
-            None,
-            None,
-        )
-    }
-
-    /// A batch of observations numbered `seqs`.
-    fn batch(seqs: impl IntoIterator<Item = u64>) -> pb::ProbeMessage {
-        let observations = seqs
-            .into_iter()
-            .map(|seq| pb::Observation {
-                seq,
-                check_id: "access_url".into(),
-                result: Some(pb::observation::Result::AccessUrl(Default::default())),
-                ..Default::default()
-            })
-            .collect();
-        pb::ProbeMessage {
-            msg: Some(Up::Observations(pb::ObservationBatch { observations })),
-        }
-    }
-
-    fn seqs(m: &pb::ProbeMessage) -> Vec<u64> {
-        match &m.msg {
-            Some(Up::Observations(b)) => b.observations.iter().map(|o| o.seq).collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Take the first message and merge what waits behind it.
-    async fn merged(
-        messages: &[pb::ProbeMessage],
-    ) -> (
-        pb::ProbeMessage,
-        Option<Result<Option<pb::ProbeMessage>, Status>>,
-        u32,
-    ) {
-        let mut inbound = arrived(messages);
-        let first = inbound.message().await.unwrap().unwrap();
-        let (mut carried, mut in_a_row) = (None, 1);
-        let m = merge_waiting(first, &mut inbound, &mut carried, &mut in_a_row);
-        (m, carried, in_a_row)
-    }
-
-    /// Batches already waiting go to the aggregator as one, in order, up to MAX_BATCH
-    /// observations and READY_IN_A_ROW messages; a message that is not a valid batch that fits
-    /// is kept to be handled next, as it is; anything but a valid batch is not merged into.
-    #[tokio::test]
-    async fn waiting_batches_merge_in_bounds_and_anything_else_waits_its_turn() {
-        let heartbeat = pb::ProbeMessage {
-            msg: Some(Up::Heartbeat(pb::Heartbeat::default())),
-        };
-        let (m, carried, in_a_row) =
-            merged(&[batch(1..=2), batch(3..=5), heartbeat.clone(), batch(6..=6)]).await;
-        assert_eq!(seqs(&m), (1..=5).collect::<Vec<_>>());
-        assert_eq!(carried.unwrap().unwrap(), Some(heartbeat.clone()));
-        assert_eq!(in_a_row, 3);
-
-        // At most MAX_BATCH observations: the batch that would pass it is next.
-        let half = u64::try_from(MAX_BATCH / 2).unwrap();
-        let (m, carried, _) = merged(&[
-            batch(1..=half),
-            batch(half + 1..=2 * half - 1),
-            batch(2 * half..=2 * half + 1),
-        ])
-        .await;
-        assert_eq!(m_len(&m), MAX_BATCH - 1);
-        assert_eq!(
-            seqs(&carried.unwrap().unwrap().unwrap()),
-            vec![2 * half, 2 * half + 1]
-        );
-
-        // At most READY_IN_A_ROW messages in a row.
-        let many: Vec<_> = (1..=40).map(|s| batch([s])).collect();
-        let (m, carried, in_a_row) = merged(&many).await;
-        assert_eq!(
-            seqs(&m),
-            (1..=u64::from(READY_IN_A_ROW)).collect::<Vec<_>>()
-        );
-        assert!(carried.is_none(), "the rest waits in the stream");
-        assert_eq!(in_a_row, READY_IN_A_ROW);
-
-        // A bad batch is not merged: the command for the good ones goes first, then the bad
-        // one ends the stream with its own error.
-        let (m, carried, _) = merged(&[batch([1]), batch([0])]).await;
-        assert_eq!(seqs(&m), vec![1]);
-        assert_eq!(seqs(&carried.unwrap().unwrap().unwrap()), vec![0]);
-        let (m, carried, in_a_row) = merged(&[batch([0]), batch([1])]).await;
-        assert_eq!(seqs(&m), vec![0], "returned as it came");
-        assert!(carried.is_none());
-        assert_eq!(in_a_row, 1);
-
-        // The end of the stream is kept too.
-        let (_, carried, _) = merged(&[batch([1])]).await;
-        assert_eq!(carried.unwrap().unwrap(), None);
-    }
-
-    fn m_len(m: &pb::ProbeMessage) -> usize {
-        seqs(m).len()
-    }
 
     fn hello(name: &str) -> pb::Hello {
         pb::Hello {

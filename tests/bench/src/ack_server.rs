@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 
-use futures::{FutureExt as _, Stream};
+use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -81,67 +81,19 @@ impl pb::probe_service_server::ProbeService for AckOnly {
             .map_err(|_| Status::internal("session queue"))?;
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
-                let (mut last, mut count) = last_seq(&m);
-                // As `vantaged` does: the batches already waiting behind this one (up to 16
-                // messages and 1 024 observations) are acknowledged with it, once.
-                let mut ended = false;
-                let mut own = None;
-                for _ in 1..READY_IN_A_ROW {
-                    if count >= MAX_BATCH {
-                        break;
-                    }
-                    match inbound.message().now_or_never() {
-                        None => break,
-                        Some(Ok(Some(next))) => {
-                            let (seq, n) = last_seq(&next);
-                            if count + n > MAX_BATCH {
-                                // Acknowledged on its own, after this group.
-                                own = Some(seq);
-                                break;
-                            }
-                            last = last.max(seq);
-                            count += n;
-                        }
-                        Some(_) => {
-                            ended = true;
-                            break;
-                        }
-                    }
-                }
-                for seq in [Some(last), own].into_iter().flatten() {
-                    if seq == 0 {
-                        continue;
-                    }
+                if let Some(Up::Observations(b)) = m.msg
+                    && let Some(last) = b.observations.last()
+                {
                     let ack = pb::ServerMessage {
-                        msg: Some(Down::Ack(pb::Ack { seq })),
+                        msg: Some(Down::Ack(pb::Ack { seq: last.seq })),
                     };
                     if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(ack)) {
                         return;
                     }
                 }
-                if ended {
-                    return;
-                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// Messages taken in a row without waiting, and observations acknowledged at once, at most
-/// (`vantaged`'s `READY_IN_A_ROW` and `MAX_BATCH`).
-const READY_IN_A_ROW: usize = 16;
-const MAX_BATCH: usize = 1024;
-
-/// The last sequence number of a batch message and its number of observations (0, 0 for
-/// anything else).
-fn last_seq(m: &pb::ProbeMessage) -> (u64, usize) {
-    match &m.msg {
-        Some(Up::Observations(b)) => (
-            b.observations.last().map_or(0, |o| o.seq),
-            b.observations.len(),
-        ),
-        _ => (0, 0),
     }
 }
 
