@@ -215,7 +215,6 @@ impl Events {
 }
 
 /// A receive's outcome as the broadcast's stream gives it; `None` when nothing is there yet.
-#[allow(clippy::option_option)]
 fn received(
     r: Result<EventGroup, TryRecvError>,
 ) -> Option<Option<Result<EventGroup, BroadcastStreamRecvError>>> {
