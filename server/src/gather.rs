@@ -47,6 +47,15 @@ struct Inner {
 pub struct Parking(Option<u64>);
 
 impl Gather {
+    /// The state, also after a panic while it was held: every change to it is one push, one
+    /// drain or one replacement, so it is whole, and refusing it would leave the parked
+    /// streams asleep for good.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Park `waker` until the source next sends; `pump` makes the connection's pump when none
     /// waits yet (it must see everything the source sends from the moment it is made).
     ///
@@ -54,11 +63,7 @@ impl Gather {
     /// once more after parking: what was sent in between is the pump's to see only if the pump
     /// was already waiting.
     pub fn park(&self, parking: &mut Parking, waker: &Waker, pump: impl FnOnce() -> Pump) {
-        let Ok(mut inner) = self.inner.lock() else {
-            // A poisoned gathering point cannot be trusted to wake anybody: poll again.
-            waker.wake_by_ref();
-            return;
-        };
+        let mut inner = self.lock();
         if inner.pump.is_none() {
             inner.pump = Some(pump());
         }
@@ -73,9 +78,7 @@ impl Gather {
     /// streams are polled, so the woken ones run in the same poll, and after, for a pump made
     /// while they ran. A pump nobody is parked on any more is dropped.
     pub fn poll_release(&self, cx: &mut Context<'_>) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
+        let mut inner = self.lock();
         let Some(pump) = inner.pump.as_mut() else {
             return;
         };
