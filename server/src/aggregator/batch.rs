@@ -51,6 +51,16 @@ impl Batch {
         Self::prepare(observations, keep_all, Some(now_secs))
     }
 
+    /// How many observations it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Prepare observations another replica applied and stored: not checked again.
     pub(super) fn from_store(observations: Vec<pb::Observation>) -> Self {
         Self::prepare(observations, false, None)

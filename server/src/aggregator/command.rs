@@ -58,11 +58,16 @@ pub enum ProbeCommand {
         name: String,
         session_id: u64,
     },
-    /// Observations, prepared by [`super::Aggregator::ingest`].
+    /// Observations, prepared by [`super::Aggregator::ingest`]: `batch`, then the batches
+    /// that arrived right behind it (`then`, usually none). Each is applied as if it came
+    /// alone — its own recompute and events, so no transition is lost between them — and
+    /// the session is acknowledged once, after the last: one command and one ack instead of
+    /// one per message.
     Ingest {
         name: String,
         session_id: u64,
         batch: super::Batch,
+        then: Vec<super::Batch>,
     },
     Heartbeat {
         name: String,

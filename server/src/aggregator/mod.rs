@@ -280,6 +280,7 @@ impl Aggregator {
             name,
             session_id,
             batch,
+            then: Vec::new(),
         })
         .await
     }

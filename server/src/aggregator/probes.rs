@@ -235,7 +235,9 @@ impl State {
         }
     }
 
-    pub(super) fn ingest(&mut self, name: &str, session_id: u64, batch: Batch) {
+    /// Apply one batch of `name`'s session; without a durable store, acknowledge it only
+    /// when `ack` (the last batch of a command: acks are cumulative).
+    pub(super) fn ingest(&mut self, name: &str, session_id: u64, batch: Batch, ack: bool) {
         let Some(v) = self.vantages.get_mut(name) else {
             return;
         };
@@ -248,7 +250,9 @@ impl State {
         let tx = tx.clone();
         let Some(d) = &self.durable else {
             let acked = self.apply(name, batch, Cause::Here);
-            self.send_ack(name, &tx, acked);
+            if ack {
+                self.send_ack(name, &tx, acked);
+            }
             return;
         };
         // With a durable store every observation of the batch is whole (`keep_all`).

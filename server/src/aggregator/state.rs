@@ -157,11 +157,15 @@ impl State {
                 name,
                 session_id,
                 batch,
+                then,
             } => {
-                let held = self.hold_events();
-                self.ingest(&name, session_id, batch);
-                if held {
-                    self.release_events();
+                let last = then.len();
+                for (i, batch) in std::iter::once(batch).chain(then).enumerate() {
+                    let held = self.hold_events();
+                    self.ingest(&name, session_id, batch, i == last);
+                    if held {
+                        self.release_events();
+                    }
                 }
             }
             ProbeCommand::Heartbeat {

@@ -207,16 +207,23 @@ async fn session(
     tokio::pin!(silence);
     let mut heard = tokio::time::Instant::now();
     let mut in_a_row = 0;
+    // A message taken while looking for batches to send with one, but not one of them: the
+    // next to handle.
+    let mut carried = None;
     loop {
         // A message that is already waiting is taken without arming the other waits (the
         // silence, the response stream, the assignment), a few in a row at most.
-        let waiting = if in_a_row < READY_IN_A_ROW {
-            inbound.message().now_or_never()
+        // (A carried message was counted when it was taken.)
+        let waiting = if carried.is_some() {
+            carried.take()
+        } else if in_a_row < READY_IN_A_ROW {
+            let waiting = inbound.message().now_or_never();
+            in_a_row += u32::from(waiting.is_some());
+            waiting
         } else {
             None
         };
         let msg = if let Some(m) = waiting {
-            in_a_row += 1;
             Ok(m)
         } else {
             in_a_row = 0;
@@ -255,7 +262,7 @@ async fn session(
             Ok(Ok(None)) => return "the probe closed the stream".into(),
             Ok(Ok(Some(m))) => m,
         };
-        let cmd = match command(agg, name, session_id, msg) {
+        let mut cmd = match command(agg, name, session_id, msg) {
             Ok(Some(cmd)) => cmd,
             Ok(None) => continue,
             Err((status, reason)) => {
@@ -263,10 +270,50 @@ async fn session(
                 return reason.into();
             }
         };
+        if let ProbeCommand::Ingest { batch, then, .. } = &mut cmd {
+            *then = waiting_batches(inbound, batch.len(), &mut carried, &mut in_a_row)
+                .into_iter()
+                .map(|b| agg.batch(b.observations))
+                .collect();
+        }
         if agg.send(cmd).await.is_err() {
             return "the server is shutting down".into();
         }
     }
+}
+
+/// The batches that already wait behind one of `count` observations, taken without waiting
+/// to go to the aggregator with it in one command: valid batches only, at most
+/// [`READY_IN_A_ROW`] messages in a row (`in_a_row` counts them) and [`MAX_BATCH`]
+/// observations in all, so a command stays as large as one message can be. The first message
+/// taken that is not one of them (another kind, a bad or too large batch, an error, the end
+/// of the stream) is left in `carried`, to be handled next as it came.
+fn waiting_batches(
+    inbound: &mut Streaming<pb::ProbeMessage>,
+    mut count: usize,
+    carried: &mut Option<Result<Option<pb::ProbeMessage>, Status>>,
+    in_a_row: &mut u32,
+) -> Vec<pb::ObservationBatch> {
+    let mut batches = Vec::new();
+    while *in_a_row < READY_IN_A_ROW && count < MAX_BATCH {
+        let Some(next) = inbound.message().now_or_never() else {
+            break;
+        };
+        *in_a_row += 1;
+        match next {
+            Ok(Some(pb::ProbeMessage {
+                msg: Some(Up::Observations(batch)),
+            })) if count + batch.observations.len() <= MAX_BATCH && check_batch(&batch).is_ok() => {
+                count += batch.observations.len();
+                batches.push(batch);
+            }
+            other => {
+                *carried = Some(other);
+                break;
+            }
+        }
+    }
+    batches
 }
 
 /// What a probe's message asks of the aggregator (`None`: nothing), or the status its stream
@@ -284,6 +331,7 @@ fn command(
                 name: name.to_owned(),
                 session_id,
                 batch: agg.batch(batch.observations),
+                then: Vec::new(),
             }
         }
         Some(Up::Heartbeat(h)) => ProbeCommand::Heartbeat {
@@ -370,7 +418,134 @@ fn inbound_error(status: Status) -> Status {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
+
+    /// A probe's stream of `messages`, all of them already arrived.
+    fn arrived(messages: &[pb::ProbeMessage]) -> Streaming<pb::ProbeMessage> {
+        let mut body = Vec::new();
+        for m in messages {
+            let bytes = m.encode_to_vec();
+            body.push(0);
+            body.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_be_bytes());
+            body.extend_from_slice(&bytes);
+        }
+        let body = http_body_util::Full::new(bytes::Bytes::from(body));
+        Streaming::new_request(
+            vantage_proto::codec::SliceDecoder::<pb::ProbeMessage>::default(),
+            body,
+            None,
+            None,
+        )
+    }
+
+    /// A batch of observations numbered `seqs`.
+    fn batch(seqs: impl IntoIterator<Item = u64>) -> pb::ProbeMessage {
+        let observations = seqs
+            .into_iter()
+            .map(|seq| pb::Observation {
+                seq,
+                check_id: "access_url".into(),
+                result: Some(pb::observation::Result::AccessUrl(Default::default())),
+                ..Default::default()
+            })
+            .collect();
+        pb::ProbeMessage {
+            msg: Some(Up::Observations(pb::ObservationBatch { observations })),
+        }
+    }
+
+    fn seqs(m: &pb::ProbeMessage) -> Vec<u64> {
+        match &m.msg {
+            Some(Up::Observations(b)) => b.observations.iter().map(|o| o.seq).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What one session takes after its first message: the batches that go with it (their
+    /// sequence numbers, one list each), what it carries to handle next, and its count of
+    /// messages taken in a row.
+    async fn taken(
+        messages: &[pb::ProbeMessage],
+    ) -> (
+        Vec<Vec<u64>>,
+        Option<Result<Option<pb::ProbeMessage>, Status>>,
+        u32,
+    ) {
+        let mut inbound = arrived(messages);
+        let first = inbound.message().await.unwrap().unwrap();
+        let (mut carried, mut in_a_row) = (None, 1);
+        let batches = waiting_batches(
+            &mut inbound,
+            seqs(&first).len(),
+            &mut carried,
+            &mut in_a_row,
+        );
+        let batches = batches
+            .iter()
+            .map(|b| b.observations.iter().map(|o| o.seq).collect())
+            .collect();
+        (batches, carried, in_a_row)
+    }
+
+    /// The batches already waiting go with the first, each as it came, up to MAX_BATCH
+    /// observations in all and READY_IN_A_ROW messages in a row; the first message that is not
+    /// a valid batch that fits is kept to be handled next, as it came.
+    #[tokio::test]
+    async fn waiting_batches_go_along_in_bounds_and_anything_else_waits_its_turn() {
+        let heartbeat = pb::ProbeMessage {
+            msg: Some(Up::Heartbeat(pb::Heartbeat::default())),
+        };
+        let (batches, carried, in_a_row) = taken(&[
+            batch(1..=2),
+            batch(3..=5),
+            batch([6]),
+            heartbeat.clone(),
+            batch([7]),
+        ])
+        .await;
+        assert_eq!(
+            batches,
+            vec![vec![3, 4, 5], vec![6]],
+            "each batch stays whole, in order"
+        );
+        assert_eq!(carried.unwrap().unwrap(), Some(heartbeat));
+        assert_eq!(in_a_row, 4, "the carried heartbeat was taken too");
+
+        // At most MAX_BATCH observations with the first: the batch that would pass it is next.
+        let half = u64::try_from(MAX_BATCH / 2).unwrap();
+        let (batches, carried, _) = taken(&[
+            batch(1..=half),
+            batch(half + 1..=2 * half - 1),
+            batch(2 * half..=2 * half + 1),
+        ])
+        .await;
+        assert_eq!(batches.len(), 1);
+        assert_eq!(
+            seqs(&carried.unwrap().unwrap().unwrap()),
+            vec![2 * half, 2 * half + 1]
+        );
+
+        // At most READY_IN_A_ROW messages in a row; the rest waits in the stream.
+        let many: Vec<_> = (1..=40).map(|s| batch([s])).collect();
+        let (batches, carried, in_a_row) = taken(&many).await;
+        assert_eq!(batches.len(), usize::try_from(READY_IN_A_ROW).unwrap() - 1);
+        assert_eq!(batches.last(), Some(&vec![u64::from(READY_IN_A_ROW)]));
+        assert!(carried.is_none());
+        assert_eq!(in_a_row, READY_IN_A_ROW);
+
+        // A bad batch does not go along: it is handled next, on its own (its error ends the
+        // stream after the good ones were sent).
+        let (batches, carried, _) = taken(&[batch([1]), batch([0])]).await;
+        assert!(batches.is_empty());
+        assert_eq!(seqs(&carried.unwrap().unwrap().unwrap()), vec![0]);
+
+        // The end of the stream is kept too.
+        let (batches, carried, _) = taken(&[batch([1])]).await;
+        assert!(batches.is_empty());
+        assert_eq!(carried.unwrap().unwrap(), None);
+    }
 
     fn hello(name: &str) -> pb::Hello {
         pb::Hello {

@@ -54,7 +54,7 @@ pub async fn run(
                 Some(Output::Observation(mut o)) => {
                     seq += 1;
                     o.seq = seq;
-                    ProbeCommand::Ingest { name: name.clone(), session_id: attached.session_id, batch: agg.batch(vec![*o]) }
+                    ProbeCommand::Ingest { name: name.clone(), session_id: attached.session_id, batch: agg.batch(vec![*o]), then: Vec::new() }
                 }
                 Some(Output::RunComplete(request_id)) => ProbeCommand::RunComplete { name: name.clone(), request_id },
                 None => return,

@@ -422,6 +422,60 @@ async fn a_batchs_events_reach_a_watcher_as_one_broadcast_in_revision_order() {
     assert_eq!(got, want);
 }
 
+/// Batches that reach the aggregator in one command (they arrived together) are applied each
+/// as if it came alone: every transition between them is an event of its own, and the
+/// session gets one cumulative ack for them all.
+#[tokio::test]
+async fn batches_sent_together_keep_every_transition_and_are_acked_once() {
+    let agg = Aggregator::spawn(config(), vec![]).expect("aggregator");
+    let mut p = attach(&agg, "fra-1", "a", 0).await;
+    ingest(&agg, &p, vec![obs(1, 200)]).await;
+    vantage(&agg, "fra-1").await;
+    assert_eq!(last_ack(&mut p), 1);
+    let mut raw = agg.subscribe(0, "").await.unwrap();
+
+    // Failing, OK, failing again: three messages, one command.
+    agg.send(ProbeCommand::Ingest {
+        name: p.name.clone(),
+        session_id: p.session_id,
+        batch: agg.batch(vec![obs(2, 503)]),
+        then: vec![agg.batch(vec![obs(3, 200)]), agg.batch(vec![obs(4, 503)])],
+    })
+    .await
+    .unwrap();
+    let mut vantage_changes = Vec::new();
+    while vantage_changes.len() < 3 {
+        let group = tokio::time::timeout(Duration::from_secs(5), raw.events.recv())
+            .await
+            .expect("an event group per batch")
+            .unwrap();
+        vantage_changes.extend(group.iter().filter_map(|e| match &e.event.event {
+            Some(pb::watch_event::Event::SectionChange(c)) if c.vantage == "fra-1" => {
+                Some((c.from, c.to))
+            }
+            _ => None,
+        }));
+    }
+    let ok = pb::Severity::Ok as i32;
+    let failing = vantage_changes[0].1;
+    assert_ne!(failing, ok);
+    assert_eq!(
+        vantage_changes,
+        vec![(ok, failing), (failing, ok), (ok, failing)],
+        "no transition is lost between the batches"
+    );
+
+    let v = vantage(&agg, "fra-1").await;
+    assert_eq!((v.applied, v.last_applied_seq), (4, 4));
+    let mut acks = Vec::new();
+    while let Ok(Ok(m)) = p.rx.try_recv().map(|m| *m) {
+        if let Some(Down::Ack(a)) = m.msg {
+            acks.push(a.seq);
+        }
+    }
+    assert_eq!(acks, vec![4], "one cumulative ack for the command");
+}
+
 #[tokio::test]
 async fn watch_resumes_from_history_or_resyncs() {
     let agg = Aggregator::spawn(

@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{FutureExt as _, Stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -80,20 +80,65 @@ impl pb::probe_service_server::ProbeService for AckOnly {
         tx.try_send(Ok(welcome))
             .map_err(|_| Status::internal("session queue"))?;
         tokio::spawn(async move {
-            while let Ok(Some(m)) = inbound.message().await {
-                if let Some(Up::Observations(b)) = m.msg
-                    && let Some(last) = b.observations.last()
-                {
-                    let ack = pb::ServerMessage {
-                        msg: Some(Down::Ack(pb::Ack { seq: last.seq })),
+            // A message taken while looking behind a batch, but not one to go with it.
+            let mut carried = None;
+            loop {
+                let next = match carried.take() {
+                    Some(m) => m,
+                    None => inbound.message().await,
+                };
+                let Ok(Some(m)) = next else { return };
+                let (mut last, mut count) = last_seq(&m);
+                if count == 0 {
+                    continue;
+                }
+                // As `vantaged` does: the batches already waiting behind this one (up to 16
+                // messages in a row and 1 024 observations) are acknowledged with it, once.
+                for _ in 1..READY_IN_A_ROW {
+                    let Some(next) = inbound.message().now_or_never() else {
+                        break;
                     };
-                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(ack)) {
-                        return;
+                    match &next {
+                        Ok(Some(m)) if last_seq(m).1 > 0 && count + last_seq(m).1 <= MAX_BATCH => {
+                            let (seq, n) = last_seq(m);
+                            last = seq;
+                            count += n;
+                        }
+                        _ => {
+                            carried = Some(next);
+                            break;
+                        }
                     }
+                    if count >= MAX_BATCH {
+                        break;
+                    }
+                }
+                let ack = pb::ServerMessage {
+                    msg: Some(Down::Ack(pb::Ack { seq: last })),
+                };
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(ack)) {
+                    return;
                 }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Messages taken in a row without waiting, and observations acknowledged at once, at most
+/// (`vantaged`'s `READY_IN_A_ROW` and `MAX_BATCH`).
+const READY_IN_A_ROW: usize = 16;
+const MAX_BATCH: usize = 1024;
+
+/// The last sequence number of a batch message and its number of observations (0, 0 for
+/// anything else).
+fn last_seq(m: &pb::ProbeMessage) -> (u64, usize) {
+    match &m.msg {
+        Some(Up::Observations(b)) => (
+            b.observations.last().map_or(0, |o| o.seq),
+            b.observations.len(),
+        ),
+        _ => (0, 0),
     }
 }
 

@@ -95,6 +95,7 @@ async fn stream(messages: Vec<pb::ProbeMessage>) -> usize {
                     name: name.clone(),
                     session_id: *session_id,
                     batch: agg.batch(batch.observations),
+                    then: Vec::new(),
                 }
             }
             Some(Up::Heartbeat(h)) => {
