@@ -208,14 +208,14 @@ async fn session(
     let mut heard = tokio::time::Instant::now();
     let mut in_a_row = 0;
     // A message taken while looking for batches to send with one, but not one of them: the
-    // next to handle.
-    let mut carried = None;
+    // next to handle (boxed: it is rare, and the session's state stays small).
+    let mut carried: Option<Box<Result<Option<pb::ProbeMessage>, Status>>> = None;
     loop {
         // A message that is already waiting is taken without arming the other waits (the
         // silence, the response stream, the assignment), a few in a row at most.
         // (A carried message was counted when it was taken.)
         let waiting = if carried.is_some() {
-            carried.take()
+            carried.take().map(|m| *m)
         } else if in_a_row < READY_IN_A_ROW {
             let waiting = inbound.message().now_or_never();
             in_a_row += u32::from(waiting.is_some());
@@ -291,7 +291,7 @@ async fn session(
 fn waiting_batches(
     inbound: &mut Streaming<pb::ProbeMessage>,
     mut count: usize,
-    carried: &mut Option<Result<Option<pb::ProbeMessage>, Status>>,
+    carried: &mut Option<Box<Result<Option<pb::ProbeMessage>, Status>>>,
     in_a_row: &mut u32,
 ) -> Vec<pb::ObservationBatch> {
     let mut batches = Vec::new();
@@ -308,7 +308,7 @@ fn waiting_batches(
                 batches.push(batch);
             }
             other => {
-                *carried = Some(other);
+                *carried = Some(Box::new(other));
                 break;
             }
         }
@@ -486,7 +486,7 @@ mod tests {
             .iter()
             .map(|b| b.observations.iter().map(|o| o.seq).collect())
             .collect();
-        (batches, carried, in_a_row)
+        (batches, carried.map(|m| *m), in_a_row)
     }
 
     /// The batches already waiting go with the first, each as it came, up to MAX_BATCH
