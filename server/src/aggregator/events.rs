@@ -33,7 +33,8 @@ impl std::ops::Deref for SharedEvent {
     }
 }
 
-/// What one broadcast carries: the events of one applied command, in revision order. A
+/// What one broadcast carries: the events of one applied command (of each batch, for a
+/// command carrying several), in revision order. A
 /// watcher wakes once for all of them and writes them into its response together (a batch
 /// that changes a section and a vantage makes two events, one wake-up per watcher).
 pub type EventGroup = Arc<[Arc<SharedEvent>]>;

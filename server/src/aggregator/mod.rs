@@ -81,8 +81,8 @@ pub enum AttachError {
     Refused(#[from] Refusal),
 }
 
-/// Capacity of the event broadcast, in groups (the events of one applied command); a
-/// subscriber further behind is told to resync.
+/// Capacity of the event broadcast, in groups (the events of one applied command, or of one
+/// batch of a command carrying several); a subscriber further behind is told to resync.
 pub const EVENT_CAPACITY: usize = 4096;
 
 /// What the aggregator needs to know.
