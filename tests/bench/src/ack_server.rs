@@ -1,6 +1,7 @@
 //! The ingestion baseline: a bare `ProbeService` that does nothing but acknowledge. It reads the
-//! hello, answers with a welcome (an assignment with one access-URL check), then acks every
-//! observation batch cumulatively, over the same transport stack as `vantaged` (tonic routes in
+//! hello, answers with a welcome (an assignment with one access-URL check), then acks the
+//! observation batches cumulatively, those that arrived together once (as `vantaged` does),
+//! over the same transport stack as `vantaged` (tonic routes in
 //! an axum router served by `vantaged`'s own accept loop, TCP_NODELAY, the same TLS
 //! configuration when asked, jemalloc) and the same session-queue semantics (bounded, a
 //! full queue skips an ack that a later one covers).
@@ -98,17 +99,16 @@ impl pb::probe_service_server::ProbeService for AckOnly {
                     let Some(next) = inbound.message().now_or_never() else {
                         break;
                     };
-                    match &next {
-                        Ok(Some(m)) if last_seq(m).1 > 0 && count + last_seq(m).1 <= MAX_BATCH => {
-                            let (seq, n) = last_seq(m);
-                            last = seq;
-                            count += n;
-                        }
-                        _ => {
-                            carried = Some(next);
-                            break;
-                        }
+                    let (seq, n) = match &next {
+                        Ok(Some(m)) => last_seq(m),
+                        _ => (0, 0),
+                    };
+                    if n == 0 || count + n > MAX_BATCH {
+                        carried = Some(next);
+                        break;
                     }
+                    last = seq;
+                    count += n;
                     if count >= MAX_BATCH {
                         break;
                     }
