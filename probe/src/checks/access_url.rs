@@ -1,12 +1,13 @@
 //! The Access URL check (`docs/coder-health.md#access-url`): `GET <access_url>/healthz`, one attempt, 5 s for the whole
 //! exchange, body capped at [`MAX_BODY`](super::MAX_BODY).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use vantage_proto::codes;
 use vantage_proto::pb;
 
-use super::MAX_BODY;
+use super::{MAX_BODY, http1};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -36,7 +37,7 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pub async fn check(
-    client: &reqwest::Client,
+    tls: &Arc<rustls::ClientConfig>,
     access_url: &str,
     timeout: Duration,
 ) -> pb::AccessUrlResult {
@@ -48,71 +49,64 @@ pub async fn check(
         result.failure = failure(codes::EACS01, "Access URL not set".into());
         return result;
     }
-    let endpoint = match url::Url::parse(access_url).and_then(|u| u.join("/healthz")) {
+    let endpoint = match healthz(access_url) {
         Ok(u) => u,
         Err(e) => {
             result.failure = failure(codes::EACS02, format!("parse healthz endpoint: {e}"));
             return result;
         }
     };
-    if !matches!(endpoint.scheme(), "http" | "https") {
-        result.failure = failure(
-            codes::EACS03,
-            format!(
-                "create healthz request: unsupported scheme {:?} (expected http or https)",
-                endpoint.scheme()
-            ),
-        );
-        return result;
-    }
-    let fetch = async {
-        let mut response = client
-            .get(endpoint.clone())
-            .send()
-            .await
-            .map_err(|e| format!("get healthz endpoint: {}", chain(&e)))?;
-        let status = response.status().as_u16();
-        let mut body = Vec::new();
-        let mut truncated = false;
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = MAX_BODY - body.len();
-                    if chunk.len() > room {
-                        body.extend_from_slice(&chunk[..room]);
-                        truncated = true;
-                        break;
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => return Err(format!("read healthz response: {}", chain(&e))),
-            }
+    let endpoint = match http1::Endpoint::new(endpoint) {
+        Ok(e) => e,
+        Err(e) => {
+            result.failure = failure(codes::EACS03, format!("create healthz request: {e}"));
+            return result;
         }
-        Ok((status, body, truncated))
     };
-    match tokio::time::timeout(timeout, fetch).await {
+    match tokio::time::timeout(timeout, http1::get(tls, &endpoint, MAX_BODY)).await {
         Err(_) => {
             result.failure = failure(
                 codes::EACS03,
                 format!(
-                    "get healthz endpoint: Get {endpoint:?}: timed out after {}",
+                    "get healthz endpoint: Get {:?}: timed out after {}",
+                    endpoint.shown(),
                     vantage_proto::report::go_duration(timeout)
                 ),
             );
         }
-        Ok(Err(message)) => result.failure = failure(codes::EACS03, message),
-        Ok(Ok((status, body, truncated))) => {
+        Ok(Err(http1::Error::Body(e))) => {
+            result.failure = failure(codes::EACS03, format!("read healthz response: {e}"));
+        }
+        Ok(Err(e)) => {
+            result.failure = failure(
+                codes::EACS03,
+                format!("get healthz endpoint: Get {:?}: {e}", endpoint.shown()),
+            );
+        }
+        Ok(Ok(answer)) => {
             result.reachable = true;
-            result.status_code = i32::from(status);
-            result.healthz_response = String::from_utf8_lossy(&body).into_owned();
-            if truncated {
+            result.status_code = i32::from(answer.status.as_u16());
+            result.healthz_response = String::from_utf8_lossy(&answer.body).into_owned();
+            if answer.truncated {
                 result.healthz_response.push_str(TRUNCATED_NOTE);
             }
-            result.body_truncated = truncated;
+            result.body_truncated = answer.truncated;
         }
     }
     result
+}
+
+/// `<access_url>/healthz`: the access URL's path, query and fragment replaced, as resolving
+/// `/healthz` against it does.
+fn healthz(access_url: &str) -> Result<url::Url, url::ParseError> {
+    let mut url = url::Url::parse(access_url)?;
+    if url.cannot_be_a_base() {
+        return Err(url::ParseError::RelativeUrlWithCannotBeABaseBase);
+    }
+    url.set_path("/healthz");
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -149,7 +143,7 @@ mod tests {
         .await;
         let c = ctx(&[]);
 
-        let r = check(&c.http, &format!("http://{ok}"), TIMEOUT).await;
+        let r = check(&c.tls, &format!("http://{ok}"), TIMEOUT).await;
         assert_eq!(
             (
                 code(&r),
@@ -160,7 +154,7 @@ mod tests {
             ("", true, 200, "OK")
         );
 
-        let r = check(&c.http, &format!("http://{unavailable}/"), TIMEOUT).await;
+        let r = check(&c.tls, &format!("http://{unavailable}/"), TIMEOUT).await;
         assert_eq!((code(&r), r.reachable, r.status_code), ("", true, 503));
         let report = crate::rules::access_url(&r);
         assert_eq!(
@@ -168,7 +162,7 @@ mod tests {
             Some("EACS04: /healthz did not return 200 OK")
         );
 
-        let r = check(&c.http, &format!("http://{big}"), TIMEOUT).await;
+        let r = check(&c.tls, &format!("http://{big}"), TIMEOUT).await;
         assert!(r.body_truncated);
         assert_eq!(r.healthz_response.len(), MAX_BODY + TRUNCATED_NOTE.len());
         assert!(r.healthz_response.ends_with(TRUNCATED_NOTE));
@@ -180,13 +174,13 @@ mod tests {
         let silent = testutil::silent().await;
         let closed = testutil::closed_port().await;
 
-        let r = check(&c.http, "", TIMEOUT).await;
+        let r = check(&c.tls, "", TIMEOUT).await;
         assert_eq!(
             (code(&r), r.failure.as_ref().unwrap().message.as_str()),
             ("EACS01", "Access URL not set")
         );
 
-        let r = check(&c.http, "http://[::1", TIMEOUT).await;
+        let r = check(&c.tls, "http://[::1", TIMEOUT).await;
         assert_eq!(code(&r), "EACS02");
         assert!(
             r.failure
@@ -195,7 +189,7 @@ mod tests {
                 .starts_with("parse healthz endpoint: ")
         );
 
-        let r = check(&c.http, &format!("http://{closed}"), TIMEOUT).await;
+        let r = check(&c.tls, &format!("http://{closed}"), TIMEOUT).await;
         assert_eq!(code(&r), "EACS03");
         let msg = r.failure.unwrap().message;
         assert!(msg.starts_with("get healthz endpoint: "), "{msg}");
@@ -203,7 +197,7 @@ mod tests {
         assert!(!r.reachable);
 
         let r = check(
-            &c.http,
+            &c.tls,
             &format!("http://{silent}"),
             Duration::from_millis(300),
         )
@@ -223,7 +217,7 @@ mod tests {
         .await;
         let url = format!("https://localhost:{}", addr.port());
 
-        let r = check(&ctx(&[]).http, &url, TIMEOUT).await;
+        let r = check(&ctx(&[]).tls, &url, TIMEOUT).await;
         assert_eq!(code(&r), "EACS03");
         assert!(
             r.failure
@@ -233,7 +227,117 @@ mod tests {
                 .contains("certificate")
         );
 
-        let r = check(&ctx(&[cert]).http, &url, TIMEOUT).await;
+        let r = check(&ctx(&[cert]).tls, &url, TIMEOUT).await;
         assert_eq!((code(&r), r.status_code), ("", 200));
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_as_gos_client_follows_them() {
+        use axum::http::header::LOCATION;
+        use axum::response::IntoResponse;
+        let target = testutil::http(Router::new().route("/ready", get(|| async { "ready" }))).await;
+        // /healthz -> (relative) /hop -> (absolute, another server) /ready
+        let first = testutil::http(
+            Router::new()
+                .route(
+                    "/healthz",
+                    get(|| async { (StatusCode::FOUND, [(LOCATION, "/hop")]).into_response() }),
+                )
+                .route(
+                    "/hop",
+                    get(move || async move {
+                        let to = format!("http://{target}/ready");
+                        (StatusCode::PERMANENT_REDIRECT, [(LOCATION, to)]).into_response()
+                    }),
+                ),
+        )
+        .await;
+        let c = ctx(&[]);
+        let r = check(&c.tls, &format!("http://{first}"), TIMEOUT).await;
+        assert_eq!(
+            (code(&r), r.status_code, r.healthz_response.as_str()),
+            ("", 200, "ready")
+        );
+
+        // A loop ends after 10 redirects; the message hides the URL's password.
+        let looped = testutil::http(Router::new().route(
+            "/healthz",
+            get(|| async { (StatusCode::FOUND, [(LOCATION, "/healthz")]).into_response() }),
+        ))
+        .await;
+        let r = check(&c.tls, &format!("http://me:secret@{looped}"), TIMEOUT).await;
+        let msg = r.failure.as_ref().unwrap().message.as_str();
+        assert_eq!(code(&r), "EACS03");
+        assert_eq!(
+            msg,
+            format!(
+                "get healthz endpoint: Get \"http://me:xxxxx@{looped}/healthz\": stopped after 10 redirects"
+            )
+        );
+
+        // A 3xx without a Location is an answer, as in Go.
+        let bare = testutil::http(
+            Router::new().route("/healthz", get(|| async { StatusCode::MOVED_PERMANENTLY })),
+        )
+        .await;
+        let r = check(&c.tls, &format!("http://{bare}"), TIMEOUT).await;
+        assert_eq!((code(&r), r.reachable, r.status_code), ("", true, 301));
+
+        // A redirect away from HTTP says where it pointed.
+        let away = testutil::http(Router::new().route(
+            "/healthz",
+            get(|| async { (StatusCode::FOUND, [(LOCATION, "ftp://files/")]).into_response() }),
+        ))
+        .await;
+        let r = check(&c.tls, &format!("http://{away}"), TIMEOUT).await;
+        let msg = r.failure.unwrap().message;
+        assert!(
+            msg.ends_with(
+                "redirect to \"ftp://files/\": unsupported scheme \"ftp\" (expected http or https)"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn basic_credentials_reach_the_server() {
+        use axum::http::header::AUTHORIZATION;
+        let echo = testutil::http(Router::new().route(
+            "/healthz",
+            get(|headers: axum::http::HeaderMap| async move {
+                headers
+                    .get(AUTHORIZATION)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            }),
+        ))
+        .await;
+        let r = check(
+            &ctx(&[]).tls,
+            &format!("http://me:s%40cret@{echo}"),
+            TIMEOUT,
+        )
+        .await;
+        // base64("me:s@cret")
+        assert_eq!(r.healthz_response, "Basic bWU6c0BjcmV0");
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_a_read_failure_and_a_bad_answer_a_get_failure() {
+        let short = testutil::raw(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nOK").await;
+        let r = check(&ctx(&[]).tls, &format!("http://{short}"), TIMEOUT).await;
+        let msg = r.failure.unwrap().message;
+        assert!(msg.starts_with("read healthz response: "), "{msg}");
+        assert!(!r.reachable);
+
+        let garbage = testutil::raw(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+        let r = check(&ctx(&[]).tls, &format!("http://{garbage}"), TIMEOUT).await;
+        let msg = r.failure.unwrap().message;
+        assert!(
+            msg.starts_with(&format!(
+                "get healthz endpoint: Get \"http://{garbage}/healthz\": "
+            )),
+            "{msg}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod access_url;
 pub mod database;
 pub mod derp;
+pub mod http1;
 pub mod proxy;
 pub mod websocket;
 
@@ -19,7 +20,9 @@ use vantage_proto::pb::observation::Result as ObsResult;
 /// The largest access-URL body kept (`docs/behaviour.md#difference-4`).
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// What every check needs: the TLS configuration and an HTTP client built from it.
+/// What every check needs: the TLS configuration, and an HTTP client built from it for the
+/// workspace proxies' JSON (the Access URL and Websocket checks make their one request
+/// themselves, [`http1`]).
 #[derive(Clone)]
 pub struct CheckContext {
     pub tls: Arc<rustls::ClientConfig>,
@@ -38,7 +41,7 @@ impl CheckContext {
             // no environment proxies, no pooled connection hiding a broken handshake.
             .no_proxy()
             .pool_max_idle_per_host(0)
-            .user_agent(concat!("vantage-probe/", env!("CARGO_PKG_VERSION")))
+            .user_agent(http1::AGENT)
             .build()?;
         Ok(CheckContext {
             tls,
@@ -60,7 +63,7 @@ pub async fn run(ctx: &CheckContext, check: &pb::Check) -> Vec<pb::Observation> 
         Some(Target::AccessUrl(t)) => vec![(
             t.url.clone(),
             ObsResult::AccessUrl(
-                access_url::check(&ctx.http, &t.url, timeout.unwrap_or(access_url::TIMEOUT)).await,
+                access_url::check(&ctx.tls, &t.url, timeout.unwrap_or(access_url::TIMEOUT)).await,
             ),
         )],
         Some(Target::Websocket(t)) => vec![(

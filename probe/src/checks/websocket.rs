@@ -7,18 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{
-    Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,
+use http_body_util::Empty;
+use hyper::header::{
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
 };
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use vantage_proto::codes;
 use vantage_proto::pb;
 
 use super::access_url::chain;
+use super::{MAX_BODY, http1};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,7 +69,7 @@ pub async fn check(
             return result;
         }
     };
-    let run = echo(tls, url.as_str(), target, &mut result);
+    let run = echo(tls, url, target, &mut result);
     if tokio::time::timeout(timeout, run).await.is_err() && result.failure.is_none() {
         let code = if result.code == 101 {
             codes::EWS02
@@ -87,14 +93,14 @@ pub async fn check(
     result
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 /// A failed step: its code and message.
 type Failure = (&'static str, String);
 
 async fn echo(
     tls: &Arc<rustls::ClientConfig>,
-    url: &str,
+    url: url::Url,
     target: &pb::WebsocketTarget,
     result: &mut pb::WebsocketResult,
 ) {
@@ -115,64 +121,111 @@ async fn echo(
         .await;
 }
 
-/// Dials the echo endpoint and records the HTTP status (and, on a refusal, the body) in
-/// `result`; a failure is recorded as EWS01. Coder refusing a dial without credentials is
-/// recorded as `not_checked` instead.
+/// Dials the echo endpoint (an HTTP/1.1 upgrade, RFC 6455 section 4.1) and records the HTTP
+/// status (and, on a refusal, the body) in `result`; a failure is recorded as EWS01. Coder
+/// refusing a dial without credentials is recorded as `not_checked` instead.
 async fn dial(
     tls: &Arc<rustls::ClientConfig>,
-    url: &str,
+    url: url::Url,
     target: &pb::WebsocketTarget,
     result: &mut pb::WebsocketResult,
 ) -> Option<Ws> {
-    let mut request = match url.into_client_request() {
-        Ok(r) => r,
+    let dial_failed = |result: &mut pb::WebsocketResult, why: String| {
+        failed(result, codes::EWS01, format!("websocket dial: {why}"));
+    };
+    let endpoint = match http1::Endpoint::new(url) {
+        Ok(e) => e,
         Err(e) => {
-            failed(
-                result,
-                codes::EWS01,
-                format!("websocket dial: {}", chain(&e)),
-            );
+            dial_failed(result, e);
             return None;
         }
     };
+    let key = generate_key();
+    let mut request = endpoint
+        .get()
+        .header(CONNECTION, HeaderValue::from_static("Upgrade"))
+        .header(UPGRADE, HeaderValue::from_static("websocket"))
+        .header(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"))
+        .header(SEC_WEBSOCKET_KEY, key.as_str());
     if !target.session_token.is_empty() {
         let Ok(mut value) = HeaderValue::from_str(&target.session_token) else {
             // The token itself is never repeated.
-            failed(
+            dial_failed(
                 result,
-                codes::EWS01,
-                "websocket dial: the session token is not a valid HTTP header value".into(),
+                "the session token is not a valid HTTP header value".into(),
             );
             return None;
         };
         value.set_sensitive(true);
-        request.headers_mut().insert(SESSION_TOKEN_HEADER, value);
+        request = request.header(SESSION_TOKEN_HEADER, value);
     }
-    let connector = Connector::Rustls(tls.clone());
-    match connect_async_tls_with_config(request, None, false, Some(connector)).await {
-        Ok((ws, response)) => {
-            result.code = i32::from(response.status().as_u16());
-            Some(ws)
-        }
+    let request = match request.body(Empty::new()) {
+        Ok(r) => r,
         Err(e) => {
-            if let tungstenite::Error::Http(response) = &e {
-                result.code = i32::from(response.status().as_u16());
-                if let Some(body) = response.body() {
-                    result.body = String::from_utf8_lossy(body).into_owned();
-                }
-                let refused = matches!(result.code, 401 | 403);
-                if target.coder && target.session_token.is_empty() && refused {
-                    result.not_checked = NOT_CHECKED.to_owned();
-                    return None;
-                }
+            dial_failed(result, e.to_string());
+            return None;
+        }
+    };
+    let answer = match endpoint.connect(tls).await {
+        Ok(stream) => http1::upgrade(stream, request, MAX_BODY).await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(http1::Upgrade::Switched(headers, io)) => {
+            result.code = 101;
+            if let Err(why) = accepted(&headers, &key) {
+                dial_failed(result, why);
+                return None;
             }
-            failed(
+            Some(WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Client, None).await)
+        }
+        Ok(http1::Upgrade::Refused(answer)) => {
+            result.code = i32::from(answer.status.as_u16());
+            result.body = String::from_utf8_lossy(&answer.body).into_owned();
+            let refused = matches!(result.code, 401 | 403);
+            if target.coder && target.session_token.is_empty() && refused {
+                result.not_checked = NOT_CHECKED.to_owned();
+                return None;
+            }
+            dial_failed(
                 result,
-                codes::EWS01,
-                format!("websocket dial: {}", chain(&e)),
+                format!(
+                    "expected handshake response status code 101 but got {}",
+                    answer.status.as_u16()
+                ),
             );
             None
         }
+        Err(e) => {
+            dial_failed(result, e.to_string());
+            None
+        }
+    }
+}
+
+/// Whether a `101` answers this dial: `Upgrade: websocket`, `Connection: upgrade` and the
+/// `Sec-WebSocket-Accept` derived from our key (RFC 6455 section 4.1, client step 5).
+fn accepted(headers: &hyper::HeaderMap, key: &str) -> Result<(), String> {
+    let has = |name, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has(UPGRADE, "websocket") {
+        return Err("the 101 response lacks \"Upgrade: websocket\"".into());
+    }
+    if !has(CONNECTION, "upgrade") {
+        return Err("the 101 response lacks \"Connection: upgrade\"".into());
+    }
+    let want = derive_accept_key(key.as_bytes());
+    match headers.get(SEC_WEBSOCKET_ACCEPT) {
+        Some(got) if got.as_bytes() == want.as_bytes() => Ok(()),
+        Some(got) => Err(format!(
+            "the 101 response's Sec-WebSocket-Accept is {:?}, expected {want:?}",
+            String::from_utf8_lossy(got.as_bytes())
+        )),
+        None => Err("the 101 response lacks Sec-WebSocket-Accept".into()),
     }
 }
 
@@ -431,5 +484,32 @@ mod server_tests {
         let r = check(&tls(), &target(false, ""), TIMEOUT).await;
         assert_eq!((code(&r).0, r.code), ("EWS01", 401));
         assert!(r.not_checked.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_101_must_prove_it_read_our_key() {
+        let wrong = testutil::raw(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: c29tZXRoaW5nIGVsc2U=\r\n\r\n",
+        )
+        .await;
+        let r = check(&tls(), &at(&format!("http://{wrong}")), TIMEOUT).await;
+        let (c, m) = code(&r);
+        assert_eq!((c, r.code), ("EWS01", 101));
+        assert!(
+            m.starts_with("websocket dial: the 101 response's Sec-WebSocket-Accept is \"c29tZXRoaW5nIGVsc2U=\""),
+            "{m}"
+        );
+
+        let no_upgrade =
+            testutil::raw(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n").await;
+        let r = check(&tls(), &at(&format!("http://{no_upgrade}")), TIMEOUT).await;
+        assert_eq!(
+            code(&r),
+            (
+                "EWS01",
+                "websocket dial: the 101 response lacks \"Upgrade: websocket\""
+            )
+        );
     }
 }
