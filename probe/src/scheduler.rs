@@ -124,8 +124,9 @@ async fn run_each_round(
     mut rounds: watch::Receiver<u64>,
     out: mpsc::Sender<Output>,
 ) {
+    let check = checks::Prepared::new(check);
     while rounds.changed().await.is_ok() {
-        for obs in checks::run(&ctx, &check).await {
+        for obs in check.run(&ctx).await {
             if out.send(Output::Observation(Box::new(obs))).await.is_err() {
                 return;
             }

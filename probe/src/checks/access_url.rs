@@ -36,34 +36,70 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// What every run of the check against one access URL shares, worked out once: the
+/// `/healthz` endpoint, or the failure each run reports (the URL is unset or unusable).
+#[derive(Debug)]
+pub struct Plan {
+    access_url: String,
+    endpoint: Result<http1::Endpoint, pb::Message>,
+}
+
+impl Plan {
+    pub fn new(access_url: &str) -> Plan {
+        let fail = |code: &str, message: String| {
+            Err(pb::Message {
+                code: code.to_owned(),
+                message,
+            })
+        };
+        let endpoint = if access_url.trim().is_empty() {
+            fail(codes::EACS01, "Access URL not set".into())
+        } else {
+            match healthz(access_url) {
+                Err(e) => fail(codes::EACS02, format!("parse healthz endpoint: {e}")),
+                Ok(url) => http1::Endpoint::new(url)
+                    .or_else(|e| fail(codes::EACS03, format!("create healthz request: {e}"))),
+            }
+        };
+        Plan {
+            access_url: access_url.to_owned(),
+            endpoint,
+        }
+    }
+
+    /// The access URL as configured.
+    pub fn access_url(&self) -> &str {
+        &self.access_url
+    }
+}
+
+/// One run of the check: [`Plan::new`] and [`run`].
 pub async fn check(
     tls: &Arc<rustls::ClientConfig>,
     access_url: &str,
     timeout: Duration,
 ) -> pb::AccessUrlResult {
+    run(tls, &Plan::new(access_url), timeout).await
+}
+
+/// One run of the check as `plan` says.
+pub async fn run(
+    tls: &Arc<rustls::ClientConfig>,
+    plan: &Plan,
+    timeout: Duration,
+) -> pb::AccessUrlResult {
     let mut result = pb::AccessUrlResult {
-        access_url: access_url.to_owned(),
+        access_url: plan.access_url.clone(),
         ..Default::default()
     };
-    if access_url.trim().is_empty() {
-        result.failure = failure(codes::EACS01, "Access URL not set".into());
-        return result;
-    }
-    let endpoint = match healthz(access_url) {
-        Ok(u) => u,
-        Err(e) => {
-            result.failure = failure(codes::EACS02, format!("parse healthz endpoint: {e}"));
-            return result;
-        }
-    };
-    let endpoint = match http1::Endpoint::new(endpoint) {
+    let endpoint = match &plan.endpoint {
         Ok(e) => e,
-        Err(e) => {
-            result.failure = failure(codes::EACS03, format!("create healthz request: {e}"));
+        Err(failure) => {
+            result.failure = Some(failure.clone());
             return result;
         }
     };
-    match tokio::time::timeout(timeout, http1::get(tls, &endpoint, MAX_BODY)).await {
+    match tokio::time::timeout(timeout, http1::get(tls, endpoint, MAX_BODY)).await {
         Err(_) => {
             result.failure = failure(
                 codes::EACS03,

@@ -52,67 +52,106 @@ impl CheckContext {
     }
 }
 
-/// Run one assigned check to completion (bounded by its timeout) and describe it as
-/// observations without sequence numbers (the session numbers them): one per target (a DERP
-/// region check yields one per node).
-pub async fn run(ctx: &CheckContext, check: &pb::Check) -> Vec<pb::Observation> {
-    let started = Instant::now();
-    let observed_at = Utc::now();
-    let timeout = convert::from_duration(check.timeout.as_ref());
-    let results: Vec<(String, ObsResult)> = match &check.target {
-        Some(Target::AccessUrl(t)) => vec![(
-            t.url.clone(),
-            ObsResult::AccessUrl(
-                access_url::check(&ctx.tls, &t.url, timeout.unwrap_or(access_url::TIMEOUT)).await,
-            ),
-        )],
-        Some(Target::Websocket(t)) => vec![(
-            t.url.clone(),
-            ObsResult::Websocket(
-                websocket::check(&ctx.tls, t, timeout.unwrap_or(websocket::TIMEOUT)).await,
-            ),
-        )],
-        Some(Target::Database(t)) => vec![(
-            "database".to_owned(),
-            ObsResult::Database(
-                database::check(
-                    ctx.database.as_deref(),
-                    convert::from_duration(t.threshold.as_ref())
-                        .unwrap_or(database::DEFAULT_THRESHOLD),
-                    timeout.unwrap_or(database::TIMEOUT),
-                )
-                .await,
-            ),
-        )],
-        Some(Target::WorkspaceProxy(t)) => vec![(
-            t.name.clone(),
-            ObsResult::WorkspaceProxy(
-                proxy::check(&ctx.http, t, timeout.unwrap_or(proxy::TIMEOUT)).await,
-            ),
-        )],
-        Some(Target::DerpRegion(t)) => {
-            let budget = timeout.unwrap_or(derp::TIMEOUT);
-            match tokio::time::timeout(budget, derp::check(ctx, t)).await {
-                Ok(results) => results,
-                Err(_) => vec![(
-                    check.id.clone(),
-                    ObsResult::UnknownError(format!(
-                        "the DERP region check did not finish within {}",
-                        vantage_proto::report::go_duration(budget)
-                    )),
-                )],
+/// An assigned check made ready to run again and again: what its runs share (its URLs,
+/// parsed) is worked out once, in [`Prepared::new`].
+#[derive(Debug)]
+pub struct Prepared {
+    check: pb::Check,
+    plan: Plan,
+}
+
+#[derive(Debug)]
+enum Plan {
+    AccessUrl(access_url::Plan),
+    Websocket(websocket::Plan),
+    /// Nothing to work out ahead.
+    AsItComes,
+}
+
+impl Prepared {
+    pub fn new(check: pb::Check) -> Prepared {
+        let plan = match &check.target {
+            Some(Target::AccessUrl(t)) => Plan::AccessUrl(access_url::Plan::new(&t.url)),
+            Some(Target::Websocket(t)) => Plan::Websocket(websocket::Plan::new(t)),
+            _ => Plan::AsItComes,
+        };
+        Prepared { check, plan }
+    }
+
+    pub fn check(&self) -> &pb::Check {
+        &self.check
+    }
+
+    /// Run the check once to completion (bounded by its timeout) and describe it as
+    /// observations without sequence numbers (the session numbers them): one per target (a
+    /// DERP region check yields one per node).
+    pub async fn run(&self, ctx: &CheckContext) -> Vec<pb::Observation> {
+        let check = &self.check;
+        let started = Instant::now();
+        let observed_at = Utc::now();
+        let timeout = convert::from_duration(check.timeout.as_ref());
+        let results: Vec<(String, ObsResult)> = match (&self.plan, &check.target) {
+            (Plan::AccessUrl(plan), _) => vec![(
+                plan.access_url().to_owned(),
+                ObsResult::AccessUrl(
+                    access_url::run(&ctx.tls, plan, timeout.unwrap_or(access_url::TIMEOUT)).await,
+                ),
+            )],
+            (Plan::Websocket(plan), _) => vec![(
+                plan.target().url.clone(),
+                ObsResult::Websocket(
+                    websocket::run(&ctx.tls, plan, timeout.unwrap_or(websocket::TIMEOUT)).await,
+                ),
+            )],
+            (Plan::AsItComes, Some(Target::Database(t))) => vec![(
+                "database".to_owned(),
+                ObsResult::Database(
+                    database::check(
+                        ctx.database.as_deref(),
+                        convert::from_duration(t.threshold.as_ref())
+                            .unwrap_or(database::DEFAULT_THRESHOLD),
+                        timeout.unwrap_or(database::TIMEOUT),
+                    )
+                    .await,
+                ),
+            )],
+            (Plan::AsItComes, Some(Target::WorkspaceProxy(t))) => vec![(
+                t.name.clone(),
+                ObsResult::WorkspaceProxy(
+                    proxy::check(&ctx.http, t, timeout.unwrap_or(proxy::TIMEOUT)).await,
+                ),
+            )],
+            (Plan::AsItComes, Some(Target::DerpRegion(t))) => {
+                let budget = timeout.unwrap_or(derp::TIMEOUT);
+                match tokio::time::timeout(budget, derp::check(ctx, t)).await {
+                    Ok(results) => results,
+                    Err(_) => vec![(
+                        check.id.clone(),
+                        ObsResult::UnknownError(format!(
+                            "the DERP region check did not finish within {}",
+                            vantage_proto::report::go_duration(budget)
+                        )),
+                    )],
+                }
             }
-        }
-        None => vec![(
-            check.id.clone(),
-            ObsResult::UnknownError("assignment carried a check without a target".into()),
-        )],
-    };
-    let elapsed = started.elapsed();
-    results
-        .into_iter()
-        .map(|(target, result)| observation(check, target, observed_at, elapsed, result))
-        .collect()
+            // (`new` planned the Access URL and Websocket targets.)
+            (Plan::AsItComes, _) => vec![(
+                check.id.clone(),
+                ObsResult::UnknownError("assignment carried a check without a target".into()),
+            )],
+        };
+        let elapsed = started.elapsed();
+        results
+            .into_iter()
+            .map(|(target, result)| observation(check, target, observed_at, elapsed, result))
+            .collect()
+    }
+}
+
+/// Run one assigned check once ([`Prepared::run`]); a check that runs again and again is
+/// prepared once instead.
+pub async fn run(ctx: &CheckContext, check: &pb::Check) -> Vec<pb::Observation> {
+    Prepared::new(check.clone()).run(ctx).await
 }
 
 /// Build an observation for `check` (seq 0: the session assigns it).

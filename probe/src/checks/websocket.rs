@@ -55,22 +55,64 @@ pub const NOT_CHECKED: &str = "the echo was not checked: Coder's /api/v2/debug/w
      Owner's session token, and vantaged gives one to probes only with [coder] websocket_token \
      over TLS";
 
+/// What every run of the check against one target shares, worked out once: the echo
+/// endpoint, or the failure each run reports.
+#[derive(Debug)]
+pub struct Plan {
+    target: pb::WebsocketTarget,
+    endpoint: Result<http1::Endpoint, pb::Message>,
+}
+
+impl Plan {
+    pub fn new(target: &pb::WebsocketTarget) -> Plan {
+        let endpoint = match echo_url(&target.url) {
+            // Coder reports this one without a code.
+            Err(e) => Err(pb::Message {
+                code: String::new(),
+                message: format!("parse access url: {e}"),
+            }),
+            Ok(url) => http1::Endpoint::new(url).map_err(|e| pb::Message {
+                code: codes::EWS01.to_owned(),
+                message: format!("websocket dial: {e}"),
+            }),
+        };
+        Plan {
+            target: target.clone(),
+            endpoint,
+        }
+    }
+
+    /// The target it was made for.
+    pub fn target(&self) -> &pb::WebsocketTarget {
+        &self.target
+    }
+}
+
+/// One run of the check: [`Plan::new`] and [`run`].
 pub async fn check(
     tls: &Arc<rustls::ClientConfig>,
     target: &pb::WebsocketTarget,
     timeout: Duration,
 ) -> pb::WebsocketResult {
+    run(tls, &Plan::new(target), timeout).await
+}
+
+/// One run of the check as `plan` says.
+pub async fn run(
+    tls: &Arc<rustls::ClientConfig>,
+    plan: &Plan,
+    timeout: Duration,
+) -> pb::WebsocketResult {
     let mut result = pb::WebsocketResult::default();
-    let url = match echo_url(&target.url) {
-        Ok(u) => u,
-        Err(e) => {
-            // Coder reports this one without a code.
-            failed(&mut result, "", format!("parse access url: {e}"));
+    let endpoint = match &plan.endpoint {
+        Ok(e) => e,
+        Err(failure) => {
+            result.failure = Some(failure.clone());
             return result;
         }
     };
-    let run = echo(tls, url, target, &mut result);
-    if tokio::time::timeout(timeout, run).await.is_err() && result.failure.is_none() {
+    let echoed = echo(tls, endpoint, &plan.target, &mut result);
+    if tokio::time::timeout(timeout, echoed).await.is_err() && result.failure.is_none() {
         let code = if result.code == 101 {
             codes::EWS02
         } else {
@@ -100,11 +142,11 @@ type Failure = (&'static str, String);
 
 async fn echo(
     tls: &Arc<rustls::ClientConfig>,
-    url: url::Url,
+    endpoint: &http1::Endpoint,
     target: &pb::WebsocketTarget,
     result: &mut pb::WebsocketResult,
 ) {
-    let Some(mut ws) = dial(tls, url, target, result).await else {
+    let Some(mut ws) = dial(tls, endpoint, target, result).await else {
         return;
     };
     for i in 0..3u8 {
@@ -126,19 +168,12 @@ async fn echo(
 /// refusing a dial without credentials is recorded as `not_checked` instead.
 async fn dial(
     tls: &Arc<rustls::ClientConfig>,
-    url: url::Url,
+    endpoint: &http1::Endpoint,
     target: &pb::WebsocketTarget,
     result: &mut pb::WebsocketResult,
 ) -> Option<Ws> {
     let dial_failed = |result: &mut pb::WebsocketResult, why: String| {
         failed(result, codes::EWS01, format!("websocket dial: {why}"));
-    };
-    let endpoint = match http1::Endpoint::new(url) {
-        Ok(e) => e,
-        Err(e) => {
-            dial_failed(result, e);
-            return None;
-        }
     };
     let key = generate_key();
     let mut request = endpoint
