@@ -199,12 +199,23 @@ async fn session(
     inbound: &mut Streaming<pb::ProbeMessage>,
     tx: &SessionTx,
     idle: Duration,
-    mut follow: Assignments,
+    follow: Assignments,
 ) -> String {
     // One timer for the silence, re-armed only when it fires early: a message costs a clock
     // read, not a timer registration.
     let silence = tokio::time::sleep(idle);
     tokio::pin!(silence);
+    // The other waits outlive a message too: registered with their channels once, not once
+    // a message (the assignment's are four watch channels).
+    let closed = tx.closed();
+    tokio::pin!(closed);
+    let assignments =
+        futures::stream::unfold(
+            follow,
+            |mut f| async move { f.changed().await.map(|a| (a, f)) },
+        );
+    // Fused: once the inventory is gone it stays ended, as `changed` did.
+    let mut assignments = std::pin::pin!(assignments.fuse());
     let mut heard = tokio::time::Instant::now();
     let mut in_a_row = 0;
     // A message taken while looking for batches to send with one, but not one of them: the
@@ -236,8 +247,8 @@ async fn session(
                     }
                     Err(())
                 }
-                () = tx.closed() => return "the response stream closed".into(),
-                Some(a) = follow.changed() => {
+                () = &mut closed => return "the response stream closed".into(),
+                Some(a) = assignments.next() => {
                     let check_ids = inventory::check_ids(&a);
                     if agg.send(ProbeCommand::Assigned { name: name.to_owned(), check_ids }).await.is_err() {
                         return "the server is shutting down".into();
@@ -597,5 +608,80 @@ mod tests {
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().contains(field), "{}", e.message());
         }
+    }
+
+    /// A stream from a probe that stays open and says nothing.
+    fn silent_probe() -> (
+        mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>,
+        Streaming<pb::ProbeMessage>,
+    ) {
+        let (keep, frames) = mpsc::channel(1);
+        let body = http_body_util::StreamBody::new(ReceiverStream::new(frames));
+        let inbound = Streaming::new_request(
+            vantage_proto::codec::SliceDecoder::<pb::ProbeMessage>::default(),
+            body,
+            None,
+            None,
+        );
+        (keep, inbound)
+    }
+
+    /// Every change of an attached probe's assignment goes down its stream as it happens, the
+    /// second as well as the first (the wait for them outlives each one), and a closed response
+    /// stream ends the session.
+    #[tokio::test]
+    async fn changed_assignments_go_down_the_stream_as_they_happen() {
+        let (inv, (_proxies, derp_tx, _access, _timing)) =
+            crate::ingest::inventory::tests::inv(vec![]);
+        let (follow, first) = Assignments::follow(Arc::new(inv), "syd-1", "syd");
+        let agg = Aggregator::spawn(crate::aggregator::AggregatorConfig::for_tests(), vec![])
+            .expect("aggregator");
+        let (tx, mut down) = mpsc::channel(8);
+        let (_keep, mut inbound) = silent_probe();
+        let idle = Duration::from_secs(3600);
+        let session = session(&agg, "syd-1", 1, &mut inbound, &tx, idle, follow);
+        tokio::pin!(session);
+        let mut generations = vec![first.generation];
+        for (id, code) in [(7, "syd"), (8, "syd")] {
+            derp_tx.send_modify(|r| {
+                let mut more = (**r).clone();
+                more.push(inventory::DerpRegion {
+                    id,
+                    code: code.into(),
+                    name: code.into(),
+                    json: "{}".into(),
+                    force_websockets: false,
+                });
+                *r = Arc::new(more);
+            });
+            let next = async {
+                tokio::select! {
+                    m = down.recv() => m.expect("the session holds the sender"),
+                    r = &mut session => panic!("the session ended: {r}"),
+                }
+            };
+            let sent = tokio::time::timeout(Duration::from_secs(10), next)
+                .await
+                .expect("the new assignment within 10 s");
+            let Ok(pb::ServerMessage {
+                msg: Some(Down::Assignment(a)),
+            }) = *sent
+            else {
+                panic!("not an assignment: {sent:?}");
+            };
+            assert!(
+                a.checks.iter().any(|c| c.id == format!("derp/{id}")),
+                "region {id} is in the assignment"
+            );
+            generations.push(a.generation);
+        }
+        generations.dedup();
+        assert_eq!(
+            generations.len(),
+            3,
+            "each assignment is new: {generations:?}"
+        );
+        drop(down);
+        assert_eq!(session.await, "the response stream closed");
     }
 }

@@ -329,18 +329,20 @@ fn targets(check: &pb::Check) -> BTreeSet<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::SERVER_VANTAGE;
 
-    type Senders = (
+    pub(crate) type Senders = (
         watch::Sender<Arc<Vec<WorkspaceProxy>>>,
         watch::Sender<Arc<Vec<DerpRegion>>>,
         watch::Sender<AccessTarget>,
         watch::Sender<Timing>,
     );
 
-    fn inv(proxies: Vec<WorkspaceProxy>) -> (Inventory, Senders) {
+    /// An inventory of `proxies`, the DERP regions fra (1), iad (2) and the embedded relay's,
+    /// the access URL `http://127.0.0.1:1` and 30 s intervals; and what changes each part.
+    pub(crate) fn inv(proxies: Vec<WorkspaceProxy>) -> (Inventory, Senders) {
         let (tx, rx) = watch::channel(Arc::new(proxies));
         let region = |id: i64, code: &str| DerpRegion {
             id,
