@@ -38,7 +38,6 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// What every run of the check against one access URL shares, worked out once: the
 /// `/healthz` endpoint, or the failure each run reports (the URL is unset or unusable).
-#[derive(Debug)]
 pub struct Plan {
     access_url: String,
     endpoint: Result<http1::Endpoint, pb::Message>,

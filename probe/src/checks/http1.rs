@@ -70,8 +70,9 @@ impl From<hyper::Error> for Error {
     }
 }
 
-/// Where a request goes, taken apart from its URL once.
-#[derive(Debug, Clone)]
+/// Where a request goes, taken apart from its URL once. Its `Debug` shows the URL without its
+/// password, like [`Endpoint::shown`].
+#[derive(Clone)]
 pub struct Endpoint {
     url: Url,
     tls: bool,
@@ -205,6 +206,14 @@ impl Endpoint {
             .await
             .map_err(Error::Tls)?;
         Ok(Either::Right(tls))
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.shown())
+            .finish_non_exhaustive()
     }
 }
 
@@ -389,6 +398,7 @@ mod tests {
             e.shown(),
             "https://user:xxxxx@example.com:8443/a/b?x=1#frag"
         );
+        assert!(!format!("{e:?}").contains("p%40ss"), "{e:?}");
 
         let e = endpoint("ws://[::1]");
         assert!(!e.tls);

@@ -53,14 +53,13 @@ impl CheckContext {
 }
 
 /// An assigned check made ready to run again and again: what its runs share (its URLs,
-/// parsed) is worked out once, in [`Prepared::new`].
-#[derive(Debug)]
+/// parsed) is worked out once, in [`Prepared::new`]. No `Debug`: a check can carry a session
+/// token, and a URL a password.
 pub struct Prepared {
     check: pb::Check,
     plan: Plan,
 }
 
-#[derive(Debug)]
 enum Plan {
     AccessUrl(access_url::Plan),
     Websocket(websocket::Plan),

@@ -57,7 +57,6 @@ pub const NOT_CHECKED: &str = "the echo was not checked: Coder's /api/v2/debug/w
 
 /// What every run of the check against one target shares, worked out once: the echo
 /// endpoint, or the failure each run reports.
-#[derive(Debug)]
 pub struct Plan {
     target: pb::WebsocketTarget,
     endpoint: Result<http1::Endpoint, pb::Message>,
