@@ -199,23 +199,12 @@ async fn session(
     inbound: &mut Streaming<pb::ProbeMessage>,
     tx: &SessionTx,
     idle: Duration,
-    follow: Assignments,
+    mut follow: Assignments,
 ) -> String {
     // One timer for the silence, re-armed only when it fires early: a message costs a clock
     // read, not a timer registration.
     let silence = tokio::time::sleep(idle);
     tokio::pin!(silence);
-    // The other waits outlive a message too: registered with their channels once, not once
-    // a message (the assignment's are four watch channels).
-    let closed = tx.closed();
-    tokio::pin!(closed);
-    let assignments =
-        futures::stream::unfold(
-            follow,
-            |mut f| async move { f.changed().await.map(|a| (a, f)) },
-        );
-    // Fused: once the inventory is gone it stays ended, as `changed` did.
-    let mut assignments = std::pin::pin!(assignments.fuse());
     let mut heard = tokio::time::Instant::now();
     let mut in_a_row = 0;
     // A message taken while looking for batches to send with one, but not one of them: the
@@ -247,8 +236,8 @@ async fn session(
                     }
                     Err(())
                 }
-                () = &mut closed => return "the response stream closed".into(),
-                Some(a) = assignments.next() => {
+                () = tx.closed() => return "the response stream closed".into(),
+                Some(a) = follow.changed() => {
                     let check_ids = inventory::check_ids(&a);
                     if agg.send(ProbeCommand::Assigned { name: name.to_owned(), check_ids }).await.is_err() {
                         return "the server is shutting down".into();
@@ -627,8 +616,7 @@ mod tests {
     }
 
     /// Every change of an attached probe's assignment goes down its stream as it happens, the
-    /// second as well as the first (the wait for them outlives each one), and a closed response
-    /// stream ends the session.
+    /// second as well as the first, and a closed response stream ends the session.
     #[tokio::test]
     async fn changed_assignments_go_down_the_stream_as_they_happen() {
         let (inv, (_proxies, derp_tx, _access, _timing)) =
