@@ -11,6 +11,10 @@
 //!   access URL is the target, at the shortest interval (10 ms); its whole process CPU over the
 //!   HTTP checks the target counted: the access-URL checks and the websocket checks its
 //!   assignment also carries (an HTTP/1.1 upgrade against the same target, answered 404).
+//! * `blackbox_exporter` at that pace (with blackbox_exporter and an end-to-end run): one
+//!   `/probe` at a time, as many a second as the probe's end-to-end run made checks, for as
+//!   long. The verdict stays against the concurrent row; this one shows what the same pace
+//!   costs the reference prober.
 //!
 //! The target is an axum server in the benchmark process (not measured).
 
@@ -263,7 +267,15 @@ async fn ensure_blackbox() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn blackbox(cfg: &ProbeCpuConfig, t: &Target) -> anyhow::Result<CpuRow> {
+/// A running blackbox_exporter (module `http_2xx`) and the `/probe` URL that checks the target.
+struct Blackbox {
+    child: tokio::process::Child,
+    pid: u32,
+    probe_url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_blackbox(t: &Target) -> anyhow::Result<Blackbox> {
     ensure_blackbox().await?;
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("blackbox.yml");
@@ -271,7 +283,7 @@ async fn blackbox(cfg: &ProbeCpuConfig, t: &Target) -> anyhow::Result<CpuRow> {
         &conf,
         "modules:\n  http_2xx:\n    prober: http\n    timeout: 5s\n    http:\n      preferred_ip_protocol: ip4\n",
     )?;
-    let mut child = Command::new("prometheus-blackbox-exporter")
+    let child = Command::new("prometheus-blackbox-exporter")
         .arg(format!("--config.file={}", conf.display()))
         .arg("--web.listen-address=127.0.0.1:0")
         .stdout(Stdio::null())
@@ -292,13 +304,28 @@ async fn blackbox(cfg: &ProbeCpuConfig, t: &Target) -> anyhow::Result<CpuRow> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let probe_url = format!(
-        "http://127.0.0.1:{port}/probe?module=http_2xx&target={}healthz",
-        t.base
-    );
+    Ok(Blackbox {
+        child,
+        pid,
+        probe_url: format!(
+            "http://127.0.0.1:{port}/probe?module=http_2xx&target={}healthz",
+            t.base
+        ),
+        _dir: dir,
+    })
+}
+
+/// One `/probe` of blackbox_exporter: whether it succeeded.
+async fn probe_once(client: &reqwest::Client, url: &str) -> anyhow::Result<bool> {
+    let body = client.get(url).send().await?.text().await?;
+    Ok(body.contains("probe_success 1"))
+}
+
+async fn blackbox(cfg: &ProbeCpuConfig, t: &Target) -> anyhow::Result<CpuRow> {
+    let mut bb = start_blackbox(t).await?;
     let client = reqwest::Client::builder().no_proxy().build()?;
     let run = |n: u64| {
-        let (client, url) = (client.clone(), probe_url.clone());
+        let (client, url) = (client.clone(), bb.probe_url.clone());
         async move {
             let mut tasks = JoinSet::new();
             let per = n.div_ceil(cfg.concurrency as u64);
@@ -308,10 +335,7 @@ async fn blackbox(cfg: &ProbeCpuConfig, t: &Target) -> anyhow::Result<CpuRow> {
                 tasks.spawn(async move {
                     let mut ok = 0u64;
                     for _ in 0..count {
-                        let body = client.get(&url).send().await?.text().await?;
-                        if body.contains("probe_success 1") {
-                            ok += 1;
-                        }
+                        ok += u64::from(probe_once(&client, &url).await?);
                     }
                     anyhow::Ok(ok)
                 });
@@ -324,10 +348,10 @@ async fn blackbox(cfg: &ProbeCpuConfig, t: &Target) -> anyhow::Result<CpuRow> {
         }
     };
     run((cfg.checks / 10).clamp(1, 500)).await?;
-    let (cpu0, t0) = (cpu_seconds(pid)?, Instant::now());
+    let (cpu0, t0) = (cpu_seconds(bb.pid)?, Instant::now());
     let ok = run(cfg.checks).await?;
-    let (cpu1, wall) = (cpu_seconds(pid)?, t0.elapsed().as_secs_f64());
-    let _ = child.kill().await;
+    let (cpu1, wall) = (cpu_seconds(bb.pid)?, t0.elapsed().as_secs_f64());
+    let _ = bb.child.kill().await;
     if ok != cfg.checks {
         bail!("blackbox_exporter: {ok} of {} probes succeeded", cfg.checks);
     }
@@ -335,6 +359,44 @@ async fn blackbox(cfg: &ProbeCpuConfig, t: &Target) -> anyhow::Result<CpuRow> {
         what: format!(
             "blackbox_exporter 0.23 `http_2xx` via `/probe` ({} concurrent)",
             cfg.concurrency
+        ),
+        checks: ok,
+        cpu: cpu1 - cpu0,
+        wall,
+    })
+}
+
+/// blackbox_exporter at the end-to-end probe's pace: one `/probe` at a time, `per_second` a
+/// second, for `how_long` (after a short warm-up), as a scraper at that rate would drive it.
+async fn blackbox_paced(t: &Target, per_second: f64, how_long: Duration) -> anyhow::Result<CpuRow> {
+    let mut bb = start_blackbox(t).await?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let period = Duration::from_secs_f64(1.0 / per_second.max(1.0));
+    let paced = |until: Instant| {
+        let (client, url) = (client.clone(), bb.probe_url.clone());
+        async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut sent, mut ok) = (0u64, 0u64);
+            while Instant::now() < until {
+                tick.tick().await;
+                sent += 1;
+                ok += u64::from(probe_once(&client, &url).await?);
+            }
+            anyhow::Ok((sent, ok))
+        }
+    };
+    paced(Instant::now() + Duration::from_millis(300)).await?;
+    let (cpu0, t0) = (cpu_seconds(bb.pid)?, Instant::now());
+    let (sent, ok) = paced(t0 + how_long).await?;
+    let (cpu1, wall) = (cpu_seconds(bb.pid)?, t0.elapsed().as_secs_f64());
+    let _ = bb.child.kill().await;
+    if ok != sent {
+        bail!("blackbox_exporter: {ok} of {sent} paced probes succeeded");
+    }
+    Ok(CpuRow {
+        what: format!(
+            "blackbox_exporter 0.23 `http_2xx` via `/probe`, one at a time, {per_second:.0}/s (the end-to-end probe's pace)"
         ),
         checks: ok,
         cpu: cpu1 - cpu0,
@@ -404,7 +466,12 @@ pub async fn run(cfg: &ProbeCpuConfig) -> anyhow::Result<Vec<CpuRow>> {
         rows.push(blackbox(cfg, &t).await?);
     }
     if !cfg.end_to_end.is_zero() {
-        rows.push(end_to_end(cfg, &t).await?);
+        let whole = end_to_end(cfg, &t).await?;
+        let pace = whole.checks as f64 / whole.wall.max(f64::EPSILON);
+        rows.push(whole);
+        if cfg.blackbox {
+            rows.push(blackbox_paced(&t, pace, cfg.end_to_end).await?);
+        }
     }
     Ok(rows)
 }
