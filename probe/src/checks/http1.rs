@@ -173,7 +173,8 @@ impl Endpoint {
                         host: name.clone(),
                         source,
                     })?;
-                let mut last = None;
+                // Each address in turn; the last failure if none answers.
+                let mut last = Error::NoAddress { host: name.clone() };
                 let mut connected = None;
                 for addr in addrs {
                     match dial(addr).await {
@@ -181,14 +182,10 @@ impl Endpoint {
                             connected = Some(tcp);
                             break;
                         }
-                        Err(e) => last = Some(e),
+                        Err(e) => last = e,
                     }
                 }
-                match (connected, last) {
-                    (Some(tcp), _) => tcp,
-                    (None, Some(e)) => return Err(e),
-                    (None, None) => return Err(Error::NoAddress { host: name.clone() }),
-                }
+                connected.ok_or(last)?
             }
         };
         if !self.tls {

@@ -25,7 +25,7 @@ pub const MAX_BATCH: usize = 1024;
 const SESSION_QUEUE: usize = 64;
 /// Messages a session takes in a row while they are already waiting, before it looks at its
 /// other waits again.
-const READY_IN_A_ROW: u32 = 16;
+pub const READY_IN_A_ROW: u32 = 16;
 
 pub struct ProbeHub {
     agg: Aggregator,

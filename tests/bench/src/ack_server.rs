@@ -15,6 +15,9 @@ use tonic::{Request, Response, Status, Streaming};
 use vantage_proto::pb;
 use vantage_proto::pb::probe_message::Msg as Up;
 use vantage_proto::pb::server_message::Msg as Down;
+// Messages taken in a row without waiting, and observations acknowledged at once, at most:
+// `vantaged`'s own bounds.
+use vantage_server::ingest::hub::{MAX_BATCH, READY_IN_A_ROW};
 
 /// The same queue depth `vantaged` gives a probe session.
 const SESSION_QUEUE: usize = 64;
@@ -124,11 +127,6 @@ impl pb::probe_service_server::ProbeService for AckOnly {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
-
-/// Messages taken in a row without waiting, and observations acknowledged at once, at most
-/// (`vantaged`'s `READY_IN_A_ROW` and `MAX_BATCH`).
-const READY_IN_A_ROW: usize = 16;
-const MAX_BATCH: usize = 1024;
 
 /// The last sequence number of a batch message and its number of observations (0, 0 for
 /// anything else).
