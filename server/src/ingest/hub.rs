@@ -271,10 +271,9 @@ async fn session(
             }
         };
         if let ProbeCommand::Ingest { batch, then, .. } = &mut cmd {
-            *then = waiting_batches(inbound, batch.len(), &mut carried, &mut in_a_row)
-                .into_iter()
-                .map(|b| agg.batch(b.observations))
-                .collect();
+            *then = waiting_batches(inbound, batch.len(), &mut carried, &mut in_a_row, |b| {
+                agg.batch(b.observations)
+            });
         }
         if agg.send(cmd).await.is_err() {
             return "the server is shutting down".into();
@@ -288,12 +287,17 @@ async fn session(
 /// observations in all, so a command stays as large as one message can be. The first message
 /// taken that is not one of them (another kind, a bad or too large batch, an error, the end
 /// of the stream) is left in `carried`, to be handled next as it came.
-fn waiting_batches(
+///
+/// Each batch is `prepare`d as soon as it is taken, before the next is decoded: what
+/// preparing drops (most of a batch's observations) then goes back to this thread's
+/// allocator cache while it is warm, and the next batch's decoding takes it from there.
+fn waiting_batches<B>(
     inbound: &mut Streaming<pb::ProbeMessage>,
     mut count: usize,
     carried: &mut Option<Box<Result<Option<pb::ProbeMessage>, Status>>>,
     in_a_row: &mut u32,
-) -> Vec<pb::ObservationBatch> {
+    mut prepare: impl FnMut(pb::ObservationBatch) -> B,
+) -> Vec<B> {
     let mut batches = Vec::new();
     while *in_a_row < READY_IN_A_ROW && count < MAX_BATCH {
         let Some(next) = inbound.message().now_or_never() else {
@@ -305,7 +309,7 @@ fn waiting_batches(
                 msg: Some(Up::Observations(batch)),
             })) if count + batch.observations.len() <= MAX_BATCH && check_batch(&batch).is_ok() => {
                 count += batch.observations.len();
-                batches.push(batch);
+                batches.push(prepare(batch));
             }
             other => {
                 *carried = Some(Box::new(other));
@@ -481,6 +485,7 @@ mod tests {
             seqs(&first).len(),
             &mut carried,
             &mut in_a_row,
+            |b| b,
         );
         let batches = batches
             .iter()
