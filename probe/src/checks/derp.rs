@@ -72,7 +72,7 @@ pub async fn check(ctx: &CheckContext, target: &pb::DerpRegionTarget) -> Vec<(St
             };
             (
                 node_target(region.region_id, &node.name),
-                ObsResult::DerpNode(result),
+                ObsResult::DerpNode(Box::new(result)),
             )
         })
         .collect()

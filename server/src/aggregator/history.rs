@@ -244,10 +244,12 @@ mod tests {
                 seconds: secs,
                 nanos: 0,
             }),
-            result: Some(pb::observation::Result::DerpNode(pb::DerpNodeResult {
-                error: error.to_owned(),
-                ..Default::default()
-            })),
+            result: Some(pb::observation::Result::DerpNode(Box::new(
+                pb::DerpNodeResult {
+                    error: error.to_owned(),
+                    ..Default::default()
+                },
+            ))),
             ..Default::default()
         }
     }

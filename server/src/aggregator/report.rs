@@ -308,13 +308,13 @@ mod tests {
             section: pb::Section::Derp as i32,
             target: format!("derp/1/{name}"),
             elapsed: millis(900),
-            result: Some(R::DerpNode(pb::DerpNodeResult {
+            result: Some(R::DerpNode(Box::new(pb::DerpNodeResult {
                 region_id: 1,
                 node_name: name.to_owned(),
                 can_exchange_messages: true,
                 round_trip_ping: millis(rtt_ms),
                 ..Default::default()
-            })),
+            }))),
             ..Default::default()
         }
     }

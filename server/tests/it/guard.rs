@@ -323,12 +323,12 @@ async fn a_derp_check_takes_only_the_nodes_of_its_region() {
         check_id: "derp/7".into(),
         section: pb::Section::Derp as i32,
         target: target.into(),
-        result: Some(ObsResult::DerpNode(pb::DerpNodeResult {
+        result: Some(ObsResult::DerpNode(Box::new(pb::DerpNodeResult {
             region_id: 7,
             node_name: "7a".into(),
             can_exchange_messages: true,
             ..Default::default()
-        })),
+        }))),
         ..Default::default()
     };
     let observations = vec![

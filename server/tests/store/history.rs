@@ -80,10 +80,10 @@ fn derp(seq: u64, time: i64, fail: bool) -> NewObservation {
                 seconds: 0,
                 nanos: 25_000_000,
             }),
-            result: Some(ObsResult::DerpNode(pb::DerpNodeResult {
+            result: Some(ObsResult::DerpNode(Box::new(pb::DerpNodeResult {
                 error: if fail { "down".into() } else { String::new() },
                 ..Default::default()
-            })),
+            }))),
         },
     }
 }
