@@ -21,21 +21,6 @@ fn failure(code: &str, message: String) -> Option<pb::Message> {
     })
 }
 
-/// The full error chain, so "connection refused" or "certificate" reaches the operator.
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 /// What every run of the check against one access URL shares, worked out once: the
 /// `/healthz` endpoint, or the failure each run reports (the URL is unset or unusable).
 pub struct Plan {

@@ -66,7 +66,7 @@ pub enum Error {
 
 impl From<hyper::Error> for Error {
     fn from(e: hyper::Error) -> Self {
-        Error::Http(super::access_url::chain(&e))
+        Error::Http(super::chain(&e))
     }
 }
 
@@ -327,7 +327,7 @@ async fn read(response: Response<Incoming>, max_body: usize) -> Result<Answer, E
     let mut out = Vec::new();
     let mut truncated = false;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Error::Body(super::access_url::chain(&e)))?;
+        let frame = frame.map_err(|e| Error::Body(super::chain(&e)))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };

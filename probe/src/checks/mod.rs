@@ -20,6 +20,21 @@ use vantage_proto::pb::observation::Result as ObsResult;
 /// The largest access-URL body kept (`docs/behaviour.md#difference-4`).
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// The full error chain, so "connection refused" or "certificate" reaches the operator.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// What every check needs: the TLS configuration, and an HTTP client built from it for the
 /// workspace proxies' JSON (the Access URL and Websocket checks make their one request
 /// themselves, [`http1`]).

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use vantage_proto::pb;
 
 use super::MAX_BODY;
-use super::access_url::chain;
+use super::chain;
 use crate::rules::workspace_proxy::{
     STATUS_OK, STATUS_UNHEALTHY, STATUS_UNREACHABLE, STATUS_UNREGISTERED,
 };

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use vantage_proto::codes;
 use vantage_proto::pb;
 
-use super::access_url::chain;
+use super::chain;
 use super::{MAX_BODY, http1};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
